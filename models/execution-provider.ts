@@ -1,0 +1,75 @@
+/**
+ * Chooses the onnxruntime execution provider: CUDA when its provider library is installed and a
+ * GPU is present, else WebGPU (bundled with onnxruntime-node) when a GPU device node exists,
+ * else the CPU. Each candidate is tried for real by creating the session; the first that works
+ * is used, and the caller is told which one it got and why the others were skipped.
+ */
+import { existsSync, readdirSync } from 'node:fs';
+import ort from 'onnxruntime-node';
+
+export type ProviderName = 'cuda' | 'webgpu' | 'cpu';
+export type ProviderChoice = ProviderName | 'auto';
+
+export interface SessionResult {
+  session: ort.InferenceSession;
+  provider: ProviderName;
+  /** Why earlier candidates were not used (empty when the first choice worked). */
+  fallbacks: Array<{ provider: ProviderName; reason: string }>;
+}
+
+/** True when the machine shows an NVIDIA GPU device node. */
+export function nvidiaGpuPresent(): boolean {
+  return existsSync('/dev/nvidia0') || existsSync('/dev/nvgpu') /* Jetson */ || existsSync('/dev/nvhost-gpu');
+}
+
+/** True when a DRM render node exists (what WebGPU's Vulkan backend needs to reach a GPU). */
+export function renderNodePresent(): boolean {
+  try {
+    return readdirSync('/dev/dri').some((f) => f.startsWith('renderD'));
+  } catch {
+    return false;
+  }
+}
+
+export function candidates(choice: ProviderChoice): ProviderName[] {
+  if (choice === 'auto') return ['cuda', 'webgpu', 'cpu'];
+  return choice === 'cpu' ? ['cpu'] : [choice, 'cpu'];
+}
+
+export interface SessionOptions {
+  provider?: ProviderChoice;
+  /** CPU threads for one session (0 = onnxruntime's default: one per core). */
+  intraOpThreads?: number;
+}
+
+export async function createSession(model: Uint8Array, opts: SessionOptions = {}): Promise<SessionResult> {
+  const fallbacks: SessionResult['fallbacks'] = [];
+  for (const provider of candidates(opts.provider ?? 'auto')) {
+    if (provider === 'cuda' && !nvidiaGpuPresent()) {
+      fallbacks.push({ provider, reason: 'no NVIDIA GPU device found' });
+      continue;
+    }
+    if (provider === 'webgpu' && !renderNodePresent() && !nvidiaGpuPresent()) {
+      fallbacks.push({ provider, reason: 'no GPU render node (/dev/dri/renderD*) found' });
+      continue;
+    }
+    try {
+      const session = await ort.InferenceSession.create(model, {
+        executionProviders: provider === 'cpu' ? ['cpu'] : [provider, 'cpu'],
+        graphOptimizationLevel: 'all',
+        intraOpNumThreads: opts.intraOpThreads ?? 0,
+        logSeverityLevel: 3,
+      });
+      return { session, provider, fallbacks };
+    } catch (e) {
+      fallbacks.push({ provider, reason: firstLine((e as Error).message) });
+      if (provider === 'cpu') throw new Error(`onnxruntime could not load the model on the CPU: ${firstLine((e as Error).message)}`);
+    }
+  }
+  throw new Error('no execution provider available');
+}
+
+function firstLine(s: string): string {
+  const line = s.split('\n').find((l) => l.trim()) ?? s;
+  return line.length > 300 ? `${line.slice(0, 300)}…` : line;
+}
