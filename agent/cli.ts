@@ -1,0 +1,113 @@
+#!/usr/bin/env node
+/**
+ * The `shelfwatch` command line. Each subcommand lives in agent/commands/; this file only
+ * parses arguments, prints results (tables for people, JSON with --json) and sets exit codes.
+ */
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { TOOL_VERSION } from '../models/version.js';
+
+const program = new Command();
+program
+  .name('shelfwatch')
+  .description('Find damaged goods on supermarket shelves with PatchCore-1% (ONNX).')
+  .version(TOOL_VERSION)
+  .showHelpAfterError();
+
+function number(name: string, { integer = false, min = -Infinity, max = Infinity } = {}) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (v.trim() === '' || !Number.isFinite(n) || (integer && !Number.isInteger(n)) || n < min || n > max) {
+      throw new InvalidArgumentError(`${name} must be ${integer ? 'an integer' : 'a number'}${min > -Infinity ? ` ≥ ${min}` : ''}${max < Infinity ? ` ≤ ${max}` : ''}, got '${v}'`);
+    }
+    return n;
+  };
+}
+
+const providerOption = () =>
+  new Option('--provider <name>', 'execution provider').choices(['auto', 'cuda', 'webgpu', 'cpu']).default('auto');
+
+function printJson(value: unknown): void {
+  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
+}
+
+program
+  .command('fit')
+  .description('fit PatchCore on normal images and compile one ONNX model file')
+  .argument('<images...>', 'folders and/or image files of normal goods (one category or product)')
+  .requiredOption('-o, --out <file>', 'model file to write (.onnx)')
+  .option('--name <name>', 'model name (default: the output file name)')
+  .option('--val <images...>', 'separate normal images for thresholds (default: hold out a slice)')
+  .option('--holdout <fraction>', 'fraction of the images held out for thresholds', number('--holdout', { min: 0, max: 0.9 }), 0.1)
+  .option('--coreset <ratio>', 'memory-bank fraction kept by greedy k-center (1 = no subsampling)', number('--coreset', { min: 1e-9, max: 1 }), 0.01)
+  .option('--seed <n>', 'random seed (same inputs + seed → byte-identical model)', number('--seed', { integer: true, min: 0 }), 0)
+  .addOption(new Option('--projection <kind>', 'random projection before k-center').choices(['jl', 'none']).default('jl'))
+  .option('--backbone <file>', 'local backbone ONNX file (default: the cached download; env SHELFWATCH_BACKBONE)')
+  .option('--backbone-id <id|descriptor.json>', 'built-in backbone id or a descriptor JSON file', 'mobilenetv2-12-int8')
+  .option('--input-size <px>', 'model input size (default: the backbone\'s)', number('--input-size', { integer: true, min: 32, max: 2048 }))
+  .option('--batch <n>', 'images per backbone call', number('--batch', { integer: true, min: 1, max: 256 }), 8)
+  .addOption(providerOption())
+  .option('--json', 'machine-readable output')
+  .action(async (images: string[], o) => {
+    const { runFit } = await import('./commands/fit.js');
+    const s = await runFit({ images, out: o.out, name: o.name, val: o.val, holdout: o.holdout, coreset: o.coreset, seed: o.seed, projection: o.projection, backbone: o.backbone, backboneId: o.backboneId, inputSize: o.inputSize, batch: o.batch, provider: o.provider, json: Boolean(o.json) });
+    if (o.json) return printJson(s);
+    const t = s.timingsMs;
+    console.log(`model ${s.model}`);
+    console.log(`  ${s.trainImages} training images → ${s.patches} patches → memory bank of ${s.memoryBank}; ${s.validationImages} validation images; ${s.skipped.length} skipped`);
+    console.log(`  thresholds: image ${s.thresholds.image.toFixed(4)}, pixel ${s.thresholds.pixel.toFixed(4)}`);
+    console.log(`  time: total ${(t.total / 1000).toFixed(1)} s = decode ${(t.decode / 1000).toFixed(1)} s (overlapped) + features ${(t.features / 1000).toFixed(1)} s + coreset ${(t.coreset / 1000).toFixed(1)} s + compile ${(t.compile / 1000).toFixed(1)} s + thresholds ${(t.validation / 1000).toFixed(1)} s`);
+  });
+
+program
+  .command('infer')
+  .description('score images with a compiled model')
+  .argument('<model>', 'model file made by `shelfwatch fit`')
+  .argument('<images...>', 'image files and/or folders')
+  .option('--batch <n>', 'images per inference call', number('--batch', { integer: true, min: 1, max: 256 }), 8)
+  .option('--threshold <score>', 'image threshold (default: the model\'s)', number('--threshold'))
+  .addOption(providerOption())
+  .option('--json', 'machine-readable output')
+  .action(async (model: string, images: string[], o) => {
+    const { runInfer } = await import('./commands/infer.js');
+    const s = await runInfer({ model, images, batch: o.batch, provider: o.provider, threshold: o.threshold });
+    if (o.json) return printJson(s);
+    console.log(`model ${s.model} (${s.modelDigest.slice(0, 12)}) on ${s.provider}${s.fallbacks.length ? ` (not used: ${s.fallbacks.map((f) => `${f.provider}: ${f.reason}`).join('; ')})` : ''}; threshold ${s.threshold.toFixed(4)}`);
+    for (const r of s.results) console.log(`${r.anomalous ? 'ANOMALY' : 'ok     '} ${r.score.toFixed(4)} (${r.normalizedScore.toFixed(3)}) ${r.file}`);
+    for (const k of s.skipped) console.log(`skipped ${k.file}: ${k.reason}`);
+    if (s.results.length === 0) process.exitCode = 1;
+  });
+
+const backbone = program.command('backbone').description('manage the feature backbone');
+backbone
+  .command('fetch')
+  .description('download the backbone from its official location, verify its sha256 and cache it')
+  .option('--backbone-id <id|descriptor.json>', 'built-in backbone id or a descriptor JSON file', 'mobilenetv2-12-int8')
+  .option('--url <url...>', 'download from these URLs instead (mirrors)')
+  .action(async (o) => {
+    const { fetchBackbone, resolveDescriptor } = await import('./backbones.js');
+    const { progressBar } = await import('./progress.js');
+    const d = await resolveDescriptor(o.backboneId);
+    const bar = progressBar(`fetch ${d.id}`);
+    const r = await fetchBackbone(d, { urls: o.url, onProgress: (got, total) => bar.update(got, total ?? got) });
+    bar.done();
+    console.log(`${r.cached ? 'already cached' : `downloaded from ${r.url}`}: ${r.path} (${r.bytes} bytes, sha256 ${r.sha256})`);
+  });
+backbone
+  .command('info')
+  .description('show the built-in backbones and where the cached copy lives')
+  .action(async () => {
+    const { BUILTIN_BACKBONES } = await import('../models/backbone.js');
+    const { cachedBackbonePath } = await import('./backbones.js');
+    const { existsSync } = await import('node:fs');
+    for (const d of Object.values(BUILTIN_BACKBONES)) {
+      const p = cachedBackbonePath(d);
+      console.log(`${d.id}: input ${d.inputSize}, taps ${d.taps.map((t) => `${t.tensor}@${t.stride}`).join(' + ')}, sha256 ${d.sha256}\n  cache: ${p} (${existsSync(p) ? 'present' : 'missing'})`);
+    }
+  });
+
+program.parseAsync(process.argv).catch((e: unknown) => {
+  const err = e as Error;
+  process.stderr.write(`shelfwatch: ${err.message}\n`);
+  if (process.env.SHELFWATCH_DEBUG) process.stderr.write(`${err.stack}\n`);
+  process.exitCode = process.exitCode || 1;
+});

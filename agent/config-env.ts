@@ -1,0 +1,135 @@
+/**
+ * `${VAR}` substitution in config values.
+ *
+ * Runs on the already-parsed document (string scalars only, never keys), so a variable's value is
+ * always a plain string and cannot inject YAML/JSON structure. Syntax:
+ *   `${VAR}`            the variable's value; unset → error naming the variable and the key
+ *   `${VAR:-fallback}`  the fallback when VAR is unset or empty (shell semantics)
+ *   `$${`               a literal `${`
+ * A `$` not followed by `{` is kept as is. Any other `${...}` (bad name, no closing brace) is an
+ * error, so a typo never silently reaches the agent.
+ *
+ * Values that came from the environment are secrets until proven otherwise: the paths that
+ * received them and the substituted values are reported so error messages can redact them.
+ */
+
+export type ConfigPathSegment = string | number;
+export type ConfigPath = ConfigPathSegment[];
+
+export interface EnvProblem {
+  path: ConfigPath;
+  message: string;
+}
+
+export interface EnvSubstitution {
+  /** A deep copy of the input with every string scalar substituted. */
+  value: unknown;
+  problems: EnvProblem[];
+  /** Paths of string values that contained at least one `${...}` reference. */
+  substitutedPaths: ConfigPath[];
+  /** The values the environment provided (for redaction of error messages). */
+  substitutedValues: string[];
+}
+
+const NAME_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+interface StringExpansion {
+  value: string;
+  /** Whether any `${...}` reference was expanded. */
+  substituted: boolean;
+  fromEnv: string[];
+  errors: string[];
+}
+
+/** Expand the references in one string. */
+export function expandEnvString(text: string, env: NodeJS.ProcessEnv): StringExpansion {
+  let out = '';
+  let substituted = false;
+  const fromEnv: string[] = [];
+  const errors: string[] = [];
+  let i = 0;
+  while (i < text.length) {
+    const dollar = text.indexOf('$', i);
+    if (dollar < 0) {
+      out += text.slice(i);
+      break;
+    }
+    out += text.slice(i, dollar);
+    if (text.startsWith('$${', dollar)) {
+      out += '${';
+      i = dollar + 3;
+      continue;
+    }
+    if (text[dollar + 1] !== '{') {
+      out += '$';
+      i = dollar + 1;
+      continue;
+    }
+    const close = text.indexOf('}', dollar + 2);
+    if (close < 0) {
+      errors.push("unterminated '${' (write '$${' for a literal '${')");
+      out += text.slice(dollar);
+      break;
+    }
+    const body = text.slice(dollar + 2, close);
+    const sep = body.indexOf(':-');
+    const name = sep >= 0 ? body.slice(0, sep) : body;
+    const fallback = sep >= 0 ? body.slice(sep + 2) : undefined;
+    i = close + 1;
+    substituted = true;
+    if (!NAME_RE.test(name)) {
+      errors.push(
+        `invalid variable reference '\${${name}}': names are letters, digits and '_' ` +
+          "(write '$${' for a literal '${')",
+      );
+      continue;
+    }
+    const v = env[name];
+    if (v !== undefined && (fallback === undefined || v !== '')) {
+      out += v;
+      fromEnv.push(v);
+    } else if (fallback !== undefined) {
+      out += fallback;
+    } else {
+      errors.push(`environment variable ${name} is not set`);
+    }
+  }
+  return { value: out, substituted, fromEnv, errors };
+}
+
+/** Substitute every string scalar of a parsed document (objects, arrays, scalars). */
+export function substituteEnv(document: unknown, env: NodeJS.ProcessEnv): EnvSubstitution {
+  const problems: EnvProblem[] = [];
+  const substitutedPaths: ConfigPath[] = [];
+  const substitutedValues: string[] = [];
+
+  const walk = (node: unknown, path: ConfigPath): unknown => {
+    if (typeof node === 'string') {
+      if (!node.includes('$')) return node;
+      const r = expandEnvString(node, env);
+      for (const message of r.errors) problems.push({ path, message });
+      if (r.substituted) substitutedPaths.push(path);
+      substitutedValues.push(...r.fromEnv);
+      return r.value;
+    }
+    if (Array.isArray(node)) return node.map((item, index) => walk(item, [...path, index]));
+    if (node !== null && typeof node === 'object') {
+      const copy: Record<string, unknown> = {};
+      for (const [key, item] of Object.entries(node)) {
+        // defineProperty, not assignment: a '__proto__' key must stay an own key (and be
+        // reported as unknown), never replace the prototype.
+        Object.defineProperty(copy, key, {
+          value: walk(item, [...path, key]),
+          enumerable: true,
+          writable: true,
+          configurable: true,
+        });
+      }
+      return copy;
+    }
+    return node;
+  };
+
+  const value = walk(document, []);
+  return { value, problems, substitutedPaths, substitutedValues };
+}

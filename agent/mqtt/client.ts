@@ -1,0 +1,593 @@
+/**
+ * The agent's one MQTT connection (mqtt.js 5).
+ *
+ * - Every outbound message goes through the durable outbox ({@link Outbox}): written to disk,
+ *   published with its QoS, deleted on PUBACK. Nothing is lost across broker outages or agent
+ *   restarts; a message may arrive twice (at-least-once), its record id is stable.
+ * - Last will: `<root>/availability` = `offline`, retained, QoS 1. On every (re)connect the
+ *   client publishes `online` (retained), subscribes to commands, then drains the outbox in
+ *   order with at most `maxInFlight` unacknowledged publishes.
+ * - Each connection attempt uses a fresh mqtt.js client with its own reconnect turned off: on
+ *   a lost connection the in-flight records simply stay in the outbox and the next connection
+ *   re-publishes them, so mqtt.js' in-memory store never re-sends behind the outbox' back.
+ *   Reconnects back off exponentially with jitter.
+ * - Inbound `<root>/command/<name>` messages are checked (size, rate, not retained, known
+ *   name) before a registered handler sees them.
+ *
+ * Passwords never reach a log line; URLs are logged without their user-info.
+ */
+import { EventEmitter } from 'node:events';
+import { readFileSync } from 'node:fs';
+import { connect as mqttConnect, type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
+import { Outbox, type EnqueueResult, type OutboxCounters, type OutboxDepth, type OutboxLimits, type OutboxMessage, type OutboxRecord } from './outbox.js';
+import type { AgentTopics } from './topics.js';
+
+export type ConnectionState = 'connecting' | 'connected' | 'reconnecting' | 'offline';
+
+/** TLS material as file paths (the config's `mqtt.tls`). */
+export interface MqttTlsFiles {
+  ca?: string;
+  cert?: string;
+  key?: string;
+  rejectUnauthorized?: boolean;
+  servername?: string;
+}
+
+/** Minimal structured logger; the agent's logger fits it. Defaults to silence. */
+export interface MqttLogger {
+  debug(message: string, fields?: Record<string, unknown>): void;
+  info(message: string, fields?: Record<string, unknown>): void;
+  warn(message: string, fields?: Record<string, unknown>): void;
+  error(message: string, fields?: Record<string, unknown>): void;
+}
+
+export interface CommandLimits {
+  /** Larger command payloads are rejected (default 65536). */
+  maxPayloadBytes?: number;
+  /** Token bucket: sustained commands per second (default 5) ... */
+  ratePerSecond?: number;
+  /** ... and burst size (default 10). */
+  burst?: number;
+}
+
+export interface MqttClientOptions {
+  /** mqtt://, mqtts://, ws:// or wss:// */
+  url: string;
+  topics: AgentTopics;
+  /** Default `shelfwatch-<agent id>`. */
+  clientId?: string;
+  username?: string;
+  password?: string;
+  tls?: MqttTlsFiles;
+  /** Default 30. */
+  keepaliveSeconds?: number;
+  /** How long to wait for CONNACK, ms (default 10000). */
+  connectTimeoutMs?: number;
+  outbox: { dir: string } & OutboxLimits;
+  /** Most unacknowledged publishes at once (default 16). */
+  maxInFlight?: number;
+  /** Reconnect backoff: first delay and cap, ms (defaults 1000 and 30000). */
+  reconnect?: { minDelayMs?: number; maxDelayMs?: number };
+  commands?: CommandLimits;
+  logger?: MqttLogger;
+}
+
+/** An inbound command that passed the checks. */
+export interface CommandMessage {
+  /** The last topic level: `<root>/command/<name>`. */
+  name: string;
+  topic: string;
+  payload: Buffer;
+  receivedAt: number;
+  /** The payload parsed as JSON; throws an Error naming the command when it is not JSON. */
+  json(): unknown;
+}
+
+export type CommandHandler = (command: CommandMessage) => void | Promise<void>;
+
+export interface MqttClientMetrics {
+  state: ConnectionState;
+  connectedSince: number | null;
+  /** Successful connections (the first one included). */
+  connects: number;
+  /** Established connections that were lost. */
+  connectionLosses: number;
+  /** Records acknowledged by the broker. */
+  published: number;
+  publishErrors: number;
+  inFlight: number;
+  lastError: string | null;
+  outbox: { depth: OutboxDepth; counters: OutboxCounters };
+  commands: {
+    accepted: number;
+    rejected: { tooLarge: number; rateLimited: number; retained: number; unknown: number; invalidTopic: number };
+    handlerErrors: number;
+  };
+}
+
+/** Why the broker could not be reached or refused us; `refused` = CONNACK said no. */
+export class MqttConnectError extends Error {
+  override name = 'MqttConnectError';
+  constructor(
+    message: string,
+    /** CONNACK return/reason code when the broker refused, else undefined. */
+    readonly returnCode: number | undefined,
+    /** True when retrying with the same settings cannot help (bad credentials, not authorized, bad client id). */
+    readonly permanent: boolean,
+  ) {
+    super(message);
+  }
+}
+
+export interface MqttClientEvents {
+  state: [ConnectionState, ConnectionState];
+  connectError: [MqttConnectError];
+}
+
+interface Connection {
+  client: MqttClient;
+  connected: boolean;
+  /** 'close' was handled (mqtt.js may report it more than once). */
+  closed: boolean;
+  /** Highest seq handed to mqtt.js on this connection. */
+  cursor: number;
+  inFlight: Map<number, OutboxRecord>;
+}
+
+const NOOP_LOGGER: MqttLogger = { debug() {}, info() {}, warn() {}, error() {} };
+
+/** CONNACK codes (3.1.1 and 5) that mean our settings are wrong, not that the broker is busy. */
+const PERMANENT_CONNACK_CODES = new Set([1, 2, 4, 5, 128, 129, 130, 132, 133, 134, 135, 138, 140]);
+
+/** Opens the outbox, then starts connecting (does not wait for the broker; see waitUntilConnected). */
+export async function startMqttClient(options: MqttClientOptions): Promise<AgentMqttClient> {
+  const tls = loadTlsFiles(options.tls);
+  const { dir, ...limits } = options.outbox;
+  const outbox = await Outbox.open(dir, limits);
+  const client = new AgentMqttClient(options, outbox, tls);
+  client.connectNow();
+  return client;
+}
+
+export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
+  private current: Connection | null = null;
+  private stateValue: ConnectionState = 'connecting';
+  private stopping = false;
+  private reconnectTimer: NodeJS.Timeout | null = null;
+  private attempt = 0;
+  private connectedSince: number | null = null;
+  private lastErrorValue: MqttConnectError | Error | null = null;
+  private readonly handlers = new Map<string, CommandHandler>();
+  private readonly bucket: TokenBucket;
+  private readonly stats = {
+    connects: 0,
+    connectionLosses: 0,
+    published: 0,
+    publishErrors: 0,
+    commandsAccepted: 0,
+    tooLarge: 0,
+    rateLimited: 0,
+    retained: 0,
+    unknown: 0,
+    invalidTopic: 0,
+    handlerErrors: 0,
+  };
+  private readonly log: MqttLogger;
+  private readonly clientId: string;
+  private readonly maxInFlight: number;
+  private readonly minDelayMs: number;
+  private readonly maxDelayMs: number;
+  private readonly maxCommandBytes: number;
+
+  /** Use {@link startMqttClient}. */
+  constructor(
+    private readonly options: MqttClientOptions,
+    readonly outbox: Outbox,
+    private readonly tls: Pick<IClientOptions, 'ca' | 'cert' | 'key' | 'rejectUnauthorized' | 'servername'>,
+  ) {
+    super();
+    this.log = options.logger ?? NOOP_LOGGER;
+    this.clientId = options.clientId ?? `shelfwatch-${options.topics.agentId}`;
+    this.maxInFlight = positive(options.maxInFlight ?? 16, 'maxInFlight');
+    this.minDelayMs = positive(options.reconnect?.minDelayMs ?? 1000, 'reconnect.minDelayMs');
+    this.maxDelayMs = Math.max(this.minDelayMs, positive(options.reconnect?.maxDelayMs ?? 30000, 'reconnect.maxDelayMs'));
+    this.maxCommandBytes = positive(options.commands?.maxPayloadBytes ?? 65536, 'commands.maxPayloadBytes');
+    this.bucket = new TokenBucket(
+      positive(options.commands?.ratePerSecond ?? 5, 'commands.ratePerSecond'),
+      positive(options.commands?.burst ?? 10, 'commands.burst'),
+    );
+    outbox.on('ready', () => this.drain());
+    outbox.on('diskError', (err) => this.log.error('outbox disk error; record kept in memory and retried', { error: err.message }));
+    outbox.on('dropped', (record) => this.log.warn('outbox full: dropped oldest record', { id: record.id, topic: record.topic }));
+  }
+
+  get state(): ConnectionState {
+    return this.stateValue;
+  }
+
+  get lastError(): Error | null {
+    return this.lastErrorValue;
+  }
+
+  /**
+   * Queues a message for delivery (durably; see Outbox). Resolves once it is on disk (or kept
+   * in memory after a disk error — `persisted: false`); delivery follows when connected.
+   */
+  async publish(message: OutboxMessage): Promise<EnqueueResult> {
+    if (this.stopping) throw new Error('MQTT client is stopped');
+    return this.outbox.enqueue(message);
+  }
+
+  /**
+   * Registers the handler of `<root>/command/<name>` (one per name); returns an unregister
+   * function. The client subscribes to `<root>/command/#` once a handler exists.
+   */
+  onCommand(name: string, handler: CommandHandler): () => void {
+    this.options.topics.command(name); // validates the name
+    if (this.handlers.has(name)) throw new Error(`a handler for MQTT command ${JSON.stringify(name)} is already registered`);
+    this.handlers.set(name, handler);
+    if (this.handlers.size === 1 && this.current?.connected) this.subscribeCommands(this.current);
+    return () => {
+      if (this.handlers.get(name) === handler) this.handlers.delete(name);
+    };
+  }
+
+  /**
+   * Resolves once connected. Rejects with the MqttConnectError at once when the broker refuses
+   * our settings (bad credentials…), or with the last error when `timeoutMs` passes.
+   */
+  waitUntilConnected(timeoutMs: number): Promise<void> {
+    if (this.stateValue === 'connected') return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const done = (err?: Error) => {
+        clearTimeout(timer);
+        this.off('state', onState);
+        this.off('connectError', onError);
+        if (err) reject(err);
+        else resolve();
+      };
+      const onState = (state: ConnectionState) => {
+        if (state === 'connected') done();
+        else if (state === 'offline') done(new Error('MQTT client stopped before it connected'));
+      };
+      const onError = (err: MqttConnectError) => {
+        if (err.permanent) done(err);
+      };
+      const timer = setTimeout(() => {
+        const why = this.lastErrorValue ? `: ${this.lastErrorValue.message}` : '';
+        done(new Error(`not connected to MQTT broker ${redactUrl(this.options.url)} after ${timeoutMs} ms${why}`));
+      }, timeoutMs);
+      this.on('state', onState);
+      this.on('connectError', onError);
+    });
+  }
+
+  metrics(): MqttClientMetrics {
+    const s = this.stats;
+    return {
+      state: this.stateValue,
+      connectedSince: this.connectedSince,
+      connects: s.connects,
+      connectionLosses: s.connectionLosses,
+      published: s.published,
+      publishErrors: s.publishErrors,
+      inFlight: this.current?.inFlight.size ?? 0,
+      lastError: this.lastErrorValue?.message ?? null,
+      outbox: { depth: this.outbox.depth(), counters: this.outbox.counters() },
+      commands: {
+        accepted: s.commandsAccepted,
+        rejected: { tooLarge: s.tooLarge, rateLimited: s.rateLimited, retained: s.retained, unknown: s.unknown, invalidTopic: s.invalidTopic },
+        handlerErrors: s.handlerErrors,
+      },
+    };
+  }
+
+  /**
+   * Stops cleanly: when connected, waits up to `flushTimeoutMs` (default 2000) for the outbox
+   * to empty, publishes `offline` (retained) and disconnects (so the broker does not fire the
+   * will); records still pending stay on disk for the next start. Closes the outbox.
+   */
+  async stop(options: { flushTimeoutMs?: number } = {}): Promise<void> {
+    if (this.stopping) return;
+    this.stopping = true;
+    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = null;
+    const conn = this.current;
+    if (conn?.connected) {
+      const flushUntil = Date.now() + (options.flushTimeoutMs ?? 2000);
+      // stopping = true stops new publishes; let the drain loop keep going while we flush.
+      while (Date.now() < flushUntil && conn.connected && (this.outbox.depth().records > 0 || conn.inFlight.size > 0)) {
+        this.drain(true);
+        await sleep(20);
+      }
+      if (conn.connected) {
+        await withTimeout(publishAsync(conn.client, this.options.topics.availability, 'offline', { qos: 1, retain: true }), 2000).catch((err: Error) =>
+          this.log.warn('could not publish offline availability', { error: err.message }),
+        );
+      }
+      await withTimeout(new Promise<void>((resolve) => conn.client.end(false, {}, () => resolve())), 2000).catch(() => conn.client.end(true));
+    } else if (conn) {
+      conn.client.end(true);
+    }
+    this.current = null;
+    this.connectedSince = null;
+    this.setState('offline');
+    await this.outbox.close();
+  }
+
+  // ---- connection lifecycle -------------------------------------------------------------
+
+  /** @internal Starts one connection attempt. */
+  connectNow(): void {
+    if (this.stopping) return;
+    const { topics } = this.options;
+    const client = mqttConnect(this.options.url, {
+      clientId: this.clientId,
+      username: this.options.username,
+      password: this.options.password,
+      keepalive: this.options.keepaliveSeconds ?? 30,
+      connectTimeout: this.options.connectTimeoutMs ?? 10000,
+      clean: true,
+      reconnectPeriod: 0, // we reconnect ourselves, with backoff and a fresh client
+      resubscribe: false,
+      protocolVersion: 4,
+      will: { topic: topics.availability, payload: Buffer.from('offline'), qos: 1, retain: true },
+      ...this.tls,
+    });
+    const conn: Connection = { client, connected: false, closed: false, cursor: 0, inFlight: new Map() };
+    this.current = conn;
+    client.on('connect', () => this.onConnected(conn));
+    client.on('message', (topic, payload, packet) => this.onMessage(topic, payload, packet));
+    // mqtt.js emits 'error' on instances; an EventEmitter without a listener would throw.
+    client.on('error', (err) => this.onConnectError(conn, err));
+    client.on('close', () => this.onClosed(conn));
+  }
+
+  private onConnected(conn: Connection): void {
+    if (conn !== this.current || this.stopping) return;
+    conn.connected = true;
+    this.attempt = 0;
+    this.stats.connects++;
+    this.connectedSince = Date.now();
+    this.lastErrorValue = null;
+    this.log.info('MQTT connected', { url: redactUrl(this.options.url), clientId: this.clientId, pending: this.outbox.depth().records });
+    // MQTT keeps per-connection order, so `online` precedes everything the drain sends.
+    publishAsync(conn.client, this.options.topics.availability, 'online', { qos: 1, retain: true }).catch((err: Error) =>
+      this.log.warn('could not publish online availability', { error: err.message }),
+    );
+    if (this.handlers.size > 0) this.subscribeCommands(conn);
+    this.setState('connected');
+    this.drain();
+  }
+
+  private onConnectError(conn: Connection, err: Error & { code?: unknown }): void {
+    if (conn !== this.current) return;
+    const url = redactUrl(this.options.url);
+    const returnCode = typeof err.code === 'number' ? err.code : undefined;
+    let wrapped: MqttConnectError;
+    if (returnCode !== undefined) {
+      const hint = returnCode === 4 || returnCode === 5 || returnCode === 134 || returnCode === 135 ? ' (check mqtt.username / mqtt.password and the broker ACL)' : '';
+      wrapped = new MqttConnectError(
+        `MQTT broker ${url} refused client ${JSON.stringify(this.clientId)}: ${err.message} (code ${returnCode})${hint}`,
+        returnCode,
+        PERMANENT_CONNACK_CODES.has(returnCode),
+      );
+    } else {
+      wrapped = new MqttConnectError(`MQTT connection to ${url} failed: ${err.message}`, undefined, false);
+    }
+    if (this.lastErrorValue?.message !== wrapped.message) this.log.error(wrapped.message);
+    this.lastErrorValue = wrapped;
+    this.emit('connectError', wrapped);
+  }
+
+  private onClosed(conn: Connection): void {
+    if (conn !== this.current || conn.closed) return;
+    conn.closed = true;
+    const wasConnected = conn.connected;
+    conn.connected = false;
+    // In-flight records stay in the outbox; the next connection publishes them again.
+    conn.inFlight.clear();
+    conn.client.end(true);
+    if (this.stopping) return;
+    if (wasConnected) {
+      this.stats.connectionLosses++;
+      this.connectedSince = null;
+      this.log.warn('MQTT connection lost', { url: redactUrl(this.options.url), pending: this.outbox.depth().records });
+    }
+    this.setState('reconnecting');
+    const delay = Math.min(this.maxDelayMs, this.minDelayMs * 2 ** this.attempt) * (0.5 + Math.random() / 2);
+    this.attempt = Math.min(this.attempt + 1, 30);
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = null;
+      this.connectNow();
+    }, delay);
+  }
+
+  private setState(next: ConnectionState): void {
+    const previous = this.stateValue;
+    if (previous === next) return;
+    this.stateValue = next;
+    this.emit('state', next, previous);
+  }
+
+  // ---- outbound ----------------------------------------------------------------------------
+
+  /** Publishes pending records in order while there is room in flight. */
+  private drain(duringStop = false): void {
+    const conn = this.current;
+    if (!conn?.connected || (this.stopping && !duringStop) || this.outbox.isClosed) return;
+    const room = this.maxInFlight - conn.inFlight.size;
+    if (room <= 0) return;
+    for (const record of this.outbox.pendingAfter(conn.cursor, room)) {
+      conn.cursor = record.seq;
+      conn.inFlight.set(record.seq, record);
+      conn.client.publish(record.topic, record.payload, { qos: record.qos, retain: record.retain }, (err) => this.onPublished(conn, record, err));
+    }
+  }
+
+  private onPublished(conn: Connection, record: OutboxRecord, err: Error | undefined): void {
+    if (!conn.inFlight.delete(record.seq)) return; // the connection was lost meanwhile
+    if (err) {
+      // Stays pending; re-published on the next connection.
+      this.stats.publishErrors++;
+      this.log.warn('MQTT publish failed', { id: record.id, topic: record.topic, error: err.message });
+    } else {
+      this.stats.published++;
+      void this.outbox.ack(record.id, record.seq);
+    }
+    this.drain(this.stopping);
+  }
+
+  // ---- inbound commands ----------------------------------------------------------------
+
+  private subscribeCommands(conn: Connection): void {
+    conn.client.subscribe(this.options.topics.commandFilter, { qos: 1 }, (err) => {
+      if (err) this.log.error('could not subscribe to commands', { topic: this.options.topics.commandFilter, error: err.message });
+    });
+  }
+
+  private onMessage(topic: string, payload: Buffer, packet: IPublishPacket): void {
+    const name = this.options.topics.parseCommand(topic);
+    if (name === null) {
+      this.stats.invalidTopic++;
+      this.log.warn('ignored MQTT message on an unexpected topic', { topic });
+      return;
+    }
+    if (packet.retain) {
+      // A retained command would run again on every reconnect.
+      this.stats.retained++;
+      this.log.warn('ignored retained MQTT command', { topic });
+      return;
+    }
+    if (payload.length > this.maxCommandBytes) {
+      this.stats.tooLarge++;
+      this.log.warn('ignored MQTT command: payload too large', { topic, bytes: payload.length, max: this.maxCommandBytes });
+      return;
+    }
+    if (!this.bucket.take()) {
+      this.stats.rateLimited++;
+      this.log.warn('ignored MQTT command: rate limit', { topic });
+      return;
+    }
+    const handler = this.handlers.get(name);
+    if (!handler) {
+      this.stats.unknown++;
+      this.log.warn('ignored unknown MQTT command', { topic, known: [...this.handlers.keys()] });
+      return;
+    }
+    this.stats.commandsAccepted++;
+    const command: CommandMessage = {
+      name,
+      topic,
+      payload,
+      receivedAt: Date.now(),
+      json() {
+        try {
+          return JSON.parse(payload.toString('utf8'));
+        } catch (err) {
+          throw new Error(`MQTT command ${name} (${topic}): payload is not JSON: ${(err as Error).message}`);
+        }
+      },
+    };
+    const fail = (err: unknown) => {
+      this.stats.handlerErrors++;
+      this.log.error('MQTT command handler failed', { command: name, error: (err as Error)?.message ?? String(err) });
+    };
+    try {
+      Promise.resolve(handler(command)).catch(fail);
+    } catch (err) {
+      fail(err);
+    }
+  }
+}
+
+/** Reads the TLS files named in the config; errors name the key and the path. */
+export function loadTlsFiles(tls: MqttTlsFiles | undefined): Pick<IClientOptions, 'ca' | 'cert' | 'key' | 'rejectUnauthorized' | 'servername'> {
+  if (!tls) return {};
+  const read = (key: 'ca' | 'cert' | 'key') => {
+    const path = tls[key];
+    if (path === undefined) return undefined;
+    try {
+      return readFileSync(path);
+    } catch (err) {
+      throw new Error(`mqtt.tls.${key}: cannot read ${path}: ${(err as Error).message}`);
+    }
+  };
+  if ((tls.cert === undefined) !== (tls.key === undefined)) {
+    throw new Error('mqtt.tls: cert and key must be given together (client certificate authentication)');
+  }
+  const out: Pick<IClientOptions, 'ca' | 'cert' | 'key' | 'rejectUnauthorized' | 'servername'> = {};
+  const ca = read('ca');
+  const cert = read('cert');
+  const key = read('key');
+  if (ca) out.ca = ca;
+  if (cert) out.cert = cert;
+  if (key) out.key = key;
+  if (tls.rejectUnauthorized !== undefined) out.rejectUnauthorized = tls.rejectUnauthorized;
+  if (tls.servername !== undefined) out.servername = tls.servername;
+  return out;
+}
+
+/** The URL without user-info, for logs. */
+export function redactUrl(url: string): string {
+  try {
+    const parsed = new URL(url);
+    if (parsed.username || parsed.password) {
+      parsed.username = '';
+      parsed.password = '';
+    }
+    return parsed.toString().replace(/\/$/, '');
+  } catch {
+    return '<invalid url>';
+  }
+}
+
+class TokenBucket {
+  private tokens: number;
+  private last = Date.now();
+  constructor(
+    private readonly perSecond: number,
+    private readonly burst: number,
+  ) {
+    this.tokens = burst;
+  }
+  take(): boolean {
+    const now = Date.now();
+    this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) / 1000) * this.perSecond);
+    this.last = now;
+    if (this.tokens < 1) return false;
+    this.tokens -= 1;
+    return true;
+  }
+}
+
+function publishAsync(client: MqttClient, topic: string, payload: string, opts: { qos: 0 | 1 | 2; retain: boolean }): Promise<void> {
+  return new Promise((resolve, reject) => client.publish(topic, payload, opts, (err) => (err ? reject(err) : resolve())));
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms`)), ms);
+    promise.then(
+      (v) => {
+        clearTimeout(timer);
+        resolve(v);
+      },
+      (e) => {
+        clearTimeout(timer);
+        reject(e);
+      },
+    );
+  });
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+function positive(value: number, what: string): number {
+  if (!(typeof value === 'number' && value > 0 && Number.isFinite(value))) {
+    throw new RangeError(`MQTT client option ${what} must be a positive number, got ${JSON.stringify(value)}`);
+  }
+  return value;
+}

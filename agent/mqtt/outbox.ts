@@ -1,0 +1,612 @@
+/**
+ * Durable MQTT outbox: every message is written to disk before it is published and removed
+ * only once the broker acknowledged it (PUBACK), so nothing is lost across broker outages or
+ * agent restarts (at-least-once, with a stable record id the subscriber can de-duplicate on).
+ *
+ * On disk: one file per record, `<dir>/<seq, 16 digits>.rec`, written to `<name>.tmp`, fsynced,
+ * renamed into place and the directory fsynced, so a crash leaves either the whole record or
+ * nothing (leftover `.tmp` files are unfinished writes and are deleted on open). A record file
+ * carries a CRC-32; files that cannot be read or fail the check are moved to `<dir>/corrupt/`
+ * and counted, never fatal. `seq` is monotonic, so replay after a restart keeps the order.
+ *
+ * Policies (all counted):
+ *  - bounds: when `maxRecords` or `maxBytes` would be exceeded, the OLDEST records are dropped
+ *    first (`dropped`) — fresh shelf state is worth more than stale events;
+ *  - supersede: a retained record replaces any older pending retained record for the same
+ *    topic (a late subscriber only ever sees the newest retained value anyway), and a record
+ *    whose id is already pending replaces that older one (`superseded`);
+ *  - disk errors (ENOSPC, EIO, EROFS, …) never throw out of `enqueue`: the record is kept in
+ *    memory (still publishable), the error is emitted as `diskError` and counted
+ *    (`failedWrites`), and the write is retried on a timer.
+ */
+import { EventEmitter } from 'node:events';
+import { mkdir, open, readFile, readdir, rename, unlink, writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { crc32 } from 'node:zlib';
+import { validatePublishTopic } from './topics.js';
+
+export type QoS = 0 | 1 | 2;
+
+/** What a producer hands to the outbox. */
+export interface OutboxMessage {
+  /** Stable id of this message, e.g. `<event id>:thumbnail`. Unique among pending records. */
+  id: string;
+  topic: string;
+  payload: Buffer | Uint8Array | string;
+  /** Default 1. */
+  qos?: QoS;
+  /** Default false. */
+  retain?: boolean;
+}
+
+/** A pending record, as handed to the publisher. */
+export interface OutboxRecord {
+  id: string;
+  /** Monotonic sequence number: the delivery order. */
+  seq: number;
+  topic: string;
+  payload: Buffer;
+  qos: QoS;
+  retain: boolean;
+  /** When it was enqueued, ms since the epoch. */
+  createdAt: number;
+}
+
+export interface OutboxLimits {
+  /** Most records kept; beyond it the oldest are dropped. */
+  maxRecords: number;
+  /** Most bytes kept (record file sizes); beyond it the oldest are dropped. */
+  maxBytes: number;
+  /** fsync each record and the directory (default true). Off only for tests/benchmarks. */
+  fsync?: boolean;
+  /** How often failed writes are retried, ms (default 5000). */
+  retryIntervalMs?: number;
+}
+
+export interface OutboxDepth {
+  records: number;
+  bytes: number;
+  /** createdAt of the oldest pending record, or null when empty. */
+  oldestCreatedAt: number | null;
+  /** Records that exist only in memory because their write failed (retried). */
+  memoryOnly: number;
+}
+
+export interface OutboxCounters {
+  enqueued: number;
+  delivered: number;
+  dropped: number;
+  superseded: number;
+  failedWrites: number;
+  failedRemovals: number;
+  /** Record files found unreadable on open and moved to `corrupt/`. */
+  corrupt: number;
+}
+
+export interface EnqueueResult {
+  id: string;
+  seq: number;
+  /** False when the write failed; the record is then kept in memory and the write retried. */
+  persisted: boolean;
+}
+
+/** A file-system failure the outbox survived; emitted as `diskError`. */
+export class OutboxDiskError extends Error {
+  override name = 'OutboxDiskError';
+  constructor(
+    readonly operation: 'write' | 'remove' | 'quarantine',
+    readonly path: string,
+    override readonly cause: unknown,
+  ) {
+    const code = (cause as NodeJS.ErrnoException | undefined)?.code;
+    super(`outbox ${operation} failed for ${path}${code ? ` (${code})` : ''}: ${(cause as Error | undefined)?.message ?? String(cause)}`);
+  }
+}
+
+export interface OutboxEvents {
+  diskError: [OutboxDiskError];
+  /** A record became publishable (persisted or kept in memory after a failed write). */
+  ready: [];
+  dropped: [OutboxRecord];
+  superseded: [OutboxRecord];
+}
+
+interface Entry {
+  record: OutboxRecord;
+  size: number;
+  /** First write attempt finished: the record may be published (keeps order for slow writes). */
+  settled: boolean;
+  /** The file is on disk and synced. */
+  durable: boolean;
+  /** A write is in progress. */
+  writing: boolean;
+  removed: boolean;
+}
+
+const MAGIC = Buffer.from('SWOB');
+const FORMAT_VERSION = 1;
+const RECORD_SUFFIX = '.rec';
+const TEMP_SUFFIX = '.tmp';
+const LOCK_FILE = 'outbox.lock';
+const MAX_ID_LENGTH = 512;
+
+/** Outbox directories open in this process (to tell a stale lock of ours from a live one). */
+const openDirs = new Set<string>();
+
+export class Outbox extends EventEmitter<OutboxEvents> {
+  private readonly entries = new Map<number, Entry>();
+  private readonly byId = new Map<string, Entry>();
+  private readonly retainedByTopic = new Map<string, Entry>();
+  private nextSeq = 1;
+  private bytes = 0;
+  private closed = false;
+  private retryTimer: NodeJS.Timeout | null = null;
+  private readonly ioInFlight = new Set<Promise<unknown>>();
+  private readonly fsync: boolean;
+  private readonly retryIntervalMs: number;
+  private currentDirSync: Promise<void> | null = null;
+  private nextDirSync: Promise<void> | null = null;
+  private readonly count: OutboxCounters = {
+    enqueued: 0,
+    delivered: 0,
+    dropped: 0,
+    superseded: 0,
+    failedWrites: 0,
+    failedRemovals: 0,
+    corrupt: 0,
+  };
+
+  private constructor(
+    readonly dir: string,
+    readonly limits: Readonly<OutboxLimits>,
+  ) {
+    super();
+    this.fsync = limits.fsync ?? true;
+    this.retryIntervalMs = limits.retryIntervalMs ?? 5000;
+  }
+
+  /**
+   * Opens (creating if needed) the outbox in `dir`, loading pending records in sequence order.
+   * Corrupt record files are moved to `<dir>/corrupt/` and counted in `counters().corrupt`.
+   * Throws when the limits are invalid or another live process holds the directory.
+   */
+  static async open(dir: string, limits: OutboxLimits): Promise<Outbox> {
+    checkLimits(limits);
+    dir = resolve(dir);
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    await acquireLock(dir);
+    const outbox = new Outbox(dir, limits);
+    try {
+      await outbox.load();
+    } catch (err) {
+      await releaseLock(dir);
+      throw err;
+    }
+    return outbox;
+  }
+
+  /**
+   * Persists a message and makes it publishable. Resolves after the write attempt: with
+   * `persisted: false` when the disk failed (see class comment). Rejects only for invalid
+   * messages, a record larger than `maxBytes`, or a closed outbox.
+   */
+  async enqueue(message: OutboxMessage): Promise<EnqueueResult> {
+    if (this.closed) throw new Error(`outbox ${this.dir} is closed`);
+    const record = this.toRecord(message);
+    const encoded = encodeRecord(record);
+    if (encoded.length > this.limits.maxBytes) {
+      throw new RangeError(`outbox record ${JSON.stringify(record.id)} is ${encoded.length} bytes, larger than outbox.maxBytes ${this.limits.maxBytes}`);
+    }
+    const entry: Entry = { record, size: encoded.length, settled: false, durable: false, writing: false, removed: false };
+    this.supersedeFor(entry);
+    this.insert(entry);
+    this.count.enqueued++;
+    this.enforceBounds();
+    const persisted = await this.write(entry, encoded);
+    entry.settled = true;
+    if (!entry.removed) this.emit('ready');
+    return { id: record.id, seq: record.seq, persisted };
+  }
+
+  /** All publishable records, oldest first. */
+  pending(): OutboxRecord[] {
+    return this.pendingAfter(0, Number.POSITIVE_INFINITY);
+  }
+
+  /**
+   * Up to `limit` publishable records with `seq > afterSeq`, oldest first. Stops at the first
+   * record whose first write has not finished, so publishing never overtakes the disk order.
+   */
+  pendingAfter(afterSeq: number, limit: number): OutboxRecord[] {
+    const out: OutboxRecord[] = [];
+    for (const entry of this.entries.values()) {
+      if (!entry.settled) break;
+      if (entry.record.seq <= afterSeq) continue;
+      out.push(entry.record);
+      if (out.length >= limit) break;
+    }
+    return out;
+  }
+
+  /**
+   * Marks a record delivered and deletes it. With `seq`, only that exact record is removed
+   * (guards against a newer record that reused the id). Returns false when nothing matched
+   * (already acked, dropped or superseded). Never throws for disk errors.
+   */
+  async ack(id: string, seq?: number): Promise<boolean> {
+    const entry = this.closed ? undefined : this.byId.get(id);
+    if (!entry || (seq !== undefined && entry.record.seq !== seq)) return false;
+    await this.remove(entry, 'delivered');
+    return true;
+  }
+
+  depth(): OutboxDepth {
+    let oldest: number | null = null;
+    let memoryOnly = 0;
+    for (const entry of this.entries.values()) {
+      if (oldest === null) oldest = entry.record.createdAt;
+      if (entry.settled && !entry.durable) memoryOnly++;
+    }
+    return { records: this.entries.size, bytes: this.bytes, oldestCreatedAt: oldest, memoryOnly };
+  }
+
+  counters(): OutboxCounters {
+    return { ...this.count };
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  /** Waits for writes and deletions in progress, stops retrying and releases the directory. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.retryTimer) clearInterval(this.retryTimer);
+    this.retryTimer = null;
+    while (this.ioInFlight.size > 0) await Promise.allSettled([...this.ioInFlight]);
+    await releaseLock(this.dir);
+  }
+
+  // ---- internals ----------------------------------------------------------------------
+
+  private toRecord(message: OutboxMessage): OutboxRecord {
+    const { id, topic } = message;
+    if (typeof id !== 'string' || id.length === 0 || id.length > MAX_ID_LENGTH) {
+      throw new TypeError(`outbox message id must be a string of 1..${MAX_ID_LENGTH} characters, got ${JSON.stringify(id)}`);
+    }
+    validatePublishTopic(topic);
+    const qos = message.qos ?? 1;
+    if (qos !== 0 && qos !== 1 && qos !== 2) throw new TypeError(`outbox message ${id}: qos must be 0, 1 or 2, got ${JSON.stringify(qos)}`);
+    const payload = typeof message.payload === 'string'
+      ? Buffer.from(message.payload, 'utf8')
+      : Buffer.isBuffer(message.payload)
+        ? message.payload
+        : Buffer.from(message.payload.buffer, message.payload.byteOffset, message.payload.byteLength);
+    return { id, seq: this.nextSeq++, topic, payload, qos, retain: message.retain ?? false, createdAt: Date.now() };
+  }
+
+  private insert(entry: Entry): void {
+    this.entries.set(entry.record.seq, entry);
+    this.byId.set(entry.record.id, entry);
+    if (entry.record.retain) this.retainedByTopic.set(entry.record.topic, entry);
+    this.bytes += entry.size;
+  }
+
+  /** Removes older pending records that `entry` makes pointless (same id, or same retained topic). */
+  private supersedeFor(entry: Entry): void {
+    const sameId = this.byId.get(entry.record.id);
+    if (sameId) void this.remove(sameId, 'superseded');
+    if (entry.record.retain) {
+      const sameTopic = this.retainedByTopic.get(entry.record.topic);
+      if (sameTopic && !sameTopic.removed) void this.remove(sameTopic, 'superseded');
+    }
+  }
+
+  /** Drops the oldest records until both bounds hold. */
+  private enforceBounds(): void {
+    for (const entry of this.entries.values()) {
+      if (this.entries.size <= this.limits.maxRecords && this.bytes <= this.limits.maxBytes) return;
+      void this.remove(entry, 'dropped');
+    }
+  }
+
+  private async remove(entry: Entry, reason: 'delivered' | 'dropped' | 'superseded'): Promise<void> {
+    if (entry.removed) return;
+    entry.removed = true;
+    const { record } = entry;
+    this.entries.delete(record.seq);
+    if (this.byId.get(record.id) === entry) this.byId.delete(record.id);
+    if (this.retainedByTopic.get(record.topic) === entry) this.retainedByTopic.delete(record.topic);
+    this.bytes -= entry.size;
+    this.count[reason]++;
+    if (reason === 'dropped') this.emit('dropped', record);
+    if (reason === 'superseded') this.emit('superseded', record);
+    // A write in progress deletes the file itself once it finishes (see write()).
+    if (!entry.writing) await this.track(this.deleteFile(record.seq));
+  }
+
+  /** One write attempt (temp + fsync + rename + dir fsync). Never throws. */
+  private async write(entry: Entry, encoded: Buffer): Promise<boolean> {
+    entry.writing = true;
+    const done = this.track(this.writeFile(entry.record.seq, encoded));
+    let ok = false;
+    try {
+      await done;
+      ok = true;
+      entry.durable = true;
+    } catch (err) {
+      this.count.failedWrites++;
+      this.emitDiskError(new OutboxDiskError('write', this.recordPath(entry.record.seq), err));
+      this.scheduleRetry();
+    } finally {
+      entry.writing = false;
+    }
+    if (entry.removed) await this.track(this.deleteFile(entry.record.seq));
+    return ok;
+  }
+
+  private async writeFile(seq: number, encoded: Buffer): Promise<void> {
+    const final = this.recordPath(seq);
+    const temp = final + TEMP_SUFFIX;
+    try {
+      const fh = await open(temp, 'w', 0o600);
+      try {
+        await fh.writeFile(encoded);
+        if (this.fsync) await fh.sync();
+      } finally {
+        await fh.close();
+      }
+      await rename(temp, final);
+    } catch (err) {
+      await unlink(temp).catch(() => undefined);
+      throw err;
+    }
+    await this.syncDir();
+  }
+
+  private async deleteFile(seq: number): Promise<void> {
+    const path = this.recordPath(seq);
+    try {
+      await unlink(path);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+      // The record may come back after a restart and be delivered twice: at-least-once holds.
+      this.count.failedRemovals++;
+      this.emitDiskError(new OutboxDiskError('remove', path, err));
+    }
+  }
+
+  /**
+   * fsyncs the directory so renames are durable. Group commit: callers that arrive while a
+   * sync runs share the next one, so N concurrent enqueues cost ~2 directory syncs, not N.
+   */
+  private syncDir(): Promise<void> {
+    if (!this.fsync) return Promise.resolve();
+    if (this.nextDirSync) return this.nextDirSync;
+    const previous = this.currentDirSync ?? Promise.resolve();
+    const next: Promise<void> = previous
+      .catch(() => undefined)
+      .then(async () => {
+        if (this.nextDirSync === next) this.nextDirSync = null;
+        this.currentDirSync = next;
+        const fh = await open(this.dir, 'r');
+        try {
+          await fh.sync();
+        } catch (err) {
+          // Some file systems cannot fsync a directory; the file itself is synced.
+          if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
+        } finally {
+          await fh.close();
+        }
+      })
+      .finally(() => {
+        if (this.currentDirSync === next) this.currentDirSync = null;
+      });
+    this.nextDirSync = next;
+    return next;
+  }
+
+  private scheduleRetry(): void {
+    if (this.retryTimer || this.closed) return;
+    this.retryTimer = setInterval(() => void this.retryWrites(), this.retryIntervalMs);
+    this.retryTimer.unref();
+  }
+
+  /** Re-writes records that exist only in memory; stops the timer once all are on disk. */
+  private async retryWrites(): Promise<void> {
+    let remaining = 0;
+    for (const entry of [...this.entries.values()]) {
+      if (entry.durable || entry.writing || !entry.settled || entry.removed) continue;
+      const ok = await this.write(entry, encodeRecord(entry.record));
+      if (!ok) remaining++;
+    }
+    if (remaining === 0 && this.retryTimer) {
+      clearInterval(this.retryTimer);
+      this.retryTimer = null;
+    }
+  }
+
+  private emitDiskError(error: OutboxDiskError): void {
+    // Never use the 'error' event: without a listener it would crash the agent.
+    this.emit('diskError', error);
+  }
+
+  private track<T>(promise: Promise<T>): Promise<T> {
+    this.ioInFlight.add(promise);
+    const forget = () => this.ioInFlight.delete(promise);
+    promise.then(forget, forget);
+    return promise;
+  }
+
+  private recordPath(seq: number): string {
+    return join(this.dir, `${String(seq).padStart(16, '0')}${RECORD_SUFFIX}`);
+  }
+
+  private async load(): Promise<void> {
+    const names = await readdir(this.dir);
+    const loaded: Entry[] = [];
+    for (const name of names) {
+      const path = join(this.dir, name);
+      if (name.endsWith(TEMP_SUFFIX)) {
+        // An unfinished write: its enqueue never resolved, so nobody was promised delivery.
+        await unlink(path).catch(() => undefined);
+        continue;
+      }
+      if (!name.endsWith(RECORD_SUFFIX)) continue;
+      const seqFromName = Number(name.slice(0, -RECORD_SUFFIX.length));
+      let entry: Entry | null = null;
+      try {
+        const bytes = await readFile(path);
+        const record = decodeRecord(bytes);
+        if (record.seq !== seqFromName) throw new Error(`file name says seq ${seqFromName}, record says ${record.seq}`);
+        entry = { record, size: bytes.length, settled: true, durable: true, writing: false, removed: false };
+      } catch {
+        await this.quarantine(name);
+        continue;
+      }
+      loaded.push(entry);
+    }
+    loaded.sort((a, b) => a.record.seq - b.record.seq);
+    for (const entry of loaded) {
+      // Normally a no-op; catches leftovers whose deletion failed before the restart.
+      this.supersedeFor(entry);
+      this.insert(entry);
+      this.nextSeq = Math.max(this.nextSeq, entry.record.seq + 1);
+    }
+    this.enforceBounds();
+    while (this.ioInFlight.size > 0) await Promise.allSettled([...this.ioInFlight]);
+  }
+
+  private async quarantine(name: string): Promise<void> {
+    this.count.corrupt++;
+    const corruptDir = join(this.dir, 'corrupt');
+    try {
+      await mkdir(corruptDir, { recursive: true, mode: 0o700 });
+      await rename(join(this.dir, name), join(corruptDir, `${Date.now()}-${name}`));
+    } catch (err) {
+      this.emitDiskError(new OutboxDiskError('quarantine', join(this.dir, name), err));
+    }
+  }
+}
+
+/** Opens an outbox; see {@link Outbox.open}. */
+export function openOutbox(dir: string, limits: OutboxLimits): Promise<Outbox> {
+  return Outbox.open(dir, limits);
+}
+
+function checkLimits(limits: OutboxLimits): void {
+  for (const key of ['maxRecords', 'maxBytes'] as const) {
+    const value = limits[key];
+    if (!Number.isSafeInteger(value) || value < 1) {
+      throw new RangeError(`outbox.${key} must be a positive integer, got ${JSON.stringify(value)}`);
+    }
+  }
+  if (limits.retryIntervalMs !== undefined && !(limits.retryIntervalMs > 0)) {
+    throw new RangeError(`outbox retryIntervalMs must be > 0, got ${JSON.stringify(limits.retryIntervalMs)}`);
+  }
+}
+
+// ---- record file format -------------------------------------------------------------
+//   'SWOB' | version u8 | header length u32BE | header JSON | payload | CRC-32 (u32BE) of all before
+
+interface RecordHeader {
+  seq: number;
+  id: string;
+  topic: string;
+  qos: QoS;
+  retain: boolean;
+  createdAt: number;
+  payloadBytes: number;
+}
+
+export function encodeRecord(record: OutboxRecord): Buffer {
+  const header: RecordHeader = {
+    seq: record.seq,
+    id: record.id,
+    topic: record.topic,
+    qos: record.qos,
+    retain: record.retain,
+    createdAt: record.createdAt,
+    payloadBytes: record.payload.length,
+  };
+  const headerBytes = Buffer.from(JSON.stringify(header), 'utf8');
+  const out = Buffer.allocUnsafe(MAGIC.length + 1 + 4 + headerBytes.length + record.payload.length + 4);
+  let at = MAGIC.copy(out, 0);
+  out.writeUInt8(FORMAT_VERSION, at);
+  at += 1;
+  out.writeUInt32BE(headerBytes.length, at);
+  at += 4;
+  at += headerBytes.copy(out, at);
+  at += record.payload.copy(out, at);
+  out.writeUInt32BE(crc32(out.subarray(0, at)), at);
+  return out;
+}
+
+/** Parses a record file; throws an Error saying what is wrong. */
+export function decodeRecord(bytes: Buffer): OutboxRecord {
+  const fixed = MAGIC.length + 1 + 4;
+  if (bytes.length < fixed + 4) throw new Error(`record is ${bytes.length} bytes, too short`);
+  if (!bytes.subarray(0, MAGIC.length).equals(MAGIC)) throw new Error('bad magic');
+  const version = bytes.readUInt8(MAGIC.length);
+  if (version !== FORMAT_VERSION) throw new Error(`unsupported record version ${version}`);
+  const stored = bytes.readUInt32BE(bytes.length - 4);
+  if (crc32(bytes.subarray(0, bytes.length - 4)) !== stored) throw new Error('checksum mismatch');
+  const headerLength = bytes.readUInt32BE(MAGIC.length + 1);
+  if (fixed + headerLength > bytes.length - 4) throw new Error('header length past end of record');
+  const header = JSON.parse(bytes.subarray(fixed, fixed + headerLength).toString('utf8')) as Partial<RecordHeader>;
+  const payload = bytes.subarray(fixed + headerLength, bytes.length - 4);
+  if (
+    !Number.isSafeInteger(header.seq) ||
+    typeof header.id !== 'string' ||
+    typeof header.topic !== 'string' ||
+    (header.qos !== 0 && header.qos !== 1 && header.qos !== 2) ||
+    typeof header.retain !== 'boolean' ||
+    typeof header.createdAt !== 'number' ||
+    header.payloadBytes !== payload.length
+  ) {
+    throw new Error('malformed record header');
+  }
+  return {
+    seq: header.seq as number,
+    id: header.id,
+    topic: header.topic,
+    qos: header.qos,
+    retain: header.retain,
+    createdAt: header.createdAt,
+    payload: Buffer.from(payload),
+  };
+}
+
+// ---- single-writer lock ------------------------------------------------------------------
+
+async function acquireLock(dir: string): Promise<void> {
+  const path = join(dir, LOCK_FILE);
+  if (openDirs.has(dir)) throw new Error(`outbox ${dir} is already open in this process`);
+  try {
+    await writeFile(path, String(process.pid), { flag: 'wx', mode: 0o600 });
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    const holder = Number((await readFile(path, 'utf8').catch(() => '')).trim());
+    if (Number.isSafeInteger(holder) && holder > 0 && holder !== process.pid && isAlive(holder)) {
+      throw new Error(`outbox ${dir} is in use by process ${holder} (lock file ${path})`);
+    }
+    // Stale lock: its process is gone (or it was this process, which no longer holds it open).
+    await writeFile(path, String(process.pid), { mode: 0o600 });
+  }
+  openDirs.add(dir);
+}
+
+async function releaseLock(dir: string): Promise<void> {
+  openDirs.delete(dir);
+  await unlink(join(dir, LOCK_FILE)).catch(() => undefined);
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}

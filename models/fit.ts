@@ -1,0 +1,165 @@
+/**
+ * Fitting PatchCore (the "training loop"): embed the normal images, keep a greedy k-center
+ * coreset of their patches as the memory bank, compile the model graph, then score held-out
+ * normal images to derive default thresholds and normalisation statistics — no anomalous
+ * sample needed. Image decoding and file handling belong to the caller; this module sees
+ * batches of preprocessed images only.
+ */
+import ort from 'onnxruntime-node';
+import { encodeModel } from './onnx/proto.js';
+import { selectCoreset } from './coreset.js';
+import { attachManifest, MANIFEST_FORMAT, scoreStatistics, type ModelManifest } from './manifest.js';
+import { buildModelGraph, geometry } from './patchcore-graph.js';
+import { REWEIGHT_K } from './patchcore-math.js';
+import { createSession, type ProviderChoice } from './execution-provider.js';
+import { FeatureExtractor, PatchcoreModel } from './runtime.js';
+import type { LoadedBackbone } from './backbone.js';
+import { TOOL_VERSION } from './version.js';
+
+/** A batch of preprocessed images: [count, 3, S, S] float32. */
+export interface InputBatch {
+  data: Float32Array;
+  count: number;
+}
+
+export type FitStage = 'features' | 'coreset' | 'compile' | 'validation';
+
+export interface FitOptions {
+  name: string;
+  backbone: LoadedBackbone;
+  /** Number of training images the iterable will yield in total (to size buffers and progress). */
+  trainCount: number;
+  train: AsyncIterable<InputBatch>;
+  validationCount: number;
+  validation: AsyncIterable<InputBatch>;
+  validationSource: 'held-out' | 'separate' | 'training';
+  trainingDigest: string;
+  coresetRatio: number;
+  seed: number;
+  projection: 'jl' | 'none';
+  inputSize?: number;
+  provider?: ProviderChoice;
+  /** ISO time stamped into the manifest (pass a fixed one for reproducible files). */
+  createdAt: string;
+  onProgress?: (stage: FitStage, done: number, total: number) => void;
+}
+
+export interface FitResult {
+  bytes: Uint8Array;
+  manifest: ModelManifest;
+  /** Milliseconds per stage (decoding is timed by the caller, inside the iterables). */
+  timings: Record<FitStage, number>;
+}
+
+export class FitError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'FitError';
+  }
+}
+
+export async function fitPatchcore(opts: FitOptions): Promise<FitResult> {
+  const d = opts.backbone.descriptor;
+  const inputSize = opts.inputSize ?? d.inputSize;
+  const g = geometry(d, inputSize);
+  const patchesPerImage = g.grid * g.grid;
+  const timings: Record<FitStage, number> = { features: 0, coreset: 0, compile: 0, validation: 0 };
+  if (opts.trainCount < 1) throw new FitError('no training image to fit on');
+
+  // 1. Patch embeddings of every training image, into one contiguous buffer.
+  let t = performance.now();
+  const extractor = await FeatureExtractor.create(opts.backbone, { inputSize, provider: opts.provider });
+  const features = new Float32Array(opts.trainCount * patchesPerImage * g.dim);
+  let images = 0;
+  try {
+    for await (const batch of opts.train) {
+      if (images + batch.count > opts.trainCount) throw new FitError(`more training images than announced (${opts.trainCount})`);
+      features.set(await extractor.embed(batch.data, batch.count), images * patchesPerImage * g.dim);
+      images += batch.count;
+      opts.onProgress?.('features', images, opts.trainCount);
+    }
+  } finally {
+    await extractor.release();
+  }
+  if (images === 0) throw new FitError('no usable training image');
+  const n = images * patchesPerImage;
+  const used = features.subarray(0, n * g.dim);
+  timings.features = performance.now() - t;
+
+  // 2. Coreset → memory bank.
+  t = performance.now();
+  const selected = selectCoreset(used, n, g.dim, {
+    ratio: opts.coresetRatio,
+    seed: opts.seed,
+    projection: opts.projection,
+    onProgress: (done, total) => opts.onProgress?.('coreset', done, total),
+  });
+  const bank = new Float32Array(selected.length * g.dim);
+  for (let i = 0; i < selected.length; i++) bank.set(used.subarray(selected[i]! * g.dim, (selected[i]! + 1) * g.dim), i * g.dim);
+  timings.coreset = performance.now() - t;
+
+  // 3. Compile (without manifest) and score the validation images for thresholds.
+  t = performance.now();
+  const graph = buildModelGraph(opts.backbone.model, d, { bank, entries: selected.length, inputSize });
+  timings.compile = performance.now() - t;
+  opts.onProgress?.('compile', 1, 1);
+
+  t = performance.now();
+  const { session } = await createSession(encodeModel(graph), { provider: opts.provider });
+  const imageScores: number[] = [];
+  const pixelMaxima: number[] = [];
+  let validated = 0;
+  try {
+    for await (const batch of opts.validation) {
+      const s = inputSize;
+      const out = await session.run({ [session.inputNames[0]!]: new ort.Tensor('float32', batch.data.subarray(0, batch.count * 3 * s * s), [batch.count, 3, s, s]) });
+      const scores = out.score!.data as Float32Array;
+      const maps = out.anomaly_map!.data as Float32Array;
+      for (let i = 0; i < batch.count; i++) {
+        imageScores.push(scores[i]!);
+        let m = -Infinity;
+        for (let j = i * s * s; j < (i + 1) * s * s; j++) if (maps[j]! > m) m = maps[j]!;
+        pixelMaxima.push(m);
+      }
+      validated += batch.count;
+      opts.onProgress?.('validation', validated, opts.validationCount);
+    }
+  } finally {
+    await session.release();
+  }
+  if (validated === 0) throw new FitError('no usable validation image: thresholds need at least one normal image outside the memory bank');
+  timings.validation = performance.now() - t;
+
+  const imageStats = scoreStatistics(imageScores);
+  const pixelStats = scoreStatistics(pixelMaxima);
+  const manifest: ModelManifest = {
+    format: MANIFEST_FORMAT,
+    kind: 'patchcore',
+    name: opts.name,
+    backbone: {
+      id: d.id,
+      sha256: d.sha256,
+      taps: d.taps.map((tap) => ({ tensor: tap.tensor, stride: tap.stride, channels: tap.channels })),
+      ...(d.embedDim ? { embedDim: d.embedDim } : {}),
+    },
+    inputSize,
+    normalization: d.normalization,
+    patchGrid: g.grid,
+    embeddingDim: g.dim,
+    coreset: { ratio: opts.coresetRatio, seed: opts.seed, projection: opts.projection, patches: n, entries: selected.length },
+    reweightK: Math.min(REWEIGHT_K, selected.length),
+    training: { images, digest: opts.trainingDigest, validationImages: validated, validationSource: opts.validationSource },
+    // The largest score seen on normal images the bank has not memorised: no false alarm on them.
+    thresholds: { image: imageStats.max, pixel: pixelStats.max, method: 'max-of-normal-validation' },
+    statistics: { image: imageStats, pixel: pixelStats },
+    normalizationRange: { min: imageStats.min, max: imageStats.max },
+    tool: { name: 'shelfwatch', version: TOOL_VERSION },
+    createdAt: opts.createdAt,
+  };
+  attachManifest(graph, manifest);
+  const bytes = encodeModel(graph);
+  // Round trip: the file must load through the very runtime the agent uses.
+  const check = await PatchcoreModel.load(bytes, { provider: 'cpu' }, `fitted model '${opts.name}'`);
+  await check.release();
+  return { bytes, manifest, timings };
+}

@@ -1,0 +1,199 @@
+/**
+ * Decodes any encoded image (JPEG, PNG, WebP, TIFF, GIF, AVIF/HEIF, SVG... whatever sharp reads)
+ * to 8-bit interleaved RGB, the one pixel format the rest of the model layer works with.
+ *
+ * - EXIF orientation is applied, so width/height are those of the upright image.
+ * - Grey is replicated into R, G and B; alpha is composited over white (products stand on white
+ *   shelves); 16-bit becomes 8-bit; CMYK and embedded ICC profiles become sRGB.
+ * - Bad input never reaches the model: it is refused with an {@link ImageDecodeError} naming the
+ *   origin and the reason. Dimensions are checked from the header before any pixel is decoded.
+ *
+ * Shrink-on-load: when the caller only needs a small model input (`targetSize`), a big JPEG or
+ * WebP is decoded at a reduced scale by an integer factor s = floor(shortSide / (2 · targetSize)),
+ * which keeps the result at least 2× the target on each side, so the exact triangle filter of
+ * resize.ts still does the final, antialiased step. It applies from s ≥ 3 for JPEG (short side
+ * ≥ 6× the target) and s ≥ 2 for WebP (≥ 4×), see {@link shrinkFactor}. For JPEG, sharp picks the
+ * DCT scale (1/2, 1/4 or 1/8: the largest power of two below s, see sharp's pipeline.cc) and
+ * reduces the remainder with a linear (triangle) kernel; libwebp scales directly.
+ * Without `targetSize`, for other formats, or for images that are not big enough, the image is
+ * decoded at full resolution — the reference comparison requires pixels without DCT scaling.
+ */
+import sharp, { type Metadata, type OutputInfo } from 'sharp';
+
+/** 8-bit RGB pixels, row-major, interleaved (R, G, B, R, G, B, ...). */
+export interface RawImage {
+  data: Uint8Array;
+  width: number;
+  height: number;
+  channels: 3;
+  /** Where the image came from (path, URL, camera id), for errors and logs. */
+  origin: string;
+  /** Size of the upright source image before any shrink-on-load. */
+  sourceWidth: number;
+  sourceHeight: number;
+  /** Integer shrink-on-load factor (1 = full resolution); width ≈ sourceWidth / shrink. */
+  shrink: number;
+}
+
+export type ImageDecodeReason = 'empty' | 'truncated' | 'corrupt' | 'unsupported' | 'too-large';
+
+export class ImageDecodeError extends Error {
+  readonly origin: string;
+  readonly reason: ImageDecodeReason;
+
+  constructor(origin: string, reason: ImageDecodeReason, detail: string, options?: { cause?: unknown }) {
+    super(`cannot decode image ${origin}: ${reason}: ${detail}`, options);
+    this.name = 'ImageDecodeError';
+    this.origin = origin;
+    this.reason = reason;
+  }
+}
+
+export interface DecodeOptions {
+  /** Where the bytes came from; every error names it. */
+  origin: string;
+  /** Refuse images with more pixels than this (checked from the header). Default 100 megapixels. */
+  maxPixels?: number;
+  /** Side of the square model input the image is decoded for; enables shrink-on-load. */
+  targetSize?: number;
+  /**
+   * How picky the decoder is about damaged data. 'warning' (default, sharp's own default) also
+   * refuses JPEGs with corrupt entropy data, which libjpeg would otherwise decode into garbage
+   * that looks like damage to the detector; 'error' tolerates warnings. Truncated data is refused
+   * in both cases.
+   */
+  failOn?: 'warning' | 'error';
+}
+
+export const DEFAULT_MAX_PIXELS = 100_000_000;
+
+const WHITE = { r: 255, g: 255, b: 255 };
+
+export async function decodeImage(input: Buffer, opts: DecodeOptions): Promise<RawImage> {
+  const { origin } = opts;
+  const maxPixels = opts.maxPixels ?? DEFAULT_MAX_PIXELS;
+  const failOn = opts.failOn ?? 'warning';
+  if (!Number.isInteger(maxPixels) || maxPixels < 1) {
+    throw new RangeError(`decodeImage(${origin}): maxPixels must be a positive integer, got ${maxPixels}`);
+  }
+  if (opts.targetSize !== undefined && (!Number.isInteger(opts.targetSize) || opts.targetSize < 1)) {
+    throw new RangeError(`decodeImage(${origin}): targetSize must be a positive integer, got ${opts.targetSize}`);
+  }
+  if (input.length === 0) throw new ImageDecodeError(origin, 'empty', 'the buffer holds 0 bytes');
+
+  // Header first: refuse absurd sizes before a single pixel is allocated.
+  let meta: Metadata;
+  try {
+    meta = await sharp(input, { failOn, limitInputPixels: false }).metadata();
+  } catch (err) {
+    throw classify(origin, input, undefined, err);
+  }
+  const { width, height } = meta;
+  if (!width || !height) throw new ImageDecodeError(origin, 'corrupt', `the ${meta.format} header has no dimensions`);
+  if (width * height > maxPixels) {
+    throw new ImageDecodeError(
+      origin,
+      'too-large',
+      `${width}×${height} = ${(width * height / 1e6).toFixed(1)} megapixels exceeds the limit of ${(maxPixels / 1e6).toFixed(1)} megapixels`,
+    );
+  }
+  const upright = meta.autoOrient ?? { width, height };
+  const shrink = shrinkFactor(meta.format, upright.width, upright.height, opts.targetSize);
+
+  let pipeline = sharp(input, { failOn, limitInputPixels: maxPixels, autoOrient: true });
+  if (shrink > 1) {
+    pipeline = pipeline.resize(Math.ceil(upright.width / shrink), Math.ceil(upright.height / shrink), {
+      fit: 'fill',
+      kernel: 'linear',
+      fastShrinkOnLoad: true,
+    });
+  }
+  // toColourspace('srgb') replicates grey, maps 16-bit to 8-bit and CMYK to sRGB; flatten drops alpha.
+  pipeline = pipeline.flatten({ background: WHITE }).toColourspace('srgb').removeAlpha();
+
+  let decoded: { data: Buffer; info: OutputInfo };
+  try {
+    decoded = await pipeline.raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
+  } catch (err) {
+    throw classify(origin, input, meta.format, err);
+  }
+  const { info, data } = decoded;
+  if (info.channels !== 3 || data.length !== info.width * info.height * 3) {
+    // Guard against a pipeline surprise rather than hand the model mis-strided pixels.
+    throw new ImageDecodeError(
+      origin,
+      'unsupported',
+      `decoder produced ${info.channels} channels of ${info.width}×${info.height} (${data.length} bytes), expected RGB`,
+    );
+  }
+  return {
+    data: new Uint8Array(data.buffer, data.byteOffset, data.length),
+    width: info.width,
+    height: info.height,
+    channels: 3,
+    origin,
+    sourceWidth: upright.width,
+    sourceHeight: upright.height,
+    shrink,
+  };
+}
+
+/** The integer shrink-on-load factor for an upright w×h image decoded for targetSize (1 = none). */
+export function shrinkFactor(format: string | undefined, w: number, h: number, targetSize: number | undefined): number {
+  if (targetSize === undefined) return 1;
+  // Only formats whose decoder can itself decode at a reduced scale; PNG/TIFF would be fully
+  // decoded anyway and then shrunk by a filter that is not the reference one.
+  if (format !== 'jpeg' && format !== 'webp') return 1;
+  const s = Math.floor(Math.min(w, h) / (2 * targetSize));
+  // s = 2 on a JPEG gives no DCT scaling in sharp (it halves the scale for libjpeg rounding), only
+  // a non-reference resize, so start at 3 (short side ≥ 6× the target); WebP scales freely.
+  const min = format === 'jpeg' ? 3 : 2;
+  return s >= min ? s : 1;
+}
+
+/** Turn a sharp/libvips failure into an ImageDecodeError with a reason code. */
+function classify(origin: string, input: Buffer, format: string | undefined, err: unknown): ImageDecodeError {
+  const message = err instanceof Error ? err.message : String(err);
+  const detail = firstLines(message);
+  if (/unsupported image format/i.test(message)) {
+    return new ImageDecodeError(origin, 'unsupported', `${describeStart(input)}; ${detail}`, { cause: err });
+  }
+  if (/exceeds pixel limit|pixel limit/i.test(message)) {
+    return new ImageDecodeError(origin, 'too-large', detail, { cause: err });
+  }
+  const fmt = format ?? sniffFormat(input);
+  if (isMissingEnd(fmt, input) || (!/corrupt/i.test(message) && /premature end|truncat|unexpected end|end of (file|stream|data)/i.test(message))) {
+    return new ImageDecodeError(origin, 'truncated', `${fmt ?? 'image'} data ends early (${input.length} bytes); ${detail}`, { cause: err });
+  }
+  return new ImageDecodeError(origin, 'corrupt', `${fmt ?? 'image'} data is damaged; ${detail}`, { cause: err });
+}
+
+function firstLines(message: string): string {
+  const lines = [...new Set(message.split('\n').map((l) => l.trim()).filter(Boolean))];
+  return lines.slice(0, 3).join(' / ');
+}
+
+function sniffFormat(b: Buffer): string | undefined {
+  if (b.length >= 3 && b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) return 'jpeg';
+  if (b.length >= 8 && b.readUInt32BE(0) === 0x89504e47 && b.readUInt32BE(4) === 0x0d0a1a0a) return 'png';
+  return undefined;
+}
+
+/** A JPEG without its EOI marker or a PNG without IEND near the end was cut off. */
+function isMissingEnd(format: string | undefined, b: Buffer): boolean {
+  const tail = b.subarray(Math.max(0, b.length - 64));
+  if (format === 'jpeg') return tail.indexOf(Buffer.from([0xff, 0xd9])) < 0;
+  if (format === 'png') return tail.indexOf(Buffer.from('IEND', 'latin1')) < 0;
+  return false;
+}
+
+/** "starts with 3c 21 64 6f (looks like HTML/XML text)" — what the caller actually received. */
+function describeStart(b: Buffer): string {
+  const hex = [...b.subarray(0, 8)].map((x) => x.toString(16).padStart(2, '0')).join(' ');
+  const text = b.subarray(0, 64).toString('latin1').trimStart().toLowerCase();
+  let guess = '';
+  if (text.startsWith('<')) guess = ' (looks like HTML/XML text, not an image)';
+  else if (text.startsWith('{') || text.startsWith('[')) guess = ' (looks like JSON text, not an image)';
+  else if (b[0] === 0x42 && b[1] === 0x4d) guess = ' (BMP, which this build does not read)';
+  return `${b.length} bytes starting with ${hex}${guess}`;
+}

@@ -1,0 +1,188 @@
+/**
+ * The runtime the agent and the evaluator share: load a compiled model (ONNX + manifest),
+ * pick the execution provider, run batches of preprocessed images and turn the raw outputs
+ * into Predictions (raw and normalised score, anomaly map, binary mask at the threshold).
+ */
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import ort from 'onnxruntime-node';
+import { createSession, type ProviderChoice, type ProviderName, type SessionResult } from './execution-provider.js';
+import { normalizeScore, readManifest, type ModelManifest } from './manifest.js';
+import { decodeModel, encodeModel, OnnxFormatError } from './onnx/proto.js';
+import { buildFeatureGraph, buildTapProbeGraph, geometry, OUTPUT_EMBEDDING, OUTPUT_MAP, OUTPUT_MAX, OUTPUT_SCORE } from './patchcore-graph.js';
+import type { LoadedBackbone } from './backbone.js';
+import { BackboneError } from './backbone.js';
+import type { Prediction } from './types.js';
+
+export interface RawOutputs {
+  scores: Float32Array;
+  maxDistances: Float32Array;
+  /** [n, size, size] */
+  maps: Float32Array;
+}
+
+export interface LoadModelOptions {
+  provider?: ProviderChoice;
+  intraOpThreads?: number;
+  /** Refuse the model unless it was built on this backbone digest. */
+  expectBackboneSha256?: string;
+}
+
+export class ModelLoadError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ModelLoadError';
+  }
+}
+
+export class PatchcoreModel {
+  private constructor(
+    readonly manifest: ModelManifest,
+    /** sha256 of the model file: the identity events and statuses carry. */
+    readonly digest: string,
+    private readonly session: ort.InferenceSession,
+    readonly provider: ProviderName,
+    readonly fallbacks: SessionResult['fallbacks'],
+    readonly origin: string,
+  ) {}
+
+  get inputSize(): number {
+    return this.manifest.inputSize;
+  }
+
+  /** Load from a file path or bytes; validates the manifest before creating the session. */
+  static async load(source: string | Uint8Array, opts: LoadModelOptions = {}, origin = typeof source === 'string' ? source : 'model'): Promise<PatchcoreModel> {
+    let bytes: Uint8Array;
+    if (typeof source === 'string') {
+      try {
+        bytes = await readFile(source);
+      } catch (e) {
+        throw new ModelLoadError(`model ${source}: cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+      }
+    } else bytes = source;
+    let manifest: ModelManifest;
+    try {
+      manifest = readManifest(decodeModel(bytes, origin), origin);
+    } catch (e) {
+      if (e instanceof OnnxFormatError) throw new ModelLoadError(e.message);
+      throw new ModelLoadError((e as Error).message);
+    }
+    if (opts.expectBackboneSha256 && manifest.backbone.sha256 !== opts.expectBackboneSha256) {
+      throw new ModelLoadError(
+        `${origin}: built on backbone ${manifest.backbone.id} (${manifest.backbone.sha256.slice(0, 12)}…), expected ${opts.expectBackboneSha256.slice(0, 12)}…`,
+      );
+    }
+    const digest = createHash('sha256').update(bytes).digest('hex');
+    let created: SessionResult;
+    try {
+      created = await createSession(bytes, { provider: opts.provider, intraOpThreads: opts.intraOpThreads });
+    } catch (e) {
+      throw new ModelLoadError(`${origin}: ${(e as Error).message}`);
+    }
+    return new PatchcoreModel(manifest, digest, created.session, created.provider, created.fallbacks, origin);
+  }
+
+  /** Run n preprocessed images ([n,3,S,S] float32) through the model. */
+  async run(batch: Float32Array, n: number): Promise<RawOutputs> {
+    const s = this.inputSize;
+    if (n < 1 || batch.length < n * 3 * s * s) {
+      throw new RangeError(`batch of ${n} needs ${n * 3 * s * s} values, got ${batch.length}`);
+    }
+    const input = new ort.Tensor('float32', batch.length === n * 3 * s * s ? batch : batch.subarray(0, n * 3 * s * s), [n, 3, s, s]);
+    const out = await this.session.run({ [this.session.inputNames[0]!]: input });
+    return {
+      scores: out[OUTPUT_SCORE]!.data as Float32Array,
+      maxDistances: out[OUTPUT_MAX]!.data as Float32Array,
+      maps: out[OUTPUT_MAP]!.data as Float32Array,
+    };
+  }
+
+  /** Run a batch and build one Prediction per image. Thresholds default to the manifest's. */
+  async predict(batch: Float32Array, n: number, thresholds: Array<{ image?: number; pixel?: number }> = []): Promise<Prediction[]> {
+    const raw = await this.run(batch, n);
+    const size = this.inputSize;
+    const plane = size * size;
+    const out: Prediction[] = [];
+    for (let i = 0; i < n; i++) {
+      const imageThreshold = thresholds[i]?.image ?? this.manifest.thresholds.image;
+      const pixelThreshold = thresholds[i]?.pixel ?? this.manifest.thresholds.pixel;
+      const map = raw.maps.slice(i * plane, (i + 1) * plane);
+      const mask = new Uint8Array(plane);
+      for (let j = 0; j < plane; j++) mask[j] = map[j]! > pixelThreshold ? 1 : 0;
+      const score = raw.scores[i]!;
+      out.push({
+        score,
+        normalizedScore: normalizeScore(score, imageThreshold, this.manifest.normalizationRange),
+        anomalyMap: map,
+        mapSize: size,
+        mask,
+        threshold: imageThreshold,
+        isAnomalous: score > imageThreshold,
+        modelDigest: this.digest,
+      });
+    }
+    return out;
+  }
+
+  async release(): Promise<void> {
+    await this.session.release();
+  }
+}
+
+/** Backbone + aggregation only: turns images into patch embeddings (used by fit and eval caches). */
+export class FeatureExtractor {
+  private constructor(
+    private readonly session: ort.InferenceSession,
+    readonly provider: ProviderName,
+    readonly patches: number,
+    readonly dim: number,
+    readonly inputSize: number,
+  ) {}
+
+  static async create(backbone: LoadedBackbone, opts: { inputSize?: number; provider?: ProviderChoice; intraOpThreads?: number } = {}): Promise<FeatureExtractor> {
+    const d = backbone.descriptor;
+    const inputSize = opts.inputSize ?? d.inputSize;
+    await verifyTapStrides(backbone, inputSize, opts.provider);
+    const g = geometry(d, inputSize);
+    const { session, provider } = await createSession(encodeModel(buildFeatureGraph(backbone.model, d, inputSize)), opts);
+    return new FeatureExtractor(session, provider, g.grid * g.grid, g.dim, inputSize);
+  }
+
+  /** [n,3,S,S] → [n, patches, dim] */
+  async embed(batch: Float32Array, n: number): Promise<Float32Array> {
+    const s = this.inputSize;
+    const input = new ort.Tensor('float32', batch.subarray(0, n * 3 * s * s), [n, 3, s, s]);
+    const out = await this.session.run({ [this.session.inputNames[0]!]: input });
+    return out[OUTPUT_EMBEDDING]!.data as Float32Array;
+  }
+
+  async release(): Promise<void> {
+    await this.session.release();
+  }
+}
+
+/** Runs the backbone once on a blank image and checks each tap's channels and stride. */
+export async function verifyTapStrides(backbone: LoadedBackbone, inputSize: number, provider: ProviderChoice = 'cpu'): Promise<void> {
+  const d = backbone.descriptor;
+  let session: ort.InferenceSession;
+  try {
+    ({ session } = await createSession(encodeModel(buildTapProbeGraph(backbone.model, d, inputSize)), { provider }));
+  } catch (e) {
+    throw new BackboneError(`backbone ${backbone.path}: the tap graph does not load (${(e as Error).message})`);
+  }
+  try {
+    const out = await session.run({ [d.input]: new ort.Tensor('float32', new Float32Array(3 * inputSize * inputSize), [1, 3, inputSize, inputSize]) });
+    d.taps.forEach((tap, i) => {
+      const dims = out[`tap${i}`]!.dims;
+      const expected = Math.ceil(inputSize / tap.stride);
+      if (dims.length !== 4 || dims[1] !== tap.channels || dims[2] !== expected || dims[3] !== expected) {
+        throw new BackboneError(
+          `backbone ${backbone.path}: tap '${tap.tensor}' has shape [${dims.join(',')}] at input ${inputSize}; ` +
+            `the descriptor says stride ${tap.stride} and ${tap.channels} channels, i.e. [1,${tap.channels},${expected},${expected}]`,
+        );
+      }
+    });
+  } finally {
+    await session.release();
+  }
+}

@@ -1,0 +1,408 @@
+import test from 'ava';
+import { readFileSync } from 'node:fs';
+import { crc32, deflateSync } from 'node:zlib';
+import sharp from 'sharp';
+import { decodeImage, ImageDecodeError, shrinkFactor, type ImageDecodeReason, type RawImage } from '../models/image-decode.js';
+import { IMAGENET_NORMALIZATION, preprocessImage, toModelInput } from '../models/preprocess.js';
+import { axisCoefficients, computeAxisCoefficients, resizeTriangle } from '../models/resize.js';
+
+const REFERENCE = '../shared/reference/patchcore';
+const DATASET = '../shared/datasets/magnetic_tile';
+const norm = IMAGENET_NORMALIZATION;
+
+/** A deterministic, non-trivial RGB image (smooth waves, a ramp and a checkerboard). */
+function texture(w: number, h: number): Buffer {
+  const b = Buffer.alloc(w * h * 3);
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      const i = (y * w + x) * 3;
+      b[i] = 128 + 100 * Math.sin(x / 37) * Math.cos(y / 53);
+      b[i + 1] = (x * 255) / w;
+      b[i + 2] = ((x >> 5) + (y >> 5)) & 1 ? 200 : 40;
+    }
+  }
+  return b;
+}
+
+/** Pseudo-random bytes, so that JPEGs of it are large enough to cut and damage. */
+function noise(w: number, h: number, channels: number): Buffer {
+  const b = Buffer.alloc(w * h * channels);
+  let s = 12345;
+  for (let i = 0; i < b.length; i++) {
+    s = (s * 1103515245 + 12345) >>> 0;
+    b[i] = s >>> 24;
+  }
+  return b;
+}
+
+const raw = (w: number, h: number, channels: 1 | 2 | 3 | 4, data: Buffer) => sharp(data, { raw: { width: w, height: h, channels } });
+const pixel = (img: RawImage, x: number, y: number) => [...img.data.subarray((y * img.width + x) * 3, (y * img.width + x) * 3 + 3)];
+
+async function rejects(t: import('ava').ExecutionContext, input: Buffer, origin: string, reason: ImageDecodeReason, opts: { maxPixels?: number } = {}) {
+  const err = await t.throwsAsync(decodeImage(input, { origin, ...opts }), { instanceOf: ImageDecodeError });
+  t.is(err?.reason, reason, err?.message);
+  t.is(err?.origin, origin);
+  t.true(err?.message.includes(origin), err?.message);
+  t.true(err?.message.includes(reason), err?.message);
+  return err;
+}
+
+// ---------------------------------------------------------------- reference
+
+test('magnetic_tile test images 6 and 7 reproduce the reference inputs.bin', async (t) => {
+  const manifest = JSON.parse(readFileSync(`${REFERENCE}/manifest.json`, 'utf8'));
+  t.deepEqual(manifest.arrays.inputs.shape, [2, 3, 224, 224]);
+  const bin = readFileSync(`${REFERENCE}/inputs.bin`);
+  const expected = new Float32Array(bin.buffer, bin.byteOffset, bin.length / 4);
+  const images = JSON.parse(readFileSync(`${REFERENCE}/images.json`, 'utf8')).test as { index: number; path: string; width: number; height: number }[];
+  const plane = 3 * 224 * 224;
+  const batch = new Float32Array(2 * plane);
+  for (const [k, index] of [6, 7].entries()) {
+    const entry = images.find((e) => e.index === index)!;
+    const input = readFileSync(`${DATASET}/${entry.path}`);
+    const pre = await preprocessImage(input, { origin: entry.path, size: 224, normalization: norm, shrinkOnLoad: false });
+    t.is(pre.size, 224);
+    t.deepEqual([pre.sourceWidth, pre.sourceHeight], [entry.width, entry.height]);
+    let max = 0;
+    for (let i = 0; i < plane; i++) max = Math.max(max, Math.abs(pre.data[i] - expected[k * plane + i]));
+    t.true(max <= 1e-4, `${entry.path}: max abs diff ${max}`);
+    // Batch filling in place gives the same values.
+    const img = await decodeImage(input, { origin: entry.path });
+    t.is(img.shrink, 1);
+    t.is(toModelInput(img, { size: 224, normalization: norm }, batch, k * plane), batch);
+    t.deepEqual(batch.subarray(k * plane, (k + 1) * plane), pre.data);
+  }
+});
+
+test('the reference paths are those of images.json (test images 6 and 7)', (t) => {
+  const images = JSON.parse(readFileSync(`${REFERENCE}/images.json`, 'utf8')).test as { index: number; path: string }[];
+  t.is(images.find((e) => e.index === 6)?.path, 'test/good/exp1_num_116270.jpg');
+  t.is(images.find((e) => e.index === 7)?.path, 'test/uneven/exp0_num_461.jpg');
+});
+
+// ---------------------------------------------------------------- resize
+
+function taps(inSize: number, outSize: number): { start: number; w: number[] }[] {
+  const c = computeAxisCoefficients(inSize, outSize);
+  return [...c.start].map((start, i) => ({ start, w: [...c.weights.subarray(i * c.stride, i * c.stride + c.count[i])] }));
+}
+
+function close(t: import('ava').ExecutionContext, actual: { start: number; w: number[] }[], expected: { start: number; w: number[] }[]) {
+  t.is(actual.length, expected.length);
+  for (let i = 0; i < expected.length; i++) {
+    t.is(actual[i].start, expected[i].start, `output ${i} start`);
+    t.is(actual[i].w.length, expected[i].w.length, `output ${i} tap count`);
+    expected[i].w.forEach((w, k) => t.true(Math.abs(actual[i].w[k] - w) < 1e-15, `output ${i} tap ${k}: ${actual[i].w[k]} vs ${w}`));
+  }
+}
+
+test('coefficients: identity is one tap of weight 1', (t) => {
+  close(t, taps(5, 5), [0, 1, 2, 3, 4].map((start) => ({ start, w: [1] })));
+});
+
+test('coefficients: shrinking 4→2 widens the triangle (support 2)', (t) => {
+  // center 1: j = 0, 1, 2 at distances 0.25, 0.25, 0.75 of support 2 → 0.75, 0.75, 0.25 → /1.75
+  close(t, taps(4, 2), [
+    { start: 0, w: [3 / 7, 3 / 7, 1 / 7] },
+    { start: 1, w: [1 / 7, 3 / 7, 3 / 7] },
+  ]);
+  // 3→1: center 1.5, support 3: 2/3, 1, 2/3 → 2/7, 3/7, 2/7
+  close(t, taps(3, 1), [{ start: 0, w: [2 / 7, 3 / 7, 2 / 7] }]);
+});
+
+test('coefficients: enlarging 2→4 is bilinear with align_corners=false and clamped edges', (t) => {
+  close(t, taps(2, 4), [
+    { start: 0, w: [1] },
+    { start: 0, w: [0.75, 0.25] },
+    { start: 0, w: [0.25, 0.75] },
+    { start: 1, w: [1] },
+  ]);
+});
+
+test('coefficients are cached per (in, out) and sum to 1', (t) => {
+  t.is(axisCoefficients(598, 224), axisCoefficients(598, 224));
+  t.not(axisCoefficients(598, 224), axisCoefficients(224, 598));
+  for (const [a, b] of [[598, 224], [121, 224], [7, 3], [3000, 224]]) {
+    const c = axisCoefficients(a, b);
+    for (let i = 0; i < b; i++) {
+      let s = 0;
+      for (let k = 0; k < c.count[i]; k++) s += c.weights[i * c.stride + k];
+      t.true(Math.abs(s - 1) < 1e-12, `${a}→${b} output ${i} sums to ${s}`);
+      t.true(c.start[i] >= 0 && c.start[i] + c.count[i] <= a);
+    }
+  }
+  t.throws(() => computeAxisCoefficients(0, 4), { instanceOf: RangeError, message: /input length/ });
+  t.throws(() => computeAxisCoefficients(4, 2.5), { instanceOf: RangeError, message: /output length/ });
+});
+
+test('resizeTriangle: a hand-computed 4×2 → 2×1 image', (t) => {
+  // one channel; rows [0, 70, 140, 210] and [70, 140, 210, 255]
+  const img = { data: Uint8Array.from([0, 70, 140, 210, 70, 140, 210, 255]), width: 4, height: 2, channels: 1 };
+  const out = resizeTriangle(img, 2, 1);
+  // horizontal: row0 → (0·3 + 70·3 + 140)/7 = 50, (70 + 140·3 + 210·3)/7 = 160
+  //             row1 → (70·3 + 140·3 + 210)/7 = 120, (140 + 210·3 + 255·3)/7 = 219.2857…
+  // vertical 2→1: center 1, support 2: weights 0.75, 0.75 → ½ each
+  t.true(Math.abs(out[0] - (50 + 120) / 2) < 1e-12, String(out[0]));
+  t.true(Math.abs(out[1] - (160 + 1535 / 7) / 2) < 1e-12, String(out[1]));
+});
+
+test('resizeTriangle: enlarging a 2×1 RGB image interpolates each channel', (t) => {
+  const img = { data: Uint8Array.from([0, 100, 200, 40, 60, 0]), width: 2, height: 1, channels: 3 };
+  const out = [...resizeTriangle(img, 4, 1)];
+  const expected = [0, 100, 200, 10, 90, 150, 30, 70, 50, 40, 60, 0];
+  expected.forEach((v, i) => t.true(Math.abs(out[i] - v) < 1e-12, `value ${i}: ${out[i]} vs ${v}`));
+});
+
+test('resizeTriangle: the RGB fast path equals the generic per-channel path', (t) => {
+  const w = 57;
+  const h = 41;
+  const rgb = new Uint8Array(noise(w, h, 3));
+  const out = resizeTriangle({ data: rgb, width: w, height: h, channels: 3 }, 23, 64);
+  for (let c = 0; c < 3; c++) {
+    const plane = new Uint8Array(w * h).map((_, p) => rgb[p * 3 + c]);
+    const one = resizeTriangle({ data: plane, width: w, height: h, channels: 1 }, 23, 64);
+    for (let p = 0; p < one.length; p++) if (one[p] !== out[p * 3 + c]) return t.fail(`channel ${c} pixel ${p}`);
+  }
+  t.pass();
+});
+
+test('resizeTriangle: a box of a larger image equals cropping it first', async (t) => {
+  const w = 120;
+  const h = 90;
+  const data = new Uint8Array(noise(w, h, 3));
+  const box = { x: 17, y: 9, width: 61, height: 70 };
+  const crop = await raw(w, h, 3, Buffer.from(data)).extract({ left: box.x, top: box.y, width: box.width, height: box.height }).raw().toBuffer();
+  for (const [ow, oh] of [[32, 32], [200, 150], [61, 70]]) {
+    const inPlace = resizeTriangle({ data, width: w, height: h, channels: 3 }, ow, oh, { box });
+    const copied = resizeTriangle({ data: new Uint8Array(crop), width: box.width, height: box.height, channels: 3 }, ow, oh);
+    t.deepEqual(inPlace, copied, `${ow}×${oh}`);
+  }
+  const identity = resizeTriangle({ data: new Uint8Array(crop), width: box.width, height: box.height, channels: 3 }, box.width, box.height);
+  t.deepEqual([...identity], [...crop]);
+});
+
+test('resizeTriangle: bad boxes and buffers are refused with the numbers', (t) => {
+  const img = { data: new Uint8Array(10 * 8 * 3), width: 10, height: 8, channels: 3 };
+  t.throws(() => resizeTriangle(img, 4, 4, { box: { x: 5, y: 0, width: 6, height: 8 } }), { message: /x: 5, y: 0, width: 6, height: 8.*outside the 10×8 image/ });
+  t.throws(() => resizeTriangle(img, 4, 4, { box: { x: -1, y: 0, width: 2, height: 2 } }), { message: /outside/ });
+  t.throws(() => resizeTriangle(img, 4, 4, { box: { x: 0, y: 0, width: 0, height: 2 } }), { message: /empty/ });
+  t.throws(() => resizeTriangle(img, 4, 4, { box: { x: 0.5, y: 0, width: 2, height: 2 } }), { message: /integer/ });
+  t.throws(() => resizeTriangle({ ...img, height: 9 }, 4, 4), { message: /holds 240 values, expected 10×9×3 = 270/ });
+  t.throws(() => resizeTriangle(img, 4, 4, { out: new Float64Array(10) }), { message: /needs 48/ });
+});
+
+// ---------------------------------------------------------------- toModelInput
+
+test('toModelInput: crop + resize + normalise, NCHW, written at an offset', async (t) => {
+  const w = 160;
+  const h = 100;
+  const png = await raw(w, h, 3, texture(w, h)).png().toBuffer();
+  const img = await decodeImage(png, { origin: 'frame.png' });
+  const box = { x: 30, y: 12, width: 80, height: 77 };
+  const cropPng = await sharp(png).extract({ left: box.x, top: box.y, width: box.width, height: box.height }).png().toBuffer();
+  const cropped = toModelInput(await decodeImage(cropPng, { origin: 'crop.png' }), { size: 32, normalization: norm });
+  const batch = new Float32Array(5 + 3 * 32 * 32 + 7).fill(9);
+  toModelInput(img, { size: 32, normalization: norm, box }, batch, 5);
+  t.deepEqual(batch.subarray(5, 5 + 3 * 32 * 32), cropped);
+  t.is(batch[4], 9);
+  t.is(batch[5 + 3 * 32 * 32], 9);
+
+  // Channel planes: a uniform colour maps to ((v / 255) − mean) / std per plane.
+  const solid = await decodeImage(await sharp({ create: { width: 13, height: 7, channels: 3, background: { r: 255, g: 0, b: 51 } } }).png().toBuffer(), { origin: 'solid' });
+  const x = toModelInput(solid, { size: 4, normalization: norm });
+  const want = [(1 - 0.485) / 0.229, (0 - 0.456) / 0.224, (0.2 - 0.406) / 0.225];
+  for (let c = 0; c < 3; c++) for (let p = 0; p < 16; p++) t.true(Math.abs(x[c * 16 + p] - want[c]) < 1e-6, `plane ${c}: ${x[c * 16 + p]}`);
+});
+
+test('toModelInput: refuses a box outside the image, a short output buffer and bad normalisation', async (t) => {
+  const img = await decodeImage(await raw(20, 10, 3, texture(20, 10)).png().toBuffer(), { origin: 'cam1/frame-7.png' });
+  t.throws(() => toModelInput(img, { size: 8, normalization: norm, box: { x: 10, y: 5, width: 11, height: 2 } }), {
+    instanceOf: RangeError,
+    message: /cam1\/frame-7\.png.*x: 10, y: 5, width: 11, height: 2.*outside the 20×10 image/,
+  });
+  t.throws(() => toModelInput(img, { size: 8, normalization: norm }, new Float32Array(3 * 64), 1), { message: /offset 1 \+ 192 values does not fit a buffer of 192/ });
+  t.throws(() => toModelInput(img, { size: 0, normalization: norm }), { message: /size must be a positive integer/ });
+  t.throws(() => toModelInput(img, { size: 8, normalization: { mean: [0, 0, 0], std: [1, 0, 1] } }), { message: /std\[1\] must be positive/ });
+});
+
+// ---------------------------------------------------------------- decoding
+
+test('EXIF orientation is applied (orientation 6 = rotate 90° clockwise)', async (t) => {
+  // 40×20: left half red, right half blue. Upright it is 20×40 with red on top.
+  const w = 40;
+  const h = 20;
+  const data = Buffer.alloc(w * h * 3);
+  for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) data.set(x < 20 ? [255, 0, 0] : [0, 0, 255], (y * w + x) * 3);
+  const jpeg = await raw(w, h, 3, data).jpeg({ quality: 95 }).withMetadata({ orientation: 6 }).toBuffer();
+  t.is((await sharp(jpeg).metadata()).orientation, 6);
+  const img = await decodeImage(jpeg, { origin: 'rotated.jpg' });
+  t.deepEqual([img.width, img.height, img.sourceWidth, img.sourceHeight], [20, 40, 20, 40]);
+  const [r1, , b1] = pixel(img, 10, 5);
+  const [r2, , b2] = pixel(img, 10, 34);
+  t.true(r1 > 200 && b1 < 60, `top ${pixel(img, 10, 5)}`);
+  t.true(b2 > 200 && r2 < 60, `bottom ${pixel(img, 10, 34)}`);
+});
+
+test('grey is replicated into R, G and B', async (t) => {
+  const g = noise(31, 17, 1);
+  const img = await decodeImage(await raw(31, 17, 1, g).png().toBuffer(), { origin: 'grey.png' });
+  t.is(img.channels, 3);
+  for (let p = 0; p < 31 * 17; p++) {
+    if (img.data[p * 3] !== g[p] || img.data[p * 3 + 1] !== g[p] || img.data[p * 3 + 2] !== g[p]) return t.fail(`pixel ${p}`);
+  }
+  t.pass();
+});
+
+test('alpha is composited over white', async (t) => {
+  // transparent black, half-transparent black, opaque red, grey + alpha handled too
+  const rgba = Buffer.from([0, 0, 0, 0, 0, 0, 0, 128, 255, 0, 0, 255]);
+  const img = await decodeImage(await raw(3, 1, 4, rgba).png().toBuffer(), { origin: 'alpha.png' });
+  t.deepEqual(pixel(img, 0, 0), [255, 255, 255]);
+  for (const v of pixel(img, 1, 0)) t.true(Math.abs(v - 127) <= 1, `half alpha: ${pixel(img, 1, 0)}`);
+  t.deepEqual(pixel(img, 2, 0), [255, 0, 0]);
+  const greyAlpha = await decodeImage(await raw(2, 1, 2, Buffer.from([0, 0, 50, 255])).png().toBuffer(), { origin: 'ga.png' });
+  t.deepEqual([...greyAlpha.data], [255, 255, 255, 50, 50, 50]);
+});
+
+test('16-bit PNG becomes 8-bit', async (t) => {
+  const w = 8;
+  const h = 2;
+  const v16 = new Uint16Array(w * h * 3);
+  for (let i = 0; i < v16.length; i++) v16[i] = (i * 4099) % 65536;
+  const png = await sharp(v16, { raw: { width: w, height: h, channels: 3 } }).toColourspace('rgb16').png().toBuffer();
+  t.is((await sharp(png).metadata()).depth, 'ushort');
+  const img = await decodeImage(png, { origin: 'deep.png' });
+  for (let i = 0; i < v16.length; i++) t.true(Math.abs(img.data[i] - v16[i] / 257) <= 1, `value ${i}: ${img.data[i]} vs ${v16[i] / 257}`);
+});
+
+test('WebP, TIFF, GIF and CMYK JPEG decode to RGB', async (t) => {
+  const w = 24;
+  const h = 16;
+  const data = texture(w, h);
+  for (const [name, buf] of [
+    ['lossless.webp', await raw(w, h, 3, data).webp({ lossless: true }).toBuffer()],
+    ['lzw.tiff', await raw(w, h, 3, data).tiff({ compression: 'lzw' }).toBuffer()],
+  ] as const) {
+    const img = await decodeImage(buf, { origin: name });
+    t.deepEqual([img.width, img.height], [w, h], name);
+    t.deepEqual(Buffer.from(img.data), data, name);
+  }
+  const gif = await decodeImage(await sharp({ create: { width: 5, height: 4, channels: 3, background: '#00ff00' } }).gif().toBuffer(), { origin: 'a.gif' });
+  t.deepEqual(pixel(gif, 2, 2), [0, 255, 0]);
+  const cmykJpeg = await sharp({ create: { width: 16, height: 16, channels: 3, background: { r: 200, g: 30, b: 40 } } }).toColourspace('cmyk').jpeg({ quality: 95 }).toBuffer();
+  t.is((await sharp(cmykJpeg).metadata()).space, 'cmyk');
+  const cmyk = await decodeImage(cmykJpeg, { origin: 'cmyk.jpg' });
+  const [r, g, b] = pixel(cmyk, 8, 8);
+  t.true(r > 150 && g < 90 && b < 100, `CMYK red came back as ${[r, g, b]}`);
+});
+
+test('shrink-on-load: a 3000×3000 JPEG decodes at a reduced scale close to the full decode', async (t) => {
+  const jpeg = await raw(3000, 3000, 3, texture(3000, 3000)).jpeg({ quality: 90 }).toBuffer();
+  const full = await decodeImage(jpeg, { origin: 'big.jpg' });
+  t.deepEqual([full.width, full.height, full.shrink], [3000, 3000, 1]);
+  const small = await decodeImage(jpeg, { origin: 'big.jpg', targetSize: 224 });
+  // s = floor(3000 / 448) = 6 → 500×500, still ≥ 2 × 224
+  t.deepEqual([small.width, small.height, small.shrink, small.sourceWidth, small.sourceHeight], [500, 500, 6, 3000, 3000]);
+  const a = toModelInput(full, { size: 224, normalization: norm });
+  const b = toModelInput(small, { size: 224, normalization: norm });
+  let sum = 0;
+  for (let i = 0; i < a.length; i++) sum += Math.abs(a[i] - b[i]);
+  const mean = sum / a.length;
+  // Normalised units: 1/255/0.224 ≈ 0.0175 is one grey level; stay within ~2 levels on average.
+  t.true(mean < 0.035, `mean abs diff ${mean}`);
+  const pre = await preprocessImage(jpeg, { origin: 'big.jpg', size: 224, normalization: norm });
+  t.deepEqual(pre.data, b);
+  t.deepEqual([pre.sourceWidth, pre.sourceHeight], [3000, 3000]);
+});
+
+test('shrink-on-load only for big JPEG/WebP, with an integer factor that keeps ≥ 2× the target', (t) => {
+  t.is(shrinkFactor('jpeg', 3000, 3000, undefined), 1);
+  t.is(shrinkFactor('jpeg', 3000, 3000, 224), 6);
+  t.is(shrinkFactor('jpeg', 4000, 1300, 224), 1); // s = 2: sharp would do no DCT scaling
+  t.is(shrinkFactor('jpeg', 1343, 5000, 224), 1); // short side < 6 × 224
+  t.is(shrinkFactor('jpeg', 1344, 5000, 224), 3);
+  t.is(shrinkFactor('webp', 900, 900, 224), 2);
+  t.is(shrinkFactor('png', 3000, 3000, 224), 1);
+  t.is(shrinkFactor('tiff', 3000, 3000, 224), 1);
+  for (const side of [1344, 2000, 3000, 4032, 8000]) {
+    const s = shrinkFactor('jpeg', side, side, 224);
+    t.true(Math.ceil(side / s) >= 448, `${side}: ${s}`);
+  }
+});
+
+test('shrink-on-load follows EXIF orientation', async (t) => {
+  const jpeg = await raw(1800, 1400, 3, texture(1800, 1400)).jpeg().withMetadata({ orientation: 6 }).toBuffer();
+  const img = await decodeImage(jpeg, { origin: 'portrait.jpg', targetSize: 224 });
+  t.deepEqual([img.sourceWidth, img.sourceHeight, img.shrink], [1400, 1800, 3]);
+  t.deepEqual([img.width, img.height], [Math.ceil(1400 / 3), 1800 / 3]);
+});
+
+// ---------------------------------------------------------------- bad input
+
+test('an empty buffer is refused', async (t) => {
+  await rejects(t, Buffer.alloc(0), 'cam1:frame-0', 'empty');
+});
+
+test('truncated JPEG and PNG are refused, not decoded with a warning', async (t) => {
+  const jpeg = await raw(200, 150, 3, noise(200, 150, 3)).jpeg().toBuffer();
+  await rejects(t, jpeg.subarray(0, Math.floor(jpeg.length * 0.6)), 'cut.jpg', 'truncated');
+  await rejects(t, jpeg.subarray(0, 40), 'header-only.jpg', 'truncated');
+  const png = await raw(200, 150, 3, noise(200, 150, 3)).png().toBuffer();
+  await rejects(t, png.subarray(0, Math.floor(png.length * 0.6)), 'cut.png', 'truncated');
+  // sharp with failOn 'none' does decode the cut JPEG: the refusal is ours, not the bytes'.
+  const lenient = await sharp(jpeg.subarray(0, Math.floor(jpeg.length * 0.6)), { failOn: 'none' }).raw().toBuffer();
+  t.is(lenient.length, 200 * 150 * 3);
+});
+
+test('corrupt image data is refused', async (t) => {
+  const jpeg = await raw(200, 150, 3, noise(200, 150, 3)).jpeg().toBuffer();
+  const damaged = Buffer.from(jpeg);
+  for (let i = 800; i < damaged.length - 200; i += 7) damaged[i] = 0xff;
+  await rejects(t, damaged, 'damaged.jpg', 'corrupt');
+  const noTables = Buffer.from(jpeg);
+  noTables[2] = 0; // break the first marker after SOI
+  noTables[3] = 0;
+  await rejects(t, noTables, 'broken-marker.jpg', 'corrupt');
+  const png = await raw(200, 150, 3, noise(200, 150, 3)).png().toBuffer();
+  const flipped = Buffer.from(png);
+  for (let i = 200; i < flipped.length - 100; i += 13) flipped[i] ^= 0x5a;
+  await rejects(t, flipped, 'flipped.png', 'corrupt');
+});
+
+test('HTML and unknown formats are refused as unsupported, saying what arrived', async (t) => {
+  const html = await rejects(t, Buffer.from('<!doctype html><html><body>502 Bad Gateway</body></html>'), 'http://cam1/snapshot.jpg', 'unsupported');
+  t.regex(html!.message, /looks like HTML/);
+  const bmp = await rejects(t, Buffer.concat([Buffer.from('BM'), Buffer.alloc(100)]), 'shelf.bmp', 'unsupported');
+  t.regex(bmp!.message, /42 4d/);
+  await rejects(t, Buffer.from([0xde, 0xad, 0xbe, 0xef, 1, 2, 3]), 'blob.bin', 'unsupported');
+});
+
+/** A well-formed PNG header claiming w×h pixels, without the pixels (a few dozen bytes). */
+function pngClaiming(w: number, h: number): Buffer {
+  const chunk = (type: string, data: Buffer) => {
+    const td = Buffer.concat([Buffer.from(type, 'latin1'), data]);
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(data.length);
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32BE(crc32(td));
+    return Buffer.concat([len, td, crc]);
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(w, 0);
+  ihdr.writeUInt32BE(h, 4);
+  ihdr.set([8, 2, 0, 0, 0], 8); // 8-bit RGB, deflate, no filter, no interlace
+  const sig = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+  return Buffer.concat([sig, chunk('IHDR', ihdr), chunk('IDAT', deflateSync(Buffer.alloc(0))), chunk('IEND', Buffer.alloc(0))]);
+}
+
+test('a 20000×20000 image is refused from its header, before any pixel is decoded', async (t) => {
+  const header = pngClaiming(20000, 20000);
+  t.true(header.length < 100);
+  const meta = await sharp(header, { limitInputPixels: false }).metadata();
+  t.deepEqual([meta.width, meta.height], [20000, 20000]);
+  // The bytes hold no pixel data: any attempt to decode would fail as corrupt/truncated, so the
+  // reason 'too-large' shows the refusal came from the header alone.
+  const err = await rejects(t, header, 'huge.png', 'too-large');
+  t.regex(err!.message, /20000×20000 = 400\.0 megapixels exceeds the limit of 100\.0 megapixels/);
+  await rejects(t, await raw(300, 200, 3, texture(300, 200)).png().toBuffer(), 'small-limit.png', 'too-large', { maxPixels: 50_000 });
+});

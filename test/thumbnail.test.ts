@@ -1,0 +1,129 @@
+import test from 'ava';
+import sharp from 'sharp';
+import type { RawLike } from '../pipelines/planogram.js';
+import { renderThumbnail, thumbnailSize } from '../pipelines/thumbnail.js';
+
+const GREEN: [number, number, number] = [0, 160, 0];
+const GREY: [number, number, number] = [128, 128, 128];
+
+/** A green 400×300 frame whose slot box (50, 20, 300, 200) is plain grey. */
+function greenFrameWithGreySlot(): RawLike {
+  const width = 400;
+  const height = 300;
+  const data = new Uint8Array(width * height * 3);
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      const inSlot = x >= 50 && x < 350 && y >= 20 && y < 220;
+      data.set(inSlot ? GREY : GREEN, (y * width + x) * 3);
+    }
+  }
+  return { data, width, height, channels: 3 };
+}
+
+/** 10×10 mask with cells x 2..4, y 3..6 set. */
+function maskPrediction() {
+  const mapSize = 10;
+  const mask = new Uint8Array(mapSize * mapSize);
+  for (let y = 3; y <= 6; y++) for (let x = 2; x <= 4; x++) mask[y * mapSize + x] = 1;
+  return { mask, mapSize };
+}
+
+async function decode(buf: Buffer, grey = false) {
+  const image = sharp(buf);
+  const { data, info } = await (grey ? image.extractChannel(0) : image).raw().toBuffer({ resolveWithObject: true });
+  const at = (x: number, y: number) => [...data.subarray((y * info.width + x) * info.channels, (y * info.width + x + 1) * info.channels)];
+  return { data, info, at };
+}
+
+test('thumbnailSize bounds the longest side, keeps the aspect ratio and never enlarges', (t) => {
+  t.deepEqual(thumbnailSize(300, 200, 120), { width: 120, height: 80 });
+  t.deepEqual(thumbnailSize(200, 500, 320), { width: 128, height: 320 });
+  t.deepEqual(thumbnailSize(50, 30, 320), { width: 50, height: 30 });
+});
+
+test('renderThumbnail draws the mask in red over the crop of the frame, nowhere else', async (t) => {
+  const thumb = await renderThumbnail({ frame: greenFrameWithGreySlot(), box: { x: 50, y: 20, width: 300, height: 200 } }, maskPrediction(), {
+    maxSize: 120,
+    quality: 80,
+  });
+  t.deepEqual([thumb.width, thumb.height], [120, 80]);
+  t.deepEqual([...thumb.jpeg.subarray(0, 3)], [0xff, 0xd8, 0xff]);
+  t.deepEqual([...thumb.maskPng.subarray(0, 8)], [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
+
+  // The mask: a map cell is 12×8 thumbnail pixels → x 24..59, y 24..55 are set (36 × 32 = 1152).
+  t.like(await sharp(thumb.maskPng).metadata(), { format: 'png', width: 120, height: 80, channels: 1 });
+  const mask = await decode(thumb.maskPng, true);
+  const inMask = (x: number, y: number) => x >= 24 && x <= 59 && y >= 24 && y <= 55;
+  let set = 0;
+  let misplaced = 0;
+  for (let y = 0; y < 80; y++) {
+    for (let x = 0; x < 120; x++) {
+      const v = mask.data[y * 120 + x];
+      if (v === 255) set += 1;
+      if ((v === 255) !== inMask(x, y) || (v !== 0 && v !== 255)) misplaced += 1;
+    }
+  }
+  t.is(set, 1152);
+  t.is(misplaced, 0);
+
+  const jpeg = await decode(thumb.jpeg);
+  t.like(jpeg.info, { width: 120, height: 80, channels: 3 });
+  // Interior of the mask: grey tinted red (≈ 185, 70, 70).
+  const [r, g, b] = jpeg.at(40, 40);
+  t.true(r - g > 80 && r - b > 80, `interior pixel ${[r, g, b]} is not red-tinted`);
+  // The outline (inner boundary of the mask) is close to pure red.
+  const [er, eg] = jpeg.at(24, 40);
+  t.true(er > 180 && eg < 90, `edge pixel ${[er, eg]} is not red`);
+  // Outside the 8×8 JPEG blocks the mask touches (x 24..63, y 24..55; at 4:4:4 the coding
+  // artefacts stay inside those blocks) the crop is plain grey: no red, and no green from
+  // outside the slot box.
+  let wrong = 0;
+  for (let y = 0; y < 80; y++) {
+    for (let x = 0; x < 120; x++) {
+      if (x >= 24 && x <= 63 && y >= 24 && y <= 55) continue;
+      const [pr, pg, pb] = jpeg.at(x, y);
+      if (Math.abs(pr - 128) > 8 || Math.abs(pg - 128) > 8 || Math.abs(pb - 128) > 8) wrong += 1;
+    }
+  }
+  t.is(wrong, 0);
+});
+
+test('renderThumbnail takes an encoded crop too, bounds it to maxSize and leaves it untouched without a mask', async (t) => {
+  const crop = await sharp({ create: { width: 200, height: 500, channels: 3, background: { r: 40, g: 90, b: 200 } } }).png().toBuffer();
+  const empty = { mask: new Uint8Array(16 * 16), mapSize: 16 };
+  const thumb = await renderThumbnail({ crop }, empty);
+  const meta = await sharp(thumb.jpeg).metadata();
+  t.like(meta, { format: 'jpeg', width: 128, height: 320 });
+  const maskMeta = await sharp(thumb.maskPng).metadata();
+  t.like(maskMeta, { format: 'png', width: 128, height: 320, channels: 1 });
+  const { data } = await decode(thumb.jpeg);
+  let off = 0;
+  for (let i = 0; i < data.length; i += 3) {
+    if (Math.abs(data[i] - 40) > 6 || Math.abs(data[i + 1] - 90) > 6 || Math.abs(data[i + 2] - 200) > 6) off += 1;
+  }
+  t.is(off, 0);
+  const small = await renderThumbnail({ crop: await sharp({ create: { width: 50, height: 30, channels: 3, background: '#888' } }).jpeg().toBuffer() }, empty);
+  t.deepEqual([small.width, small.height], [50, 30]);
+});
+
+test('renderThumbnail reads boxes in upright coordinates of an EXIF-rotated JPEG', async (t) => {
+  // Stored 60 wide × 20 high, left third red; orientation 6 (rotate 90° clockwise) shows it 20 × 60, red on top.
+  const stored = Buffer.alloc(60 * 20 * 3);
+  for (let y = 0; y < 20; y++) for (let x = 0; x < 60; x++) stored.set(x < 20 ? [220, 0, 0] : [0, 0, 220], (y * 60 + x) * 3);
+  const jpeg = await sharp(stored, { raw: { width: 60, height: 20, channels: 3 } }).jpeg({ quality: 95 }).withMetadata({ orientation: 6 }).toBuffer();
+  const empty = { mask: new Uint8Array(4), mapSize: 2 };
+  const thumb = await renderThumbnail({ frame: jpeg, box: { x: 0, y: 0, width: 20, height: 20 } }, empty);
+  const { info, at } = await decode(thumb.jpeg);
+  t.deepEqual([info.width, info.height], [20, 20]);
+  const [r, , b] = at(10, 10);
+  t.true(r > 150 && b < 80, `top square should be red, got ${at(10, 10)}`);
+  await t.throwsAsync(renderThumbnail({ frame: jpeg, box: { x: 0, y: 0, width: 60, height: 20 } }, empty), {
+    message: 'renderThumbnail: box [0, 0, 60, 20] is not inside the 20×60 image',
+  });
+});
+
+test('renderThumbnail rejects bad options and a mask that does not match mapSize', async (t) => {
+  const crop = await sharp({ create: { width: 10, height: 10, channels: 3, background: '#fff' } }).png().toBuffer();
+  await t.throwsAsync(renderThumbnail({ crop }, { mask: new Uint8Array(4), mapSize: 2 }, { quality: 0 }), { message: /quality must be an integer in 1\.\.100, got 0/ });
+  await t.throwsAsync(renderThumbnail({ crop }, { mask: new Uint8Array(5), mapSize: 2 }), { message: /mask has 5 values, expected mapSize² = 2² = 4/ });
+});
