@@ -58,33 +58,68 @@ export class FitError extends Error {
   }
 }
 
-export async function fitPatchcore(opts: FitOptions): Promise<FitResult> {
-  const d = opts.backbone.descriptor;
-  const inputSize = opts.inputSize ?? d.inputSize;
-  const g = geometry(d, inputSize);
-  const patchesPerImage = g.grid * g.grid;
-  const timings: Record<FitStage, number> = { features: 0, coreset: 0, compile: 0, validation: 0 };
-  if (opts.trainCount < 1) throw new FitError('no training image to fit on');
+/** Patch embeddings of a set of images: [images × patches × dim], contiguous. */
+export interface EmbeddedImages {
+  features: Float32Array;
+  images: number;
+  patchesPerImage: number;
+  dim: number;
+}
 
-  // 1. Patch embeddings of every training image, into one contiguous buffer.
-  let t = performance.now();
-  const extractor = await FeatureExtractor.create(opts.backbone, { inputSize, provider: opts.provider });
-  const features = new Float32Array(opts.trainCount * patchesPerImage * g.dim);
+/** Runs the backbone + aggregation over the batches (fit's first stage; cacheable by callers). */
+export async function extractFeatures(
+  backbone: LoadedBackbone,
+  batches: AsyncIterable<InputBatch>,
+  count: number,
+  opts: { inputSize?: number; provider?: ProviderChoice; onProgress?: (done: number, total: number) => void } = {},
+): Promise<EmbeddedImages> {
+  const d = backbone.descriptor;
+  const g = geometry(d, opts.inputSize ?? d.inputSize);
+  const patchesPerImage = g.grid * g.grid;
+  const extractor = await FeatureExtractor.create(backbone, { inputSize: g.inputSize, provider: opts.provider });
+  const features = new Float32Array(count * patchesPerImage * g.dim);
   let images = 0;
   try {
-    for await (const batch of opts.train) {
-      if (images + batch.count > opts.trainCount) throw new FitError(`more training images than announced (${opts.trainCount})`);
+    for await (const batch of batches) {
+      if (images + batch.count > count) throw new FitError(`more training images than announced (${count})`);
       features.set(await extractor.embed(batch.data, batch.count), images * patchesPerImage * g.dim);
       images += batch.count;
-      opts.onProgress?.('features', images, opts.trainCount);
+      opts.onProgress?.(images, count);
     }
   } finally {
     await extractor.release();
   }
+  return { features: features.subarray(0, images * patchesPerImage * g.dim), images, patchesPerImage, dim: g.dim };
+}
+
+export async function fitPatchcore(opts: FitOptions): Promise<FitResult> {
+  if (opts.trainCount < 1) throw new FitError('no training image to fit on');
+  const t = performance.now();
+  const embedded = await extractFeatures(opts.backbone, opts.train, opts.trainCount, {
+    inputSize: opts.inputSize,
+    provider: opts.provider,
+    onProgress: (done, total) => opts.onProgress?.('features', done, total),
+  });
+  const featuresMs = performance.now() - t;
+  const result = await fitFromFeatures(embedded, opts);
+  result.timings.features = featuresMs;
+  return result;
+}
+
+/** Fit's remaining stages from already extracted training features. */
+export async function fitFromFeatures(embedded: EmbeddedImages, opts: Omit<FitOptions, 'train' | 'trainCount'>): Promise<FitResult> {
+  const d = opts.backbone.descriptor;
+  const inputSize = opts.inputSize ?? d.inputSize;
+  const g = geometry(d, inputSize);
+  const timings: Record<FitStage, number> = { features: 0, coreset: 0, compile: 0, validation: 0 };
+  const images = embedded.images;
   if (images === 0) throw new FitError('no usable training image');
-  const n = images * patchesPerImage;
-  const used = features.subarray(0, n * g.dim);
-  timings.features = performance.now() - t;
+  if (embedded.dim !== g.dim || embedded.patchesPerImage !== g.grid * g.grid) {
+    throw new FitError(`features are ${embedded.patchesPerImage}×${embedded.dim} per image, the backbone makes ${g.grid * g.grid}×${g.dim}`);
+  }
+  const n = images * embedded.patchesPerImage;
+  const used = embedded.features.subarray(0, n * g.dim);
+  let t: number;
 
   // 2. Coreset → memory bank.
   t = performance.now();
