@@ -214,6 +214,10 @@ export function buildModelGraph(backbone: ModelProto, d: BackboneDescriptor, opt
   // Nearest memory entry per patch, a chunk of the bank at a time. ‖x‖² is the same for every
   // entry, so the minimum is taken over ‖m‖² − 2x·m and ‖x‖² added once afterwards.
   const chunk = Math.max(1, opts.searchChunk ?? DEFAULT_SEARCH_CHUNK);
+  // [x, 1] · [−2Mᵀ; ‖m‖²] = ‖m‖² − 2x·m in one MatMul, saving a pass over the [N, P, M] block.
+  const xx = ops.reduce('ReduceSumSquare', x, [2], 1); // [N, P, 1]
+  const ones = b.op1('Add', [b.op1('Mul', [xx, b.scalarFloat('zero', 0)]), b.scalarFloat('one', 1)]);
+  const xAug = b.op1('Concat', [x, ones], { axis: 2 }); // [N, P, D + 1]
   const mins: string[] = [];
   const args: string[] = [];
   const chunkConsts: Array<{ wt: string; mm: string; start: number; size: number }> = [];
@@ -226,9 +230,11 @@ export function buildModelGraph(backbone: ModelProto, d: BackboneDescriptor, opt
     const wt = b.op1('Mul', [b.op1('Transpose', [part], { perm: [1, 0] }), b.scalarFloat('minus_two', -2)]);
     const mm = ops.reduce('ReduceSumSquare', part, [1], 0);
     chunkConsts.push({ wt, mm, start, size });
-    const partial = b.op1('Add', [b.op1('MatMul', [x, wt]), mm]); // [N, P, size]
-    mins.push(ops.reduce('ReduceMin', partial, [2], 1));
+    const wAug = b.op1('Concat', [wt, ops.reshape(mm, [1, -1])], { axis: 0 }); // [D + 1, size]
+    const partial = b.op1('MatMul', [xAug, wAug]); // [N, P, size]
+    // One scan for the index, then a gather for the value (cheaper than ReduceMin + ArgMin).
     const arg = b.op1('ArgMin', [partial], { axis: 2, keepdims: 1 });
+    mins.push(b.op1('GatherElements', [partial, arg], { axis: 2 }));
     args.push(start === 0 ? arg : b.op1('Add', [arg, b.int64('offset', [], [start])]));
   }
   let minPart: string;
@@ -243,7 +249,6 @@ export function buildModelGraph(backbone: ModelProto, d: BackboneDescriptor, opt
     minPart = b.op1('GatherElements', [allMin, best], { axis: 2 });
     nnIndex = b.op1('GatherElements', [allArg, best], { axis: 2 });
   }
-  const xx = ops.reduce('ReduceSumSquare', x, [2], 1);
   const dist = ops.reshape(b.op1('Sqrt', [b.op1('Relu', [b.op1('Add', [minPart, xx])])]), [0, -1]); // [N, P]
   const nn = ops.reshape(nnIndex, [0, -1]); // [N, P]
 
