@@ -1,0 +1,229 @@
+/**
+ * `stream` source: ffmpeg reads RTSP, HTTP (MJPEG), V4L2 or a video file and writes MJPEG frames
+ * at a capped rate to stdout (`-f image2pipe -vcodec mjpeg`), which the JPEG splitter cuts into
+ * Frames.
+ *
+ * When ffmpeg exits — the camera rebooted, the network dropped, RTSP timed out — the source goes
+ * `reconnecting` and restarts it with backoff; a finite file without `loop` completes instead.
+ * A watchdog restarts an ffmpeg that is alive but silent. The last stderr lines are kept for the
+ * error message. Unsubscribing kills ffmpeg (SIGTERM, then SIGKILL if it lingers).
+ */
+import { spawn, type ChildProcessByStdio } from 'node:child_process';
+import type { Readable } from 'node:stream';
+import { Observable, type Subscriber } from 'rxjs';
+import type { Frame } from '../../pipelines/types.js';
+import { Backoff } from './backoff.js';
+import { JpegSplitter } from './jpeg-splitter.js';
+import { SourceTracker } from './status.js';
+import { silentLogger, type PushSource, type SourceOptions, type SourceStatus, type StreamSpec } from './types.js';
+
+export type StreamInputKind = 'rtsp' | 'http' | 'v4l2' | 'url' | 'file';
+
+export interface FfmpegStreamOptions extends SourceOptions {
+  /** ffmpeg binary, default `ffmpeg` from PATH. */
+  ffmpegPath?: string;
+  /** Grace period between SIGTERM and SIGKILL, default 2000 ms. */
+  killTimeoutMs?: number;
+  /** Restart ffmpeg when it sends no frame for this long, default 30 000 ms (at least 3 frame periods). */
+  stallTimeoutMs?: number;
+  /** Largest JPEG accepted from ffmpeg, default 32 MiB. */
+  maxFrameBytes?: number;
+  /** How many stderr lines to keep, default 20. */
+  stderrLines?: number;
+}
+
+type Child = ChildProcessByStdio<null, Readable, Readable>;
+
+export function classifyInput(input: string): StreamInputKind {
+  if (/^rtsps?:\/\//i.test(input)) return 'rtsp';
+  if (/^https?:\/\//i.test(input)) return 'http';
+  if (/^\/dev\/video\d+$/.test(input)) return 'v4l2';
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(input)) return 'url';
+  return 'file';
+}
+
+/** The ffmpeg command line for a stream spec (without the binary). */
+export function ffmpegArgs(spec: StreamSpec): string[] {
+  const kind = classifyInput(spec.input);
+  const fps = spec.fps ?? 1;
+  const quality = spec.quality ?? 3;
+  if (!(fps > 0)) throw new Error(`stream fps must be > 0, got ${spec.fps}`);
+  if (!Number.isInteger(quality) || quality < 2 || quality > 31) throw new Error(`stream quality must be an integer 2…31, got ${spec.quality}`);
+  if (spec.loop && kind !== 'file') throw new Error(`stream loop applies to video files only, not ${kind} input ${spec.input}`);
+  const input: string[] = [];
+  switch (kind) {
+    case 'rtsp':
+      // `-timeout` is the RTSP socket I/O timeout in microseconds: a dead camera ends ffmpeg.
+      input.push('-rtsp_transport', spec.transport ?? 'tcp', '-timeout', '10000000');
+      break;
+    case 'http':
+      input.push('-rw_timeout', '10000000');
+      break;
+    case 'v4l2':
+      input.push('-f', 'v4l2');
+      break;
+    case 'file':
+      if (spec.realtime ?? spec.loop ?? false) input.push('-re');
+      if (spec.loop) input.push('-stream_loop', '-1');
+      break;
+    case 'url':
+      break;
+  }
+  return [
+    '-hide_banner', '-nostdin', '-loglevel', 'error',
+    ...input,
+    '-i', spec.input,
+    '-an', '-sn', '-dn',
+    '-vf', `fps=${fps}`,
+    '-f', 'image2pipe', '-vcodec', 'mjpeg', '-q:v', String(quality),
+    'pipe:1',
+  ];
+}
+
+export class FfmpegStreamSource implements PushSource {
+  readonly kind = 'stream' as const;
+  readonly mode = 'push' as const;
+  readonly origin: string;
+  readonly inputKind: StreamInputKind;
+  readonly args: readonly string[];
+  readonly frames$: Observable<Frame>;
+  readonly status$: Observable<SourceStatus>;
+  private readonly tracker: SourceTracker;
+  private stderr: string[] = [];
+  private child?: Child;
+
+  constructor(
+    readonly camera: string,
+    private readonly spec: StreamSpec,
+    private readonly options: FfmpegStreamOptions = {},
+  ) {
+    this.inputKind = classifyInput(spec.input);
+    this.args = ffmpegArgs(spec);
+    this.origin = `ffmpeg:${redact(spec.input)}`;
+    this.tracker = new SourceTracker(camera, 'stream', options.clock ?? Date.now, options.logger ?? silentLogger);
+    this.status$ = this.tracker.status$;
+    this.frames$ = new Observable<Frame>((subscriber) => this.run(subscriber));
+  }
+
+  status(): SourceStatus {
+    return this.tracker.status();
+  }
+
+  /** The last lines ffmpeg wrote to stderr. */
+  stderrTail(): string[] {
+    return [...this.stderr];
+  }
+
+  /** pid of the running ffmpeg, if any. */
+  childPid(): number | undefined {
+    return this.child?.pid;
+  }
+
+  private run(subscriber: Subscriber<Frame>): () => void {
+    const opts = this.options;
+    const backoff = new Backoff(opts.backoff);
+    const fps = this.spec.fps ?? 1;
+    const stallMs = Math.max(opts.stallTimeoutMs ?? 30_000, 3000 / fps);
+    const keepLines = opts.stderrLines ?? 20;
+    const finite = this.inputKind === 'file' && !this.spec.loop;
+    let closed = false;
+    let restart: NodeJS.Timeout | undefined;
+    let stall: NodeJS.Timeout | undefined;
+    this.tracker.setState('starting');
+
+    const armStall = (child: Child) => {
+      if (stall) clearTimeout(stall);
+      stall = setTimeout(() => {
+        this.tracker.log('warn', `no frame from ffmpeg for ${stallMs} ms; restarting it`, { input: this.origin });
+        this.kill(child);
+      }, stallMs);
+    };
+
+    const start = () => {
+      restart = undefined;
+      const splitter = new JpegSplitter(opts.maxFrameBytes);
+      this.stderr = [];
+      let partial = '';
+      let spawnFailed = false;
+      const child = spawn(opts.ffmpegPath ?? 'ffmpeg', this.args, { stdio: ['ignore', 'pipe', 'pipe'] });
+      this.child = child;
+      this.tracker.log('debug', 'ffmpeg started', { pid: child.pid, args: this.args.join(' ') });
+      armStall(child);
+
+      child.stdout.on('data', (chunk: Buffer) => {
+        if (closed) return;
+        for (const jpeg of splitter.push(chunk)) {
+          backoff.reset();
+          armStall(child);
+          subscriber.next(this.tracker.frame(jpeg, this.origin));
+        }
+      });
+      child.stderr.on('data', (chunk: Buffer) => {
+        const lines = (partial + chunk.toString('utf8')).split(/\r?\n/);
+        partial = lines.pop() ?? '';
+        for (const line of lines) if (line.trim()) this.stderr.push(line.trim());
+        if (partial.length > 4096) partial = partial.slice(-4096);
+        if (this.stderr.length > keepLines) this.stderr.splice(0, this.stderr.length - keepLines);
+      });
+      child.on('error', (err: NodeJS.ErrnoException) => {
+        if (err.code !== 'ENOENT' && err.code !== 'EACCES') {
+          this.tracker.error(`ffmpeg: ${err.message}`, { input: this.origin });
+          return;
+        }
+        // No ffmpeg to run: retrying cannot help, so fail loudly.
+        spawnFailed = true;
+        if (stall) clearTimeout(stall);
+        this.child = undefined;
+        const message = `camera ${this.camera}: cannot run ffmpeg (${opts.ffmpegPath ?? 'ffmpeg'}): ${err.message}; install ffmpeg or set its path`;
+        this.tracker.error(message, { input: this.origin }, 'error');
+        this.tracker.setState('failed');
+        if (!closed) subscriber.error(new Error(message));
+      });
+      child.on('close', (code, signal) => {
+        if (spawnFailed) return;
+        if (stall) clearTimeout(stall);
+        if (this.child === child) this.child = undefined;
+        if (partial.trim()) this.stderr.push(partial.trim());
+        if (closed) return;
+        if (finite && code === 0) {
+          this.tracker.log('info', 'video file finished', { input: this.origin });
+          this.tracker.setState('stopped');
+          subscriber.complete();
+          return;
+        }
+        const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
+        const last = this.stderr.at(-1);
+        this.tracker.error(`ffmpeg ${how} reading ${this.origin}${last ? `: ${last}` : ''}`, {
+          input: this.origin,
+          code,
+          signal,
+          stderr: this.stderr.slice(-5),
+        });
+        const delay = backoff.next();
+        this.tracker.reconnecting(delay);
+        restart = setTimeout(start, delay);
+      });
+    };
+
+    start();
+    return () => {
+      closed = true;
+      if (restart) clearTimeout(restart);
+      if (stall) clearTimeout(stall);
+      if (this.child) this.kill(this.child);
+      this.tracker.stop();
+    };
+  }
+
+  private kill(child: Child): void {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    child.kill('SIGTERM');
+    const force = setTimeout(() => child.kill('SIGKILL'), this.options.killTimeoutMs ?? 2000);
+    child.once('exit', () => clearTimeout(force));
+  }
+}
+
+/** Hide credentials in rtsp://user:pass@host/… for logs. */
+function redact(input: string): string {
+  return input.replace(/^([a-z][a-z0-9+.-]*:\/\/[^:/@]*):[^@/]*@/i, '$1:***@');
+}

@@ -1,0 +1,168 @@
+/**
+ * The stream source against the real ffmpeg: a generated test video, a local HTTP MJPEG camera
+ * that dies mid-stream and comes back, and process cleanup on unsubscribe.
+ * Serial: the leftover-process checks look at all children of this worker.
+ */
+import test from 'ava';
+import { execFile } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { promisify } from 'node:util';
+import { filter, firstValueFrom, Subject, timeout, toArray, type Observable } from 'rxjs';
+import sharp from 'sharp';
+import type { Frame } from '../pipelines/types.js';
+import { latestFrame } from '../agent/schedule.js';
+import { FfmpegStreamSource, ffmpegArgs, type SourceStatus } from '../agent/sources/index.js';
+
+const run = promisify(execFile);
+
+const workDir = await mkdtemp(join(tmpdir(), 'shelfwatch-ffmpeg-'));
+const video = join(workDir, 'testsrc.mp4');
+// 3 s of the lavfi test pattern at 10 fps, 640x480.
+await run('ffmpeg', ['-hide_banner', '-loglevel', 'error', '-y', '-f', 'lavfi', '-i', 'testsrc=size=640x480:rate=10', '-t', '3', '-c:v', 'mpeg4', '-q:v', '5', video]);
+
+test.after.always(() => rm(workDir, { recursive: true, force: true }));
+
+function waitForStatus(status$: Observable<SourceStatus>, pred: (s: SourceStatus) => boolean, ms = 10_000): Promise<SourceStatus> {
+  return firstValueFrom(status$.pipe(filter(pred), timeout(ms)));
+}
+
+/** ffmpeg processes that are children of this test worker. */
+async function ffmpegChildren(): Promise<number[]> {
+  const { stdout } = await run('ps', ['-o', 'pid=,comm=', '--ppid', String(process.pid)]);
+  return stdout
+    .split('\n')
+    .map((line) => line.trim().split(/\s+/))
+    .filter(([, comm]) => comm === 'ffmpeg')
+    .map(([pid]) => Number(pid));
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+test.serial('ffmpeg command lines per input kind', (t) => {
+  const rtsp = ffmpegArgs({ type: 'stream', input: 'rtsp://cam/stream1', fps: 2 });
+  t.deepEqual(rtsp.slice(rtsp.indexOf('-rtsp_transport'), rtsp.indexOf('-i') + 2), ['-rtsp_transport', 'tcp', '-timeout', '10000000', '-i', 'rtsp://cam/stream1']);
+  t.true(rtsp.join(' ').includes('-vf fps=2 -f image2pipe -vcodec mjpeg -q:v 3 pipe:1'));
+  t.true(ffmpegArgs({ type: 'stream', input: '/dev/video0' }).join(' ').includes('-f v4l2 -i /dev/video0'));
+  t.true(ffmpegArgs({ type: 'stream', input: './shelf.mp4', loop: true }).join(' ').includes('-re -stream_loop -1 -i ./shelf.mp4'));
+  t.false(ffmpegArgs({ type: 'stream', input: './shelf.mp4' }).includes('-re'));
+  t.throws(() => ffmpegArgs({ type: 'stream', input: 'rtsp://cam/s', loop: true }), { message: 'stream loop applies to video files only, not rtsp input rtsp://cam/s' });
+  t.throws(() => ffmpegArgs({ type: 'stream', input: 'x.mp4', fps: 0 }), { message: 'stream fps must be > 0, got 0' });
+  const src = new FfmpegStreamSource('c', { type: 'stream', input: 'rtsp://admin:pw@cam/s' });
+  t.is(src.origin, 'ffmpeg:rtsp://admin:***@cam/s');
+});
+
+test.serial('a 3 s video read at 5 fps gives ~15 decodable 640x480 JPEG frames, then completes', async (t) => {
+  const src = new FfmpegStreamSource('vid', { type: 'stream', input: video, fps: 5 });
+  const frames: Frame[] = await firstValueFrom(src.frames$.pipe(toArray(), timeout(30_000)));
+  t.true(frames.length >= 14 && frames.length <= 16, `${frames.length} frames`);
+  t.deepEqual(frames.map((f) => f.sequence), frames.map((_, i) => i));
+  for (const f of frames) {
+    const { info } = await sharp(f.data).raw().toBuffer({ resolveWithObject: true });
+    t.is(info.width, 640);
+    t.is(info.height, 480);
+    t.is(f.origin, `ffmpeg:${video}`);
+  }
+  t.like(src.status(), { state: 'stopped', frames: frames.length, errors: 0, reconnects: 0 });
+  t.is(src.childPid(), undefined);
+});
+
+/** A camera serving multipart/x-mixed-replace MJPEG at 10 fps, that can be killed and restarted on its port. */
+async function startMjpegCamera(port = 0): Promise<{ server: Server; port: number; stop(): Promise<void> }> {
+  const colours = ['#ff0000', '#00ff00', '#0000ff', '#ffff00'];
+  const jpegs = await Promise.all(colours.map((c) => sharp({ create: { width: 320, height: 240, channels: 3, background: c } }).jpeg().toBuffer()));
+  const timers = new Set<NodeJS.Timeout>();
+  const server = createServer((req, res) => {
+    res.writeHead(200, { 'content-type': 'multipart/x-mixed-replace; boundary=frame', 'cache-control': 'no-cache' });
+    let i = 0;
+    const timer = setInterval(() => {
+      const jpeg = jpegs[i++ % jpegs.length];
+      res.write(`--frame\r\nContent-Type: image/jpeg\r\nContent-Length: ${jpeg.length}\r\n\r\n`);
+      res.write(jpeg);
+      res.write('\r\n');
+    }, 100);
+    timers.add(timer);
+    req.on('close', () => {
+      clearInterval(timer);
+      timers.delete(timer);
+    });
+  });
+  await new Promise<void>((r) => server.listen(port, '127.0.0.1', r));
+  return {
+    server,
+    port: (server.address() as AddressInfo).port,
+    stop: async () => {
+      for (const timer of timers) clearInterval(timer);
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
+
+test.serial('an HTTP MJPEG camera that dies mid-stream: reconnecting, then recovery when it comes back', async (t) => {
+  let camera = await startMjpegCamera();
+  t.teardown(() => camera.stop().catch(() => {}));
+  const url = `http://127.0.0.1:${camera.port}/video.mjpg`;
+  const src = new FfmpegStreamSource('mjpeg', { type: 'stream', input: url, fps: 5 }, { backoff: { initialMs: 100, maxMs: 300, jitter: 0 } });
+  const frames: Frame[] = [];
+  const sub = src.frames$.subscribe((f) => frames.push(f));
+  t.teardown(() => sub.unsubscribe());
+
+  await waitForStatus(src.status$, (s) => s.frames >= 3);
+  const firstPid = src.childPid();
+  await camera.stop(); // the camera goes away mid-stream
+  const down = await waitForStatus(src.status$, (s) => s.state === 'reconnecting');
+  t.regex(down.lastError ?? '', new RegExp(`^ffmpeg exited with code \\d+ reading ffmpeg:${url.replace(/[.]/g, '\\.')}`));
+  await sleep(700); // a few failed restarts against the closed port
+  const failing = src.status();
+  t.is(failing.state, 'reconnecting');
+  t.true(failing.reconnects >= 2, `${failing.reconnects} reconnects while down`);
+  t.regex(failing.lastError ?? '', /Connection refused/);
+  t.true(src.stderrTail().some((l) => l.includes('Connection refused')));
+
+  const framesBefore = src.status().frames;
+  camera = await startMjpegCamera(camera.port);
+  const up = await waitForStatus(src.status$, (s) => s.state === 'running' && s.frames >= framesBefore + 3);
+  t.true(up.reconnects >= failing.reconnects);
+  t.not(src.childPid(), firstPid);
+  for (const f of frames.slice(-3)) t.is((await sharp(f.data).metadata()).width, 320);
+  // Sequence numbers stay monotonic across restarts: ids stay unique.
+  t.is(new Set(frames.map((f) => f.id)).size, frames.length);
+  t.deepEqual(frames.map((f) => f.sequence), frames.map((_, i) => i));
+});
+
+test.serial('unsubscribing kills ffmpeg: no leftover process', async (t) => {
+  const src = new FfmpegStreamSource('loop', { type: 'stream', input: video, fps: 5, loop: true });
+  const trigger = new Subject<void>();
+  const scans: Frame[] = [];
+  const sub = src.frames$.pipe(latestFrame(trigger)).subscribe((f) => scans.push(f));
+  await waitForStatus(src.status$, (s) => s.frames >= 2);
+  trigger.next();
+  t.is(scans.length, 1, 'the latest frame at trigger time');
+  t.is(scans[0].sequence, src.status().frames - 1);
+  const pid = src.childPid();
+  t.truthy(pid);
+  t.deepEqual(await ffmpegChildren(), [pid!]);
+  sub.unsubscribe();
+  t.is(src.status().state, 'stopped');
+  for (let i = 0; i < 50 && alive(pid!); i++) await sleep(50);
+  t.false(alive(pid!), 'ffmpeg is gone');
+  t.deepEqual(await ffmpegChildren(), []);
+});
+
+test.serial('a missing ffmpeg binary fails the source with a clear error', async (t) => {
+  const src = new FfmpegStreamSource('nocam', { type: 'stream', input: video }, { ffmpegPath: join(workDir, 'no-ffmpeg') });
+  await t.throwsAsync(firstValueFrom(src.frames$), { message: /camera nocam: cannot run ffmpeg \(.*no-ffmpeg\): spawn .* ENOENT; install ffmpeg or set its path/ });
+  t.is(src.status().state, 'failed');
+});
