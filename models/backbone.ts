@@ -56,6 +56,7 @@ const descriptorSchema = z.strictObject({
   }),
   taps: z.tuple([tapSchema, tapSchema]),
   embedDim: z.number().int().positive().optional(),
+  pretrainEmbedDim: z.number().int().positive().optional(),
   urls: z.array(z.string().url()).optional(),
   fileName: z.string().optional(),
   license: z.string().optional(),
@@ -79,6 +80,9 @@ export function parseDescriptor(value: unknown, origin: string): BackboneDescrip
   const d = r.data as BackboneDescriptor;
   if (d.taps[0].stride >= d.taps[1].stride) {
     throw new BackboneError(`${origin}: taps must be ordered fine to coarse (stride ${d.taps[0].stride} then ${d.taps[1].stride})`);
+  }
+  if (d.pretrainEmbedDim && !d.embedDim) {
+    throw new BackboneError(`${origin}: pretrainEmbedDim needs embedDim (the final dimension)`);
   }
   if (d.inputSize % d.taps[1].stride !== 0) {
     throw new BackboneError(`${origin}: inputSize ${d.inputSize} is not a multiple of the coarse tap's stride ${d.taps[1].stride}`);

@@ -176,6 +176,7 @@ export async function fitFromFeatures(embedded: EmbeddedImages, opts: Omit<FitOp
       sha256: d.sha256,
       taps: d.taps.map((tap) => ({ tensor: tap.tensor, stride: tap.stride, channels: tap.channels })),
       ...(d.embedDim ? { embedDim: d.embedDim } : {}),
+      ...(d.pretrainEmbedDim ? { pretrainEmbedDim: d.pretrainEmbedDim } : {}),
     },
     inputSize,
     normalization: d.normalization,

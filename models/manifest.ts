@@ -30,6 +30,7 @@ const manifestSchema = z.strictObject({
     sha256: z.string().regex(/^[0-9a-f]{64}$/),
     taps: z.array(z.strictObject({ tensor: z.string(), stride: z.number().int().positive(), channels: z.number().int().positive() })).length(2),
     embedDim: z.number().int().positive().optional(),
+    pretrainEmbedDim: z.number().int().positive().optional(),
   }),
   inputSize: z.number().int().positive(),
   normalization: z.strictObject({

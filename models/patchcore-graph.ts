@@ -137,6 +137,31 @@ export function adaptivePoolMatrix(from: number, to: number): Float64Array {
   return m;
 }
 
+/**
+ * The linear map [c8 + c16, embedDim] of patchcore-inspection's preprocessing + aggregation:
+ * each tap pooled to pretrainEmbedDim (when given), concatenated, pooled to embedDim.
+ */
+export function embeddingProjection(d: BackboneDescriptor): Float64Array {
+  const [c0, c1] = [d.taps[0].channels, d.taps[1].channels];
+  const target = d.embedDim!;
+  if (!d.pretrainEmbedDim) return adaptivePoolMatrix(c0 + c1, target);
+  const pre = d.pretrainEmbedDim;
+  const p0 = adaptivePoolMatrix(c0, pre);
+  const p1 = adaptivePoolMatrix(c1, pre);
+  const a = adaptivePoolMatrix(2 * pre, target);
+  const out = new Float64Array((c0 + c1) * target);
+  // blockdiag(p0, p1) · a
+  for (let i = 0; i < c0 + c1; i++) {
+    const [p, row, offset] = i < c0 ? [p0, i, 0] : [p1, i - c0, pre];
+    for (let k = 0; k < pre; k++) {
+      const v = p[row * pre + k]!;
+      if (v === 0) continue;
+      for (let j = 0; j < target; j++) out[i * target + j] += v * a[(offset + k) * target + j]!;
+    }
+  }
+  return out;
+}
+
 /** Appends the aggregation; returns the embedding tensor [batch, grid², dim]. */
 function appendEmbedding(ops: Ops, d: BackboneDescriptor, g: GraphGeometry): string {
   const b = ops.b;
@@ -154,8 +179,9 @@ function appendEmbedding(ops: Ops, d: BackboneDescriptor, g: GraphGeometry): str
   const concatDim = d.taps[0].channels + d.taps[1].channels;
   const flat = ops.reshape(cat, [0, concatDim, -1]);
   let emb = b.op1('Transpose', [flat], { perm: [0, 2, 1] });
-  if (d.embedDim && d.embedDim !== concatDim) {
-    emb = b.op1('MatMul', [emb, ops.matrix('embed_pool', adaptivePoolMatrix(concatDim, d.embedDim), concatDim, d.embedDim)]);
+  if (d.embedDim) {
+    const w = embeddingProjection(d);
+    emb = b.op1('MatMul', [emb, ops.matrix('embed_pool', w, concatDim, d.embedDim)]);
   }
   return emb;
 }

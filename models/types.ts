@@ -33,8 +33,13 @@ export interface BackboneDescriptor {
   normalization: Normalization;
   /** Exactly two taps: stride 8 first, stride 16 second. */
   taps: [FeatureTap, FeatureTap];
-  /** Optional: adaptive-average-pool the concatenated patch embedding to this many dims. */
+  /**
+   * Optional, for wide backbones (as patchcore-inspection does): adaptive-average-pool each tap's
+   * patch vector to `pretrainEmbedDim`, concatenate, then pool to `embedDim`. With only
+   * `embedDim`, the concatenation is pooled directly.
+   */
   embedDim?: number;
+  pretrainEmbedDim?: number;
   /** Official download locations (tried in order). */
   urls?: string[];
   /** File name used in the cache. */

@@ -160,3 +160,17 @@ test('TypeScript nearest search and re-weighting match the reference support set
   t.deepEqual(s.support, details.support_memory_indices);
   t.true(Math.abs(s.weight - details.weight) <= 1e-4);
 });
+
+test('wide-backbone projection follows patchcore-inspection (per-tap pool, concat, pool)', async (t) => {
+  const { embeddingProjection } = await import('../models/patchcore-graph.js');
+  const d = { ...MOBILENETV2_INT8, taps: [{ ...MOBILENETV2_INT8.taps[0], channels: 2 }, { ...MOBILENETV2_INT8.taps[1], channels: 4 }] as typeof MOBILENETV2_INT8.taps, pretrainEmbedDim: 4, embedDim: 4 };
+  // tap0 (2 ch) → 4: each channel duplicated; tap1 (4 ch) → 4: identity; 8 → 4: pair averages.
+  t.deepEqual(Array.from(embeddingProjection(d)), [
+    1, 0, 0, 0,
+    0, 1, 0, 0,
+    0, 0, 0.5, 0,
+    0, 0, 0.5, 0,
+    0, 0, 0, 0.5,
+    0, 0, 0, 0.5,
+  ]);
+});
