@@ -105,6 +105,40 @@ backbone
     }
   });
 
+const dataset = program.command('dataset').description('GoodsAD / MVTec-layout datasets');
+dataset
+  .command('generate')
+  .description('write a seeded synthetic dataset in the exact GoodsAD layout and naming (tests, demos)')
+  .argument('<dir>', 'output folder (must be empty or absent)')
+  .option('--seed <n>', 'random seed', number('--seed', { integer: true, min: 0 }), 0)
+  .option('--categories <list>', 'comma-separated categories (default: all six)')
+  .option('--goods <n>', 'goods (products) per category', number('--goods', { integer: true, min: 1, max: 99 }), 2)
+  .option('--train <n>', 'normal training images per goods', number('--train', { integer: true, min: 1 }), 10)
+  .option('--test-good <n>', 'normal test images per goods', number('--test-good', { integer: true, min: 0 }), 3)
+  .option('--test-defect <n>', 'defective test images per goods and defect type', number('--test-defect', { integer: true, min: 0 }), 1)
+  .option('--size <px>', 'square image side (GoodsAD: 3000)', number('--size', { integer: true, min: 64, max: 6000 }), 3000)
+  .option('--quality <q>', 'JPEG quality', number('--quality', { integer: true, min: 1, max: 100 }), 90)
+  .action(async (dir: string, o) => {
+    const { generateDatasetCommand, formatGenerateSummary } = await import('./commands/dataset.js');
+    const s = await generateDatasetCommand({
+      out: dir, seed: o.seed, categories: o.categories ? String(o.categories).split(',') : undefined, goodsPerCategory: o.goods,
+      trainPerGoods: o.train, testGoodPerGoods: o.testGood, testDefectPerGoods: o.testDefect, size: o.size, jpegQuality: o.quality,
+    });
+    console.log(formatGenerateSummary(s));
+  });
+dataset
+  .command('check')
+  .description('validate a GoodsAD / MVTec-layout dataset and list every problem at once')
+  .argument('<root>', 'dataset root (a folder of categories, or one category)')
+  .option('--categories <list>', 'comma-separated categories')
+  .option('--no-images', 'skip reading image and mask headers')
+  .action(async (root: string, o) => {
+    const { checkDatasetCommand } = await import('./commands/dataset.js');
+    const r = await checkDatasetCommand(root, { categories: o.categories ? String(o.categories).split(',') : undefined, checkImages: o.images });
+    console.log(r.text);
+    if (!r.ok) process.exitCode = 1;
+  });
+
 program.parseAsync(process.argv).catch((e: unknown) => {
   const err = e as Error;
   process.stderr.write(`shelfwatch: ${err.message}\n`);
