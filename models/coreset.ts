@@ -12,7 +12,7 @@
  * Every skip holds with a margin above float rounding, so skipped points provably keep their
  * distance and the selection is identical, step for step and tie for tie, to `kCenterGreedyNaive`.
  */
-import { jlMinDim, makeSparseProjection, projectRows } from './projection.js';
+import { compactProjection, jlMinDim, makeSparseProjection, projectRows, projectRowsDense } from './projection.js';
 import { Random, validateSeed } from './random.js';
 
 export interface KCenterOptions {
@@ -23,6 +23,11 @@ export interface KCenterOptions {
    * evaluations (0 = off). Default 16 when dim ≥ 48, else off. Changes speed, never the result.
    */
   lowerBoundDims?: number;
+  /**
+   * kCenterGreedy only: the caller hands `points` over and will not read it again, so it may be
+   * reordered in place instead of copied (saves n·dim floats of peak memory).
+   */
+  consumePoints?: boolean;
 }
 
 export interface KCenterResult {
@@ -326,6 +331,10 @@ export function kCenterGreedy(
   const cLen = new Uint32Array(maxClusters);
   const cMax = new Float64Array(maxClusters); // largest member distance (squared)
   const cArg = new Uint32Array(maxClusters); // its point, lowest index on ties
+  const cArgPos = new Uint32Array(maxClusters); // and where that point sits in the cluster
+  // Rows and bound coordinates of the centres, kept apart because cluster storage moves.
+  const centreRows = new Float32Array(maxClusters * dim);
+  const centreZ = new Float64Array(maxClusters * K);
   let clusters = 0;
 
   const centre = new Float32Array(dim);
@@ -354,14 +363,17 @@ export function kCenterGreedy(
       }
     }
     evaluations += n;
+    centreRows.set(centre, 0);
+    if (K > 0) centreZ.set(z.subarray(startIndex * K, startIndex * K + K), 0);
     cCentre[0] = startIndex;
     cMembers[0] = members;
     cDist[0] = dist;
-    cRows[0] = points.slice();
-    cZ[0] = z.slice();
+    cRows[0] = opts.consumePoints === true ? points : points.slice();
+    cZ[0] = z;
     cLen[0] = n;
     cMax[0] = mx;
     cArg[0] = arg;
+    cArgPos[0] = arg;
     clusters = 1;
   }
 
@@ -369,19 +381,26 @@ export function kCenterGreedy(
     // The farthest point overall: the best of the cluster maxima, lowest index on ties.
     let best = -1;
     let bestIdx = 0;
+    let bestCluster = 0;
     for (let k = 0; k < clusters; k++) {
       if (cLen[k] === 0) continue;
       const v = cMax[k];
       if (v > best || (v === best && cArg[k] < bestIdx)) {
         best = v;
         bestIdx = cArg[k];
+        bestCluster = k;
       }
     }
     const c = bestIdx;
     selected[s] = c;
     minDistanceAtSelection[s] = Math.sqrt(best);
-    centre.set(points.subarray(c * dim, c * dim + dim));
-    if (K > 0) zc.set(z.subarray(c * K, c * K + K));
+    const pos = cArgPos[bestCluster];
+    centre.set(cRows[bestCluster].subarray(pos * dim, pos * dim + dim));
+    centreRows.set(centre, clusters * dim);
+    if (K > 0) {
+      zc.set(cZ[bestCluster].subarray(pos * K, pos * K + K));
+      centreZ.set(zc, clusters * K);
+    }
 
     let movers = 0;
     for (let k = 0; k < clusters; k++) {
@@ -390,12 +409,11 @@ export function kCenterGreedy(
       if (len === 0 || cMax[k] === 0) continue;
       // Whole cluster: skip when d(c,a) ≥ 2·radius  ⇔  d² ≥ 4·radius².
       const clusterLimit = 4 * cMax[k] * PRUNE_SLACK;
-      const a = cCentre[k];
       if (K > 0) {
         boundEvaluations++;
-        if (boundDistance(z, a * K, zc, K) > clusterLimit * BOUND_REL + boundAbs) continue;
+        if (boundDistance(centreZ, k * K, zc, K) > clusterLimit * BOUND_REL + boundAbs) continue;
       }
-      const dCentres = squaredDistance(points, a * dim, centre, 0, dim);
+      const dCentres = squaredDistance(centreRows, k * dim, centre, 0, dim);
       centreEvaluations++;
       if (dCentres >= clusterLimit) continue;
       // Member x: skip when d(c,a) ≥ 2·d(x,a)  ⇔  d(x,a)² ≤ d(c,a)² / 4.
@@ -409,6 +427,7 @@ export function kCenterGreedy(
       let w = len;
       let mx = -1;
       let arg = 0;
+      let argPos = 0;
       for (let r = 0; r < w; ) {
         const x = members[r];
         const dx = dist[r];
@@ -450,12 +469,14 @@ export function kCenterGreedy(
         if (dx > mx || (dx === mx && x < arg)) {
           mx = dx;
           arg = x;
+          argPos = r; // kept members never move again during this scan
         }
         r++;
       }
       cLen[k] = w;
       cMax[k] = mx;
       cArg[k] = arg;
+      cArgPos[k] = argPos;
       // Give memory back when a cluster has shrunk a lot (keeps the total near n rows).
       if (w < members.length >>> 2) {
         cMembers[k] = members.slice(0, w);
@@ -470,23 +491,39 @@ export function kCenterGreedy(
     const members = moverIdx.slice(0, movers);
     let mx = -1;
     let arg = 0;
+    let argPos = 0;
     for (let r = 0; r < movers; r++) {
       const dx = dist[r];
       const x = members[r];
       if (dx > mx || (dx === mx && x < arg)) {
         mx = dx;
         arg = x;
+        argPos = r;
       }
     }
     cCentre[clusters] = c;
     cMembers[clusters] = members;
     cDist[clusters] = dist;
-    cRows[clusters] = moverRows.slice(0, movers * dim);
-    cZ[clusters] = moverZ.slice(0, movers * K);
+    if (movers * dim * 2 >= moverRows.length && movers > 1024) {
+      // A big new cluster (early steps) takes the scratch itself instead of a copy of it.
+      cRows[clusters] = moverRows.subarray(0, movers * dim);
+      cZ[clusters] = moverZ.subarray(0, movers * K);
+      moverRows = new Float32Array(Math.min(n, 1024) * dim);
+      moverZ = new Float64Array(Math.min(n, 1024) * K);
+    } else {
+      cRows[clusters] = moverRows.slice(0, movers * dim);
+      cZ[clusters] = moverZ.slice(0, movers * K);
+    }
     cLen[clusters] = movers;
     cMax[clusters] = mx;
     cArg[clusters] = arg;
+    cArgPos[clusters] = argPos;
     clusters++;
+    // The first steps move a large share of all points; do not keep that scratch for the rest.
+    if (moverRows.length > 4096 * dim && movers * dim * 4 < moverRows.length) {
+      moverRows = new Float32Array(Math.min(n, 1024) * dim);
+      moverZ = new Float64Array(Math.min(n, 1024) * K);
+    }
 
     if (opts.onProgress && ((s + 1) % stride === 0 || s + 1 === m)) opts.onProgress(s + 1, m);
   }
@@ -551,6 +588,10 @@ export function prepareCoresetInput(features: Float32Array, n: number, dim: numb
   if (opts.projection === 'none') return { points: features, dim, startIndex, m };
   // jlMinDim(n) ≥ 17 for every n ≥ 2; n = 1 only admits ratio 1, which never projects.
   const proj = makeSparseProjection(dim, Math.max(1, jlMinDim(n)), rng);
+  if (proj.outputDim >= dim) {
+    // Same distances as on the projected rows, at dim instead of outputDim dimensions of work.
+    return { points: projectRowsDense(compactProjection(proj), dim, dim, features, n), dim, startIndex, m };
+  }
   return { points: projectRows(proj, features, n), dim: proj.outputDim, startIndex, m };
 }
 
@@ -568,5 +609,9 @@ export function selectCoreset(features: Float32Array, n: number, dim: number, op
     return all;
   }
   const input = prepareCoresetInput(features, n, dim, opts);
-  return kCenterGreedy(input.points, n, input.dim, input.m, input.startIndex, { onProgress: opts.onProgress }).selected;
+  // The projected rows are ours to reorder; the caller's features are not.
+  return kCenterGreedy(input.points, n, input.dim, input.m, input.startIndex, {
+    onProgress: opts.onProgress,
+    consumePoints: input.points !== features,
+  }).selected;
 }

@@ -109,3 +109,60 @@ export function projectRows(proj: SparseProjection, data: Float32Array, n: numbe
   }
   return out;
 }
+
+/**
+ * A compact equivalent of a projection that maps to MORE dimensions than it reads (JL dims ≥ d,
+ * as with 128-d MobileNetV2 patches and eps 0.9): the d×d upper-triangular factor T of R's QR
+ * decomposition satisfies ‖T v‖ = ‖R v‖ for every v, so greedy k-center on T x sees exactly the
+ * distances it would see on R x (up to float rounding) at d instead of k dimensions of work.
+ * Returned row-major (y = T x).
+ */
+export function compactProjection(proj: SparseProjection): Float64Array {
+  const k = proj.outputDim;
+  const d = proj.inputDim;
+  // Dense copy of R (k × d), then Householder QR in float64.
+  const a = new Float64Array(k * d);
+  for (let i = 0; i < k; i++) {
+    for (let p = proj.rowStart[i]!; p < proj.minusStart[i]!; p++) a[i * d + proj.indices[p]!] = proj.scale;
+    for (let p = proj.minusStart[i]!; p < proj.rowStart[i + 1]!; p++) a[i * d + proj.indices[p]!] = -proj.scale;
+  }
+  const v = new Float64Array(k);
+  for (let j = 0; j < Math.min(d, k); j++) {
+    let norm = 0;
+    for (let i = j; i < k; i++) norm += a[i * d + j]! ** 2;
+    norm = Math.sqrt(norm);
+    if (norm === 0) continue;
+    const alpha = a[j * d + j]! > 0 ? -norm : norm;
+    let vnorm = 0;
+    for (let i = j; i < k; i++) {
+      v[i] = a[i * d + j]! - (i === j ? alpha : 0);
+      vnorm += v[i]! ** 2;
+    }
+    if (vnorm === 0) continue;
+    for (let c = j; c < d; c++) {
+      let dot = 0;
+      for (let i = j; i < k; i++) dot += v[i]! * a[i * d + c]!;
+      const f = (2 * dot) / vnorm;
+      for (let i = j; i < k; i++) a[i * d + c] -= f * v[i]!;
+    }
+  }
+  const t = new Float64Array(d * d);
+  for (let i = 0; i < Math.min(d, k); i++) for (let c = i; c < d; c++) t[i * d + c] = a[i * d + c]!;
+  return t;
+}
+
+/** y = T x for every row (T: outDim × inDim, row-major, float64), float32 out. */
+export function projectRowsDense(t: Float64Array, outDim: number, inDim: number, data: Float32Array, n: number): Float32Array {
+  const out = new Float32Array(n * outDim);
+  const x = new Float64Array(inDim);
+  for (let r = 0; r < n; r++) {
+    for (let c = 0; c < inDim; c++) x[c] = data[r * inDim + c]!;
+    for (let i = 0; i < outDim; i++) {
+      let s = 0;
+      const row = i * inDim;
+      for (let c = i; c < inDim; c++) s += t[row + c]! * x[c]!; // T is upper triangular
+      out[r * outDim + i] = s;
+    }
+  }
+  return out;
+}
