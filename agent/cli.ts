@@ -105,6 +105,89 @@ backbone
     }
   });
 
+program
+  .command('run')
+  .description('run the agent: cameras → slot crops → model → debounced events over MQTT')
+  .requiredOption('-c, --config <file>', 'agent configuration (YAML or JSON); see deploy/shelfwatch.example.yaml')
+  .action(async (o) => {
+    const { runAgent } = await import('./commands/run.js');
+    await runAgent(o.config);
+  });
+
+program
+  .command('demo')
+  .description('the main job on a simulated shelf camera: fits a model on first run, prints events, writes thumbnails')
+  .option('--dir <dir>', 'working folder (model, frames, thumbnails, state)', '.shelfwatch-demo')
+  .option('--duration <seconds>', 'stop after this many seconds (default: until Ctrl-C)', number('--duration', { min: 1 }))
+  .option('--port <port>', 'embedded MQTT broker port (a busy port falls back to a free one)', number('--port', { integer: true, min: 0, max: 65535 }), 1883)
+  .action(async (o) => {
+    const { runDemo } = await import('./demo.js');
+    await runDemo({ dir: o.dir, durationSec: o.duration, port: o.port });
+  });
+
+const config = program.command('config').description('agent configuration');
+config
+  .command('check')
+  .description('validate a config file (every error at once, with key paths) and the files it names')
+  .argument('<file>', 'YAML or JSON config')
+  .action(async (file: string) => {
+    const { runConfigCheck } = await import('./commands/config-check.js');
+    const r = await runConfigCheck(file);
+    console.log(r.text);
+  });
+
+const planogram = program.command('planogram').description('product slots of a camera');
+planogram
+  .command('draw')
+  .description('draw the slot boxes of a camera over a snapshot (PNG)')
+  .requiredOption('-c, --config <file>', 'agent configuration')
+  .requiredOption('--camera <id>', 'camera id')
+  .requiredOption('--snapshot <image>', 'a full-resolution frame of that camera')
+  .requiredOption('-o, --out <png>', 'output PNG')
+  .action(async (o) => {
+    const { runPlanogramDraw } = await import('./commands/planogram-draw.js');
+    const r = await runPlanogramDraw({ config: o.config, camera: o.camera, snapshot: o.snapshot, out: o.out });
+    console.log(`wrote ${o.out} (${r.slots.length} slots)`);
+  });
+
+program
+  .command('eval')
+  .description('offline evaluation on a GoodsAD / MVTec-layout dataset with the paper\'s metrics')
+  .requiredOption('--dataset <root>', 'dataset root (a folder of categories, or one category)')
+  .requiredOption('--out <dir>', 'output folder (results.json, results.md, report.html)')
+  .option('--category <names...>', 'only these categories')
+  .option('--coreset <ratio>', 'memory-bank fraction', number('--coreset', { min: 1e-9, max: 1 }), 0.01)
+  .option('--seed <n>', 'random seed', number('--seed', { integer: true, min: 0 }), 0)
+  .option('--models <dir>', 'reuse fitted models from here when they match (and save new ones)')
+  .option('--cache <dir>', 'feature cache folder (default <out>/.cache)')
+  .option('--no-cache', 'do not cache features')
+  .option('--pixel-size <n|native>', 'pixel metrics at N×N (default 224) or at each mask\'s size', (v: string) => (v === 'native' ? 'native' : number('--pixel-size', { integer: true, min: 8 })(v)))
+  .option('--per-goods', 'one memory bank per goods id (from the file names)')
+  .addOption(new Option('--crop <mode>', 'tighten each image to the product against the white shelf first').choices(['none', 'auto']).default('none'))
+  .option('--modes <list>', 'several modes side by side, e.g. category,per-goods,crop')
+  .option('--min-goods-train <n>', "fewest fit images for a goods id's own model (--per-goods)", number('--min-goods-train', { integer: true, min: 1 }), 10)
+  .option('--holdout <fraction>', 'fraction of train/good held out for thresholds', number('--holdout', { min: 0.0001, max: 0.9 }), 0.1)
+  .option('--backbone <file>', 'local backbone ONNX file')
+  .option('--backbone-id <id|descriptor.json>', 'built-in backbone id or a descriptor JSON file', 'mobilenetv2-12-int8')
+  .option('--input-size <px>', 'model input size', number('--input-size', { integer: true, min: 32, max: 2048 }))
+  .option('--batch <n>', 'images per inference call', number('--batch', { integer: true, min: 1, max: 256 }), 8)
+  .option('--examples <n>', 'worst false negatives/positives per category in the report', number('--examples', { integer: true, min: 0 }), 4)
+  .option('--no-html', 'skip report.html')
+  .option('--no-shrink-on-load', 'decode big JPEGs at full resolution')
+  .addOption(providerOption())
+  .option('--json', 'print results.json instead of the table')
+  .action(async (o) => {
+    const { runEval } = await import('./commands/eval.js');
+    const s = await runEval({
+      dataset: o.dataset, out: o.out, categories: o.category, coreset: o.coreset, seed: o.seed, models: o.models, cache: o.cache,
+      pixelSize: o.pixelSize, perGoods: Boolean(o.perGoods), crop: o.crop, modes: o.modes, minGoodsTrain: o.minGoodsTrain, holdout: o.holdout, inputSize: o.inputSize, examples: o.examples, backbone: o.backbone,
+      backboneId: o.backboneId, batch: o.batch, html: o.html, shrinkOnLoad: o.shrinkOnLoad, provider: o.provider, json: Boolean(o.json),
+    });
+    if (o.json) return printJson(s.results);
+    console.log(s.table);
+    console.log(`wrote ${s.files.json}, ${s.files.markdown}${s.files.html ? `, ${s.files.html}` : ''}`);
+  });
+
 const dataset = program.command('dataset').description('GoodsAD / MVTec-layout datasets');
 dataset
   .command('generate')
