@@ -1,0 +1,374 @@
+/**
+ * The edge agent: config in, a running shelf watcher out.
+ *
+ *   const agent = new Agent(config);
+ *   await agent.start();      // models, broker (embedded if no url), MQTT + outbox, extensions, cameras
+ *   ...
+ *   await agent.stop();       // cameras, extensions, MQTT (flushes; pending records stay on disk)
+ *
+ * start() loads every model some slot uses (once each, shared), starts the embedded broker when
+ * the config has no broker URL, opens the durable outbox and starts connecting (it does NOT wait
+ * for the broker: everything waits in the outbox), starts the extensions (health server, status,
+ * events, stats, Home Assistant discovery) and finally subscribes the shelf pipeline, which
+ * starts the cameras. A failure at any step undoes the steps before it and rethrows.
+ *
+ * Emits 'event' (every AnomalyEvent) and 'output' (every scanned slot) for library users;
+ * `finished` resolves when every camera's frame stream has ended (a replay without loop).
+ */
+import { EventEmitter } from 'node:events';
+import { mkdir } from 'node:fs/promises';
+import { Subject, type Observable, type Subscription } from 'rxjs';
+import { TOOL_VERSION } from '../models/version.js';
+import type { AnomalyEvent } from '../pipelines/events.js';
+import type { Frame } from '../pipelines/types.js';
+import { createShelfPipeline, type PipelineObserver, type ShelfOutput, type ShelfPipeline, type ShelfPipelineStats } from '../pipelines/shelf-pipeline.js';
+import type { AgentConfig } from './config.js';
+import { EventsPublisher } from './extensions/events-publisher.js';
+import { HealthHttp } from './extensions/health-http.js';
+import { HomeAssistantDiscovery } from './extensions/home-assistant.js';
+import { agentStats, StatsPublisher, type AgentStats } from './extensions/stats.js';
+import { StatusPublisher } from './extensions/status.js';
+import type { AgentCamera, AgentContext, Extension } from './extensions/types.js';
+import { AgentMetrics, type HealthReport, type HealthState } from './health.js';
+import { Logger } from './logger.js';
+import { ModelRegistry } from './model-registry.js';
+import { startMqttClient, type AgentMqttClient } from './mqtt/client.js';
+import { startEmbeddedBroker, type EmbeddedBroker } from './mqtt/embedded-broker.js';
+import type { OutboxMessage } from './mqtt/outbox.js';
+import { agentTopics, type AgentTopics } from './mqtt/topics.js';
+import { createCameraFeed } from './sources/index.js';
+
+export type AgentState = 'idle' | 'starting' | 'running' | 'stopping' | 'stopped';
+
+export interface AgentOptions {
+  /** Default: JSON lines on stdout at `logging.level`, with the config's secrets scrubbed. */
+  logger?: Logger;
+  /** Replaces the default extension list (library use); gets the context once it exists. */
+  extensions?: (ctx: AgentContext) => Extension[];
+  /** Passed to the outbox; false only for tests and benchmarks (default true). */
+  outboxFsync?: boolean;
+  /** MQTT reconnect backoff, ms (default 1000 → 30000). */
+  reconnect?: { minDelayMs?: number; maxDelayMs?: number };
+  /** Extra pipeline hooks (e.g. the systemd watchdog's progress gauge). */
+  observer?: PipelineObserver;
+  /** How long stop() waits for the outbox to drain while connected (default 3000 ms). */
+  flushTimeoutMs?: number;
+}
+
+export interface AgentEvents {
+  event: [AnomalyEvent];
+  output: [ShelfOutput];
+  state: [AgentState];
+}
+
+/** Strings from the config that must never reach a log line. */
+function configSecrets(config: AgentConfig): string[] {
+  const secrets: string[] = [];
+  if (config.mqtt.password) secrets.push(config.mqtt.password);
+  for (const cam of config.cameras) {
+    if (cam.source.type === 'http-snapshot') secrets.push(...Object.values(cam.source.headers));
+    const url = cam.source.type === 'http-snapshot' ? cam.source.url : cam.source.type === 'stream' ? cam.source.input : '';
+    try {
+      const parsed = new URL(url);
+      if (parsed.password) secrets.push(decodeURIComponent(parsed.password));
+    } catch {
+      // not a URL
+    }
+  }
+  return secrets;
+}
+
+export function defaultLogger(config: AgentConfig): Logger {
+  return new Logger({ level: config.logging.level, secrets: configSecrets(config), fields: { agent: config.agent.id } });
+}
+
+export class Agent extends EventEmitter<AgentEvents> {
+  readonly logger: Logger;
+  readonly topics: AgentTopics;
+  readonly metrics: AgentMetrics;
+  private stateValue: AgentState = 'idle';
+  private broker: EmbeddedBroker | null = null;
+  private client: AgentMqttClient | null = null;
+  private registry: ModelRegistry | null = null;
+  private pipeline: ShelfPipeline | null = null;
+  private subscription: Subscription | null = null;
+  private cameras: RunningCamera[] = [];
+  private extensions: Extension[] = [];
+  private started: Extension[] = [];
+  private readonly outputs = new Subject<ShelfOutput>();
+  private startedAt = 0;
+  private brokerUrlValue: string;
+  private finishedResolve!: () => void;
+  /** Resolves when every camera's frame stream has ended (never, for live cameras). */
+  readonly finished: Promise<void>;
+
+  constructor(
+    readonly config: AgentConfig,
+    private readonly options: AgentOptions = {},
+  ) {
+    super();
+    this.logger = options.logger ?? defaultLogger(config);
+    this.topics = agentTopics(config.mqtt.baseTopic, config.agent.id);
+    // Validate every camera/slot id as a topic level up front, not at the first event.
+    for (const cam of config.cameras) for (const slot of cam.slots) this.topics.slot(cam.id, slot.id);
+    this.brokerUrlValue = config.mqtt.url;
+    this.metrics = new AgentMetrics(
+      {
+        pipeline: () => this.pipeline?.stats() ?? null,
+        mqtt: () => this.client?.metrics() ?? null,
+        sources: () => this.cameras.map((c) => ({ camera: c.config.id, kind: c.source.kind, status: c.source.status() })),
+      },
+      { batchSize: config.inference.batchSize },
+    );
+    this.finished = new Promise<void>((resolve) => (this.finishedResolve = resolve));
+  }
+
+  get state(): AgentState {
+    return this.stateValue;
+  }
+
+  /** The broker in use (the embedded broker's real address when embedded). */
+  get brokerUrl(): string {
+    return this.brokerUrlValue;
+  }
+
+  get mqtt(): AgentMqttClient | null {
+    return this.client;
+  }
+
+  /** Base URL of the health/metrics server, or null when disabled or not started. */
+  get metricsUrl(): string | null {
+    const http = this.started.find((e): e is HealthHttp => e instanceof HealthHttp);
+    return http?.url ?? null;
+  }
+
+  pipelineStats(): ShelfPipelineStats {
+    return this.pipeline?.stats() ?? { cameras: {}, models: {} };
+  }
+
+  /** The payload of the `stats` topic, now. Throws before start. */
+  stats(): AgentStats {
+    return agentStats(this.context());
+  }
+
+  health(): HealthReport {
+    const problems: string[] = [];
+    const mqttState = this.client?.state ?? 'offline';
+    if (this.stateValue === 'running' && mqttState !== 'connected') problems.push(`MQTT broker not connected (${mqttState})`);
+    const cameras: Record<string, string> = {};
+    let failed = 0;
+    for (const c of this.cameras) {
+      const s = c.source.status();
+      cameras[c.config.id] = s.state;
+      if (s.state === 'failed' || s.state === 'reconnecting') problems.push(`camera ${c.config.id}: ${s.state}${s.lastError ? ` (${s.lastError})` : ''}`);
+      if (s.state === 'failed') failed++;
+    }
+    let status: HealthState;
+    if (this.stateValue === 'running') status = this.cameras.length > 0 && failed === this.cameras.length ? 'stopped' : problems.length ? 'degraded' : 'ok';
+    else status = this.stateValue === 'idle' ? 'starting' : this.stateValue === 'starting' ? 'starting' : this.stateValue;
+    return { status, problems, uptimeSeconds: this.startedAt ? Math.round((Date.now() - this.startedAt) / 1000) : 0, mqtt: mqttState, cameras };
+  }
+
+  async start(): Promise<void> {
+    if (this.stateValue !== 'idle') throw new Error(`agent ${this.config.agent.id}: start() called in state ${this.stateValue}`);
+    this.setState('starting');
+    this.startedAt = Date.now();
+    const { config, logger } = this;
+    try {
+      await mkdir(config.agent.stateDir, { recursive: true });
+      this.registry = await ModelRegistry.load(config, logger);
+
+      if (config.mqtt.embedded) {
+        this.broker = await startEmbeddedBroker({ port: config.mqtt.embeddedPort });
+        this.brokerUrlValue = this.broker.url;
+        logger.info('embedded MQTT broker listening', { url: this.broker.url });
+      }
+      this.client = await startMqttClient({
+        url: this.brokerUrlValue,
+        topics: this.topics,
+        clientId: config.mqtt.clientId,
+        username: config.mqtt.username,
+        password: config.mqtt.password,
+        tls: config.mqtt.tls,
+        keepaliveSeconds: config.mqtt.keepaliveSeconds,
+        outbox: { dir: config.outbox.dir, maxRecords: config.outbox.maxRecords, maxBytes: config.outbox.maxBytes, fsync: this.options.outboxFsync },
+        reconnect: this.options.reconnect,
+        logger: logger.child({ component: 'mqtt' }),
+      });
+      const pendingAtStart = this.client.outbox.depth().records;
+      if (pendingAtStart > 0) logger.info('outbox holds messages from a previous run; they go first', { records: pendingAtStart });
+
+      this.cameras = config.cameras.map((cam) => {
+        const feed = createCameraFeed(cam, { logger: logger.child({ component: 'source' }).forSources });
+        return { config: cam, source: feed.source, scans$: feed.scans$ };
+      });
+      this.pipeline = createShelfPipeline({
+        cameras: this.cameras.map((cam) => ({ id: cam.config.id, slots: cam.config.slots, frames$: cam.scans$ })),
+        models: this.registry.pipelineModels(),
+        batchSize: config.inference.batchSize,
+        batchWaitMs: config.inference.batchWaitMs,
+        maxPendingFrames: config.inference.maxPendingFrames,
+        debounce: config.debounce,
+        thumbnails: { enabled: true, maxSize: config.thumbnails.maxSize, quality: config.thumbnails.quality },
+        observer: combineObservers(this.metrics.observer(), this.logObserver(), { event: (e) => this.emit('event', e) }, this.options.observer ?? {}),
+      });
+
+      const ctx = this.context();
+      this.extensions = this.options.extensions ? this.options.extensions(ctx) : defaultExtensions(ctx);
+      for (const ext of this.extensions) {
+        await ext.start();
+        this.started.push(ext);
+      }
+
+      this.subscription = this.pipeline.outputs$.subscribe({
+        next: (output) => {
+          this.outputs.next(output);
+          this.emit('output', output);
+        },
+        error: (err: Error) => logger.error('shelf pipeline failed', { error: err }),
+        complete: () => {
+          logger.info('every camera has ended');
+          this.finishedResolve();
+        },
+      });
+      this.setState('running');
+      logger.info('agent running', {
+        version: TOOL_VERSION,
+        broker: this.brokerUrlValue,
+        embeddedBroker: config.mqtt.embedded,
+        cameras: config.cameras.map((c) => c.id),
+        models: this.registry.status().map((m) => ({ name: m.name, digest: m.digest.slice(0, 12), provider: m.provider })),
+        metrics: this.metricsUrl,
+      });
+    } catch (err) {
+      logger.error('agent failed to start', { error: err as Error });
+      await this.teardown();
+      this.setState('stopped');
+      throw err;
+    }
+  }
+
+  /** Stops cameras, extensions, MQTT (flushing while connected), models and the embedded broker. */
+  async stop(): Promise<void> {
+    if (this.stateValue === 'stopped' || this.stateValue === 'stopping') return;
+    if (this.stateValue === 'idle') {
+      this.setState('stopped');
+      return;
+    }
+    this.setState('stopping');
+    this.logger.info('agent stopping');
+    await this.teardown();
+    this.setState('stopped');
+    this.logger.info('agent stopped');
+  }
+
+  private async teardown(): Promise<void> {
+    this.subscription?.unsubscribe();
+    this.subscription = null;
+    for (const ext of [...this.started].reverse()) {
+      try {
+        await ext.stop();
+      } catch (err) {
+        this.logger.warn('extension failed to stop', { extension: ext.name, error: err as Error });
+      }
+    }
+    this.started = [];
+    this.outputs.complete();
+    if (this.client) {
+      await this.client.stop({ flushTimeoutMs: this.options.flushTimeoutMs ?? 3000 }).catch((err: Error) => this.logger.warn('MQTT client failed to stop cleanly', { error: err }));
+      const left = this.client.outbox.depth().records;
+      if (left > 0) this.logger.info('messages kept in the outbox for the next start', { records: left });
+    }
+    await this.registry?.release();
+    await this.broker?.close();
+    this.broker = null;
+  }
+
+  private context(): AgentContext {
+    const client = this.client;
+    const registry = this.registry;
+    if (!client || !registry) throw new Error(`agent ${this.config.agent.id} is not started`);
+    return {
+      config: this.config,
+      logger: this.logger,
+      topics: this.topics,
+      mqtt: client,
+      models: registry,
+      cameras: this.cameras,
+      outputs$: this.outputs.asObservable(),
+      metrics: this.metrics,
+      version: TOOL_VERSION,
+      startedAt: this.startedAt,
+      brokerUrl: this.brokerUrlValue,
+      pipelineStats: () => this.pipelineStats(),
+      health: () => this.health(),
+      publish: (message: OutboxMessage) => {
+        client.publish(message).catch((err: Error) => this.logger.warn('message not queued', { id: message.id, topic: message.topic, error: err }));
+      },
+    };
+  }
+
+  private setState(state: AgentState): void {
+    this.stateValue = state;
+    this.emit('state', state);
+  }
+
+  /** Logs pipeline trouble; repeated errors of one camera and kind at most once a minute. */
+  private logObserver(): PipelineObserver {
+    const log = this.logger.child({ component: 'pipeline' });
+    const last = new Map<string, { at: number; suppressed: number }>();
+    const throttled = (key: string, write: (suppressed: number) => void) => {
+      const now = Date.now();
+      const entry = last.get(key);
+      if (entry && now - entry.at < 60_000) {
+        entry.suppressed++;
+        return;
+      }
+      write(entry?.suppressed ?? 0);
+      last.set(key, { at: now, suppressed: 0 });
+    };
+    return {
+      frameError: (camera, frame, kind, error, slot) =>
+        throttled(`${camera}:${kind}`, (suppressed) =>
+          log.warn(`${kind} error; frame skipped${slot ? ' for this slot' : ''}`, { camera, slot, frame: frame.id, origin: frame.origin, error, ...(suppressed ? { suppressedSinceLast: suppressed } : {}) }),
+        ),
+      frameDropped: (camera, frame) =>
+        throttled(`${camera}:drop`, (suppressed) =>
+          log.warn('inference is behind: dropped the oldest pending frame', { camera, frame: frame.id, maxPendingFrames: this.config.inference.maxPendingFrames, ...(suppressed ? { droppedSinceLast: suppressed } : {}) }),
+        ),
+      cropWarning: (camera, slot, message) => log.warn(message, { camera, slot }),
+      cameraError: (camera, error) => log.error('camera stopped: its frame stream failed', { camera, error }),
+      cameraEnded: (camera) => log.info('camera frame stream ended', { camera }),
+    };
+  }
+}
+
+/** A camera with the frames to scan (its source plus its schedule). */
+type RunningCamera = AgentCamera & { scans$: Observable<Frame> };
+
+export function defaultExtensions(ctx: AgentContext): Extension[] {
+  const list: Extension[] = [];
+  if (ctx.config.metrics.enabled) list.push(new HealthHttp(ctx));
+  list.push(new StatusPublisher(ctx), new EventsPublisher(ctx), new StatsPublisher(ctx));
+  if (ctx.config.mqtt.homeAssistant.enabled) list.push(new HomeAssistantDiscovery(ctx));
+  return list;
+}
+
+/** Calls every observer's hook in turn; one throwing does not keep the others from running. */
+export function combineObservers(...observers: PipelineObserver[]): PipelineObserver {
+  const keys = new Set(observers.flatMap((o) => Object.keys(o))) as Set<keyof PipelineObserver>;
+  const combined: PipelineObserver = {};
+  for (const key of keys) {
+    (combined as Record<string, unknown>)[key] = (...args: unknown[]) => {
+      for (const o of observers) {
+        const fn = o[key] as ((...a: unknown[]) => void) | undefined;
+        try {
+          fn?.(...args);
+        } catch {
+          // an observer is never allowed to break the pipeline
+        }
+      }
+    };
+  }
+  return combined;
+}

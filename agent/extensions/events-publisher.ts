@@ -1,0 +1,129 @@
+/**
+ * Publishes what the pipeline finds, through the durable outbox (QoS 1):
+ *
+ *   new/update   <slot>/thumbnail (JPEG, retained), <slot>/mask (PNG, retained), then the event
+ *                on <root>/events — in that order, so a consumer reacting to the event finds the
+ *                matching thumbnail already retained;
+ *   end          the event;
+ *   every scan   <slot>/state (retained) — but only when it says something new: on a transition,
+ *                on the slot's first scan, or when the last one is older than STATE_REFRESH_MS.
+ *                Publishing every scan of a continuous camera would fsync tens of records a
+ *                second into the outbox for a score nobody reads.
+ *
+ * Message ids are stable (`<event id>:<type>:<frame id>` …), so a re-delivery after a restart is
+ * recognisable. With `thumbnails.dir` set the thumbnails are also written there (demo, debugging).
+ */
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Subscription } from 'rxjs';
+import type { AnomalyEvent } from '../../pipelines/events.js';
+import type { ShelfOutput } from '../../pipelines/shelf-pipeline.js';
+import type { AgentContext, Extension } from './types.js';
+
+/** A slot's retained state is republished at least this often while it is scanned. */
+export const STATE_REFRESH_MS = 60_000;
+
+/** The retained `<camera>/<slot>/state` payload: SlotStatePayload plus what HA shows as attributes. */
+export interface PublishedSlotState {
+  state: 'ok' | 'anomalous';
+  score: number;
+  since: number;
+  eventId: string | null;
+  camera: string;
+  slot: string;
+  product: string | null;
+  category: string | null;
+  normalizedScore: number;
+  threshold: number;
+  frameId: string;
+  frameTime: number;
+  modelId: string;
+  modelDigest: string;
+}
+
+export function slotStateMessage(output: ShelfOutput): PublishedSlotState {
+  const { crop, prediction } = output.item;
+  return {
+    ...output.state,
+    camera: crop.frame.camera,
+    slot: crop.slot,
+    product: crop.product ?? null,
+    category: crop.category ?? null,
+    normalizedScore: prediction.normalizedScore,
+    threshold: prediction.threshold,
+    frameId: crop.frame.id,
+    frameTime: crop.frame.capturedAt,
+    modelId: crop.model,
+    modelDigest: prediction.modelDigest,
+  };
+}
+
+/** The id of the outbox record that carries an event. */
+export function eventMessageId(event: AnomalyEvent): string {
+  return `${event.after.id}:${event.type}:${event.after.frameId}`;
+}
+
+export class EventsPublisher implements Extension {
+  readonly name = 'events';
+  private subscription: Subscription | null = null;
+  private readonly lastState = new Map<string, { state: string; at: number }>();
+  private dirReady: Promise<unknown> | null = null;
+
+  constructor(
+    private readonly ctx: AgentContext,
+    private readonly clock: () => number = Date.now,
+  ) {}
+
+  start(): void {
+    this.subscription = this.ctx.outputs$.subscribe((output) => this.publish(output));
+  }
+
+  stop(): void {
+    this.subscription?.unsubscribe();
+    this.subscription = null;
+  }
+
+  private publish(output: ShelfOutput): void {
+    const { ctx } = this;
+    const { crop } = output.item;
+    const camera = crop.frame.camera;
+    const topics = ctx.topics.slot(camera, crop.slot);
+    const event = output.event;
+    if (event && output.thumbnail && event.type !== 'end') {
+      const base = `${event.after.id}:${crop.frame.id}`;
+      ctx.publish({ id: `${base}:thumbnail`, topic: topics.thumbnail, payload: output.thumbnail.jpeg, qos: 1, retain: true });
+      ctx.publish({ id: `${base}:mask`, topic: topics.mask, payload: output.thumbnail.maskPng, qos: 1, retain: true });
+      this.writeThumbnail(event, output.thumbnail.jpeg);
+    }
+    if (event) {
+      ctx.publish({ id: eventMessageId(event), topic: ctx.topics.events, payload: JSON.stringify(event), qos: 1, retain: false });
+      ctx.logger.info('anomaly event', {
+        type: event.type,
+        eventId: event.after.id,
+        camera,
+        slot: crop.slot,
+        score: event.after.score,
+        threshold: event.after.threshold,
+        regions: event.after.regions.length,
+      });
+    }
+    const key = `${camera}/${crop.slot}`;
+    const now = this.clock();
+    const last = this.lastState.get(key);
+    if (event || !last || last.state !== output.state.state || now - last.at >= STATE_REFRESH_MS) {
+      this.lastState.set(key, { state: output.state.state, at: now });
+      ctx.publish({ id: `state:${key}:${crop.frame.id}`, topic: topics.state, payload: JSON.stringify(slotStateMessage(output)), qos: 1, retain: true });
+    }
+  }
+
+  private writeThumbnail(event: AnomalyEvent, jpeg: Buffer): void {
+    const dir = this.ctx.config.thumbnails.dir;
+    if (!dir) return;
+    this.dirReady ??= mkdir(dir, { recursive: true });
+    const suffix = event.type === 'new' ? 'new' : `update-${event.after.frameTime}`;
+    const file = join(dir, `${event.after.id}-${suffix}.jpg`);
+    this.dirReady
+      .then(() => writeFile(file, jpeg))
+      .catch((err: Error) => this.ctx.logger.warn('could not write thumbnail file', { file, error: err }));
+  }
+}

@@ -1,0 +1,136 @@
+/**
+ * The agent's logger: one JSON object per line (`{"time":…,"level":"info","msg":…,…fields}`),
+ * a level filter, child loggers with bound fields, and secret hygiene:
+ *  - fields under secret-looking keys (password, token, …key, authorization — config.ts'
+ *    isSecretKey) are replaced by "<redacted>", at any depth;
+ *  - URLs lose their user-info and secret query parameters (config.ts' redactUrl);
+ *  - every string registered as a secret (the MQTT password, HTTP header values) is scrubbed
+ *    from messages and field values, whatever produced them.
+ * Errors become `{ name, message }` (plus `stack` at trace level). Writing never throws.
+ */
+import { isSecretKey, redactUrl, type LogLevel } from './config.js';
+
+export type { LogLevel } from './config.js';
+
+const LEVELS: Record<LogLevel, number> = { trace: 10, debug: 20, info: 30, warn: 40, error: 50 };
+const REDACTED = '<redacted>';
+const MAX_DEPTH = 6;
+
+export type LogFields = Record<string, unknown>;
+
+export interface LogSink {
+  write(line: string): unknown;
+}
+
+export interface LoggerOptions {
+  level?: LogLevel;
+  /** Where lines go (default process.stdout). */
+  sink?: LogSink;
+  /** Strings that must never appear in a log line (shorter than 4 characters are ignored). */
+  secrets?: readonly string[];
+  /** Fields added to every line. */
+  fields?: LogFields;
+  clock?: () => number;
+}
+
+export class Logger {
+  private readonly threshold: number;
+  private readonly sink: LogSink;
+  private readonly secrets: string[];
+  private readonly fields: LogFields;
+  private readonly clock: () => number;
+
+  constructor(private readonly options: LoggerOptions = {}) {
+    const level = options.level ?? 'info';
+    if (!(level in LEVELS)) throw new RangeError(`log level must be one of ${Object.keys(LEVELS).join(', ')}, got ${JSON.stringify(level)}`);
+    this.threshold = LEVELS[level];
+    this.sink = options.sink ?? process.stdout;
+    // Longest first, so a secret that contains another is scrubbed whole.
+    this.secrets = [...new Set((options.secrets ?? []).filter((s) => typeof s === 'string' && s.length >= 4))].sort((a, b) => b.length - a.length);
+    this.fields = options.fields ?? {};
+    this.clock = options.clock ?? Date.now;
+  }
+
+  get level(): LogLevel {
+    return this.options.level ?? 'info';
+  }
+
+  /** A logger that adds `fields` to every line. */
+  child(fields: LogFields): Logger {
+    return new Logger({ ...this.options, fields: { ...this.fields, ...fields } });
+  }
+
+  enabled(level: LogLevel): boolean {
+    return LEVELS[level] >= this.threshold;
+  }
+
+  trace(msg: string, fields?: LogFields): void {
+    this.log('trace', msg, fields);
+  }
+  debug(msg: string, fields?: LogFields): void {
+    this.log('debug', msg, fields);
+  }
+  info(msg: string, fields?: LogFields): void {
+    this.log('info', msg, fields);
+  }
+  warn(msg: string, fields?: LogFields): void {
+    this.log('warn', msg, fields);
+  }
+  error(msg: string, fields?: LogFields): void {
+    this.log('error', msg, fields);
+  }
+
+  log(level: LogLevel, msg: string, fields: LogFields = {}): void {
+    if (!this.enabled(level)) return;
+    const record: LogFields = { time: new Date(this.clock()).toISOString(), level, msg: this.scrub(redactUrl(String(msg))) };
+    const merged = { ...this.fields, ...fields };
+    for (const [key, value] of Object.entries(merged)) {
+      if (key === 'time' || key === 'level' || key === 'msg') continue;
+      record[key] = this.clean(key, value, 0);
+    }
+    let line: string;
+    try {
+      line = JSON.stringify(record);
+    } catch {
+      line = JSON.stringify({ time: record.time, level, msg: record.msg, logError: 'fields could not be serialised' });
+    }
+    try {
+      this.sink.write(`${line}\n`);
+    } catch {
+      // A closed stdout must not take the agent down.
+    }
+  }
+
+  /** The `(level, msg, fields)` function the camera sources take. */
+  readonly forSources = (level: LogLevel, msg: string, fields?: LogFields): void => this.log(level, msg, fields);
+
+  private clean(key: string, value: unknown, depth: number): unknown {
+    if (isSecretKey(key)) return value === undefined || value === null ? value : REDACTED;
+    if (value === null || value === undefined || typeof value === 'number' || typeof value === 'boolean') return value;
+    if (typeof value === 'string') return this.scrub(redactUrl(value));
+    if (typeof value === 'bigint') return value.toString();
+    if (value instanceof Error) {
+      const out: LogFields = { name: value.name, message: this.scrub(value.message) };
+      if (this.enabled('trace') && value.stack) out.stack = this.scrub(value.stack);
+      return out;
+    }
+    if (Buffer.isBuffer(value) || ArrayBuffer.isView(value)) return `<${(value as ArrayBufferView).byteLength} bytes>`;
+    if (depth >= MAX_DEPTH) return '<…>';
+    if (Array.isArray(value)) return value.slice(0, 50).map((v) => this.clean('', v, depth + 1));
+    if (typeof value === 'object') {
+      const out: LogFields = {};
+      for (const [k, v] of Object.entries(value as LogFields)) out[k] = this.clean(k, v, depth + 1);
+      return out;
+    }
+    return String(value);
+  }
+
+  private scrub(text: string): string {
+    let out = text;
+    for (const s of this.secrets) if (out.includes(s)) out = out.split(s).join(REDACTED);
+    return out;
+  }
+}
+
+/** A logger that writes nothing. */
+export const silentLogger = new Logger({ level: 'error', sink: { write: () => undefined } });

@@ -1,0 +1,130 @@
+/**
+ * The agent's loaded models: each model file is loaded ONCE (one ONNX session) and shared by
+ * every slot of every camera that names it — also when two config names point at the same
+ * file. Only models some slot uses are loaded; a model that fails to load stops the start with
+ * an error naming the config key and the file.
+ */
+import { resolve } from 'node:path';
+import type { ProviderChoice } from '../models/execution-provider.js';
+import { PatchcoreModel } from '../models/runtime.js';
+import type { AgentConfig } from './config.js';
+import type { Logger } from './logger.js';
+
+export interface RegisteredModel {
+  /** Config name (`models.<name>`). */
+  name: string;
+  path: string;
+  model: PatchcoreModel;
+  /** `models.<name>.threshold`, when set. */
+  threshold?: number;
+}
+
+/** What the status message says about a model. */
+export interface ModelStatus {
+  name: string;
+  path: string;
+  digest: string;
+  provider: string;
+  fallbacks: Array<{ provider: string; reason: string }>;
+  inputSize: number;
+  backbone: string;
+  threshold: number;
+  thresholdSource: 'config' | 'manifest';
+  /** Slots using it, as `camera/slot`. */
+  slots: string[];
+}
+
+export class ModelRegistry {
+  private constructor(
+    private readonly entries: Map<string, RegisteredModel>,
+    private readonly usage: Map<string, string[]>,
+  ) {}
+
+  /** Loads every model a slot uses (each file once). */
+  static async load(config: Pick<AgentConfig, 'models' | 'cameras' | 'inference'>, logger?: Logger): Promise<ModelRegistry> {
+    const usage = new Map<string, string[]>();
+    for (const cam of config.cameras) {
+      for (const slot of cam.slots) {
+        if (!(slot.model in config.models)) {
+          throw new Error(`cameras ${cam.id} slot ${slot.id}: model '${slot.model}' is not defined under models (defined: ${Object.keys(config.models).join(', ') || 'none'})`);
+        }
+        usage.set(slot.model, [...(usage.get(slot.model) ?? []), `${cam.id}/${slot.id}`]);
+      }
+    }
+    const byFile = new Map<string, Promise<PatchcoreModel>>();
+    const entries = new Map<string, RegisteredModel>();
+    const loaded: PatchcoreModel[] = [];
+    try {
+      for (const name of usage.keys()) {
+        const cfg = config.models[name]!;
+        const file = resolve(cfg.path);
+        let pending = byFile.get(file);
+        if (!pending) {
+          pending = PatchcoreModel.load(file, { provider: config.inference.provider as ProviderChoice }).catch((err: Error) => {
+            throw new Error(`models.${name}.path: ${err.message}`, { cause: err });
+          });
+          byFile.set(file, pending);
+          const model = await pending;
+          loaded.push(model);
+          logger?.info('model loaded', {
+            model: name,
+            path: file,
+            digest: model.digest,
+            provider: model.provider,
+            fallbacks: model.fallbacks,
+            threshold: cfg.threshold ?? model.manifest.thresholds.image,
+          });
+        } else {
+          logger?.info('model shared', { model: name, path: file });
+        }
+        entries.set(name, { name, path: file, model: await pending, ...(cfg.threshold !== undefined ? { threshold: cfg.threshold } : {}) });
+      }
+    } catch (err) {
+      await Promise.all(loaded.map((m) => m.release().catch(() => undefined)));
+      throw err;
+    }
+    for (const name of Object.keys(config.models)) {
+      if (!usage.has(name)) logger?.warn('model not used by any slot; not loaded', { model: name });
+    }
+    return new ModelRegistry(entries, usage);
+  }
+
+  get(name: string): RegisteredModel | undefined {
+    return this.entries.get(name);
+  }
+
+  names(): string[] {
+    return [...this.entries.keys()];
+  }
+
+  /** Distinct loaded sessions (≤ names when files are shared). */
+  get sessionCount(): number {
+    return new Set([...this.entries.values()].map((e) => e.model)).size;
+  }
+
+  /** name → { model, threshold } for the shelf pipeline. */
+  pipelineModels(): Map<string, { model: PatchcoreModel; threshold?: number }> {
+    return new Map([...this.entries].map(([name, e]) => [name, { model: e.model, ...(e.threshold !== undefined ? { threshold: e.threshold } : {}) }]));
+  }
+
+  status(): ModelStatus[] {
+    return [...this.entries.values()].map((e) => ({
+      name: e.name,
+      path: e.path,
+      digest: e.model.digest,
+      provider: e.model.provider,
+      fallbacks: e.model.fallbacks.map((f) => ({ provider: f.provider, reason: f.reason })),
+      inputSize: e.model.manifest.inputSize,
+      backbone: e.model.manifest.backbone.id,
+      threshold: e.threshold ?? e.model.manifest.thresholds.image,
+      thresholdSource: e.threshold !== undefined ? 'config' : 'manifest',
+      slots: this.usage.get(e.name) ?? [],
+    }));
+  }
+
+  async release(): Promise<void> {
+    const sessions = new Set([...this.entries.values()].map((e) => e.model));
+    this.entries.clear();
+    await Promise.all([...sessions].map((m) => m.release().catch(() => undefined)));
+  }
+}

@@ -1,0 +1,282 @@
+/**
+ * End-to-end agent throughput and latency against the bare model, measured in the same run.
+ *
+ *   npx tsx bench/pipeline.ts [--seconds=12] [--rounds=3] [--slots=1,4,16]
+ *   npx tsx bench/pipeline.ts --soak [minutes, default 2]      memory flatness at the maximum rate
+ *
+ * Setup: a PatchCore model with a 1 % coreset on the MobileNetV2 int8 backbone (fitted on
+ * magnetic_tile by the test helper, cached), CPU provider. Frames: S magnetic_tile pictures of
+ * 224×224 in a grid on a white shelf; every other frame has a dark blotch on slot 0, and the
+ * debounce raises/clears on every scan, so each frame makes one event (new with thumbnail + mask,
+ * or end) besides the retained states — a busy but realistic load. The real Agent runs them:
+ * replay source → drop-oldest queue → decode → crops → batches (batchSize = min(S, 8)) →
+ * inference → debounce → events → outbox (fsync) → a real mosquitto (the embedded broker when
+ * the `mosquitto` binary is missing) → a subscriber.
+ *
+ * Per slot count S:
+ *   bare model     PatchcoreModel.run on a pre-filled batch of the same size, crops/s
+ *   saturated      frames offered 25 % faster than the bare model could take them; crops/s
+ *                  scanned; overhead = 1 − pipeline/bare (goal ≤ 15 % at 16 slots)
+ *   latency        frame captured → its event received from the broker (the broker has
+ *                  acknowledged the QoS 1 publish by then), p50/p95, at saturation and at half load
+ */
+import { spawnSync } from 'node:child_process';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { cpus, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { connect, type MqttClient } from 'mqtt';
+import { Agent } from '../agent/agent.js';
+import { configFromObject } from '../agent/config.js';
+import { Logger } from '../agent/logger.js';
+import { PatchcoreModel } from '../models/runtime.js';
+import type { AnomalyEvent } from '../pipelines/events.js';
+import { fittedModel, magneticTileTrain } from '../test/helpers/fitted-model.js';
+import { startMosquitto, type MosquittoBroker } from '../test/helpers/mosquitto.js';
+import { tileFrame, unseenTiles } from '../test/helpers/shelf-frames.js';
+
+// ---- arguments --------------------------------------------------------------------------------
+const argv = process.argv.slice(2);
+function arg(name: string): string | undefined {
+  const i = argv.findIndex((a) => a === `--${name}` || a.startsWith(`--${name}=`));
+  if (i < 0) return undefined;
+  const a = argv[i]!;
+  if (a.includes('=')) return a.slice(a.indexOf('=') + 1);
+  const next = argv[i + 1];
+  return next !== undefined && !next.startsWith('--') ? next : '';
+}
+const SECONDS = Number(arg('seconds') ?? 12);
+const ROUNDS = Number(arg('rounds') ?? 3);
+const SLOT_COUNTS = (arg('slots') ?? '1,4,16').split(',').map(Number);
+const soakArg = arg('soak');
+const SOAK_MINUTES = soakArg === undefined ? null : soakArg === '' ? 2 : Number(soakArg);
+for (const [name, v] of [['seconds', SECONDS], ['rounds', ROUNDS], ['soak', SOAK_MINUTES ?? 1], ...SLOT_COUNTS.map((s) => ['slots', s] as const)] as const) {
+  if (!(Number.isFinite(v) && v > 0)) throw new Error(`--${name} must be a positive number, got ${String(v)}`);
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const pct = (sorted: number[], p: number) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]! : NaN);
+const mb = (bytes: number) => (bytes / 1048576).toFixed(1);
+
+// ---- shared setup -----------------------------------------------------------------------------
+const work = await mkdtemp(join(tmpdir(), 'shelfwatch-bench-pipeline-'));
+console.log('fitting (or reusing) the 1 % coreset model …');
+const modelPath = await fittedModel(await magneticTileTrain(40), { name: 'bench-1pct', coreset: 0.01 });
+const hasMosquitto = spawnSync('mosquitto', ['-h'], { stdio: 'ignore' }).error === undefined;
+const broker: MosquittoBroker | null = hasMosquitto ? await startMosquitto() : null;
+console.log(`broker: ${broker ? `mosquitto on ${broker.url}` : 'embedded (aedes): the mosquitto binary was not found'}`);
+const THRESHOLD = 4;
+
+interface BareResult {
+  cropsPerSec: number;
+  /** Process CPU time (all threads) per crop, ms: less sensitive to other load on the machine. */
+  cpuMsPerCrop: number;
+}
+
+async function bareModel(batch: number, seconds: number): Promise<BareResult> {
+  const model = await PatchcoreModel.load(modelPath, { provider: 'cpu' });
+  try {
+    const s = model.inputSize;
+    const data = new Float32Array(batch * 3 * s * s);
+    for (let i = 0; i < data.length; i++) data[i] = Math.sin(i) * 2;
+    for (let i = 0; i < 3; i++) await model.run(data, batch);
+    let crops = 0;
+    const cpu0 = process.cpuUsage();
+    const start = performance.now();
+    while (performance.now() - start < seconds * 1000) {
+      await model.run(data, batch);
+      crops += batch;
+    }
+    const cpu = process.cpuUsage(cpu0);
+    return { cropsPerSec: (crops / (performance.now() - start)) * 1000, cpuMsPerCrop: (cpu.user + cpu.system) / 1000 / crops };
+  } finally {
+    await model.release();
+  }
+}
+
+interface Scenario {
+  slots: number;
+  dir: string;
+}
+
+async function scenario(slots: number): Promise<Scenario> {
+  const dir = join(work, `frames-${slots}`);
+  await mkdir(dir, { recursive: true });
+  const tiles = await unseenTiles(slots);
+  const columns = Math.ceil(Math.sqrt(slots));
+  const normal = await tileFrame(tiles, { columns, tileSize: 224 });
+  const anomalous = await tileFrame(tiles, { columns, tileSize: 224, blotch: [0] });
+  await writeFile(join(dir, 'frame000.jpg'), normal.jpeg);
+  await writeFile(join(dir, 'frame001.jpg'), anomalous.jpeg);
+  await writeFile(join(dir, 'boxes.json'), JSON.stringify(normal.boxes));
+  return { slots, dir };
+}
+
+interface RunResult {
+  cropsPerSec: number;
+  cpuMsPerCrop: number;
+  /** Fraction of the wall time the model was running (sum of inference calls ÷ elapsed). */
+  modelShare: number;
+  framesScanned: number;
+  framesDropped: number;
+  events: number;
+  latencies: number[];
+  rssSamples: Array<{ t: number; rss: number; heap: number; scanned: number; outbox: number }>;
+  errors: string[];
+}
+
+async function runAgent(sc: Scenario, intervalMs: number, seconds: number, opts: { warmupSec?: number; sampleEverySec?: number; label: string }): Promise<RunResult> {
+  const boxes = JSON.parse(await readFile(join(sc.dir, 'boxes.json'), 'utf8')) as Array<{ x: number; y: number; width: number; height: number }>;
+  const stateDir = join(work, `state-${opts.label}`);
+  await rm(stateDir, { recursive: true, force: true });
+  const config = configFromObject(
+    {
+      agent: { id: 'bench', stateDir },
+      mqtt: broker ? { url: broker.url, statsIntervalSeconds: 10 } : { embeddedPort: 0, statsIntervalSeconds: 10 },
+      models: { tile: { path: modelPath, threshold: THRESHOLD } },
+      inference: { provider: 'cpu', batchSize: Math.min(sc.slots, 8), batchWaitMs: 10, maxPendingFrames: 1 },
+      debounce: { raiseAfter: 1, window: 1, clearAfter: 1 },
+      metrics: { enabled: true, port: 0 },
+      cameras: [
+        {
+          id: 'bench',
+          source: { type: 'replay', dir: sc.dir, intervalMs, loop: true },
+          slots: boxes.map((b, i) => ({ id: `S${i}`, box: [b.x, b.y, b.width, b.height], model: 'tile' })),
+        },
+      ],
+    },
+    { origin: '<bench>', env: {} },
+  );
+  const errors: string[] = [];
+  const logger = new Logger({ level: 'error', sink: { write: (l: string) => errors.push(l) } });
+  let inferenceMs = 0;
+  let counting = false;
+  const agent = new Agent(config, { logger, observer: { batch: (_m, _n, ms) => void (counting && (inferenceMs += ms)) } });
+  await agent.start();
+  const latencies: number[] = [];
+  let measuring = false;
+  let events = 0;
+  const sub: MqttClient = connect(agent.brokerUrl, { clientId: `bench-sub-${process.pid}-${opts.label}` });
+  sub.on('error', () => undefined);
+  sub.on('message', (_topic, payload) => {
+    const now = Date.now();
+    const e = JSON.parse(payload.toString()) as AnomalyEvent;
+    const captured = e.type === 'end' ? e.after.endTime! : e.after.frameTime;
+    if (measuring) {
+      events++;
+      latencies.push(now - captured);
+    }
+  });
+  await new Promise<void>((ok) => sub.once('connect', () => sub.subscribe(agent.topics.events, { qos: 1 }, () => ok())));
+
+  await sleep((opts.warmupSec ?? 3) * 1000);
+  const stats = () => agent.pipelineStats().cameras.bench!;
+  const before = stats();
+  const rssSamples: RunResult['rssSamples'] = [];
+  const cpu0 = process.cpuUsage();
+  const start = performance.now();
+  measuring = true;
+  counting = true;
+  const sample = () => {
+    const m = process.memoryUsage();
+    rssSamples.push({ t: (performance.now() - start) / 1000, rss: m.rss, heap: m.heapUsed, scanned: stats().framesScanned, outbox: agent.mqtt!.outbox.depth().records });
+  };
+  sample();
+  while (performance.now() - start < seconds * 1000) {
+    await sleep(Math.min(1000 * (opts.sampleEverySec ?? seconds), seconds * 1000 - (performance.now() - start)));
+    if (opts.sampleEverySec) {
+      sample();
+      const s = rssSamples.at(-1)!;
+      console.log(`  t=${s.t.toFixed(0).padStart(4)} s  rss ${mb(s.rss).padStart(7)} MB  heap ${mb(s.heap).padStart(6)} MB  frames ${s.scanned}  outbox ${s.outbox}`);
+    }
+  }
+  const elapsed = performance.now() - start;
+  const cpu = process.cpuUsage(cpu0);
+  measuring = false;
+  const after = stats();
+  const framesScanned = after.framesScanned - before.framesScanned;
+  await agent.stop();
+  sub.end(true);
+  return {
+    cropsPerSec: ((framesScanned * sc.slots) / elapsed) * 1000,
+    cpuMsPerCrop: (cpu.user + cpu.system) / 1000 / Math.max(1, framesScanned * sc.slots),
+    modelShare: inferenceMs / elapsed,
+    framesScanned,
+    framesDropped: after.framesDropped - before.framesDropped,
+    events,
+    latencies: latencies.sort((a, b) => a - b),
+    rssSamples,
+    errors,
+  };
+}
+
+// ---- soak -------------------------------------------------------------------------------------
+if (SOAK_MINUTES !== null) {
+  const slots = 16;
+  const sc = await scenario(slots);
+  const bare = (await bareModel(Math.min(slots, 8), 5)).cropsPerSec;
+  const intervalMs = Math.max(1, Math.floor(((0.8 * slots) / bare) * 1000));
+  console.log(`soak: ${slots} slots, a frame every ${intervalMs} ms (bare model ${bare.toFixed(1)} crops/s), ${SOAK_MINUTES} min after a 20 s warm-up; RSS every 10 s`);
+  const r = await runAgent(sc, intervalMs, SOAK_MINUTES * 60, { warmupSec: 20, sampleEverySec: 10, label: 'soak' });
+  const first = r.rssSamples[0]!;
+  const last = r.rssSamples.at(-1)!;
+  const peak = Math.max(...r.rssSamples.map((s) => s.rss));
+  const growth = last.rss - first.rss;
+  const perTen = (growth / (last.t - first.t)) * 600;
+  console.log(`\nRSS ${mb(first.rss)} MB → ${mb(last.rss)} MB (peak ${mb(peak)} MB): growth ${mb(growth)} MB over ${(last.t / 60).toFixed(1)} min, ${mb(perTen)} MB per 10 min at this rate (goal < 50 MB / 10 min)`);
+  console.log(`frames scanned ${r.framesScanned}, dropped ${r.framesDropped}, events ${r.events}, errors logged ${r.errors.length}`);
+  if (r.errors.length) console.log(r.errors.slice(0, 5).join(''));
+} else {
+  // ---- throughput and latency ---------------------------------------------------------------
+  // Bare and pipeline runs alternate (ROUNDS times) and each figure is the median, so that other
+  // load on the machine hits both sides alike; CPU time per crop is reported beside wall time.
+  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+  const rows: string[][] = [];
+  for (const slots of SLOT_COUNTS) {
+    const sc = await scenario(slots);
+    const batch = Math.min(slots, 8);
+    const bares: BareResult[] = [];
+    const sats: RunResult[] = [];
+    for (let round = 0; round < ROUNDS; round++) {
+      bares.push(await bareModel(batch, Math.min(SECONDS, 6)));
+      const frameMs = (slots / bares.at(-1)!.cropsPerSec) * 1000;
+      sats.push(await runAgent(sc, Math.max(1, Math.floor(frameMs * 0.8)), SECONDS, { label: `sat-${slots}-${round}` }));
+    }
+    const bare = median(bares.map((b) => b.cropsPerSec));
+    const bareCpu = median(bares.map((b) => b.cpuMsPerCrop));
+    const pipe = median(sats.map((r) => r.cropsPerSec));
+    const pipeCpu = median(sats.map((r) => r.cpuMsPerCrop));
+    const share = median(sats.map((r) => r.modelShare));
+    const half = await runAgent(sc, Math.max(1, Math.round((slots / bare) * 2000)), Math.min(SECONDS, 10), { label: `half-${slots}` });
+    const latencies = sats.flatMap((r) => r.latencies).sort((a, b) => a - b);
+    rows.push([
+      String(slots),
+      String(batch),
+      bare.toFixed(1),
+      pipe.toFixed(1),
+      `${((1 - pipe / bare) * 100).toFixed(1)} %`,
+      `${bareCpu.toFixed(1)} / ${pipeCpu.toFixed(1)}`,
+      `${((pipeCpu / bareCpu - 1) * 100).toFixed(1)} %`,
+      `${(share * 100).toFixed(1)} % → ${((1 / share - 1) * 100).toFixed(1)} %`,
+      (pipe / slots).toFixed(2),
+      `${sats.reduce((n, r) => n + r.framesDropped, 0)}`,
+      `${pct(latencies, 0.5)} / ${pct(latencies, 0.95)}`,
+      `${pct(half.latencies, 0.5)} / ${pct(half.latencies, 0.95)}`,
+    ]);
+    for (const e of [...sats.flatMap((r) => r.errors), ...half.errors].slice(0, 3)) console.log(`  agent error: ${e.trim()}`);
+    console.log(`  ${slots} slot(s): bare ${bares.map((b) => b.cropsPerSec.toFixed(1)).join(', ')} crops/s; pipeline ${sats.map((r) => r.cropsPerSec.toFixed(1)).join(', ')} crops/s`);
+  }
+  const header = ['slots', 'batch', 'bare crops/s', 'pipeline crops/s', 'wall overhead', 'CPU ms/crop bare / pipeline', 'CPU overhead', 'model busy → overhead', 'frames/s', 'dropped', 'latency p50/p95 ms (saturated)', 'latency p50/p95 ms (half load)'];
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  const line = (cells: string[]) => cells.map((c, i) => c.padStart(widths[i]!)).join('  ');
+  console.log(`\nCPU (${cpus().length} cores), MobileNetV2 int8, 1 % coreset; medians of ${ROUNDS} alternating rounds of ${SECONDS} s; ${broker ? 'mosquitto' : 'embedded broker'}; outbox with fsync`);
+  console.log(line(header));
+  for (const r of rows) console.log(line(r));
+  console.log('wall overhead = 1 − pipeline crops/s ÷ bare-model crops/s at the same batch size (goal ≤ 15 % at 16 slots);');
+  console.log('CPU overhead = process CPU time per crop, pipeline ÷ bare − 1;');
+  console.log('model busy = share of the saturated run the model was inferring; overhead = wall ÷ model time − 1 (onnxruntime-node runs');
+  console.log('  inference on the JS thread, so this is the time the pipeline keeps the model waiting); latency = frame capture → its event received from the broker');
+}
+
+await broker?.dispose();
+await rm(work, { recursive: true, force: true });

@@ -1,0 +1,231 @@
+/**
+ * Micro-batching of slot crops into ONE model's batch buffers, shared by every camera.
+ *
+ * Why not `microBatch` (micro-batch.ts): that operator groups finished items, so every crop would
+ * first need its own tensor and a copy into the batch. Here a crop is preprocessed at submit
+ * time (`toModelInput`, cropping straight from the full-resolution frame) into its row of the
+ * batch buffer being filled, while the model may still be running the previous batch — on a
+ * GPU that overlap is what keeps the accelerator busy. The batching rule is the same as
+ * microBatch's: a batch goes when it holds `batchSize` crops, or when its oldest crop has waited
+ * `batchWaitMs` (the timer starts at the first crop). One difference: while the model is busy a
+ * timed-out batch keeps filling until the model is free, so batches grow under load.
+ *
+ * Memory is bounded: `buffers` batch buffers (default 2: one running, one filling). Crops that
+ * arrive while every buffer is taken wait unprocessed (holding only a reference to their decoded
+ * frame); upstream bounds how many frames are in flight, and so how many crops can wait.
+ * The model runs one batch at a time.
+ */
+import { toModelInput } from '../models/preprocess.js';
+import type { RawImage } from '../models/image-decode.js';
+import type { Normalization, Prediction } from '../models/types.js';
+import type { Box } from './types.js';
+
+/** The part of PatchcoreModel the pipeline uses (structural, so tests can wrap a real model). */
+export interface BatchModel {
+  readonly manifest: { readonly inputSize: number; readonly normalization: Normalization; readonly thresholds: { readonly image: number } };
+  readonly digest: string;
+  predict(batch: Float32Array, n: number, thresholds: Array<{ image?: number; pixel?: number }>): Promise<Prediction[]>;
+}
+
+export interface InferenceBatcherOptions {
+  /** Name used in errors and batch reports (the config's model name). */
+  name: string;
+  /** Most crops per inference call (integer ≥ 1). */
+  batchSize: number;
+  /** Longest time (ms) the oldest crop of a batch waits for the batch to fill. */
+  batchWaitMs: number;
+  /** Batch buffers allocated (integer ≥ 1, default 2). */
+  buffers?: number;
+  /** Called after every inference call with its size and duration. */
+  onBatch?: (size: number, inferenceMs: number) => void;
+}
+
+export interface CropRequest {
+  raw: RawImage;
+  /** Crop box in pixels of `raw` (frame coordinates). */
+  box: Box;
+  /** Image threshold for this crop; undefined = the model manifest's. */
+  threshold?: number;
+}
+
+interface Pending extends CropRequest {
+  resolve: (p: Prediction) => void;
+  reject: (e: Error) => void;
+}
+
+interface BatchBuffer {
+  data: Float32Array;
+  items: Pending[];
+  /** The oldest crop has waited batchWaitMs. */
+  due: boolean;
+  timer: NodeJS.Timeout | null;
+}
+
+export interface InferenceBatcherStats {
+  /** Crops submitted but not yet in a running batch. */
+  queued: number;
+  batches: number;
+  crops: number;
+  /** Crops whose preprocessing failed (rejected at submit). */
+  preprocessErrors: number;
+  /** Inference calls that failed (every crop of the batch rejected). */
+  failedBatches: number;
+}
+
+export class InferenceBatcher {
+  private readonly plane: number;
+  private readonly free: BatchBuffer[] = [];
+  private filling: BatchBuffer | null = null;
+  /** Sealed batches waiting for the model (at most buffers − 1). */
+  private readonly ready: BatchBuffer[] = [];
+  /** Crops that found no free buffer, oldest first. */
+  private readonly waiting: Pending[] = [];
+  private running = false;
+  private closed = false;
+  private readonly counters = { batches: 0, crops: 0, preprocessErrors: 0, failedBatches: 0 };
+
+  constructor(
+    readonly model: BatchModel,
+    private readonly options: InferenceBatcherOptions,
+  ) {
+    const { batchSize, batchWaitMs } = options;
+    const buffers = options.buffers ?? 2;
+    if (!Number.isInteger(batchSize) || batchSize < 1) throw new RangeError(`model ${options.name}: batchSize must be an integer ≥ 1, got ${String(batchSize)}`);
+    if (!(Number.isFinite(batchWaitMs) && batchWaitMs >= 0)) throw new RangeError(`model ${options.name}: batchWaitMs must be a number ≥ 0, got ${String(batchWaitMs)}`);
+    if (!Number.isInteger(buffers) || buffers < 1) throw new RangeError(`model ${options.name}: buffers must be an integer ≥ 1, got ${String(buffers)}`);
+    const size = model.manifest.inputSize;
+    this.plane = 3 * size * size;
+    for (let i = 0; i < buffers; i++) this.free.push({ data: new Float32Array(batchSize * this.plane), items: [], due: false, timer: null });
+  }
+
+  stats(): InferenceBatcherStats {
+    const queued = this.waiting.length + (this.filling?.items.length ?? 0) + this.ready.reduce((n, b) => n + b.items.length, 0);
+    return { queued, ...this.counters };
+  }
+
+  /**
+   * Preprocesses the crop into the batch being filled (or queues it when no buffer is free) and
+   * resolves with its prediction. Rejects when preprocessing or the inference call fails.
+   */
+  submit(request: CropRequest): Promise<Prediction> {
+    if (this.closed) return Promise.reject(new Error(`model ${this.options.name}: the inference batcher is closed`));
+    return new Promise<Prediction>((resolve, reject) => {
+      const pending: Pending = { ...request, resolve, reject };
+      if (this.waiting.length > 0 || !this.place(pending)) this.waiting.push(pending);
+    });
+  }
+
+  /** Rejects everything not yet running; a running batch finishes. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    const error = new Error(`model ${this.options.name}: the inference batcher was closed`);
+    const dropped = [...this.waiting.splice(0), ...(this.filling?.items ?? []), ...this.ready.flatMap((b) => b.items)];
+    if (this.filling?.timer) clearTimeout(this.filling.timer);
+    this.filling = null;
+    this.ready.length = 0;
+    for (const p of dropped) p.reject(error);
+  }
+
+  /** Writes the crop into the filling buffer; false when no buffer is free. */
+  private place(p: Pending): boolean {
+    if (!this.filling) {
+      const buffer = this.free.pop();
+      if (!buffer) return false;
+      buffer.items = [];
+      buffer.due = false;
+      this.filling = buffer;
+    }
+    const buffer = this.filling;
+    const { inputSize, normalization } = this.model.manifest;
+    try {
+      toModelInput(p.raw, { size: inputSize, normalization, box: p.box }, buffer.data, buffer.items.length * this.plane);
+    } catch (err) {
+      this.counters.preprocessErrors++;
+      p.reject(err as Error);
+      this.releaseIfEmpty();
+      return true;
+    }
+    buffer.items.push(p);
+    if (buffer.items.length >= this.options.batchSize) {
+      this.seal();
+    } else if (buffer.items.length === 1) {
+      buffer.timer = setTimeout(() => {
+        buffer.timer = null;
+        buffer.due = true;
+        // While the model is busy the batch keeps filling; it goes when the model is free.
+        if (this.filling === buffer && !this.running) this.seal();
+      }, this.options.batchWaitMs);
+    }
+    return true;
+  }
+
+  private releaseIfEmpty(): void {
+    const buffer = this.filling;
+    if (buffer && buffer.items.length === 0) {
+      if (buffer.timer) clearTimeout(buffer.timer);
+      buffer.timer = null;
+      this.filling = null;
+      this.free.push(buffer);
+    }
+  }
+
+  private seal(): void {
+    const buffer = this.filling;
+    if (!buffer) return;
+    if (buffer.timer) clearTimeout(buffer.timer);
+    buffer.timer = null;
+    this.filling = null;
+    this.ready.push(buffer);
+    this.pump();
+    this.admitWaiting();
+  }
+
+  /** Moves waiting crops into free buffers, oldest first. */
+  private admitWaiting(): void {
+    while (this.waiting.length > 0 && !this.closed) {
+      if (!this.filling && this.free.length === 0) return;
+      // Shift before placing: place() may seal a full batch, which re-enters admitWaiting().
+      this.place(this.waiting.shift()!);
+    }
+  }
+
+  private pump(): void {
+    if (this.running || this.closed) return;
+    const buffer = this.ready.shift();
+    if (!buffer) return;
+    this.running = true;
+    void this.run(buffer);
+  }
+
+  private async run(buffer: BatchBuffer): Promise<void> {
+    const items = buffer.items;
+    const n = items.length;
+    const started = performance.now();
+    try {
+      const predictions = await this.model.predict(buffer.data, n, items.map((p) => ({ image: p.threshold })));
+      if (predictions.length !== n) throw new Error(`model ${this.options.name} returned ${predictions.length} predictions for a batch of ${n}`);
+      const ms = performance.now() - started;
+      this.counters.batches++;
+      this.counters.crops += n;
+      this.options.onBatch?.(n, ms);
+      items.forEach((p, i) => p.resolve(predictions[i]!));
+    } catch (err) {
+      this.counters.failedBatches++;
+      const error = err instanceof Error ? err : new Error(String(err));
+      const wrapped = new Error(`model ${this.options.name}: inference on a batch of ${n} failed: ${error.message}`, { cause: error });
+      for (const p of items) p.reject(wrapped);
+    } finally {
+      buffer.items = [];
+      this.free.push(buffer);
+      this.running = false;
+    }
+    if (this.closed) return;
+    // Restart the model first, then preprocess waiting crops while it runs: preprocessing
+    // before the restart would leave the model idle for the whole time.
+    if (this.ready.length > 0) this.pump();
+    else if (this.filling?.due) this.seal(); // timed out while the model was busy: goes now, full or not
+    this.admitWaiting();
+    if (!this.running && this.filling?.due) this.seal();
+  }
+}

@@ -1,0 +1,391 @@
+/**
+ * The live shelf pipeline: frames from every camera in, one SlotOutput per scanned slot out.
+ *
+ *   per camera: frames$ ─▶ bounded drop-oldest queue of pending frames (maxPendingFrames)
+ *     ─▶ decode once at full resolution ─▶ planogram crops (checked, optionally refined)
+ *     ─▶ each crop preprocessed straight into its model's batch buffer (InferenceBatcher,
+ *        shared by all cameras: batches across cameras, grouped by model)
+ *     ─▶ Prediction (slot threshold > model threshold > manifest) ─▶ regions in frame coords
+ *     ─▶ per-slot debounce ─▶ events (new/update/end) + retained state + thumbnail/mask
+ *
+ * A frame counts as busy until its outputs (thumbnails included) are ready, so backpressure
+ * reaches the pending-frame queue and every buffer is bounded: `maxPendingFrames` waiting plus
+ * `framesInFlight` being worked on per camera, `buffers` batch buffers per model.
+ * Frames of one camera are worked on concurrently (decode of the next overlaps inference of
+ * the previous) but their results are debounced strictly in capture order.
+ *
+ * Nothing here throws at a bad frame: a frame that does not decode, a slot box that does not fit
+ * and a failed inference call are counted, reported to the observer and skipped. A camera whose
+ * frame stream errors is reported and ends; the other cameras go on.
+ *
+ * Pure pipelines/ code: no MQTT, no config files, no process; the agent wires sources in and
+ * publishes what comes out.
+ */
+import { catchError, defer, EMPTY, from, merge, mergeMap, Observable, tap } from 'rxjs';
+import { decodeImage, type RawImage } from '../models/image-decode.js';
+import type { Prediction } from '../models/types.js';
+import { dropOldestWhileBusy } from './bounded-queue.js';
+import { step, slotKey, validateDebounceOptions, type DebounceOptions, type DebounceState } from './debounce.js';
+import { EventBuilder, slotStatePayload, type AnomalyEvent, type SlotOutput } from './events.js';
+import { InferenceBatcher, type BatchModel, type InferenceBatcherStats } from './inference-batcher.js';
+import { planCrops, type SlotSpec } from './planogram.js';
+import { toRegions } from './postprocess.js';
+import { renderThumbnail, type Thumbnail } from './thumbnail.js';
+import type { Crop, Frame, SlotPrediction } from './types.js';
+
+export type { BatchModel } from './inference-batcher.js';
+
+/** One slot of a camera: the planogram entry plus an optional threshold override. */
+export interface PipelineSlot extends SlotSpec {
+  /** Image-score threshold for this slot; overrides the model's. */
+  threshold?: number;
+}
+
+export interface PipelineCamera {
+  id: string;
+  slots: readonly PipelineSlot[];
+  /** The frames to scan (cold: subscribing to the pipeline subscribes to every camera). */
+  frames$: Observable<Frame>;
+}
+
+export interface PipelineModelEntry {
+  model: BatchModel;
+  /** Image-score threshold for every slot of this model; overrides the manifest's. */
+  threshold?: number;
+}
+
+export type FrameErrorKind = 'decode' | 'crop' | 'inference' | 'thumbnail';
+
+/** Hooks for logs and metrics; every one optional, called synchronously. */
+export interface PipelineObserver {
+  frameReceived?(camera: string, frame: Frame): void;
+  /** Work on a frame begins (it left the pending queue). */
+  frameStarted?(camera: string, frame: Frame): void;
+  /** Work on a frame ended, whatever the outcome (scanned, skipped after an error). */
+  frameFinished?(camera: string, frame: Frame): void;
+  /** A pending frame was dropped (the queue was full and a newer one arrived). */
+  frameDropped?(camera: string, frame: Frame): void;
+  /** Something about a frame (or one slot of it, when `slot` is given) failed and was skipped. */
+  frameError?(camera: string, frame: Frame, kind: FrameErrorKind, error: Error, slot?: string): void;
+  /** A frame was scanned: decode time, and capture → outputs ready. */
+  frameScanned?(camera: string, frame: Frame, timings: { decodeMs: number; totalMs: number; slots: number }): void;
+  /** A slot box was clipped to the frame (reported once per camera/slot). */
+  cropWarning?(camera: string, slot: string, message: string): void;
+  /** One inference call. */
+  batch?(model: string, size: number, inferenceMs: number): void;
+  event?(event: AnomalyEvent): void;
+  /** The camera's frame stream failed; the camera is out of the pipeline. */
+  cameraError?(camera: string, error: Error): void;
+  /** The camera's frame stream completed (e.g. a replay without loop). */
+  cameraEnded?(camera: string): void;
+}
+
+export interface ShelfPipelineOptions {
+  cameras: readonly PipelineCamera[];
+  /** Model name (the slots' `model`) → loaded model. */
+  models: ReadonlyMap<string, PipelineModelEntry>;
+  /** Most crops per inference call. */
+  batchSize: number;
+  /** Longest wait for a batch to fill, ms. */
+  batchWaitMs: number;
+  /** Frames per camera allowed to wait for inference; beyond, the oldest is dropped. */
+  maxPendingFrames: number;
+  /** Frames per camera worked on at once (default 2). */
+  framesInFlight?: number;
+  debounce: DebounceOptions;
+  /** Thumbnail + mask for every new/update event (default enabled, 320 px, quality 80). */
+  thumbnails?: { enabled?: boolean; maxSize?: number; quality?: number };
+  /** Drop anomalous regions smaller than this fraction of the crop (default 0). */
+  minRegionAreaFraction?: number;
+  /** Per-slot debounce states (restore after a restart, inspect in tests); updated in place. */
+  debounceStates?: Map<string, DebounceState>;
+  observer?: PipelineObserver;
+  /** Wall clock for latencies (default Date.now). */
+  clock?: () => number;
+}
+
+/** One scanned slot: its SlotOutput plus the rendered thumbnail when it raised/updated an event. */
+export interface ShelfOutput extends SlotOutput {
+  thumbnail: Thumbnail | null;
+}
+
+export interface CameraPipelineStats {
+  framesIn: number;
+  framesDropped: number;
+  framesScanned: number;
+  decodeErrors: number;
+  cropErrors: number;
+  inferenceErrors: number;
+  thumbnailErrors: number;
+  /** Frames waiting in the drop-oldest queue right now. */
+  pending: number;
+  /** Frames being worked on right now. */
+  inFlight: number;
+  crops: number;
+  events: { new: number; update: number; end: number };
+  ended: boolean;
+  failed: string | null;
+}
+
+export interface ShelfPipelineStats {
+  cameras: Record<string, CameraPipelineStats>;
+  models: Record<string, InferenceBatcherStats>;
+}
+
+export interface ShelfPipeline {
+  /** Cold: subscribing starts every camera; unsubscribing stops them and frees everything. */
+  readonly outputs$: Observable<ShelfOutput>;
+  /** Counters and gauges of the current (or last) subscription. */
+  stats(): ShelfPipelineStats;
+}
+
+interface ScannedSlot {
+  crop: Crop;
+  prediction: Prediction;
+}
+
+interface FrameScan {
+  frame: Frame;
+  raw: RawImage;
+  slots: ScannedSlot[];
+  decodeMs: number;
+}
+
+const emptyCameraStats = (): CameraPipelineStats => ({
+  framesIn: 0,
+  framesDropped: 0,
+  framesScanned: 0,
+  decodeErrors: 0,
+  cropErrors: 0,
+  inferenceErrors: 0,
+  thumbnailErrors: 0,
+  pending: 0,
+  inFlight: 0,
+  crops: 0,
+  events: { new: 0, update: 0, end: 0 },
+  ended: false,
+  failed: null,
+});
+
+const asError = (e: unknown): Error => (e instanceof Error ? e : new Error(String(e)));
+
+/** Checks the wiring (every slot's model exists, ids unique, options sane); throws naming the culprit. */
+function validate(options: ShelfPipelineOptions): void {
+  const int = (name: string, v: unknown, min: number) => {
+    if (!Number.isInteger(v) || (v as number) < min) throw new RangeError(`shelf pipeline: ${name} must be an integer ≥ ${min}, got ${String(v)}`);
+  };
+  int('batchSize', options.batchSize, 1);
+  int('maxPendingFrames', options.maxPendingFrames, 1);
+  int('framesInFlight', options.framesInFlight ?? 2, 1);
+  if (!(Number.isFinite(options.batchWaitMs) && options.batchWaitMs >= 0)) {
+    throw new RangeError(`shelf pipeline: batchWaitMs must be a number ≥ 0, got ${String(options.batchWaitMs)}`);
+  }
+  validateDebounceOptions(options.debounce);
+  const cameraIds = new Set<string>();
+  for (const cam of options.cameras) {
+    if (cameraIds.has(cam.id)) throw new Error(`shelf pipeline: camera ${cam.id} is listed twice`);
+    cameraIds.add(cam.id);
+    if (cam.slots.length === 0) throw new Error(`shelf pipeline: camera ${cam.id} has no slots`);
+    const slotIds = new Set<string>();
+    for (const slot of cam.slots) {
+      if (slotIds.has(slot.id)) throw new Error(`shelf pipeline: camera ${cam.id} has two slots called ${slot.id}`);
+      slotIds.add(slot.id);
+      if (!options.models.has(slot.model)) {
+        throw new Error(`shelf pipeline: camera ${cam.id} slot ${slot.id} uses model '${slot.model}', which is not loaded (loaded: ${[...options.models.keys()].join(', ') || 'none'})`);
+      }
+    }
+  }
+}
+
+export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipeline {
+  validate(options);
+  const clock = options.clock ?? Date.now;
+  const observer = options.observer ?? {};
+  const framesInFlight = options.framesInFlight ?? 2;
+  const thumbs = { enabled: options.thumbnails?.enabled ?? true, maxSize: options.thumbnails?.maxSize ?? 320, quality: options.thumbnails?.quality ?? 80 };
+  const minAreaFraction = options.minRegionAreaFraction ?? 0;
+
+  let cameraStats: Record<string, CameraPipelineStats> = {};
+  let batchers = new Map<string, InferenceBatcher>();
+
+  const outputs$ = defer(() => {
+    cameraStats = Object.fromEntries(options.cameras.map((c) => [c.id, emptyCameraStats()]));
+    batchers = new Map(
+      [...options.models].map(([name, entry]) => [
+        name,
+        new InferenceBatcher(entry.model, {
+          name,
+          batchSize: options.batchSize,
+          batchWaitMs: options.batchWaitMs,
+          onBatch: (size, ms) => observer.batch?.(name, size, ms),
+        }),
+      ]),
+    );
+    const states = options.debounceStates ?? new Map<string, DebounceState>();
+    const events = new EventBuilder({ thumbnail: thumbs.enabled });
+    const localBatchers = batchers;
+
+    const perCamera = options.cameras.map((cam) => {
+      const st = cameraStats[cam.id]!;
+      const warned = new Set<string>();
+      /** Resolves when the previous frame of this camera has been debounced. */
+      let chain: Promise<void> = Promise.resolve();
+
+      const predictFrame = async (frame: Frame): Promise<FrameScan | null> => {
+        const t0 = performance.now();
+        let raw: RawImage;
+        try {
+          // Full resolution: slot boxes are in full-resolution pixels and crops are small.
+          raw = await decodeImage(frame.data, { origin: frame.origin });
+        } catch (err) {
+          st.decodeErrors++;
+          observer.frameError?.(cam.id, frame, 'decode', asError(err));
+          return null;
+        }
+        const decodeMs = performance.now() - t0;
+        const jobs: Array<Promise<ScannedSlot | null>> = [];
+        for (const slot of cam.slots) {
+          let crop: Crop;
+          try {
+            const planned = planCrops(frame, raw, [slot], { raw });
+            crop = planned.crops[0]!;
+            if (planned.warnings.length && !warned.has(slot.id)) {
+              warned.add(slot.id);
+              observer.cropWarning?.(cam.id, slot.id, planned.warnings[0]!);
+            }
+          } catch (err) {
+            st.cropErrors++;
+            observer.frameError?.(cam.id, frame, 'crop', asError(err), slot.id);
+            continue;
+          }
+          const entry = options.models.get(slot.model)!;
+          const batcher = localBatchers.get(slot.model)!;
+          st.crops++;
+          jobs.push(
+            batcher.submit({ raw, box: crop.box, threshold: slot.threshold ?? entry.threshold }).then(
+              (prediction) => ({ crop, prediction }),
+              (err: unknown) => {
+                st.inferenceErrors++;
+                observer.frameError?.(cam.id, frame, 'inference', asError(err), slot.id);
+                return null;
+              },
+            ),
+          );
+        }
+        const slots = (await Promise.all(jobs)).filter((s): s is ScannedSlot => s !== null);
+        return { frame, raw, slots, decodeMs };
+      };
+
+      /** Debounce + events + thumbnails of one scan (called in capture order). */
+      const finishFrame = async (scan: FrameScan): Promise<ShelfOutput[]> => {
+        const outputs: ShelfOutput[] = [];
+        for (const { crop, prediction } of scan.slots) {
+          const regions = prediction.isAnomalous ? toRegions(prediction, crop.box, { minAreaFraction }) : [];
+          const item: SlotPrediction = { crop, prediction, regions };
+          const key = slotKey(cam.id, crop.slot);
+          const previous = states.get(key);
+          const decision = {
+            camera: cam.id,
+            slot: crop.slot,
+            anomalous: prediction.isAnomalous,
+            score: prediction.score,
+            at: crop.frame.capturedAt,
+            regions: regions.map((r) => r.box),
+          };
+          const { state, transition } = step(previous, decision, options.debounce);
+          states.set(key, state);
+          const event = events.build({ item, decision, previous, state, transition });
+          const open = events.openEvent(cam.id, crop.slot);
+          let thumbnail: Thumbnail | null = null;
+          if (event && event.type !== 'end' && thumbs.enabled) {
+            try {
+              thumbnail = await renderThumbnail({ frame: scan.raw, box: crop.box }, prediction, { maxSize: thumbs.maxSize, quality: thumbs.quality });
+            } catch (err) {
+              st.thumbnailErrors++;
+              observer.frameError?.(cam.id, scan.frame, 'thumbnail', asError(err), crop.slot);
+            }
+          }
+          if (event) {
+            st.events[event.type]++;
+            observer.event?.(event);
+          }
+          outputs.push({ item, event, state: slotStatePayload(state, open?.id ?? null), thumbnail });
+        }
+        return outputs;
+      };
+
+      const work = async (frame: Frame): Promise<ShelfOutput[]> => {
+        st.pending--;
+        st.inFlight++;
+        observer.frameStarted?.(cam.id, frame);
+        const previous = chain;
+        let release!: () => void;
+        chain = new Promise<void>((resolve) => (release = resolve));
+        try {
+          const scan = await predictFrame(frame);
+          await previous;
+          if (!scan) return [];
+          const outputs = await finishFrame(scan);
+          st.framesScanned++;
+          observer.frameScanned?.(cam.id, frame, { decodeMs: scan.decodeMs, totalMs: clock() - frame.capturedAt, slots: scan.slots.length });
+          return outputs;
+        } catch (err) {
+          // Not expected (every step above reports its own failures); never let it kill the camera.
+          observer.frameError?.(cam.id, frame, 'inference', asError(err));
+          return [];
+        } finally {
+          st.inFlight--;
+          release();
+          observer.frameFinished?.(cam.id, frame);
+        }
+      };
+
+      return cam.frames$.pipe(
+        tap({
+          next: (frame) => {
+            st.framesIn++;
+            st.pending++;
+            observer.frameReceived?.(cam.id, frame);
+          },
+          complete: () => {
+            st.ended = true;
+            observer.cameraEnded?.(cam.id);
+          },
+        }),
+        dropOldestWhileBusy(work, {
+          capacity: options.maxPendingFrames,
+          concurrency: framesInFlight,
+          onDrop: (frame) => {
+            st.pending--;
+            st.framesDropped++;
+            observer.frameDropped?.(cam.id, frame);
+          },
+        }),
+        mergeMap((outputs) => from(outputs)),
+        catchError((err: unknown) => {
+          const error = asError(err);
+          st.failed = error.message;
+          st.pending = 0;
+          observer.cameraError?.(cam.id, error);
+          return EMPTY;
+        }),
+      );
+    });
+
+    return new Observable<ShelfOutput>((subscriber) => {
+      const sub = merge(...perCamera).subscribe(subscriber);
+      return () => {
+        sub.unsubscribe();
+        for (const b of localBatchers.values()) b.close();
+      };
+    });
+  });
+
+  return {
+    outputs$,
+    stats: () => ({
+      cameras: Object.fromEntries(Object.entries(cameraStats).map(([id, s]) => [id, { ...s, events: { ...s.events } }])),
+      models: Object.fromEntries([...batchers].map(([name, b]) => [name, b.stats()])),
+    }),
+  };
+}

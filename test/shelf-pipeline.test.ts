@@ -1,0 +1,216 @@
+/**
+ * The shelf pipeline in-process, with a real small PatchCore model (fitted on magnetic_tile) and
+ * frames made from real tile images with a pasted dark blotch: events and region boxes in frame
+ * coordinates, per-slot thresholds, decode errors, drop-oldest under a slow model, one failing
+ * camera not stopping another, and crops of several cameras sharing one batch.
+ */
+import test from 'ava';
+import { firstValueFrom, from, lastValueFrom, Subject, throwError, toArray, concat, of, delay } from 'rxjs';
+import sharp from 'sharp';
+import { PatchcoreModel } from '../models/runtime.js';
+import { createShelfPipeline, type BatchModel, type PipelineCamera, type PipelineObserver, type ShelfOutput, type ShelfPipelineOptions } from '../pipelines/shelf-pipeline.js';
+import type { Frame } from '../pipelines/types.js';
+import { fittedModel, magneticTileTrain, sharedAvailable } from './helpers/fitted-model.js';
+import { inside, overlaps, tileFrame, unseenTiles, type TileFrame } from './helpers/shelf-frames.js';
+
+const available = sharedAvailable();
+const maybe = available ? test : test.skip;
+
+/** Between the normal scores (~2.2–2.8 on unseen tiles) and the blotch scores (~5.5). */
+const MODEL_THRESHOLD = 4;
+
+let model: PatchcoreModel;
+let normal: TileFrame;
+let anomalous: TileFrame;
+
+test.before(async () => {
+  if (!available) return;
+  model = await PatchcoreModel.load(await fittedModel(await magneticTileTrain(40), { name: 'pipeline-test' }), { provider: 'cpu' });
+  const tiles = await unseenTiles(2);
+  normal = await tileFrame(tiles);
+  anomalous = await tileFrame(tiles, { blotch: [1] });
+});
+
+test.after.always(async () => {
+  await model?.release();
+});
+
+function frame(camera: string, sequence: number, data: Buffer, at = 1_700_000_000_000 + sequence * 1000): Frame {
+  return { id: `${camera}-${at}-${sequence}`, camera, capturedAt: at, sequence, data, origin: `test:${camera}#${sequence}` };
+}
+
+function camera(id: string, frames: Frame[] | PipelineCamera['frames$'], boxes = normal.boxes, extra: Partial<PipelineCamera['slots'][number]>[] = []): PipelineCamera {
+  return {
+    id,
+    slots: boxes.map((box, i) => ({ id: `S${i}`, box, model: 'tile', ...extra[i] })),
+    frames$: Array.isArray(frames) ? from(frames) : frames,
+  };
+}
+
+function options(cameras: PipelineCamera[], over: Partial<ShelfPipelineOptions> = {}, m: BatchModel = model): ShelfPipelineOptions {
+  return {
+    cameras,
+    models: new Map([['tile', { model: m, threshold: MODEL_THRESHOLD }]]),
+    batchSize: 8,
+    batchWaitMs: 10,
+    maxPendingFrames: 16,
+    debounce: { raiseAfter: 2, window: 3, clearAfter: 2 },
+    ...over,
+  };
+}
+
+maybe('a blotch raises new → end with regions in frame coordinates, thumbnails and retained state', async (t) => {
+  const seq = [normal, anomalous, anomalous, anomalous, normal, normal, normal];
+  const cam = camera('aisle1', seq.map((f, i) => frame('aisle1', i, f.jpeg)), normal.boxes, [{ product: 'SKU-1', category: 'tile' }, { product: 'SKU-2', category: 'tile' }]);
+  const pipeline = createShelfPipeline(options([cam]));
+  const outputs = await lastValueFrom(pipeline.outputs$.pipe(toArray()));
+
+  t.is(outputs.length, seq.length * 2, 'one output per slot per frame');
+  const bySlot = (slot: string) => outputs.filter((o) => o.item.crop.slot === slot);
+  // S0 never changes; S1 carries the blotch on frames 1–3.
+  t.deepEqual(bySlot('S0').map((o) => o.event), Array(seq.length).fill(null));
+  t.deepEqual(bySlot('S0').map((o) => o.item.prediction.isAnomalous), Array(seq.length).fill(false));
+  const s1 = bySlot('S1');
+  t.deepEqual(s1.map((o) => o.item.prediction.isAnomalous), [false, true, true, true, false, false, false]);
+  t.deepEqual(s1.map((o) => o.event?.type ?? null), [null, null, 'new', null, null, 'end', null]);
+  t.deepEqual(s1.map((o) => o.state.state), ['ok', 'ok', 'anomalous', 'anomalous', 'anomalous', 'ok', 'ok']);
+
+  const created = s1[2]!.event!;
+  const ended = s1[5]!.event!;
+  t.is(created.after.id, ended.after.id, 'one stable id from new to end');
+  t.is(s1[3]!.state.eventId, created.after.id);
+  t.is(s1[6]!.state.eventId, null);
+  const ev = created.after;
+  t.like(ev, { camera: 'aisle1', slot: 'S1', product: 'SKU-2', category: 'tile', threshold: MODEL_THRESHOLD, modelId: 'tile', modelDigest: model.digest, frameTime: 1_700_000_002_000, thumbnail: true });
+  t.true(ev.score > MODEL_THRESHOLD && ev.normalizedScore > 0.5, `score ${ev.score}`);
+  t.is(ended.after.endTime, 1_700_000_005_000);
+
+  // Regions are frame coordinates: inside the slot box (which does not start at 0,0) and on the blotch.
+  const slotBox = normal.boxes[1]!;
+  const blotch = anomalous.blotches.get(1)!;
+  t.true(ev.regions.length >= 1);
+  for (const r of ev.regions) t.true(inside(r.box, slotBox), `region ${JSON.stringify(r.box)} outside slot ${JSON.stringify(slotBox)}`);
+  t.true(overlaps(ev.regions[0]!.box, blotch), `strongest region ${JSON.stringify(ev.regions[0]!.box)} misses the blotch ${JSON.stringify(blotch)}`);
+  t.true(ev.regions[0]!.area > 0 && ev.regions[0]!.area <= slotBox.width * slotBox.height);
+
+  // Thumbnail only with new/update; a real JPEG no larger than maxSize, mask the same size.
+  t.deepEqual(s1.map((o) => o.thumbnail !== null), [false, false, true, false, false, false, false]);
+  const thumb = s1[2]!.thumbnail!;
+  const meta = await sharp(thumb.jpeg).metadata();
+  t.is(meta.format, 'jpeg');
+  t.true(Math.max(meta.width!, meta.height!) <= 320);
+  const maskMeta = await sharp(thumb.maskPng).metadata();
+  t.like(maskMeta, { format: 'png', width: meta.width, height: meta.height });
+
+  const stats = pipeline.stats().cameras.aisle1!;
+  t.like(stats, { framesIn: 7, framesScanned: 7, framesDropped: 0, decodeErrors: 0, crops: 14, pending: 0, inFlight: 0, ended: true });
+  t.deepEqual(stats.events, { new: 1, update: 0, end: 1 });
+});
+
+maybe('thresholds: slot override > model threshold > manifest', async (t) => {
+  const cam = camera('c', [frame('c', 0, anomalous.jpeg)], [normal.boxes[1]!, normal.boxes[1]!, normal.boxes[1]!], [{ threshold: 50 }, {}, {}]);
+  cam.slots = cam.slots.map((s, i) => ({ ...s, model: i === 2 ? 'bare' : 'tile' }));
+  const models = new Map([
+    ['tile', { model, threshold: MODEL_THRESHOLD }],
+    ['bare', { model }],
+  ]);
+  const outputs = await lastValueFrom(createShelfPipeline({ ...options([cam]), models }).outputs$.pipe(toArray()));
+  const bySlot = Object.fromEntries(outputs.map((o) => [o.item.crop.slot, o.item.prediction]));
+  t.is(bySlot.S0!.threshold, 50);
+  t.false(bySlot.S0!.isAnomalous, 'the blotch stays under a slot threshold of 50');
+  t.is(bySlot.S1!.threshold, MODEL_THRESHOLD);
+  t.true(bySlot.S1!.isAnomalous);
+  t.is(bySlot.S2!.threshold, model.manifest.thresholds.image);
+  // Same crop, same model: the score does not depend on the threshold.
+  t.is(bySlot.S0!.score, bySlot.S1!.score);
+  t.is(bySlot.S1!.score, bySlot.S2!.score);
+});
+
+maybe('frames that do not decode are counted, reported and skipped; the camera goes on', async (t) => {
+  const errors: string[] = [];
+  const observer: PipelineObserver = { frameError: (_cam, f, kind, err) => errors.push(`${kind}:${f.sequence}:${err.message}`) };
+  const truncated = normal.jpeg.subarray(0, Math.floor(normal.jpeg.length / 2));
+  const frames = [frame('c', 0, Buffer.from('<html>not an image</html>')), frame('c', 1, truncated), frame('c', 2, normal.jpeg), frame('c', 3, Buffer.alloc(0))];
+  const pipeline = createShelfPipeline(options([camera('c', frames)], { observer }));
+  const outputs = await lastValueFrom(pipeline.outputs$.pipe(toArray()));
+  t.is(outputs.length, 2, 'the one good frame gives both slots');
+  t.true(outputs.every((o) => o.item.crop.frame.id === frames[2]!.id));
+  t.like(pipeline.stats().cameras.c!, { framesIn: 4, framesScanned: 1, decodeErrors: 3 });
+  t.is(errors.length, 3);
+  t.regex(errors[0]!, /^decode:0:cannot decode image test:c#0: unsupported/);
+  t.regex(errors[1]!, /^decode:1:.*truncated/);
+  t.regex(errors[2]!, /^decode:3:.*empty/);
+});
+
+maybe('drop-oldest: with a slow model only the frame in flight and the newest pending ones are scanned', async (t) => {
+  let calls = 0;
+  const slow: BatchModel = {
+    manifest: model.manifest,
+    digest: model.digest,
+    async predict(batch, n, thresholds) {
+      calls++;
+      await new Promise((r) => setTimeout(r, 300));
+      return model.predict(batch, n, thresholds);
+    },
+  };
+  const frames$ = new Subject<Frame>();
+  const dropped: number[] = [];
+  const pipeline = createShelfPipeline(
+    options([camera('c', frames$)], { maxPendingFrames: 2, framesInFlight: 1, observer: { frameDropped: (_c, f) => dropped.push(f.sequence) } }, slow),
+  );
+  const done = lastValueFrom(pipeline.outputs$.pipe(toArray()));
+  frames$.next(frame('c', 0, normal.jpeg));
+  // Let frame 0 decode and reach the model, then flood the queue while the model is busy.
+  await new Promise((r) => setTimeout(r, 150));
+  for (let i = 1; i <= 7; i++) frames$.next(frame('c', i, normal.jpeg));
+  t.like(pipeline.stats().cameras.c!, { pending: 2, inFlight: 1, framesDropped: 5 });
+  frames$.complete();
+  const outputs = await done;
+  const scanned = [...new Set(outputs.map((o) => Number(o.item.crop.frame.id.split('-').at(-1))))];
+  t.deepEqual(scanned, [0, 6, 7], 'frame in flight, then the two newest');
+  t.deepEqual(dropped, [1, 2, 3, 4, 5]);
+  t.like(pipeline.stats().cameras.c!, { framesIn: 8, framesScanned: 3, framesDropped: 5, pending: 0 });
+  t.is(calls, 3);
+});
+
+maybe('a camera whose stream fails is reported and ends; the other cameras keep scanning', async (t) => {
+  const failures: string[] = [];
+  const broken = camera('broken', concat(of(frame('broken', 0, normal.jpeg)), throwError(() => new Error('camera unplugged'))));
+  const healthy = camera('healthy', from([0, 1, 2].map((i) => frame('healthy', i, normal.jpeg))).pipe(delay(200)));
+  const pipeline = createShelfPipeline(options([broken, healthy], { observer: { cameraError: (c, e) => failures.push(`${c}: ${e.message}`) } }));
+  const outputs = await lastValueFrom(pipeline.outputs$.pipe(toArray()));
+  t.deepEqual(failures, ['broken: camera unplugged']);
+  t.is(outputs.filter((o) => o.item.crop.frame.camera === 'healthy').length, 6);
+  t.is(pipeline.stats().cameras.broken!.failed, 'camera unplugged');
+  t.is(pipeline.stats().cameras.healthy!.framesScanned, 3);
+});
+
+maybe('crops of several cameras share one batch, bounded by batchSize', async (t) => {
+  const batches: number[] = [];
+  const cams = ['a', 'b', 'c'].map((id) => camera(id, [frame(id, 0, normal.jpeg)]));
+  // Hold every camera until all are subscribed, so their crops meet in the batcher.
+  for (const c of cams) c.frames$ = c.frames$.pipe(delay(50));
+  const pipeline = createShelfPipeline(options(cams, { batchSize: 4, batchWaitMs: 1000, observer: { batch: (_m, size) => batches.push(size) } }));
+  const outputs = await lastValueFrom(pipeline.outputs$.pipe(toArray()));
+  t.is(outputs.length, 6);
+  t.deepEqual(batches, [4, 2], '6 crops from 3 cameras: one full batch of 4, then the rest after the wait');
+  t.is(pipeline.stats().models.tile!.batches, 2);
+  t.is(pipeline.stats().models.tile!.queued, 0);
+});
+
+maybe('wiring errors name the camera, slot and model', (t) => {
+  const cam = camera('c', []);
+  cam.slots = [{ id: 'A1', box: { x: 0, y: 0, width: 10, height: 10 }, model: 'drinks' }];
+  t.throws(() => createShelfPipeline(options([cam])), { message: /camera c slot A1 uses model 'drinks', which is not loaded \(loaded: tile\)/ });
+  t.throws(() => createShelfPipeline(options([camera('c', [])], { maxPendingFrames: 0 })), { message: /maxPendingFrames must be an integer ≥ 1/ });
+});
+
+maybe('unsubscribing stops the cameras and frees the batchers', async (t) => {
+  const frames$ = new Subject<Frame>();
+  const pipeline = createShelfPipeline(options([camera('c', frames$)]));
+  const first = firstValueFrom(pipeline.outputs$);
+  frames$.next(frame('c', 0, normal.jpeg));
+  const out: ShelfOutput = await first;
+  t.is(out.item.crop.frame.camera, 'c');
+  t.false(frames$.observed, 'the camera stream was unsubscribed');
+});
