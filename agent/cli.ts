@@ -120,9 +120,10 @@ program
   .option('--dir <dir>', 'working folder (model, frames, thumbnails, state)', '.shelfwatch-demo')
   .option('--duration <seconds>', 'stop after this many seconds (default: until Ctrl-C)', number('--duration', { min: 1 }))
   .option('--port <port>', 'embedded MQTT broker port (a busy port falls back to a free one)', number('--port', { integer: true, min: 0, max: 65535 }), 1883)
+  .addOption(new Option('--log-level <level>', 'agent JSON log level (stderr)').choices(['trace', 'debug', 'info', 'warn', 'error']).default('warn'))
   .action(async (o) => {
     const { runDemo } = await import('./demo.js');
-    await runDemo({ dir: o.dir, durationSec: o.duration, port: o.port });
+    await runDemo({ dir: o.dir, durationSec: o.duration, port: o.port, logLevel: o.logLevel });
   });
 
 const config = program.command('config').description('agent configuration');
