@@ -12,6 +12,9 @@
  * events, stats, Home Assistant discovery) and finally subscribes the shelf pipeline, which
  * starts the cameras. A failure at any step undoes the steps before it and rethrows.
  *
+ * While running, the model rollout (model-rollout.ts) watches the model files and hot-swaps a
+ * replaced one between batches; the status is re-published after each swap.
+ *
  * Emits 'event' (every AnomalyEvent) and 'output' (every scanned slot) for library users;
  * `finished` resolves when every camera's frame stream has ended (a replay without loop).
  */
@@ -32,6 +35,8 @@ import type { AgentCamera, AgentContext, Extension } from './extensions/types.js
 import { AgentMetrics, type HealthReport, type HealthState } from './health.js';
 import { Logger } from './logger.js';
 import { ModelRegistry } from './model-registry.js';
+import { ModelRollout, type ModelRolloutStats } from './model-rollout.js';
+import type { ProviderChoice } from '../models/execution-provider.js';
 import { startMqttClient, type AgentMqttClient } from './mqtt/client.js';
 import { startEmbeddedBroker, type EmbeddedBroker } from './mqtt/embedded-broker.js';
 import type { OutboxMessage } from './mqtt/outbox.js';
@@ -53,6 +58,8 @@ export interface AgentOptions {
   observer?: PipelineObserver;
   /** How long stop() waits for the outbox to drain while connected (default 3000 ms). */
   flushTimeoutMs?: number;
+  /** Quiet time after a model file changes before it is verified (default 300 ms). */
+  modelWatchDebounceMs?: number;
 }
 
 export interface AgentEvents {
@@ -91,6 +98,8 @@ export class Agent extends EventEmitter<AgentEvents> {
   private client: AgentMqttClient | null = null;
   private registry: ModelRegistry | null = null;
   private pipeline: ShelfPipeline | null = null;
+  private rollout: ModelRollout | null = null;
+  private commandOff: Array<() => void> = [];
   private subscription: Subscription | null = null;
   private cameras: RunningCamera[] = [];
   private extensions: Extension[] = [];
@@ -140,6 +149,11 @@ export class Agent extends EventEmitter<AgentEvents> {
   get metricsUrl(): string | null {
     const http = this.started.find((e): e is HealthHttp => e instanceof HealthHttp);
     return http?.url ?? null;
+  }
+
+  /** The model hot-swap (null before start). */
+  get modelRollout(): ModelRollout | null {
+    return this.rollout;
   }
 
   pipelineStats(): ShelfPipelineStats {
@@ -213,12 +227,25 @@ export class Agent extends EventEmitter<AgentEvents> {
         observer: combineObservers(this.metrics.observer(), this.logObserver(), { event: (e) => this.emit('event', e) }, this.options.observer ?? {}),
       });
 
+      const rollout = new ModelRollout({
+        registry: this.registry,
+        pipeline: this.pipeline,
+        stateDir: config.agent.stateDir,
+        provider: config.inference.provider as ProviderChoice,
+        logger: logger.child({ component: 'rollout' }),
+        debounceMs: this.options.modelWatchDebounceMs,
+        onSwap: () => this.started.find((e): e is StatusPublisher => e instanceof StatusPublisher)?.publish('running'),
+      });
+      this.rollout = rollout;
+
       const ctx = this.context();
-      this.extensions = this.options.extensions ? this.options.extensions(ctx) : defaultExtensions(ctx);
+      this.extensions = this.options.extensions ? this.options.extensions(ctx) : defaultExtensions(ctx, { rollout: () => rollout.stats() });
       for (const ext of this.extensions) {
         await ext.start();
         this.started.push(ext);
       }
+      await rollout.start();
+      this.commandOff.push(this.client.onCommand('model', rollout.onModelCommand), this.client.onCommand('rollback', rollout.onRollbackCommand));
 
       this.subscription = this.pipeline.outputs$.subscribe({
         next: (output) => {
@@ -263,6 +290,8 @@ export class Agent extends EventEmitter<AgentEvents> {
   }
 
   private async teardown(): Promise<void> {
+    for (const off of this.commandOff.splice(0)) off();
+    await this.rollout?.stop();
     this.subscription?.unsubscribe();
     this.subscription = null;
     for (const ext of [...this.started].reverse()) {
@@ -346,10 +375,10 @@ export class Agent extends EventEmitter<AgentEvents> {
 /** A camera with the frames to scan (its source plus its schedule). */
 type RunningCamera = AgentCamera & { scans$: Observable<Frame> };
 
-export function defaultExtensions(ctx: AgentContext): Extension[] {
+export function defaultExtensions(ctx: AgentContext, extra: { rollout?: () => ModelRolloutStats } = {}): Extension[] {
   const list: Extension[] = [];
   if (ctx.config.metrics.enabled) list.push(new HealthHttp(ctx));
-  list.push(new StatusPublisher(ctx), new EventsPublisher(ctx), new StatsPublisher(ctx));
+  list.push(new StatusPublisher(ctx, { rollout: extra.rollout }), new EventsPublisher(ctx), new StatsPublisher(ctx));
   if (ctx.config.mqtt.homeAssistant.enabled) list.push(new HomeAssistantDiscovery(ctx));
   return list;
 }

@@ -189,6 +189,18 @@ program
     console.log(`wrote ${s.files.json}, ${s.files.markdown}${s.files.html ? `, ${s.files.html}` : ''}`);
   });
 
+const modelCmd = program.command('model').description('models of a running agent');
+modelCmd
+  .command('rollback')
+  .description('restore the previous model file (<path>.previous); a running agent verifies and swaps it in')
+  .requiredOption('-c, --config <file>', 'agent configuration')
+  .requiredOption('--model <name>', 'model name from the config')
+  .action(async (o) => {
+    const { runModelRollback } = await import('./commands/model-rollback.js');
+    const r = await runModelRollback(o.config, { model: o.model });
+    console.log(`restored ${r.model}: ${r.path} is now ${r.digest.slice(0, 12)}…${r.replaced ? ` (was ${r.replaced.slice(0, 12)}…)` : ''}`);
+  });
+
 const dataset = program.command('dataset').description('GoodsAD / MVTec-layout datasets');
 dataset
   .command('generate')

@@ -2,7 +2,8 @@
  * The agent's loaded models: each model file is loaded ONCE (one ONNX session) and shared by
  * every slot of every camera that names it — also when two config names point at the same
  * file. Only models some slot uses are loaded; a model that fails to load stops the start with
- * an error naming the config key and the file.
+ * an error naming the config key and the file. A file can be replaced while the agent runs
+ * (`replaceFile`, used by the model rollout): every name sharing it gets the new model.
  */
 import { resolve } from 'node:path';
 import type { ProviderChoice } from '../models/execution-provider.js';
@@ -13,6 +14,7 @@ import type { Logger } from './logger.js';
 export interface RegisteredModel {
   /** Config name (`models.<name>`). */
   name: string;
+  /** Absolute path of the model file. */
   path: string;
   model: PatchcoreModel;
   /** `models.<name>.threshold`, when set. */
@@ -95,6 +97,30 @@ export class ModelRegistry {
 
   names(): string[] {
     return [...this.entries.keys()];
+  }
+
+  /** Every loaded model file once, with the config names that use it. */
+  files(): Array<{ path: string; model: PatchcoreModel; names: string[] }> {
+    const byPath = new Map<string, { path: string; model: PatchcoreModel; names: string[] }>();
+    for (const e of this.entries.values()) {
+      const file = byPath.get(e.path) ?? { path: e.path, model: e.model, names: [] };
+      file.names.push(e.name);
+      byPath.set(e.path, file);
+    }
+    return [...byPath.values()];
+  }
+
+  /**
+   * Points every name that uses the file `path` at `model`; returns the model it replaced
+   * (the caller releases it once nothing runs on it). Throws when no loaded model uses `path`.
+   */
+  replaceFile(path: string, model: PatchcoreModel): PatchcoreModel {
+    const file = resolve(path);
+    const users = [...this.entries.values()].filter((e) => e.path === file);
+    if (users.length === 0) throw new Error(`no loaded model uses the file ${file}`);
+    const old = users[0]!.model;
+    for (const e of users) e.model = model;
+    return old;
   }
 
   /** Distinct loaded sessions (≤ names when files are shared). */

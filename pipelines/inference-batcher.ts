@@ -14,6 +14,10 @@
  * arrive while every buffer is taken wait unprocessed (holding only a reference to their decoded
  * frame); upstream bounds how many frames are in flight, and so how many crops can wait.
  * The model runs one batch at a time.
+ *
+ * Hot swap: `swapModel` replaces the model between batches. Crops already preprocessed stay
+ * valid (the new model must share input size and normalization), the batch running at the swap
+ * finishes on the old model, every later batch runs on the new one; nothing is dropped.
  */
 import { toModelInput } from '../models/preprocess.js';
 import type { RawImage } from '../models/image-decode.js';
@@ -83,11 +87,17 @@ export class InferenceBatcher {
   private running = false;
   private closed = false;
   private readonly counters = { batches: 0, crops: 0, preprocessErrors: 0, failedBatches: 0 };
+  private current: BatchModel;
+  /** The batch running now (null when the model is idle). */
+  private runningBatch: Promise<void> | null = null;
+  /** A copy of the last preprocessed crop the model found normal (smoke test input for a new model). */
+  private normal: Float32Array | null = null;
 
   constructor(
-    readonly model: BatchModel,
+    model: BatchModel,
     private readonly options: InferenceBatcherOptions,
   ) {
+    this.current = model;
     const { batchSize, batchWaitMs } = options;
     const buffers = options.buffers ?? 2;
     if (!Number.isInteger(batchSize) || batchSize < 1) throw new RangeError(`model ${options.name}: batchSize must be an integer ≥ 1, got ${String(batchSize)}`);
@@ -96,6 +106,32 @@ export class InferenceBatcher {
     const size = model.manifest.inputSize;
     this.plane = 3 * size * size;
     for (let i = 0; i < buffers; i++) this.free.push({ data: new Float32Array(batchSize * this.plane), items: [], due: false, timer: null });
+  }
+
+  /** The model the next batch runs on. */
+  get model(): BatchModel {
+    return this.current;
+  }
+
+  /** The last crop (preprocessed, [3,S,S]) that the model scored as normal, or null before one. */
+  lastNormalInput(): Float32Array | null {
+    return this.normal && this.normal.slice();
+  }
+
+  /**
+   * Makes `next` the model of every batch that has not started yet. Resolves once the old model
+   * runs no batch any more (at once when idle), so the caller can release it. Throws when `next`
+   * needs a different input (size or normalization): crops already preprocessed would be wrong.
+   */
+  swapModel(next: BatchModel): Promise<void> {
+    const a = this.current.manifest;
+    const b = next.manifest;
+    if (a.inputSize !== b.inputSize) throw new RangeError(`model ${this.options.name}: the new model takes ${b.inputSize} px input, the running one ${a.inputSize} px`);
+    if (JSON.stringify(a.normalization) !== JSON.stringify(b.normalization)) {
+      throw new RangeError(`model ${this.options.name}: the new model's normalization ${JSON.stringify(b.normalization)} differs from the running one's ${JSON.stringify(a.normalization)}`);
+    }
+    this.current = next;
+    return this.runningBatch ?? Promise.resolve();
   }
 
   stats(): InferenceBatcherStats {
@@ -195,17 +231,29 @@ export class InferenceBatcher {
     const buffer = this.ready.shift();
     if (!buffer) return;
     this.running = true;
-    void this.run(buffer);
+    const batch = this.run(buffer);
+    this.runningBatch = batch;
+    void batch.finally(() => {
+      if (this.runningBatch === batch) this.runningBatch = null;
+    });
   }
 
   private async run(buffer: BatchBuffer): Promise<void> {
     const items = buffer.items;
     const n = items.length;
     const started = performance.now();
+    // Read once: a swap during this call must not change the model this batch runs on.
+    const model = this.current;
     try {
-      const predictions = await this.model.predict(buffer.data, n, items.map((p) => ({ image: p.threshold })));
+      const predictions = await model.predict(buffer.data, n, items.map((p) => ({ image: p.threshold })));
       if (predictions.length !== n) throw new Error(`model ${this.options.name} returned ${predictions.length} predictions for a batch of ${n}`);
       const ms = performance.now() - started;
+      const normalRow = predictions.findIndex((p) => !p.isAnomalous);
+      if (normalRow >= 0) {
+        // One buffer for the life of the batcher: a plain copy per batch, no allocation.
+        this.normal ??= new Float32Array(this.plane);
+        this.normal.set(buffer.data.subarray(normalRow * this.plane, (normalRow + 1) * this.plane));
+      }
       this.counters.batches++;
       this.counters.crops += n;
       this.options.onBatch?.(n, ms);

@@ -18,6 +18,9 @@
  * and a failed inference call are counted, reported to the observer and skipped. A camera whose
  * frame stream errors is reported and ends; the other cameras go on.
  *
+ * Models can be swapped while it runs (`swapModel`): the next batch of that model runs on the new
+ * one, the running batch finishes on the old one, no frame is dropped.
+ *
  * Pure pipelines/ code: no MQTT, no config files, no process; the agent wires sources in and
  * publishes what comes out.
  */
@@ -137,6 +140,15 @@ export interface ShelfPipeline {
   readonly outputs$: Observable<ShelfOutput>;
   /** Counters and gauges of the current (or last) subscription. */
   stats(): ShelfPipelineStats;
+  /**
+   * Replaces the model called `name` (same input size and normalization) for every later batch,
+   * keeping its threshold. Resolves once the old model runs no batch any more (release it then).
+   */
+  swapModel(name: string, model: BatchModel): Promise<void>;
+  /** The model called `name` now (the swapped-in one after a swap). */
+  model(name: string): BatchModel | undefined;
+  /** The last crop ([3,S,S], preprocessed) the model `name` scored normal, or null. */
+  lastNormalInput(name: string): Float32Array | null;
 }
 
 interface ScannedSlot {
@@ -207,11 +219,13 @@ export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipelin
 
   let cameraStats: Record<string, CameraPipelineStats> = {};
   let batchers = new Map<string, InferenceBatcher>();
+  /** Our own copy: swapModel replaces entries. */
+  const models = new Map<string, PipelineModelEntry>(options.models);
 
   const outputs$ = defer(() => {
     cameraStats = Object.fromEntries(options.cameras.map((c) => [c.id, emptyCameraStats()]));
     batchers = new Map(
-      [...options.models].map(([name, entry]) => [
+      [...models].map(([name, entry]) => [
         name,
         new InferenceBatcher(entry.model, {
           name,
@@ -258,7 +272,7 @@ export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipelin
             observer.frameError?.(cam.id, frame, 'crop', asError(err), slot.id);
             continue;
           }
-          const entry = options.models.get(slot.model)!;
+          const entry = models.get(slot.model)!;
           const batcher = localBatchers.get(slot.model)!;
           st.crops++;
           jobs.push(
@@ -387,5 +401,16 @@ export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipelin
       cameras: Object.fromEntries(Object.entries(cameraStats).map(([id, s]) => [id, { ...s, events: { ...s.events } }])),
       models: Object.fromEntries([...batchers].map(([name, b]) => [name, b.stats()])),
     }),
+    swapModel: async (name, model) => {
+      const entry = models.get(name);
+      if (!entry) throw new Error(`shelf pipeline: no model called '${name}' (loaded: ${[...models.keys()].join(', ') || 'none'})`);
+      const batcher = batchers.get(name);
+      // The batcher checks input size and normalization before anything changes.
+      const oldIdle = batcher ? batcher.swapModel(model) : Promise.resolve();
+      models.set(name, { ...entry, model });
+      await oldIdle;
+    },
+    model: (name) => models.get(name)?.model,
+    lastNormalInput: (name) => batchers.get(name)?.lastNormalInput() ?? null,
   };
 }

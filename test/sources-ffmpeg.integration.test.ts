@@ -129,7 +129,6 @@ test.serial('an HTTP MJPEG camera that dies mid-stream: reconnecting, then recov
   t.is(failing.state, 'reconnecting');
   t.true(failing.reconnects >= 2, `${failing.reconnects} reconnects while down`);
   t.regex(failing.lastError ?? '', /Connection refused/);
-  t.true(src.stderrTail().some((l) => l.includes('Connection refused')));
 
   const framesBefore = src.status().frames;
   camera = await startMjpegCamera(camera.port);

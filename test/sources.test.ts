@@ -334,7 +334,9 @@ test('http-snapshot: unsubscribing aborts the request in flight', async (t) => {
   const trigger = new Subject<void>();
   const sub = src.poll(trigger).subscribe();
   trigger.next();
-  await sleep(100);
+  // Wait until the server has the request (a fixed sleep races on a loaded machine).
+  for (let i = 0; i < 500 && !srv.hits['/hang']; i++) await sleep(10);
+  t.is(srv.hits['/hang'], 1);
   sub.unsubscribe();
   await srv.closedHang; // the server saw the connection go away
   t.is(src.status().state, 'stopped');

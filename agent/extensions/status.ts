@@ -3,11 +3,13 @@
  * version, broker, models (digest, provider, threshold), cameras with their source state.
  * Published at start, whenever a source changes state (coalesced over one second), and once
  * more with `state: 'stopped'` on a clean stop. (`availability` online/offline, with the last
- * will, is the MQTT client's job.)
+ * will, is the MQTT client's job.) Also re-published after every model swap (the agent calls
+ * `publish`), so the retained message always names the digests that are serving.
  */
 import { auditTime, combineLatest, distinctUntilChanged, map, type Subscription } from 'rxjs';
 import { redactUrl } from '../config.js';
 import type { ModelStatus } from '../model-registry.js';
+import type { ModelRolloutStats } from '../model-rollout.js';
 import type { SourceStatus } from '../sources/types.js';
 import type { AgentContext, Extension } from './types.js';
 
@@ -35,9 +37,11 @@ export interface AgentStatus {
   models: ModelStatus[];
   cameras: CameraStatus[];
   homeAssistant: boolean;
+  /** Hot-swap counters (swaps, rejected model files), when the agent runs a model rollout. */
+  rollout?: ModelRolloutStats;
 }
 
-export function agentStatus(ctx: AgentContext, state: AgentStatus['state']): AgentStatus {
+export function agentStatus(ctx: AgentContext, state: AgentStatus['state'], rollout?: () => ModelRolloutStats): AgentStatus {
   return {
     agent: ctx.config.agent.id,
     version: ctx.version,
@@ -69,6 +73,7 @@ export function agentStatus(ctx: AgentContext, state: AgentStatus['state']): Age
       };
     }),
     homeAssistant: ctx.config.mqtt.homeAssistant.enabled,
+    ...(rollout ? { rollout: rollout() } : {}),
   };
 }
 
@@ -76,7 +81,10 @@ export class StatusPublisher implements Extension {
   readonly name = 'status';
   private subscription: Subscription | null = null;
 
-  constructor(private readonly ctx: AgentContext) {}
+  constructor(
+    private readonly ctx: AgentContext,
+    private readonly options: { rollout?: () => ModelRolloutStats } = {},
+  ) {}
 
   start(): void {
     this.publish('running');
@@ -97,6 +105,6 @@ export class StatusPublisher implements Extension {
   }
 
   publish(state: AgentStatus['state']): void {
-    this.ctx.publish({ id: 'status', topic: this.ctx.topics.status, payload: JSON.stringify(agentStatus(this.ctx, state)), qos: 1, retain: true });
+    this.ctx.publish({ id: 'status', topic: this.ctx.topics.status, payload: JSON.stringify(agentStatus(this.ctx, state, this.options.rollout)), qos: 1, retain: true });
   }
 }

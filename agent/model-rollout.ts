@@ -1,0 +1,373 @@
+/**
+ * Model rollout without downtime: the agent watches the directory of every loaded model file;
+ * when a file is replaced (an atomic rename of a new file onto the configured path is the way
+ * to do it; a plain overwrite also works, it is checked once the writes settle), the new file is
+ * verified and, when good, swapped into the running pipeline between two batches.
+ *
+ * Verification of a candidate, in order (the first failure rejects it):
+ *   1. read + sha256 (the same digest as the serving model: nothing to do);
+ *   2. manifest and ONNX session (PatchcoreModel.load), built on the SAME backbone sha256;
+ *   3. same input size and normalization as the serving model (crops already preprocessed for
+ *      the next batch must stay valid);
+ *   4. a smoke inference on the last crop the serving model scored normal (kept in memory by the
+ *      batcher), or — before any crop was scored — on a synthetic input of all zeros (the mean
+ *      image after normalization); every score, max distance and anomaly-map value must be finite.
+ * A rejected candidate is logged, counted and released; the old model keeps serving (the bad
+ * file stays on disk; `shelfwatch model rollback` or a good file fixes it).
+ *
+ * Swap: the registry points every config name of the file at the new model, the pipeline's
+ * batchers run every later batch on it, the batch running now finishes on the old one, then the
+ * old session is released. The bytes of the model being replaced become `<path>.previous`
+ * (for rollback), so the agent keeps a copy of the serving file under
+ * `<stateDir>/models/serving/<digest>.onnx` — the configured path may already hold other bytes
+ * by the time a swap happens.
+ *
+ * MQTT (`<root>/command/model`): `{ model, url, sha256 }` downloads the file with
+ * downloadVerified into `<stateDir>/models/`, verifies it as above, installs it atomically on
+ * the configured path and swaps it in. `<root>/command/rollback`: `{ model }` restores
+ * `<path>.previous` (see commands/model-rollback.ts); the watcher then picks it up.
+ */
+import { createHash } from 'node:crypto';
+import { watch, type FSWatcher } from 'node:fs';
+import { copyFile, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
+import { z } from 'zod';
+import type { ProviderChoice } from '../models/execution-provider.js';
+import { PatchcoreModel } from '../models/runtime.js';
+import type { BatchModel } from '../pipelines/inference-batcher.js';
+import { restorePreviousModel, previousModelPath } from './commands/model-rollback.js';
+import { downloadVerified } from './download.js';
+import type { Logger } from './logger.js';
+import type { ModelRegistry } from './model-registry.js';
+import type { CommandMessage } from './mqtt/client.js';
+
+/** What the rollout needs of the running pipeline (ShelfPipeline has it). */
+export interface ModelSwapTarget {
+  swapModel(name: string, model: BatchModel): Promise<void>;
+  lastNormalInput(name: string): Float32Array | null;
+}
+
+export interface ModelRolloutOptions {
+  registry: ModelRegistry;
+  pipeline: ModelSwapTarget;
+  /** Serving copies and downloads go under `<stateDir>/models/`. */
+  stateDir: string;
+  provider: ProviderChoice;
+  logger: Logger;
+  /** Quiet time after the last change of a file before it is checked (default 300 ms). */
+  debounceMs?: number;
+  /** After every swap (e.g. re-publish the status). */
+  onSwap?: (swap: ModelSwap) => void;
+  /** Largest download accepted by the `model` command (default 512 MiB). */
+  maxDownloadBytes?: number;
+}
+
+export interface ModelSwap {
+  path: string;
+  /** Config names using the file. */
+  names: string[];
+  from: string;
+  to: string;
+}
+
+export interface ModelRejection {
+  path: string;
+  digest: string | null;
+  reason: string;
+  at: number;
+}
+
+export interface ModelRolloutStats {
+  swaps: number;
+  rejections: number;
+  lastSwap: (ModelSwap & { at: number }) | null;
+  lastRejection: ModelRejection | null;
+}
+
+export type RolloutResult = { outcome: 'swapped'; swap: ModelSwap } | { outcome: 'unchanged'; digest: string } | { outcome: 'rejected'; rejection: ModelRejection };
+
+/** A candidate failed verification; the message says why. */
+export class ModelRejectedError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ModelRejectedError';
+  }
+}
+
+const HEX64 = /^[0-9a-fA-F]{64}$/;
+const ID = /^[A-Za-z0-9_-]+$/;
+
+/** Payload of `<root>/command/model`. */
+export const modelCommandSchema = z.strictObject({
+  model: z.string().regex(ID, 'expected a model name of letters, digits, _ and -'),
+  url: z.url({ protocol: /^https?$/, error: 'expected an http(s) URL' }),
+  sha256: z.string().regex(HEX64, 'expected 64 hex digits'),
+});
+export type ModelCommand = z.output<typeof modelCommandSchema>;
+
+/** Payload of `<root>/command/rollback`. */
+export const rollbackCommandSchema = z.strictObject({ model: z.string().regex(ID, 'expected a model name of letters, digits, _ and -') });
+
+const sha256 = (bytes: Uint8Array): string => createHash('sha256').update(bytes).digest('hex');
+
+function allFinite(values: Float32Array): boolean {
+  for (let i = 0; i < values.length; i++) if (!Number.isFinite(values[i]!)) return false;
+  return true;
+}
+
+export class ModelRollout {
+  private readonly watchers: FSWatcher[] = [];
+  private readonly timers = new Map<string, NodeJS.Timeout>();
+  /** One check at a time per file. */
+  private readonly chains = new Map<string, Promise<unknown>>();
+  /** Digest last rejected per file: the same bytes are not re-verified on every fs event. */
+  private readonly rejectedDigest = new Map<string, string>();
+  private readonly counters: ModelRolloutStats = { swaps: 0, rejections: 0, lastSwap: null, lastRejection: null };
+  private stopped = false;
+  private readonly servingDir: string;
+
+  constructor(private readonly options: ModelRolloutOptions) {
+    this.servingDir = join(options.stateDir, 'models', 'serving');
+  }
+
+  stats(): ModelRolloutStats {
+    return { ...this.counters };
+  }
+
+  /** Keeps a copy of every serving file and starts watching their directories. */
+  async start(): Promise<void> {
+    await mkdir(this.servingDir, { recursive: true });
+    const changedSinceLoad: string[] = [];
+    for (const file of this.options.registry.files()) {
+      const bytes = await readFile(file.path).catch(() => null);
+      if (bytes && sha256(bytes) === file.model.digest) await this.keepServingCopy(file.model.digest, bytes);
+      else changedSinceLoad.push(file.path);
+    }
+    const byDir = new Map<string, Set<string>>();
+    for (const { path } of this.options.registry.files()) {
+      const names = byDir.get(dirname(path)) ?? new Set<string>();
+      names.add(basename(path));
+      byDir.set(dirname(path), names);
+    }
+    for (const [dir, files] of byDir) {
+      const watcher = watch(dir, { persistent: false }, (_event, filename) => {
+        if (filename && files.has(filename.toString())) this.schedule(join(dir, filename.toString()));
+      });
+      watcher.on('error', (err) => this.options.logger.warn('model directory watch failed; hot swap off for it', { dir, error: err }));
+      this.watchers.push(watcher);
+    }
+    this.options.logger.info('watching model files for replacement', { dirs: [...byDir.keys()] });
+    // Replaced between load and now (no serving copy of those bytes): check them now.
+    for (const path of changedSinceLoad) this.schedule(path);
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    for (const w of this.watchers.splice(0)) w.close();
+    for (const t of this.timers.values()) clearTimeout(t);
+    this.timers.clear();
+    await Promise.allSettled([...this.chains.values()]);
+  }
+
+  /** Verifies the file now at `path` (a loaded model file) and swaps it in when good. */
+  checkFile(path: string): Promise<RolloutResult> {
+    const file = resolve(path);
+    return this.serialized(file, async () => {
+      let bytes: Buffer;
+      try {
+        bytes = await readFile(file);
+      } catch (err) {
+        return this.reject(file, null, `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+      }
+      return this.verifyAndSwap(file, bytes, { remember: true });
+    });
+  }
+
+  /**
+   * `<root>/command/model`: downloads the model, verifies it, installs it on the configured
+   * path (the file it replaces becomes `<path>.previous`) and swaps it in.
+   */
+  async install(command: ModelCommand): Promise<RolloutResult> {
+    const file = this.fileOf(command.model);
+    const dest = join(this.options.stateDir, 'models', `${command.model}-${command.sha256.toLowerCase().slice(0, 12)}.onnx`);
+    const downloaded = await downloadVerified({ urls: [command.url], sha256: command.sha256, dest, maxBytes: this.options.maxDownloadBytes ?? 512 * 1024 * 1024 });
+    const bytes = await readFile(downloaded.path);
+    return this.serialized(file, async () => {
+      // Verify BEFORE touching the configured path: a bad download never replaces the file there.
+      const result = await this.verifyAndSwap(file, bytes, { remember: false, beforeSwap: () => this.installBytes(file, bytes) });
+      if (result.outcome === 'rejected') await rm(downloaded.path, { force: true });
+      return result;
+    });
+  }
+
+  /** Handler for `<root>/command/model`. */
+  readonly onModelCommand = async (command: CommandMessage): Promise<void> => {
+    const parsed = modelCommandSchema.safeParse(command.json());
+    if (!parsed.success) {
+      this.options.logger.warn('model command refused', { topic: command.topic, problems: parsed.error.issues.map((i) => `${i.path.join('.') || '(payload)'}: ${i.message}`) });
+      return;
+    }
+    try {
+      const result = await this.install(parsed.data);
+      if (result.outcome === 'unchanged') this.options.logger.info('model command: that model is already serving', { model: parsed.data.model, digest: result.digest });
+    } catch (err) {
+      this.options.logger.warn('model command failed', { model: parsed.data.model, url: parsed.data.url, error: err as Error });
+    }
+  };
+
+  /** Handler for `<root>/command/rollback`: restores `<path>.previous`; the watcher swaps it in. */
+  readonly onRollbackCommand = async (command: CommandMessage): Promise<void> => {
+    const parsed = rollbackCommandSchema.safeParse(command.json());
+    if (!parsed.success) {
+      this.options.logger.warn('rollback command refused', { topic: command.topic, problems: parsed.error.issues.map((i) => `${i.path.join('.') || '(payload)'}: ${i.message}`) });
+      return;
+    }
+    try {
+      const file = this.fileOf(parsed.data.model);
+      const restored = await restorePreviousModel(file);
+      this.options.logger.info('rollback: previous model file restored', { model: parsed.data.model, path: file, digest: restored.digest });
+    } catch (err) {
+      this.options.logger.warn('rollback command failed', { model: parsed.data.model, error: err as Error });
+    }
+  };
+
+  private fileOf(name: string): string {
+    const entry = this.options.registry.get(name);
+    if (!entry) throw new Error(`no loaded model called '${name}' (loaded: ${this.options.registry.names().join(', ') || 'none'})`);
+    return entry.path;
+  }
+
+  private schedule(path: string): void {
+    if (this.stopped) return;
+    clearTimeout(this.timers.get(path));
+    this.timers.set(
+      path,
+      setTimeout(() => {
+        this.timers.delete(path);
+        if (!this.stopped) void this.checkFile(path).catch((err: Error) => this.options.logger.error('model check failed unexpectedly', { path, error: err }));
+      }, this.options.debounceMs ?? 300),
+    );
+  }
+
+  private serialized<T>(file: string, task: () => Promise<T>): Promise<T> {
+    const next = (this.chains.get(file) ?? Promise.resolve()).catch(() => undefined).then(task);
+    this.chains.set(file, next);
+    return next;
+  }
+
+  private async verifyAndSwap(file: string, bytes: Uint8Array, opts: { remember: boolean; beforeSwap?: () => Promise<void> }): Promise<RolloutResult> {
+    const serving = this.options.registry.files().find((f) => f.path === file);
+    if (!serving) throw new Error(`no loaded model uses the file ${file}`);
+    const digest = sha256(bytes);
+    if (digest === serving.model.digest) {
+      this.rejectedDigest.delete(file);
+      return { outcome: 'unchanged', digest };
+    }
+    if (opts.remember && this.rejectedDigest.get(file) === digest) return { outcome: 'unchanged', digest: serving.model.digest };
+
+    let candidate: PatchcoreModel;
+    try {
+      candidate = await this.verify(file, bytes, serving.model, serving.names[0]!);
+    } catch (err) {
+      if (!(err instanceof ModelRejectedError)) throw err;
+      return this.reject(file, digest, err.message, opts.remember);
+    }
+    try {
+      await opts.beforeSwap?.();
+      // The bytes being replaced become <path>.previous, from the serving copy.
+      const old = serving.model;
+      await this.writePrevious(file, old.digest);
+      await this.keepServingCopy(candidate.digest, bytes);
+      this.options.registry.replaceFile(file, candidate);
+      await Promise.all(serving.names.map((name) => this.options.pipeline.swapModel(name, candidate)));
+      // Every batch on the old session has finished: release it and its serving copy.
+      await old.release().catch((err: Error) => this.options.logger.warn('old model session did not release cleanly', { path: file, error: err }));
+      await rm(join(this.servingDir, `${old.digest}.onnx`), { force: true });
+    } catch (err) {
+      await candidate.release().catch(() => undefined);
+      throw err;
+    }
+    this.rejectedDigest.delete(file);
+    const swap: ModelSwap = { path: file, names: serving.names, from: serving.model.digest, to: candidate.digest };
+    this.counters.swaps++;
+    this.counters.lastSwap = { ...swap, at: Date.now() };
+    this.options.logger.info('model swapped in', { path: file, models: swap.names, from: swap.from.slice(0, 12), to: swap.to.slice(0, 12), digest: swap.to });
+    try {
+      this.options.onSwap?.(swap);
+    } catch (err) {
+      this.options.logger.warn('onSwap hook failed', { error: err as Error });
+    }
+    return { outcome: 'swapped', swap };
+  }
+
+  /** Steps 2–4 of the header; resolves with the loaded candidate or throws ModelRejectedError. */
+  private async verify(file: string, bytes: Uint8Array, serving: PatchcoreModel, name: string): Promise<PatchcoreModel> {
+    let candidate: PatchcoreModel;
+    try {
+      candidate = await PatchcoreModel.load(bytes, { provider: this.options.provider, expectBackboneSha256: serving.manifest.backbone.sha256 }, file);
+    } catch (err) {
+      throw new ModelRejectedError((err as Error).message);
+    }
+    try {
+      const a = serving.manifest;
+      const b = candidate.manifest;
+      if (b.inputSize !== a.inputSize) throw new ModelRejectedError(`${file}: input size ${b.inputSize} px, the serving model takes ${a.inputSize} px`);
+      if (JSON.stringify(b.normalization) !== JSON.stringify(a.normalization)) {
+        throw new ModelRejectedError(`${file}: normalization ${JSON.stringify(b.normalization)} differs from the serving model's ${JSON.stringify(a.normalization)}`);
+      }
+      const stored = this.options.pipeline.lastNormalInput(name);
+      const input = stored ?? new Float32Array(3 * b.inputSize * b.inputSize);
+      let out;
+      try {
+        out = await candidate.run(input, 1);
+      } catch (err) {
+        throw new ModelRejectedError(`${file}: smoke inference failed: ${(err as Error).message}`);
+      }
+      const what = stored ? 'the last normal crop' : 'a synthetic (all-zero) input';
+      if (!allFinite(out.scores) || !allFinite(out.maxDistances)) throw new ModelRejectedError(`${file}: smoke inference on ${what} gave a non-finite score (${out.scores[0]})`);
+      if (!allFinite(out.maps)) throw new ModelRejectedError(`${file}: smoke inference on ${what} gave non-finite anomaly-map values`);
+      return candidate;
+    } catch (err) {
+      await candidate.release().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  private reject(file: string, digest: string | null, reason: string, remember = true): RolloutResult {
+    const rejection: ModelRejection = { path: file, digest, reason, at: Date.now() };
+    if (remember && digest) this.rejectedDigest.set(file, digest);
+    this.counters.rejections++;
+    this.counters.lastRejection = rejection;
+    this.options.logger.warn('model file rejected; the serving model stays', { path: file, digest, reason, rejections: this.counters.rejections });
+    return { outcome: 'rejected', rejection };
+  }
+
+  private async keepServingCopy(digest: string, bytes: Uint8Array): Promise<void> {
+    const dest = join(this.servingDir, `${digest}.onnx`);
+    if (await stat(dest).then((s) => s.size === bytes.length, () => false)) return;
+    const tmp = `${dest}.${process.pid}.tmp`;
+    await writeFile(tmp, bytes);
+    await rename(tmp, dest);
+  }
+
+  /** `<path>.previous` := the serving copy of `digest` (tmp + rename: never half-written). */
+  private async writePrevious(file: string, digest: string): Promise<void> {
+    const source = join(this.servingDir, `${digest}.onnx`);
+    const dest = previousModelPath(file);
+    const tmp = `${dest}.${process.pid}.tmp`;
+    try {
+      await copyFile(source, tmp);
+      await rename(tmp, dest);
+    } catch (err) {
+      await rm(tmp, { force: true });
+      this.options.logger.warn('could not keep the replaced model for rollback', { path: file, previous: dest, error: err as Error });
+    }
+  }
+
+  /** Writes `bytes` onto the configured path atomically (the watcher then sees an unchanged digest). */
+  private async installBytes(file: string, bytes: Uint8Array): Promise<void> {
+    const tmp = join(dirname(file), `.${basename(file)}.${process.pid}.tmp`);
+    await writeFile(tmp, bytes);
+    await rename(tmp, file);
+  }
+}
