@@ -20,7 +20,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { mkdir } from 'node:fs/promises';
-import { Subject, type Observable, type Subscription } from 'rxjs';
+import { Subject, takeUntil, type Observable, type Subscription } from 'rxjs';
 import { TOOL_VERSION } from '../models/version.js';
 import type { AnomalyEvent } from '../pipelines/events.js';
 import type { Frame } from '../pipelines/types.js';
@@ -58,6 +58,8 @@ export interface AgentOptions {
   observer?: PipelineObserver;
   /** How long stop() waits for the outbox to drain while connected (default 3000 ms). */
   flushTimeoutMs?: number;
+  /** How long stop() waits for frames already captured to be finished (default 10 s). */
+  drainTimeoutMs?: number;
   /** Quiet time after a model file changes before it is verified (default 300 ms). */
   modelWatchDebounceMs?: number;
 }
@@ -108,6 +110,8 @@ export class Agent extends EventEmitter<AgentEvents> {
   private startedAt = 0;
   private brokerUrlValue: string;
   private finishedResolve!: () => void;
+  /** Ends every camera's frames so the pipeline can finish what it already captured. */
+  private readonly stopCapture = new Subject<void>();
   /** Resolves when every camera's frame stream has ended (never, for live cameras). */
   readonly finished: Promise<void>;
 
@@ -217,7 +221,7 @@ export class Agent extends EventEmitter<AgentEvents> {
         return { config: cam, source: feed.source, scans$: feed.scans$ };
       });
       this.pipeline = createShelfPipeline({
-        cameras: this.cameras.map((cam) => ({ id: cam.config.id, slots: cam.config.slots, frames$: cam.scans$ })),
+        cameras: this.cameras.map((cam) => ({ id: cam.config.id, slots: cam.config.slots, frames$: cam.scans$.pipe(takeUntil(this.stopCapture)) })),
         models: this.registry.pipelineModels(),
         batchSize: config.inference.batchSize,
         batchWaitMs: config.inference.batchWaitMs,
@@ -292,6 +296,16 @@ export class Agent extends EventEmitter<AgentEvents> {
   private async teardown(): Promise<void> {
     for (const off of this.commandOff.splice(0)) off();
     await this.rollout?.stop();
+    if (this.subscription) {
+      // Graceful stop: no new frames, but every frame already captured is finished and its
+      // events reach the outbox (bounded wait; an event announced must not be lost on stop).
+      this.stopCapture.next();
+      const drained = await Promise.race([
+        this.finished.then(() => true),
+        new Promise<boolean>((r) => setTimeout(() => r(false), this.options.drainTimeoutMs ?? 10_000).unref()),
+      ]);
+      if (!drained) this.logger.warn('pipeline did not drain in time; frames in flight are dropped');
+    }
     this.subscription?.unsubscribe();
     this.subscription = null;
     for (const ext of [...this.started].reverse()) {
