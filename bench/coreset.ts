@@ -1,23 +1,25 @@
 /**
- * Coreset benchmark: `npx tsx bench/coreset.ts [--quick]`.
+ * Coreset benchmark: `npx tsx bench/coreset.ts [--quick] [--repeat N] [--sizes 164640,627200]`.
  *
  * Data: patch embeddings of the 24 reference train images, computed here from the stored taps
  * (3×3 average pooling, stride-16 tap bilinearly upsampled — checked against
  * embedding_train0.bin), then tiled to N rows: each row is a random patch position p of a random
  * image i, moved a random step toward the same position of another image j, plus small noise
  * (x = e[i,p] + β·(e[j,p] − e[i,p]) + σ·g, β ∈ [−0.25, 0.25), σ = 0.02). Without ../shared it falls
- * back to a seeded Gaussian mixture (said so in the output). Every case runs in its own child
- * process, so "peak RSS" is that case's own.
+ * back to a seeded Gaussian mixture (said so in the output). Every run is its own child process,
+ * so "peak RSS" is that run's own.
  *
- * Prints per case: time to prepare (projection) and to select, distance evaluations against the
- * naive n·(m+1), and a same-run baseline: the naive algorithm on the first 50k rows, checked to
- * give the same indices as the pruned one.
+ * Prints, per size, the median (and the runs) of k-center on one thread and on the default thread
+ * count, with the 'jl' projection as `selectCoreset` runs it, plus a same-run baseline: the naive
+ * algorithm on the first 50k rows, checked to give the same indices as the pruned one. The machine
+ * may be shared: the 1-minute load average is printed with every run.
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
+import { availableParallelism, loadavg } from 'node:os';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { coresetSize, kCenterGreedy, kCenterGreedyNaive, prepareCoresetInput, type KCenterResult } from '../models/coreset.js';
+import { kCenterGreedy, kCenterGreedyNaive, prepareCoresetInput, type KCenterResult } from '../models/coreset.js';
 import { Random } from '../models/random.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -125,6 +127,20 @@ interface CaseSpec {
   n: number;
   projection: 'jl' | 'none';
   ratio: number;
+  /** k-center threads (undefined = the default). */
+  threads?: number;
+}
+
+interface CaseResult {
+  label: string;
+  prepMs: number;
+  selMs: number;
+  threads: number;
+  workerShare: number;
+  rssMiB: number;
+  load: number;
+  detail: string;
+  hash: number;
 }
 
 function fmtMs(ms: number): string {
@@ -136,11 +152,13 @@ function describe(r: KCenterResult, n: number, m: number): string {
   return `evals ${(r.distanceEvaluations / 1e6).toFixed(2)}M = 1/${(naive / r.distanceEvaluations).toFixed(1)} of naive ${(naive / 1e6).toFixed(0)}M, centre-centre ${(r.centreDistanceEvaluations / 1e6).toFixed(2)}M, bound ${(r.boundEvaluations / 1e6).toFixed(1)}M`;
 }
 
-function peakRss(): string {
-  return `${(process.resourceUsage().maxRSS / 1024).toFixed(0)} MiB`;
+function selectionHash(selected: Uint32Array): number {
+  let h = 0;
+  for (let i = 0; i < selected.length; i++) h = (h * 31 + selected[i] * (i + 1)) % 1_000_000_007;
+  return h;
 }
 
-/** Runs one case in this process and prints one line. */
+/** Runs one case in this process; prints one line (and, for the parent, one JSON line). */
 function runCase(spec: CaseSpec): void {
   const seed = 7;
   let features: Float32Array;
@@ -161,48 +179,111 @@ function runCase(spec: CaseSpec): void {
   const input = prepareCoresetInput(features, spec.n, DIM, opts);
   const prepMs = performance.now() - t;
   t = performance.now();
-  // As selectCoreset does: projected rows are handed over (not for the baseline, which reuses them).
-  const consumePoints = spec.kind !== 'baseline' && input.points !== features;
-  const pruned = kCenterGreedy(input.points, spec.n, input.dim, input.m, input.startIndex, { consumePoints });
+  const pruned = kCenterGreedy(input.points, spec.n, input.dim, input.m, input.startIndex, { threads: spec.threads });
   const selMs = performance.now() - t;
-  const label = `${spec.kind} N=${spec.n} m=${input.m} ${spec.projection}(${input.dim}d)`;
-  if (spec.kind !== 'baseline') {
-    console.log(`${label} [${source}]: project ${fmtMs(prepMs)}, select ${fmtMs(selMs)}, total ${fmtMs(prepMs + selMs)}; ${describe(pruned, spec.n, input.m)}; peak RSS ${peakRss()}`);
+  const label = `${spec.kind} N=${spec.n} m=${input.m} ${spec.projection}(${input.dim}d) threads=${pruned.threads}`;
+  if (spec.kind === 'baseline') {
+    t = performance.now();
+    const naive = kCenterGreedyNaive(input.points, spec.n, input.dim, input.m, input.startIndex);
+    const naiveMs = performance.now() - t;
+    const same = naive.selected.every((v, i) => v === pruned.selected[i]);
+    console.log(
+      `${label} [${source}]: naive ${fmtMs(naiveMs)} vs pruned ${fmtMs(selMs)} → ${(naiveMs / selMs).toFixed(1)}× faster; ` +
+        `identical indices: ${same ? 'yes' : 'NO'}; ${describe(pruned, spec.n, input.m)}; load ${loadavg()[0].toFixed(1)}`,
+    );
+    if (!same) process.exitCode = 1;
     return;
   }
-  t = performance.now();
-  const naive = kCenterGreedyNaive(input.points, spec.n, input.dim, input.m, input.startIndex);
-  const naiveMs = performance.now() - t;
-  const same = naive.selected.every((v, i) => v === pruned.selected[i]);
-  console.log(
-    `${label} [${source}]: naive ${fmtMs(naiveMs)} vs pruned ${fmtMs(selMs)} → ${(naiveMs / selMs).toFixed(1)}× faster; ` +
-      `identical indices: ${same ? 'yes' : 'NO'}; ${describe(pruned, spec.n, input.m)}`,
-  );
-  if (!same) process.exitCode = 1;
+  const result: CaseResult = {
+    label,
+    prepMs,
+    selMs,
+    threads: pruned.threads,
+    workerShare: pruned.workerShare,
+    rssMiB: process.resourceUsage().maxRSS / 1024,
+    load: loadavg()[0],
+    detail: `[${source}] ${describe(pruned, spec.n, input.m)}`,
+    hash: selectionHash(pruned.selected),
+  };
+  console.log(`@result ${JSON.stringify(result)}`);
+}
+
+function runChild(spec: CaseSpec): CaseResult | null {
+  const child = spawnSync(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), '--case', JSON.stringify(spec)], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  if (child.status !== 0) process.exitCode = 1;
+  let result: CaseResult | null = null;
+  for (const line of child.stdout.split('\n')) {
+    if (line.startsWith('@result ')) result = JSON.parse(line.slice(8)) as CaseResult;
+    else if (line.trim() !== '') console.log(line);
+  }
+  return result;
+}
+
+function median(values: number[]): number {
+  const v = [...values].sort((a, b) => a - b);
+  return v.length % 2 === 1 ? v[(v.length - 1) / 2] : (v[v.length / 2 - 1] + v[v.length / 2]) / 2;
+}
+
+function argValue(name: string): string | undefined {
+  const i = process.argv.indexOf(name);
+  return i >= 0 ? process.argv[i + 1] : undefined;
 }
 
 function main(): void {
-  const arg = process.argv.indexOf('--case');
-  if (arg >= 0) {
-    runCase(JSON.parse(process.argv[arg + 1]) as CaseSpec);
+  const caseArg = argValue('--case');
+  if (caseArg !== undefined) {
+    runCase(JSON.parse(caseArg) as CaseSpec);
     return;
   }
   const quick = process.argv.includes('--quick');
-  const sizes = quick ? [164_640] : [164_640, 627_200];
-  const cases: CaseSpec[] = [
+  const repeat = Number(argValue('--repeat') ?? (quick ? 1 : 3));
+  const sizes = (argValue('--sizes') ?? (quick ? '164640' : '164640,627200')).split(',').map(Number);
+  const defaultThreads = Math.max(1, Math.min(availableParallelism(), 4));
+  console.log(
+    `coreset bench: node ${process.version}, ${availableParallelism()} CPUs (default k-center threads ${defaultThreads}), ` +
+      `1 % coreset unless noted, ${repeat} run(s) per configuration, load average now ${loadavg().map((l) => l.toFixed(1)).join(' ')}`,
+  );
+  for (const spec of [
     { kind: 'real', n: 18_816, projection: 'none', ratio: 0.01 },
-    { kind: 'real', n: 18_816, projection: 'jl', ratio: 0.01 },
-    { kind: 'real', n: 18_816, projection: 'none', ratio: 0.1 },
-    { kind: 'baseline', n: 50_000, projection: 'none', ratio: 0.01 },
-    { kind: 'baseline', n: 50_000, projection: 'jl', ratio: 0.01 },
-  ];
-  for (const n of sizes) for (const projection of ['none', 'jl'] as const) cases.push({ kind: 'pruned', n, projection, ratio: 0.01 });
-  console.log(`coreset bench: node ${process.version}, 1 % coreset unless noted (m = ${sizes.map((n) => coresetSize(n, 0.01)).join(', ')})`);
-  for (const spec of cases) {
-    const child = spawnSync(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), '--case', JSON.stringify(spec)], {
-      stdio: 'inherit',
-    });
-    if (child.status !== 0) process.exitCode = 1;
+    { kind: 'real', n: 18_816, projection: 'jl', ratio: 0.1 },
+  ] as CaseSpec[]) {
+    const r = runChild(spec);
+    if (r) console.log(`${r.label} ${r.detail}: project ${fmtMs(r.prepMs)}, select ${fmtMs(r.selMs)}; peak RSS ${r.rssMiB.toFixed(0)} MiB`);
+  }
+  runChild({ kind: 'baseline', n: 50_000, projection: 'jl', ratio: 0.01, threads: 1 });
+  for (const n of sizes) {
+    const configs = defaultThreads > 1 ? [1, defaultThreads] : [1];
+    const medians = new Map<number, number>();
+    const hashes = new Set<number>();
+    for (const threads of configs) {
+      const runs: CaseResult[] = [];
+      for (let i = 0; i < repeat; i++) {
+        const r = runChild({ kind: 'pruned', n, projection: 'jl', ratio: 0.01, threads });
+        if (r) {
+          runs.push(r);
+          hashes.add(r.hash);
+        }
+      }
+      if (runs.length === 0) continue;
+      const med = median(runs.map((r) => r.selMs));
+      medians.set(threads, med);
+      const last = runs[runs.length - 1];
+      console.log(
+        `${last.label}: select median ${fmtMs(med)} (runs ${runs.map((r) => fmtMs(r.selMs)).join(', ')}; ` +
+          `load ${runs.map((r) => r.load.toFixed(1)).join(', ')}), project ${fmtMs(median(runs.map((r) => r.prepMs)))}, ` +
+          `workers scanned ${(100 * last.workerShare).toFixed(0)} % of shared chunks; peak RSS ${Math.max(...runs.map((r) => r.rssMiB)).toFixed(0)} MiB; ${last.detail}`,
+      );
+    }
+    const one = medians.get(1);
+    const par = medians.get(defaultThreads);
+    if (one !== undefined && par !== undefined && defaultThreads > 1) {
+      console.log(`N=${n}: ${defaultThreads} threads vs 1: ${(one / par).toFixed(2)}× (medians)`);
+    }
+    console.log(`N=${n}: identical selection in every run and thread count: ${hashes.size === 1 ? 'yes' : 'NO'}`);
+    if (hashes.size > 1) process.exitCode = 1;
   }
 }
 

@@ -2,17 +2,46 @@
  * PatchCore's memory-bank subsampling: greedy k-center ("farthest point") selection with anomalib
  * semantics, after an optional seeded sparse random projection.
  *
+ * Distances are the WebAssembly SIMD kernel's (distance-kernel.ts): f32 rows, f32x4 lanes, one
+ * fixed summation order, so the naive reference and the pruned algorithm see bit-identical values.
  * The greedy step is exact but pruned, so it touches far fewer than n·m distances:
  * - every point remembers the centre it is closest to (its cluster) and its squared distance to
  *   it; when a new centre c arrives, a cluster around centre a can only contain points that get
  *   closer to c when d(c, a) < 2·radius(a), and a point x in it only when d(c, a) < 2·d(x, a)
  *   (triangle inequality);
- * - the survivors are screened by a 16-dimensional lower bound, the distance within the leading
- *   principal subspace (‖Uᵀ(x − c)‖ ≤ ‖x − c‖ for orthonormal U), before the full distance.
- * Every skip holds with a margin above float rounding, so skipped points provably keep their
- * distance and the selection is identical, step for step and tie for tie, to `kCenterGreedyNaive`.
+ * - the survivors are screened by a lower bound built on the leading 16-dimensional principal
+ *   subspace P: d(x,c)² = ‖P(x − c)‖² + ‖P⊥(x − c)‖², the first term computed from 16 stored
+ *   coordinates, the second bounded below by (q − ρ)₊², with ρ ≥ ‖P⊥(x − a)‖ stored per point and
+ *   q ≤ ‖P⊥(c − a)‖ per cluster (triangle inequality outside the subspace); (q − ρ)₊² alone
+ *   screens without reading the coordinates. The full distance stops early once its partial
+ *   sum shows the point stays.
+ * Every skip holds with a margin above the kernel's float rounding (see `kCenterMargins`), so
+ * skipped points provably keep their distance and the selection is identical, step for step and
+ * tie for tie, to `kCenterGreedyNaive`.
+ *
+ * Each cluster's members sit contiguously in one shared WebAssembly memory (rows, bound
+ * coordinates, distances, indices), and the clusters one step must scan are independent: worker
+ * threads (coreset-worker.ts) share them with the main thread. The result does not depend on the
+ * number of threads.
  */
-import { compactProjection, jlMinDim, makeSparseProjection, projectRows, projectRowsDense } from './projection.js';
+import { availableParallelism } from 'node:os';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import {
+  CTL,
+  openShared,
+  planLayout,
+  processChunk,
+  readFailure,
+  runChunks,
+  type CoresetWorkerData,
+  type KCenterLayout,
+  type KCenterMargins,
+  type KCenterShared,
+} from './coreset-worker.js';
+import { createKernel, createSharedMemory, paddedDim, transformRows, type KernelMemory } from './distance-kernel.js';
+import { compactProjection, jlMinDim, makeSparseProjection, projectRows } from './projection.js';
 import { Random, validateSeed } from './random.js';
 
 export interface KCenterOptions {
@@ -24,10 +53,22 @@ export interface KCenterOptions {
    */
   lowerBoundDims?: number;
   /**
-   * kCenterGreedy only: the caller hands `points` over and will not read it again, so it may be
-   * reordered in place instead of copied (saves n·dim floats of peak memory).
+   * Accepted for compatibility; the rows are always copied into the kernel's memory, so the
+   * caller's array is never reordered either way.
    */
   consumePoints?: boolean;
+  /**
+   * kCenterGreedy only: threads that scan clusters, this one included (1 = no workers). Default
+   * min(os.availableParallelism(), 4). Changes speed, never the result.
+   */
+  threads?: number;
+  /**
+   * kCenterGreedy only: a step is shared with the workers only when it scans at least this many
+   * points (default 32,768), and workers start only for n ≥ 2× this. 0 shares every step (tests).
+   */
+  parallelMinMembers?: number;
+  /** Tests only: a worker throws on this many-th chunk it takes (−1: while starting). */
+  failWorkerAtChunk?: number;
 }
 
 export interface KCenterResult {
@@ -41,6 +82,10 @@ export interface KCenterResult {
   centreDistanceEvaluations: number;
   /** Lower-bound evaluations (lowerBoundDims-dimensional) that screened the two kinds above. */
   boundEvaluations: number;
+  /** Threads that took part (1 + workers started). */
+  threads: number;
+  /** Share of the chunks of shared steps that workers scanned (0 without workers). */
+  workerShare: number;
 }
 
 export interface SelectCoresetOptions {
@@ -51,16 +96,27 @@ export interface SelectCoresetOptions {
   /** 'jl' = sparse random projection to jlMinDim(n) dims first (anomalib); 'none' = raw features. */
   projection: 'jl' | 'none';
   onProgress?: (done: number, total: number) => void;
+  /** Threads for k-center (see KCenterOptions.threads). */
+  threads?: number;
 }
 
+const UNIT_ROUNDOFF_F32 = 2 ** -24;
+
 /**
- * Slack on the pruning tests. The bounds hold exactly for real numbers; the computed squared
- * distances carry relative errors around dim·2⁻⁵³ (< 1e-13), so a skip is only taken when it
- * holds with a margin far above that. Costs nothing measurable in pruning power.
+ * Margins of the pruning tests. The kernel's squared distance over dimPad floats carries a
+ * relative error below ε = (dimPad/8 + 8)·2⁻²⁴ (8 lanes of dimPad/8 terms, 3 more additions,
+ * rounded differences and squares), for values far above f32's subnormal range; so d̃·(1 − 2ε)
+ * and d̃·(1 + 2ε) bound the true squared distance from below and above (lo, hi). With
+ * slack = 1 + 4ε, d̃(c,a)² ≥ 4·slack·d̃(x,a)² implies the true d(c,a) ≥ 2·d(x,a)/√(1 − ε), so
+ * d(x,c)² ≥ d̃(x,a)²/(1 − ε) and the computed d̃(x,c)² ≥ d̃(x,a)²: the point provably stays;
+ * every other test asks a lower bound of d(x,c)² to exceed d̃(x,a)²·hi for the same reason. The
+ * subspace bound's coordinates are rounded to f32 (|z̃ − z| ≤ 2⁻²⁴·|z| per coordinate), which
+ * moves it by at most 8·2⁻²⁴·R² (R the largest coordinate norm): abs is 2.5 times that.
  */
-const PRUNE_SLACK = 1 + 1e-9;
-/** Relative margin of the subspace lower bound (its own rounding is covered by an absolute one). */
-const BOUND_REL = 1 + 1e-7;
+export function kCenterMargins(dimPad: number, maxBoundNorm2: number): KCenterMargins {
+  const eps = (dimPad / 8 + 8) * UNIT_ROUNDOFF_F32;
+  return { slack: 1 + 4 * eps, lo: 1 - 2 * eps, hi: 1 + 2 * eps, abs: 20 * UNIT_ROUNDOFF_F32 * maxBoundNorm2 };
+}
 
 /** `Math.trunc(n * ratio)`, the float64 product truncated toward zero (anomalib's int(N·ratio)). */
 export function coresetSize(n: number, ratio: number): number {
@@ -78,31 +134,6 @@ export function coresetSize(n: number, ratio: number): number {
     );
   }
   return m;
-}
-
-/** Squared Euclidean distance between row `ao` of a and row `bo` of b (offsets in floats). */
-export function squaredDistance(a: Float32Array, ao: number, b: Float32Array, bo: number, dim: number): number {
-  let s0 = 0;
-  let s1 = 0;
-  let s2 = 0;
-  let s3 = 0;
-  const end4 = dim - (dim & 3);
-  let j = 0;
-  for (; j < end4; j += 4) {
-    const d0 = a[ao + j] - b[bo + j];
-    const d1 = a[ao + j + 1] - b[bo + j + 1];
-    const d2 = a[ao + j + 2] - b[bo + j + 2];
-    const d3 = a[ao + j + 3] - b[bo + j + 3];
-    s0 += d0 * d0;
-    s1 += d1 * d1;
-    s2 += d2 * d2;
-    s3 += d3 * d3;
-  }
-  for (; j < dim; j++) {
-    const d = a[ao + j] - b[bo + j];
-    s0 += d * d;
-  }
-  return s0 + s1 + (s2 + s3);
 }
 
 function checkKCenterArgs(points: Float32Array, n: number, dim: number, m: number, startIndex: number): void {
@@ -215,32 +246,47 @@ function orthonormaliseColumns(q: Float64Array, dim: number, k: number): void {
   }
 }
 
-/** Coordinates of every row in the basis (n × k float64) and the largest row norm². */
-function projectOnBasis(points: Float32Array, n: number, dim: number, basis: Float64Array, k: number): { z: Float64Array; maxNorm2: number } {
-  const z = new Float64Array(n * k);
-  const acc = new Float64Array(k);
-  let maxNorm2 = 0;
-  for (let r = 0; r < n; r++) {
-    acc.fill(0);
-    const o = r * dim;
-    let norm2 = 0;
+/**
+ * Writes every arena row's bound coordinates Uᵀ(x − mean) as f32 (stride kPad, zero-padded) with
+ * the kernel's f64 transform, and returns the largest squared coordinate norm (before rounding),
+ * which sizes the bound's margin.
+ */
+function computeBoundCoordinates(sh: KCenterShared, points: Float32Array, n: number, dim: number, k: number): number {
+  const L = sh.layout;
+  const basis = principalBasis(points, n, dim, k);
+  const mean = new Float64Array(dim);
+  for (let r = 0; r < n; r++) for (let i = 0; i < dim; i++) mean[i] += points[r * dim + i];
+  for (let i = 0; i < dim; i++) mean[i] /= n;
+  const buf = sh.kernel.memory.buffer;
+  const w = new Float64Array(buf, L.basisT, L.kPad * L.dimPad);
+  const bias = new Float64Array(buf, L.basisBias, L.kPad);
+  for (let j = 0; j < k; j++) {
+    let b = 0;
     for (let i = 0; i < dim; i++) {
-      const v = points[o + i];
-      if (v === 0) continue;
-      norm2 += v * v;
-      const bi = i * k;
-      for (let j = 0; j < k; j++) acc[j] += v * basis[bi + j];
+      w[j * L.dimPad + i] = basis[i * k + j];
+      b += basis[i * k + j] * mean[i];
     }
-    z.set(acc, r * k);
-    if (norm2 > maxNorm2) maxNorm2 = norm2;
+    bias[j] = b;
   }
-  return { z, maxNorm2 };
+  // Rows of x − mean would be exact in f64 too; subtracting Uᵀ·mean afterwards only costs
+  // cancellation far below the f32 rounding the bound's margin covers.
+  return sh.kernel.matRows(L.basisT, k, L.dimPad, 0, L.basisBias, L.rows, L.dimPad, n, dim, L.rowF64, L.z, L.kPad);
+}
+
+/** Copies n rows of dim floats into `dst` at stride dimPad (the padding stays zero). */
+function copyRowsPadded(points: Float32Array, n: number, dim: number, dst: Float32Array, dimPad: number): void {
+  if (dim === dimPad) {
+    dst.set(points.subarray(0, n * dim));
+    return;
+  }
+  for (let r = 0; r < n; r++) dst.set(points.subarray(r * dim, r * dim + dim), r * dimPad);
 }
 
 /**
  * The reference algorithm, O(n·m·dim): anomalib's greedy k-center. The start index only
  * initialises the minimum distances; then m times the point with the largest minimum distance
- * (lowest index on ties) is selected and all minimum distances are lowered with it.
+ * (lowest index on ties) is selected and all minimum distances are lowered with it. Distances are
+ * the kernel's (see the file comment), as in `kCenterGreedy`.
  */
 export function kCenterGreedyNaive(
   points: Float32Array,
@@ -251,39 +297,215 @@ export function kCenterGreedyNaive(
   opts: KCenterOptions = {},
 ): KCenterResult {
   checkKCenterArgs(points, n, dim, m, startIndex);
+  const dimPad = paddedDim(dim);
+  const dimBytes = dimPad * 4;
+  const rowsAt = 0;
+  const distAt = n * dimBytes;
+  const centreAt = distAt + Math.ceil(n / 4) * 16;
+  const kernel = createKernel(createSharedMemory(centreAt + dimBytes, 'kCenterGreedyNaive'));
+  const buf = kernel.memory.buffer;
+  const rows = new Float32Array(buf, rowsAt, n * dimPad);
+  const mind = new Float32Array(buf, distAt, n);
+  const centre = new Float32Array(buf, centreAt, dimPad);
+  copyRowsPadded(points, n, dim, rows, dimPad);
   const selected = new Uint32Array(m);
   const minDistanceAtSelection = new Float32Array(m);
-  const mind = new Float64Array(n);
-  const centre = new Float32Array(dim);
   const stride = progressStride(m);
-  centre.set(points.subarray(startIndex * dim, startIndex * dim + dim));
-  for (let i = 0; i < n; i++) mind[i] = squaredDistance(points, i * dim, centre, 0, dim);
+  mind.fill(Infinity);
+  centre.set(rows.subarray(startIndex * dimPad, startIndex * dimPad + dimPad));
+  kernel.minUpdate(rowsAt, n, dimBytes, centreAt, distAt);
   for (let s = 0; s < m; s++) {
-    let best = -1;
-    let bestIdx = 0;
-    for (let i = 0; i < n; i++) {
-      if (mind[i] > best) {
-        best = mind[i];
-        bestIdx = i;
-      }
-    }
+    const bestIdx = kernel.argmax(distAt, n);
     selected[s] = bestIdx;
-    minDistanceAtSelection[s] = Math.sqrt(best);
-    centre.set(points.subarray(bestIdx * dim, bestIdx * dim + dim));
-    for (let i = 0; i < n; i++) {
-      const d = squaredDistance(points, i * dim, centre, 0, dim);
-      if (d < mind[i]) mind[i] = d;
-    }
+    minDistanceAtSelection[s] = Math.sqrt(mind[bestIdx]);
+    centre.set(rows.subarray(bestIdx * dimPad, bestIdx * dimPad + dimPad));
+    kernel.minUpdate(rowsAt, n, dimBytes, centreAt, distAt);
     if (opts.onProgress && ((s + 1) % stride === 0 || s + 1 === m)) opts.onProgress(s + 1, m);
   }
-  return { selected, minDistanceAtSelection, distanceEvaluations: n * (m + 1), centreDistanceEvaluations: 0, boundEvaluations: 0 };
+  return { selected, minDistanceAtSelection, distanceEvaluations: n * (m + 1), centreDistanceEvaluations: 0, boundEvaluations: 0, threads: 1, workerShare: 0 };
+}
+
+const DEFAULT_PARALLEL_MIN_MEMBERS = 32_768;
+/** A worker that has taken a chunk and shows no progress for this long is declared stuck. */
+const WORKER_STALL_MS = 120_000;
+
+function resolveThreads(threads: number | undefined): number {
+  if (threads === undefined) return Math.max(1, Math.min(availableParallelism(), 4));
+  if (!Number.isSafeInteger(threads) || threads < 1 || threads > 64) {
+    throw new RangeError(`kCenterGreedy: threads must be an integer in [1, 64], got ${String(threads)}`);
+  }
+  return threads;
+}
+
+/**
+ * Where the worker module is: the compiled `coreset-worker.js` next to this file, or, when this
+ * file runs from source under tsx (tests, benches), the `.ts` source plus tsx's API, which the
+ * worker registers itself (tsx on Node 20 installs its hooks on the main thread only).
+ */
+function workerModule(): { moduleUrl: string; loaderUrl: string } {
+  const js = new URL('./coreset-worker.js', import.meta.url);
+  if (existsSync(fileURLToPath(js))) return { moduleUrl: js.href, loaderUrl: '' };
+  const ts = new URL('./coreset-worker.ts', import.meta.url);
+  let loaderUrl: string;
+  try {
+    loaderUrl = import.meta.resolve('tsx/esm/api');
+  } catch (error) {
+    throw new Error(`kCenterGreedy: ${fileURLToPath(js)} is missing and tsx, needed to run ${fileURLToPath(ts)} in a worker, is not installed (${String(error)})`);
+  }
+  return { moduleUrl: ts.href, loaderUrl };
+}
+
+/**
+ * The worker's first code, plain CommonJS: registers tsx if needed, imports the worker module and
+ * serves; a module that fails to load is reported through the shared error slot (the main thread
+ * is blocked in Atomics.wait and would never see a Worker 'error' event).
+ */
+const WORKER_BOOTSTRAP = `
+const { workerData } = require('node:worker_threads');
+const loader = workerData.loaderUrl ? import(workerData.loaderUrl).then((api) => api.register()) : Promise.resolve();
+loader.then(() => import(workerData.moduleUrl)).then(
+  (m) => m.serveCoresetWorker(workerData),
+  (error) => {
+    const L = workerData.layout;
+    const buf = workerData.memory.buffer;
+    const ctl = new Int32Array(buf, L.control, 16);
+    if (Atomics.compareExchange(ctl, ${CTL.ERROR}, 0, -1) === 0) {
+      const text = 'could not load ' + workerData.moduleUrl + ': ' + ((error && error.stack) || error);
+      const bytes = new TextEncoder().encode(text).subarray(0, 4000);
+      new DataView(buf, L.errorText, 4).setUint32(0, bytes.length, true);
+      new Uint8Array(buf, L.errorText + 4, bytes.length).set(bytes);
+      Atomics.store(ctl, ${CTL.ERROR}, workerData.thread);
+      Atomics.notify(ctl, ${CTL.ERROR});
+    }
+    Atomics.notify(ctl, ${CTL.DONE});
+  },
+);
+`;
+
+/** The worker threads of one run and the means to stop them and to surface their failures. */
+class WorkerPool {
+  private readonly workers: Worker[] = [];
+  private readonly memory: KernelMemory;
+  private readonly layout: KCenterLayout;
+  private readonly ctl: Int32Array;
+  private ready = false;
+
+  constructor(count: number, memory: KernelMemory, layout: KCenterLayout, margins: KCenterMargins, failAtChunk: number) {
+    this.memory = memory;
+    this.layout = layout;
+    this.ctl = new Int32Array(memory.buffer, layout.control, 16);
+    const { moduleUrl, loaderUrl } = workerModule();
+    try {
+      for (let thread = 1; thread <= count; thread++) {
+        const workerData: CoresetWorkerData = { kind: 'shelfwatch-coreset', memory, layout, margins, thread, moduleUrl, loaderUrl, failAtChunk };
+        const worker = new Worker(WORKER_BOOTSTRAP, { eval: true, workerData });
+        // The main thread blocks in Atomics.wait, so these events are only seen afterwards, if ever;
+        // failures are reported through the shared error slot instead.
+        worker.on('error', () => {});
+        worker.unref();
+        this.workers.push(worker);
+      }
+    } catch (error) {
+      this.stop();
+      throw error;
+    }
+  }
+
+  get size(): number {
+    return this.workers.length;
+  }
+
+  /** Throws the first failure any worker reported. */
+  check(): void {
+    const state = Atomics.load(this.ctl, CTL.ERROR);
+    if (state === 0) return;
+    // −1: a worker has claimed the slot and is still writing its error text.
+    if (state < 0) Atomics.wait(this.ctl, CTL.ERROR, state, 5000);
+    const failure = readFailure(this.memory, this.layout);
+    const where = failure ? `coreset worker ${failure.thread}` : 'a coreset worker';
+    throw new Error(`kCenterGreedy: ${where} failed: ${failure?.text ?? 'unknown error'}`);
+  }
+
+  /**
+   * Blocks until every worker has started (once): from then on each shared step is really
+   * shared, which makes the split reproducible enough to test and to measure.
+   */
+  waitReady(): void {
+    if (this.ready) return;
+    const since = performance.now();
+    for (;;) {
+      this.check();
+      if (Atomics.load(this.ctl, CTL.READY) >= this.workers.length) break;
+      if (performance.now() - since > WORKER_STALL_MS) {
+        throw new Error(`kCenterGreedy: coreset workers did not start within ${WORKER_STALL_MS / 1000} s`);
+      }
+      Atomics.wait(this.ctl, CTL.DONE, Atomics.load(this.ctl, CTL.DONE), 20);
+    }
+    this.ready = true;
+  }
+
+  /** Publishes step `seq` with `chunks` chunks and wakes the workers. */
+  publish(seq: number, chunks: number): void {
+    this.waitReady();
+    Atomics.store(this.ctl, CTL.DONE, 0);
+    Atomics.store(this.ctl, CTL.CHUNKS, chunks);
+    this.ctl[CTL.ALL_CHUNKS] += chunks;
+    Atomics.store(new BigInt64Array(this.memory.buffer, this.layout.ticket, 1), 0, BigInt(seq) << 32n);
+    Atomics.store(this.ctl, CTL.SEQ, seq);
+    Atomics.notify(this.ctl, CTL.SEQ);
+  }
+
+  /** Blocks until `chunks` chunks are done; throws a worker's failure or a stall. */
+  waitDone(chunks: number): void {
+    let last = -1;
+    let since = performance.now();
+    for (;;) {
+      this.check();
+      const done = Atomics.load(this.ctl, CTL.DONE);
+      if (done >= chunks) return;
+      if (done !== last) {
+        last = done;
+        since = performance.now();
+      } else if (performance.now() - since > WORKER_STALL_MS) {
+        throw new Error(`kCenterGreedy: coreset workers made no progress for ${WORKER_STALL_MS / 1000} s (${done} of ${chunks} chunks done)`);
+      }
+      Atomics.wait(this.ctl, CTL.DONE, done, 50);
+    }
+  }
+
+  /** Tells the workers to leave and terminates them (idempotent). */
+  stop(): void {
+    Atomics.store(this.ctl, CTL.STOP, 1);
+    Atomics.add(this.ctl, CTL.SEQ, 1);
+    Atomics.notify(this.ctl, CTL.SEQ);
+    for (const worker of this.workers.splice(0)) void worker.terminate();
+  }
+}
+
+/**
+ * ρ of every point for cluster 0: an upper bound of its distance to the start point outside the
+ * bound's subspace, √(d̃·hi − (B − abs)) with B the subspace bound computed here in f64 from the
+ * stored coordinates (its own rounding, ~1e-16 relative, is far inside abs).
+ */
+function initialResiduals(sh: KCenterShared, n: number, kPad: number, startIndex: number, margins: KCenterMargins): void {
+  const { hi, abs } = margins;
+  const zc = sh.z.slice(startIndex * kPad, startIndex * kPad + kPad);
+  for (let i = 0; i < n; i++) {
+    let b = 0;
+    for (let j = 0; j < kPad; j++) {
+      const d = sh.z[i * kPad + j] - zc[j];
+      b += d * d;
+    }
+    const r2 = sh.dist[i] * hi - (b * (1 - 1e-12) - abs);
+    sh.rho[i] = Math.sqrt(Math.max(0, r2)) * (1 + 2 ** -20);
+  }
 }
 
 /**
  * Greedy k-center with anomalib semantics, exact and pruned (see the file comment). Gives the same
- * selection as `kCenterGreedyNaive`, including ties (lowest index wins).
+ * selection as `kCenterGreedyNaive`, including ties (lowest index wins), for any thread count.
  *
- * @param points n × dim row-major float32
+ * @param points n × dim row-major float32 (not modified)
  * @param m number of centres to select (0 ≤ m ≤ n)
  * @param startIndex initialises the minimum distances; it is not itself selected
  */
@@ -300,258 +522,206 @@ export function kCenterGreedy(
   if (!Number.isSafeInteger(boundDims) || boundDims < 0 || boundDims > dim) {
     throw new RangeError(`kCenterGreedy: lowerBoundDims must be an integer in [0, dim = ${dim}], got ${String(opts.lowerBoundDims)}`);
   }
+  const threads = resolveThreads(opts.threads);
+  const parallelMin = opts.parallelMinMembers ?? DEFAULT_PARALLEL_MIN_MEMBERS;
+  if (!Number.isSafeInteger(parallelMin) || parallelMin < 0) {
+    throw new RangeError(`kCenterGreedy: parallelMinMembers must be a non-negative integer, got ${String(parallelMin)}`);
+  }
   const selected = new Uint32Array(m);
   const minDistanceAtSelection = new Float32Array(m);
   const stride = progressStride(m);
-  if (m === 0) return { selected, minDistanceAtSelection, distanceEvaluations: 0, centreDistanceEvaluations: 0, boundEvaluations: 0 };
-
-  // Lower bound: ‖Uᵀx − Uᵀy‖ ≤ ‖x − y‖ for the orthonormal U. A skip needs the bound to beat the
-  // threshold by BOUND_REL plus an absolute margin far above the rounding of the coordinates
-  // (≈ dim·2⁻⁵³·‖x‖ each), so skipped evaluations could never have lowered anything.
-  const K = boundDims;
-  let z: Float64Array = new Float64Array(0);
-  let boundAbs = 0;
-  if (K > 0) {
-    const projected = projectOnBasis(points, n, dim, principalBasis(points, n, dim, K), K);
-    z = projected.z;
-    boundAbs = 1e-9 * (1 + projected.maxNorm2);
+  if (m === 0) {
+    return { selected, minDistanceAtSelection, distanceEvaluations: 0, centreDistanceEvaluations: 0, boundEvaluations: 0, threads: 1, workerShare: 0 };
   }
-  const zc = new Float64Array(K);
 
-  // Clusters: cluster k belongs to centre cCentre[k] (k = 0: the start index, k ≥ 1: the k-th
-  // selected point). Each cluster stores its members' indices, squared distances to the centre,
-  // feature rows and bound coordinates contiguously: the scans then read memory in order instead
-  // of jumping through the whole point array (3× faster at 600k points). Rows move with their point.
-  const maxClusters = m + 1;
-  const cCentre = new Uint32Array(maxClusters);
-  const cMembers: Uint32Array[] = new Array<Uint32Array>(maxClusters);
-  const cDist: Float64Array[] = new Array<Float64Array>(maxClusters);
-  const cRows: Float32Array[] = new Array<Float32Array>(maxClusters);
-  const cZ: Float64Array[] = new Array<Float64Array>(maxClusters);
-  const cLen = new Uint32Array(maxClusters);
-  const cMax = new Float64Array(maxClusters); // largest member distance (squared)
-  const cArg = new Uint32Array(maxClusters); // its point, lowest index on ties
-  const cArgPos = new Uint32Array(maxClusters); // and where that point sits in the cluster
-  // Rows and bound coordinates of the centres, kept apart because cluster storage moves.
-  const centreRows = new Float32Array(maxClusters * dim);
-  const centreZ = new Float64Array(maxClusters * K);
-  let clusters = 0;
+  const K = boundDims;
+  const dimPad = paddedDim(dim);
+  const kPad = Math.ceil(K / 4) * 4;
+  const workerCount = threads > 1 && n >= 2 * parallelMin ? threads - 1 : 0;
+  const L = planLayout(n, dimPad, kPad, m, 1 + workerCount);
+  const memory = createSharedMemory(L.total, 'kCenterGreedy');
+  // Rows and bound coordinates first: the margins depend on the coordinates' size.
+  const sh = openShared(memory, L, kCenterMargins(dimPad, 0));
+  copyRowsPadded(points, n, dim, sh.rows, dimPad);
+  if (K > 0) sh.margins = kCenterMargins(dimPad, computeBoundCoordinates(sh, points, n, dim, K));
+  const margins = sh.margins;
+  const { kernel } = sh;
+  const { dimBytes, kBytes } = L;
 
-  const centre = new Float32Array(dim);
-  const moverIdx = new Uint32Array(n);
-  const moverDist = new Float64Array(n);
-  let moverRows = new Float32Array(Math.min(n, 1024) * dim);
-  let moverZ = new Float64Array(Math.min(n, 1024) * K);
-  let evaluations = 0;
+  // Cluster 0: every point, measured against the start index; its centre row is kept apart
+  // (slot 0 of the centre arrays) because arena slots move.
+  for (let i = 0; i < n; i++) sh.idx[i] = i;
+  sh.centreRows.set(sh.rows.subarray(startIndex * dimPad, startIndex * dimPad + dimPad), 0);
+  sh.centreZ.set(sh.z.subarray(startIndex * kPad, startIndex * kPad + kPad), 0);
+  sh.dist.fill(Infinity, 0, n);
+  kernel.minUpdate(L.rows, n, dimBytes, L.centreRows, L.dist);
+  initialResiduals(sh, n, kPad, startIndex, margins);
+  const arg0 = kernel.argmax(L.dist, n);
+  sh.cStart[0] = 0;
+  sh.cLen[0] = n;
+  sh.cMax[0] = sh.dist[arg0];
+  sh.cArg[0] = arg0;
+  sh.cArgPos[0] = arg0;
+  let clusters = 1;
+  let bump = n; // first free arena slot
+  let evaluations = n;
   let centreEvaluations = 0;
   let boundEvaluations = 0;
+  let seq = 0;
 
-  // Cluster 0: every point, measured against the start index.
-  {
-    centre.set(points.subarray(startIndex * dim, startIndex * dim + dim));
-    const members = new Uint32Array(n);
-    const dist = new Float64Array(n);
-    let mx = -1;
-    let arg = 0;
-    for (let i = 0; i < n; i++) {
-      const d = squaredDistance(points, i * dim, centre, 0, dim);
-      members[i] = i;
-      dist[i] = d;
-      if (d > mx) {
-        mx = d;
-        arg = i;
-      }
-    }
-    evaluations += n;
-    centreRows.set(centre, 0);
-    if (K > 0) centreZ.set(z.subarray(startIndex * K, startIndex * K + K), 0);
-    cCentre[0] = startIndex;
-    cMembers[0] = members;
-    cDist[0] = dist;
-    cRows[0] = opts.consumePoints === true ? points : points.slice();
-    cZ[0] = z;
-    cLen[0] = n;
-    cMax[0] = mx;
-    cArg[0] = arg;
-    cArgPos[0] = arg;
-    clusters = 1;
-  }
-
-  for (let s = 0; s < m; s++) {
-    // The farthest point overall: the best of the cluster maxima, lowest index on ties.
-    let best = -1;
-    let bestIdx = 0;
-    let bestCluster = 0;
+  /** Packs the live clusters to the front of the arena, in cluster (= address) order. */
+  const compact = (): void => {
+    let write = 0;
     for (let k = 0; k < clusters; k++) {
-      if (cLen[k] === 0) continue;
-      const v = cMax[k];
-      if (v > best || (v === best && cArg[k] < bestIdx)) {
-        best = v;
-        bestIdx = cArg[k];
-        bestCluster = k;
+      const len = sh.cLen[k];
+      if (len === 0) continue;
+      const src = sh.cStart[k];
+      if (src !== write) {
+        sh.rows.copyWithin(write * dimPad, src * dimPad, (src + len) * dimPad);
+        if (kPad > 0) sh.z.copyWithin(write * kPad, src * kPad, (src + len) * kPad);
+        sh.dist.copyWithin(write, src, src + len);
+        sh.idx.copyWithin(write, src, src + len);
+        sh.rho.copyWithin(write, src, src + len);
+        sh.cStart[k] = write;
       }
+      write += len;
     }
-    const c = bestIdx;
-    selected[s] = c;
-    minDistanceAtSelection[s] = Math.sqrt(best);
-    const pos = cArgPos[bestCluster];
-    centre.set(cRows[bestCluster].subarray(pos * dim, pos * dim + dim));
-    centreRows.set(centre, clusters * dim);
-    if (K > 0) {
-      zc.set(cZ[bestCluster].subarray(pos * K, pos * K + K));
-      centreZ.set(zc, clusters * K);
-    }
+    bump = write;
+  };
 
-    let movers = 0;
-    for (let k = 0; k < clusters; k++) {
-      const len = cLen[k];
-      // A cluster whose members all sit on their centre cannot improve.
-      if (len === 0 || cMax[k] === 0) continue;
-      // Whole cluster: skip when d(c,a) ≥ 2·radius  ⇔  d² ≥ 4·radius².
-      const clusterLimit = 4 * cMax[k] * PRUNE_SLACK;
-      if (K > 0) {
-        boundEvaluations++;
-        if (boundDistance(centreZ, k * K, zc, K) > clusterLimit * BOUND_REL + boundAbs) continue;
+  const pool = workerCount > 0 ? new WorkerPool(workerCount, memory, L, margins, opts.failWorkerAtChunk ?? 0) : null;
+  const outArgPos = new Uint32Array(memory.buffer, L.out, 1);
+  try {
+    for (let s = 0; s < m; s++) {
+      pool?.check();
+      // The farthest point overall: the best of the cluster maxima, lowest index on ties.
+      let best = -1;
+      let bestIdx = 0;
+      let bestCluster = 0;
+      for (let k = 0; k < clusters; k++) {
+        if (sh.cLen[k] === 0) continue;
+        const v = sh.cMax[k];
+        if (v > best || (v === best && sh.cArg[k] < bestIdx)) {
+          best = v;
+          bestIdx = sh.cArg[k];
+          bestCluster = k;
+        }
       }
-      const dCentres = squaredDistance(centreRows, k * dim, centre, 0, dim);
-      centreEvaluations++;
-      if (dCentres >= clusterLimit) continue;
-      // Member x: skip when d(c,a) ≥ 2·d(x,a)  ⇔  d(x,a)² ≤ d(c,a)² / 4.
-      const keepBelow = dCentres / (4 * PRUNE_SLACK);
-      const members = cMembers[k];
-      const dist = cDist[k];
-      const rows = cRows[k];
-      const zs = cZ[k];
-      // Movers leave by swap-with-last, so only they cost a row copy; member order is free
-      // because ties are broken by index explicitly.
-      let w = len;
+      selected[s] = bestIdx;
+      minDistanceAtSelection[s] = Math.sqrt(best);
+      const from = sh.cStart[bestCluster] + sh.cArgPos[bestCluster];
+      sh.centreRows.set(sh.rows.subarray(from * dimPad, from * dimPad + dimPad), clusters * dimPad);
+      if (kPad > 0) sh.centreZ.set(sh.z.subarray(from * kPad, from * kPad + kPad), clusters * kPad);
+      const cPtr = L.centreRows + clusters * dimBytes;
+      const czPtr = L.centreZ + clusters * kBytes;
+
+      // Phase 1: which clusters can lose members to c (and below which distance their members
+      // stay), then their scans, shared with the workers when big enough. Clusters only read.
+      sh.filterStats[0] = 0;
+      sh.filterStats[1] = 0;
+      const tasks = kernel.filter(
+        clusters, L.cLen, L.cMax, L.centreRows, L.centreZ, cPtr, czPtr, dimBytes, kBytes,
+        margins.slack, margins.lo, margins.hi, margins.abs, L.taskK, L.taskKeep, L.taskQ, L.filterStats,
+      );
+      centreEvaluations += sh.filterStats[0];
+      boundEvaluations += sh.filterStats[1];
+      let scanned = 0;
+      for (let t = 0; t < tasks; t++) {
+        sh.taskMvOffset[t] = scanned; // room for every member: distinct clusters, n in all
+        scanned += sh.cLen[sh.taskK[t]];
+      }
+      sh.ctl[CTL.C_PTR] = cPtr;
+      sh.ctl[CTL.CZ_PTR] = czPtr;
+      if (pool && scanned >= Math.max(1, parallelMin)) {
+        const chunks = planChunks(sh, tasks, scanned, pool.size + 1);
+        pool.publish(++seq, chunks);
+        runChunks(sh, seq, 0);
+        pool.waitDone(chunks);
+      } else {
+        sh.chunkStart[0] = 0;
+        sh.chunkStart[1] = tasks;
+        processChunk(sh, 0, 0);
+      }
+
+      // Phase 2 (this thread): the movers leave their clusters for the new one, appended to
+      // the arena behind the live clusters.
+      let movers = 0;
+      for (let t = 0; t < tasks; t++) {
+        movers += sh.taskMovers[t];
+        evaluations += sh.taskEvals[t];
+        boundEvaluations += sh.taskBounds[t];
+      }
+      if (bump + movers > L.cap) compact();
+      let cursor = bump;
+      for (let t = 0; t < tasks; t++) {
+        const count = sh.taskMovers[t];
+        if (count === 0) continue;
+        const k = sh.taskK[t];
+        const st = sh.cStart[k];
+        const mv = sh.taskMvOffset[t] * 4;
+        sh.cLen[k] = kernel.takeMovers(
+          L.dist + st * 4, L.idx + st * 4, L.z + st * kBytes, L.rho + st * 4, L.rows + st * dimBytes, sh.cLen[k],
+          L.mvPos + mv, L.mvDist + mv, L.mvRho + mv, count,
+          L.dist + cursor * 4, L.idx + cursor * 4, L.z + cursor * kBytes, L.rho + cursor * 4, L.rows + cursor * dimBytes,
+          dimBytes, kBytes, sh.cArgPos[k], L.out,
+        );
+        sh.cArgPos[k] = outArgPos[0];
+        cursor += count;
+      }
       let mx = -1;
       let arg = 0;
       let argPos = 0;
-      for (let r = 0; r < w; ) {
-        const x = members[r];
-        const dx = dist[r];
-        if (dx > keepBelow) {
-          let screened = false;
-          if (K > 0) {
-            boundEvaluations++;
-            screened = boundDistance(zs, r * K, zc, K) > dx * BOUND_REL + boundAbs;
-          }
-          if (!screened) {
-            const d = squaredDistance(rows, r * dim, centre, 0, dim);
-            evaluations++;
-            if (d < dx) {
-              if ((movers + 1) * dim > moverRows.length) {
-                const grown = Math.min(n, 2 * (movers + 1));
-                const nr = new Float32Array(grown * dim);
-                nr.set(moverRows.subarray(0, movers * dim));
-                moverRows = nr;
-                const nz = new Float64Array(grown * K);
-                nz.set(moverZ.subarray(0, movers * K));
-                moverZ = nz;
-              }
-              moverIdx[movers] = x;
-              moverDist[movers] = d;
-              moverRows.set(rows.subarray(r * dim, r * dim + dim), movers * dim);
-              if (K > 0) moverZ.set(zs.subarray(r * K, r * K + K), movers * K);
-              movers++;
-              w--;
-              if (r !== w) {
-                members[r] = members[w];
-                dist[r] = dist[w];
-                rows.copyWithin(r * dim, w * dim, w * dim + dim);
-                if (K > 0) zs.copyWithin(r * K, w * K, w * K + K);
-              }
-              continue; // examine the member swapped into slot r
-            }
-          }
-        }
+      for (let p = bump; p < cursor; p++) {
+        const dx = sh.dist[p];
+        const x = sh.idx[p];
         if (dx > mx || (dx === mx && x < arg)) {
           mx = dx;
           arg = x;
-          argPos = r; // kept members never move again during this scan
+          argPos = p - bump;
         }
-        r++;
       }
-      cLen[k] = w;
-      cMax[k] = mx;
-      cArg[k] = arg;
-      cArgPos[k] = argPos;
-      // Give memory back when a cluster has shrunk a lot (keeps the total near n rows).
-      if (w < members.length >>> 2) {
-        cMembers[k] = members.slice(0, w);
-        cDist[k] = dist.slice(0, w);
-        cRows[k] = rows.slice(0, w * dim);
-        cZ[k] = zs.slice(0, w * K);
-      }
-    }
+      sh.cStart[clusters] = bump;
+      sh.cLen[clusters] = cursor - bump;
+      sh.cMax[clusters] = mx;
+      sh.cArg[clusters] = arg;
+      sh.cArgPos[clusters] = argPos;
+      clusters++;
+      bump = cursor;
 
-    // The new cluster: every point that moved to c (c itself included, at distance 0).
-    const dist = moverDist.slice(0, movers);
-    const members = moverIdx.slice(0, movers);
-    let mx = -1;
-    let arg = 0;
-    let argPos = 0;
-    for (let r = 0; r < movers; r++) {
-      const dx = dist[r];
-      const x = members[r];
-      if (dx > mx || (dx === mx && x < arg)) {
-        mx = dx;
-        arg = x;
-        argPos = r;
-      }
+      if (opts.onProgress && ((s + 1) % stride === 0 || s + 1 === m)) opts.onProgress(s + 1, m);
     }
-    cCentre[clusters] = c;
-    cMembers[clusters] = members;
-    cDist[clusters] = dist;
-    if (movers * dim * 2 >= moverRows.length && movers > 1024) {
-      // A big new cluster (early steps) takes the scratch itself instead of a copy of it.
-      cRows[clusters] = moverRows.subarray(0, movers * dim);
-      cZ[clusters] = moverZ.subarray(0, movers * K);
-      moverRows = new Float32Array(Math.min(n, 1024) * dim);
-      moverZ = new Float64Array(Math.min(n, 1024) * K);
-    } else {
-      cRows[clusters] = moverRows.slice(0, movers * dim);
-      cZ[clusters] = moverZ.slice(0, movers * K);
-    }
-    cLen[clusters] = movers;
-    cMax[clusters] = mx;
-    cArg[clusters] = arg;
-    cArgPos[clusters] = argPos;
-    clusters++;
-    // The first steps move a large share of all points; do not keep that scratch for the rest.
-    if (moverRows.length > 4096 * dim && movers * dim * 4 < moverRows.length) {
-      moverRows = new Float32Array(Math.min(n, 1024) * dim);
-      moverZ = new Float64Array(Math.min(n, 1024) * K);
-    }
-
-    if (opts.onProgress && ((s + 1) % stride === 0 || s + 1 === m)) opts.onProgress(s + 1, m);
+  } finally {
+    pool?.stop();
   }
+  const allChunks = sh.ctl[CTL.ALL_CHUNKS];
   return {
     selected,
     minDistanceAtSelection,
     distanceEvaluations: evaluations,
     centreDistanceEvaluations: centreEvaluations,
     boundEvaluations,
+    threads: 1 + workerCount,
+    workerShare: allChunks > 0 ? Atomics.load(sh.ctl, CTL.WORKER_CHUNKS) / allChunks : 0,
   };
 }
 
-/** Squared distance between row `zo` of the basis coordinates and the centre's coordinates. */
-function boundDistance(z: Float64Array, zo: number, zc: Float64Array, k: number): number {
-  let s0 = 0;
-  let s1 = 0;
-  let j = 0;
-  for (; j + 1 < k; j += 2) {
-    const d0 = z[zo + j] - zc[j];
-    const d1 = z[zo + j + 1] - zc[j + 1];
-    s0 += d0 * d0;
-    s1 += d1 * d1;
+/**
+ * Splits the task list (in cluster order) into chunks of about equal member counts, several per
+ * thread so that a thread slowed by other load leaves its share to the others.
+ */
+function planChunks(sh: KCenterShared, tasks: number, scanned: number, threads: number): number {
+  const target = Math.max(2048, Math.ceil(scanned / (threads * 6)));
+  let chunks = 0;
+  let acc = 0;
+  sh.chunkStart[0] = 0;
+  for (let t = 0; t < tasks; t++) {
+    acc += sh.cLen[sh.taskK[t]];
+    if (acc >= target || t === tasks - 1) {
+      sh.chunkStart[++chunks] = t + 1;
+      acc = 0;
+    }
   }
-  if (j < k) {
-    const d = z[zo + j] - zc[j];
-    s0 += d * d;
-  }
-  return s0 + s1;
+  return chunks;
 }
 
 /** The points k-center runs on and where it starts, as `selectCoreset` derives them. */
@@ -589,8 +759,9 @@ export function prepareCoresetInput(features: Float32Array, n: number, dim: numb
   // jlMinDim(n) ≥ 17 for every n ≥ 2; n = 1 only admits ratio 1, which never projects.
   const proj = makeSparseProjection(dim, Math.max(1, jlMinDim(n)), rng);
   if (proj.outputDim >= dim) {
-    // Same distances as on the projected rows, at dim instead of outputDim dimensions of work.
-    return { points: projectRowsDense(compactProjection(proj), dim, dim, features, n), dim, startIndex, m };
+    // Same distances as on the projected rows, at dim instead of outputDim dimensions of work
+    // (the transform runs in the kernel's f64 lanes: 3–4× the plain JS loop at 627k rows).
+    return { points: transformRows(compactProjection(proj), dim, dim, features, n, true), dim, startIndex, m };
   }
   return { points: projectRows(proj, features, n), dim: proj.outputDim, startIndex, m };
 }
@@ -609,9 +780,8 @@ export function selectCoreset(features: Float32Array, n: number, dim: number, op
     return all;
   }
   const input = prepareCoresetInput(features, n, dim, opts);
-  // The projected rows are ours to reorder; the caller's features are not.
   return kCenterGreedy(input.points, n, input.dim, input.m, input.startIndex, {
     onProgress: opts.onProgress,
-    consumePoints: input.points !== features,
+    threads: opts.threads,
   }).selected;
 }

@@ -1,7 +1,10 @@
 import test from 'ava';
-import { readFileSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import ts from 'typescript';
 import {
   coresetSize,
   kCenterGreedy,
@@ -10,10 +13,12 @@ import {
   principalBasis,
   selectCoreset,
 } from '../models/coreset.js';
-import { jlMinDim, makeSparseProjection, projectRows } from '../models/projection.js';
+import { createKernel, createSharedMemory, paddedDim, squaredDistanceF32, transformRows } from '../models/distance-kernel.js';
+import { compactProjection, jlMinDim, makeSparseProjection, projectRows, projectRowsDense } from '../models/projection.js';
 import { Random } from '../models/random.js';
 
-const referenceDir = resolve(dirname(fileURLToPath(import.meta.url)), '../../shared/reference/patchcore');
+const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+const referenceDir = resolve(repoRoot, '../shared/reference/patchcore');
 
 function readF32(path: string): Float32Array {
   const b = readFileSync(path);
@@ -287,4 +292,143 @@ test('compact projection: the d×d QR factor preserves every distance of the wid
     }
   }
   t.true(worst < 1e-5, `worst relative distance error ${worst}`);
+});
+
+// ---- distance-kernel.ts ----
+
+test('distance kernel: the WebAssembly SIMD squared distance is bit-identical to its JS statement', (t) => {
+  const rng = new Random(21);
+  const memory = createSharedMemory(1 << 20, 'test');
+  const kernel = createKernel(memory);
+  const f = new Float32Array(memory.buffer);
+  for (const dim of [1, 6, 31, 32, 33, 128, 200]) {
+    const dimPad = paddedDim(dim);
+    t.is(dimPad % 32, 0);
+    for (let trial = 0; trial < 40; trial++) {
+      f.fill(0, 0, 2 * dimPad);
+      for (let i = 0; i < dim; i++) {
+        f[i] = gaussian(rng) * 10 ** rng.nextInt(4);
+        f[dimPad + i] = trial % 5 === 0 ? f[i] : gaussian(rng);
+      }
+      const wasm = kernel.sqdist(0, dimPad * 4, dimPad * 4);
+      t.is(wasm, squaredDistanceF32(f, 0, f, dimPad, dimPad), `dim ${dim} trial ${trial}`);
+      if (trial % 5 === 0) t.is(wasm, 0);
+    }
+  }
+  // minUpdate / argmax against plain loops, with duplicate rows (ties: lowest index).
+  const n = 300;
+  const dim = 40;
+  const dimPad = paddedDim(dim);
+  f.fill(0);
+  for (let r = 0; r < n; r++) for (let i = 0; i < dim; i++) f[r * dimPad + i] = r % 7 === 3 ? f[3 * dimPad + i] : gaussian(rng);
+  const distAt = n * dimPad * 4;
+  const dist = new Float32Array(memory.buffer, distAt, n).fill(Infinity);
+  for (const c of [0, 3, 17]) {
+    kernel.minUpdate(0, n, dimPad * 4, c * dimPad * 4, distAt);
+    const want = Array.from({ length: n }, () => Infinity);
+    for (const cc of [0, 3, 17].slice(0, [0, 3, 17].indexOf(c) + 1)) {
+      for (let r = 0; r < n; r++) want[r] = Math.min(want[r], squaredDistanceF32(f, r * dimPad, f, cc * dimPad, dimPad));
+    }
+    t.deepEqual(Array.from(dist), want);
+    let best = 0;
+    for (let r = 1; r < n; r++) if (want[r] > want[best]) best = r;
+    t.is(kernel.argmax(distAt, n), best);
+  }
+});
+
+test('distance kernel: transformRows matches the plain f64 product, in blocks, triangular or not', (t) => {
+  const rng = new Random(31);
+  const d = 37;
+  const tri = compactProjection(makeSparseProjection(d, 90, rng));
+  const n = 70_000; // more rows than one block
+  const x = Float32Array.from({ length: n * d }, () => gaussian(rng));
+  const plain = projectRowsDense(tri, d, d, x, n);
+  const fast = transformRows(tri, d, d, x, n, true);
+  t.deepEqual(transformRows(tri, d, d, x, n, false), fast);
+  let worst = 0;
+  for (let i = 0; i < plain.length; i++) worst = Math.max(worst, Math.abs(plain[i] - fast[i]) / (Math.abs(plain[i]) + 1e-6));
+  t.true(worst < 1e-6, `worst relative difference ${worst}`);
+  // A wide (non-square) matrix too.
+  const w = Float64Array.from({ length: 5 * d }, () => gaussian(rng));
+  const y = transformRows(w, 5, d, x.subarray(0, 10 * d), 10, false);
+  for (let r = 0; r < 10; r++) {
+    for (let i = 0; i < 5; i++) {
+      let s = 0;
+      for (let c = 0; c < d; c++) s += w[i * d + c] * x[r * d + c];
+      t.true(Math.abs(y[r * 5 + i] - s) <= 1e-6 * (1 + Math.abs(s)));
+    }
+  }
+  t.throws(() => transformRows(w, 5, d, x, 3, false), { message: /5×37 matrix and 3 rows of 37 values/ });
+});
+
+// ---- parallel k-center (coreset-worker.ts) ----
+
+test('parallel k-center: the same selection for 1, 2 and 3 threads, workers take part, equal to naive', (t) => {
+  const n = 8000;
+  const dim = 128;
+  const m = 160;
+  const points = clustered(n, dim, 300, 4);
+  const naive = kCenterGreedyNaive(points, n, dim, m, 11);
+  for (const threads of [1, 2, 3]) {
+    const r = kCenterGreedy(points, n, dim, m, 11, { threads, parallelMinMembers: 0 });
+    t.deepEqual(r.selected, naive.selected, `threads ${threads}`);
+    t.deepEqual(r.minDistanceAtSelection, naive.minDistanceAtSelection);
+    t.is(r.threads, threads);
+    if (threads > 1) t.true(r.workerShare > 0, `workers scanned ${r.workerShare} of the chunks`);
+  }
+  // Small inputs do not start workers at the default threshold.
+  t.is(kCenterGreedy(points, n, dim, 20, 11, { threads: 2 }).threads, 1);
+  t.throws(() => kCenterGreedy(points, n, dim, 20, 11, { threads: 0 }), { message: /threads must be an integer in \[1, 64\], got 0/ });
+});
+
+test('parallel k-center: a failing worker fails the call with its error, and nothing hangs', (t) => {
+  const n = 6000;
+  const dim = 64;
+  const points = clustered(n, dim, 100, 5);
+  t.throws(() => kCenterGreedy(points, n, dim, 100, 0, { threads: 2, parallelMinMembers: 0, failWorkerAtChunk: 3 }), {
+    message: /coreset worker 1 failed: Error: injected failure on chunk \d+ of step \d+/,
+  });
+  t.throws(() => kCenterGreedy(points, n, dim, 100, 0, { threads: 3, parallelMinMembers: 0, failWorkerAtChunk: -1 }), {
+    message: /coreset worker [12] failed: Error: injected failure while starting/,
+  });
+  // The next call starts afresh and works.
+  const ok = kCenterGreedy(points, n, dim, 100, 0, { threads: 2, parallelMinMembers: 0 });
+  t.deepEqual(ok.selected, kCenterGreedyNaive(points, n, dim, 100, 0).selected);
+});
+
+test('compiled build: the worker runs as plain JS under node (no tsx) and selects the same points', (t) => {
+  // Transpile the k-center modules as tsc would emit them, then run them in a child without tsx.
+  const out = mkdtempSync(join(tmpdir(), 'coreset-compiled-'));
+  try {
+    mkdirSync(join(out, 'models'));
+    writeFileSync(join(out, 'package.json'), '{"type":"module"}');
+    for (const name of ['coreset', 'coreset-worker', 'distance-kernel', 'projection', 'random']) {
+      const source = readFileSync(resolve(repoRoot, 'models', `${name}.ts`), 'utf8');
+      const js = ts.transpileModule(source, { compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022 } }).outputText;
+      writeFileSync(join(out, 'models', `${name}.js`), js);
+    }
+    const n = 5000;
+    const dim = 128;
+    const points = clustered(n, dim, 200, 6);
+    writeFileSync(join(out, 'points.bin'), Buffer.from(points.buffer));
+    writeFileSync(
+      join(out, 'run.mjs'),
+      `import { readFileSync } from 'node:fs';
+import { kCenterGreedy } from './models/coreset.js';
+const b = readFileSync(new URL('./points.bin', import.meta.url));
+const points = new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
+const r = kCenterGreedy(points, ${n}, ${dim}, 100, 3, { threads: 2, parallelMinMembers: 0 });
+console.log(JSON.stringify({ selected: Array.from(r.selected), threads: r.threads, workerShare: r.workerShare }));
+`,
+    );
+    // Plain node: no tsx loader flags, so only the transpiled .js worker can load.
+    const child = spawnSync(process.execPath, [join(out, 'run.mjs')], { encoding: 'utf8', timeout: 60_000 });
+    t.is(child.status, 0, child.stderr);
+    const result = JSON.parse(child.stdout) as { selected: number[]; threads: number; workerShare: number };
+    t.is(result.threads, 2);
+    t.true(result.workerShare > 0);
+    t.deepEqual(result.selected, Array.from(kCenterGreedy(points, n, dim, 100, 3, { threads: 1 }).selected));
+  } finally {
+    rmSync(out, { recursive: true, force: true });
+  }
 });

@@ -1,0 +1,636 @@
+/**
+ * The WebAssembly SIMD kernels of greedy k-center (see coreset.ts): squared distances and the
+ * subspace lower bound in f32x4 lanes, and the whole member scan of one cluster, so the hot loops
+ * run as straight SIMD code over rows kept in one (shared) WebAssembly memory.
+ *
+ * There is no WebAssembly toolchain in this project, so the module is assembled here, at load
+ * time, by a minimal binary encoder: every function below is a list of opcodes whose shape is
+ * written out next to it. The encoder covers only what the kernels use.
+ *
+ * Summation order is part of the contract: a squared distance over dimPad floats (dimPad a multiple
+ * of 32, rows zero-padded) accumulates element i into lane i mod 4 of accumulator A when
+ * ⌊i/4⌋ is even and of accumulator B otherwise, in f32, then returns ((s₀ + s₁) + (s₂ + s₃)) of
+ * S = A + B. `squaredDistanceF32` is the same computation in plain JS (for tests). Every caller —
+ * the naive reference and the pruned algorithm — gets bit-identical values for the same two rows.
+ */
+
+// ---- the WebAssembly API, typed locally (this project's lib settings carry no WebAssembly types) ----
+
+/** A WebAssembly.Memory: shared, so its buffer is a SharedArrayBuffer that never detaches. */
+export interface KernelMemory {
+  readonly buffer: SharedArrayBuffer;
+}
+interface WasmApi {
+  Memory: new (descriptor: { initial: number; maximum: number; shared: true }) => KernelMemory;
+  Module: new (bytes: Uint8Array) => object;
+  Instance: new (module: object, imports: Record<string, Record<string, unknown>>) => { exports: Record<string, unknown> };
+}
+const wasm = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
+
+// ---- a minimal WebAssembly binary encoder ----
+
+const I32 = 0x7f;
+const F32 = 0x7d;
+const F64 = 0x7c;
+const V128 = 0x7b;
+type ValType = typeof I32 | typeof F32 | typeof F64 | typeof V128;
+
+function uleb(v: number): number[] {
+  const out: number[] = [];
+  do {
+    let b = v & 0x7f;
+    v = Math.floor(v / 128);
+    if (v !== 0) b |= 0x80;
+    out.push(b);
+  } while (v !== 0);
+  return out;
+}
+
+function sleb(v: number): number[] {
+  const out: number[] = [];
+  for (;;) {
+    const b = v & 0x7f;
+    v >>= 7;
+    if ((v === 0 && (b & 0x40) === 0) || (v === -1 && (b & 0x40) !== 0)) {
+      out.push(b);
+      return out;
+    }
+    out.push(b | 0x80);
+  }
+}
+
+function utf8(s: string): number[] {
+  const bytes = Array.from(new TextEncoder().encode(s));
+  return [...uleb(bytes.length), ...bytes];
+}
+
+function section(id: number, body: number[]): number[] {
+  return [id, ...uleb(body.length), ...body];
+}
+
+function vec(items: number[][]): number[] {
+  return [...uleb(items.length), ...items.flat()];
+}
+
+/** Opcodes (and immediates) used by the kernels. */
+const op = {
+  block: [0x02, 0x40],
+  loop: [0x03, 0x40],
+  if: [0x04, 0x40],
+  end: [0x0b],
+  br: (depth: number) => [0x0c, ...uleb(depth)],
+  brIf: (depth: number) => [0x0d, ...uleb(depth)],
+  get: (i: number) => [0x20, ...uleb(i)],
+  set: (i: number) => [0x21, ...uleb(i)],
+  tee: (i: number) => [0x22, ...uleb(i)],
+  i32Load: (offset = 0) => [0x28, 2, ...uleb(offset)],
+  f32Load: (offset = 0) => [0x2a, 2, ...uleb(offset)],
+  f64Load: (offset = 0) => [0x2b, 3, ...uleb(offset)],
+  i32Store: (offset = 0) => [0x36, 2, ...uleb(offset)],
+  f32Store: (offset = 0) => [0x38, 2, ...uleb(offset)],
+  f64Store: (offset = 0) => [0x39, 3, ...uleb(offset)],
+  i32Const: (v: number) => [0x41, ...sleb(v)],
+  f32Const: (v: number) => {
+    const b = new Uint8Array(4);
+    new DataView(b.buffer).setFloat32(0, v, true);
+    return [0x43, ...b];
+  },
+  f64Const: (v: number) => {
+    const b = new Uint8Array(8);
+    new DataView(b.buffer).setFloat64(0, v, true);
+    return [0x44, ...b];
+  },
+  i32Eqz: [0x45],
+  i32Ne: [0x47],
+  i32LtU: [0x49],
+  i32GeU: [0x4f],
+  f32Eq: [0x5b],
+  f32Gt: [0x5e],
+  f32Ge: [0x60],
+  f64Gt: [0x64],
+  f64Le: [0x65],
+  f64Ge: [0x66],
+  i32Add: [0x6a],
+  i32Sub: [0x6b],
+  i32Mul: [0x6c],
+  i32And: [0x71],
+  i32Or: [0x72],
+  i32Shl: [0x74],
+  f32Add: [0x92],
+  f64Mul: [0xa2],
+  f64Div: [0xa3],
+  f64Add: [0xa0],
+  f64Sub: [0xa1],
+  f64Max: [0xa5],
+  f64Sqrt: [0x9f],
+  f32DemoteF64: [0xb6],
+  i32Eq: [0x46],
+  select: [0x1b],
+  f64PromoteF32: [0xbb],
+  memoryCopy: [0xfc, ...uleb(10), 0x00, 0x00],
+  v128Load: (offset = 0) => [0xfd, ...uleb(0), 4, ...uleb(offset)],
+  v128Zero: [0xfd, ...uleb(12), ...new Array<number>(16).fill(0)],
+  f32x4ExtractLane: (lane: number) => [0xfd, ...uleb(31), lane],
+  f64x2ExtractLane: (lane: number) => [0xfd, ...uleb(33), lane],
+  f64x2Add: [0xfd, ...uleb(240)],
+  f64x2Mul: [0xfd, ...uleb(242)],
+  f64Load0: [0x2b, 3, 0],
+  f32x4Add: [0xfd, ...uleb(228)],
+  f32x4Sub: [0xfd, ...uleb(229)],
+  f32x4Mul: [0xfd, ...uleb(230)],
+};
+
+/** One function under construction: parameters first, then locals added on demand. */
+class Fn {
+  readonly params: ValType[];
+  readonly results: ValType[];
+  private readonly locals: ValType[] = [];
+  readonly code: number[] = [];
+
+  constructor(params: ValType[], results: ValType[]) {
+    this.params = params;
+    this.results = results;
+  }
+
+  local(type: ValType): number {
+    this.locals.push(type);
+    return this.params.length + this.locals.length - 1;
+  }
+
+  emit(...parts: number[][]): void {
+    for (const p of parts) for (const b of p) this.code.push(b);
+  }
+
+  body(): number[] {
+    const groups: number[][] = this.locals.map((t) => [1, t]);
+    const bytes = [...vec(groups), ...this.code, ...op.end];
+    return [...uleb(bytes.length), ...bytes];
+  }
+
+  type(): number[] {
+    return [0x60, ...vec(this.params.map((p) => [p])), ...vec(this.results.map((r) => [r]))];
+  }
+}
+
+// ---- kernel building blocks (inline code emitters) ----
+
+/** out ← ((v₀ + v₁) + (v₂ + v₃)) of the f32x4 local v. */
+function emitHorizontalSum(f: Fn, v: number, out: number): void {
+  f.emit(
+    op.get(v), op.f32x4ExtractLane(0), op.get(v), op.f32x4ExtractLane(1), op.f32Add,
+    op.get(v), op.f32x4ExtractLane(2), op.get(v), op.f32x4ExtractLane(3), op.f32Add,
+    op.f32Add, op.set(out),
+  );
+}
+
+/**
+ * out ← squared distance of the rows at byte addresses x and c (dimBytes bytes, a multiple of 128),
+ * in the contract's order. With `limit` (an f64 local): may stop early once the partial sum is
+ * ≥ limit, leaving that partial sum (≤ the full one, since f32 addition of non-negative terms is
+ * monotone) in out — exact whenever the full distance is below limit.
+ */
+function emitDistance(f: Fn, x: number, c: number, dimBytes: number, out: number, limit: number | null): void {
+  const a = f.local(V128);
+  const b = f.local(V128);
+  const t = f.local(V128);
+  const s = f.local(V128);
+  const j = f.local(I32);
+  const xj = f.local(I32);
+  const cj = f.local(I32);
+  f.emit(op.v128Zero, op.set(a), op.v128Zero, op.set(b), op.i32Const(0), op.set(j));
+  f.emit(op.block, op.loop);
+  f.emit(op.get(x), op.get(j), op.i32Add, op.set(xj), op.get(c), op.get(j), op.i32Add, op.set(cj));
+  for (let q = 0; q < 8; q++) {
+    const acc = q % 2 === 0 ? a : b;
+    f.emit(
+      op.get(xj), op.v128Load(16 * q), op.get(cj), op.v128Load(16 * q), op.f32x4Sub,
+      op.tee(t), op.get(t), op.f32x4Mul, op.get(acc), op.f32x4Add, op.set(acc),
+    );
+  }
+  f.emit(op.get(j), op.i32Const(128), op.i32Add, op.set(j));
+  if (limit !== null) {
+    f.emit(op.get(a), op.get(b), op.f32x4Add, op.set(s));
+    emitHorizontalSum(f, s, out);
+    f.emit(op.get(out), op.f64PromoteF32, op.get(limit), op.f64Ge, op.brIf(1));
+  }
+  f.emit(op.get(j), op.get(dimBytes), op.i32LtU, op.brIf(0), op.end);
+  f.emit(op.get(a), op.get(b), op.f32x4Add, op.set(s));
+  emitHorizontalSum(f, s, out);
+  f.emit(op.end);
+}
+
+/** out ← squared distance of the kBytes-long (multiple of 16) bound coordinates at zx and zc. */
+function emitBound(f: Fn, zx: number, zc: number, kBytes: number, out: number): void {
+  const a = f.local(V128);
+  const t = f.local(V128);
+  const j = f.local(I32);
+  f.emit(op.v128Zero, op.set(a), op.i32Const(0), op.set(j), op.loop);
+  f.emit(
+    op.get(zx), op.get(j), op.i32Add, op.v128Load(), op.get(zc), op.get(j), op.i32Add, op.v128Load(), op.f32x4Sub,
+    op.tee(t), op.get(t), op.f32x4Mul, op.get(a), op.f32x4Add, op.set(a),
+    op.get(j), op.i32Const(16), op.i32Add, op.tee(j), op.get(kBytes), op.i32LtU, op.brIf(0), op.end,
+  );
+  emitHorizontalSum(f, a, out);
+}
+
+/** sqdist(x, c, dimBytes) → f32: the contract's squared distance. */
+function buildSqdist(): Fn {
+  const f = new Fn([I32, I32, I32], [F32]);
+  const out = f.local(F32);
+  emitDistance(f, 0, 1, 2, out, null);
+  f.emit(op.get(out));
+  return f;
+}
+
+/** minUpdate(rows, n, dimBytes, c, dist): dist[i] ← min(dist[i], sqdist(row i, c)) for i < n. */
+function buildMinUpdate(): Fn {
+  const f = new Fn([I32, I32, I32, I32, I32], [I32]);
+  const [rows, n, dimBytes, c, dist] = [0, 1, 2, 3, 4];
+  const i = f.local(I32);
+  const x = f.local(I32);
+  const p = f.local(I32);
+  const d = f.local(F32);
+  f.emit(op.get(rows), op.set(x), op.block, op.loop, op.get(i), op.get(n), op.i32GeU, op.brIf(1));
+  emitDistance(f, x, c, dimBytes, d, null);
+  f.emit(op.get(dist), op.get(i), op.i32Const(2), op.i32Shl, op.i32Add, op.set(p));
+  f.emit(op.get(d), op.get(p), op.f32Load(), op.f32Gt, op.i32Eqz, op.if, op.get(p), op.get(d), op.f32Store(), op.end);
+  f.emit(op.get(x), op.get(dimBytes), op.i32Add, op.set(x), op.get(i), op.i32Const(1), op.i32Add, op.set(i), op.br(0));
+  f.emit(op.end, op.end, op.i32Const(0));
+  return f;
+}
+
+/** argmax(dist, n) → i32: index of the largest value, the lowest index on ties (n ≥ 1). */
+function buildArgmax(): Fn {
+  const f = new Fn([I32, I32], [I32]);
+  const [dist, n] = [0, 1];
+  const i = f.local(I32);
+  const bi = f.local(I32);
+  const best = f.local(F32);
+  const v = f.local(F32);
+  f.emit(op.f32Const(-1), op.set(best), op.block, op.loop, op.get(i), op.get(n), op.i32GeU, op.brIf(1));
+  f.emit(op.get(dist), op.get(i), op.i32Const(2), op.i32Shl, op.i32Add, op.f32Load(), op.tee(v), op.get(best), op.f32Gt);
+  f.emit(op.if, op.get(v), op.set(best), op.get(i), op.set(bi), op.end);
+  f.emit(op.get(i), op.i32Const(1), op.i32Add, op.set(i), op.br(0), op.end, op.end, op.get(bi));
+  return f;
+}
+
+/**
+ * filter(clusters, cLen, cMax, centreRows, centreZ, c, cz, dimBytes, kBytes, slack, lo, hi, abs,
+ *        outK, outKeep, outQ, stats) → count
+ * Lists the clusters whose members the new centre c might take. Cluster k (len > 0, max > 0) is
+ * skipped when a lower bound of d(c, centre k)² reaches limit = 4·max·slack: first the subspace
+ * bound b̃·lo − abs, then the distance itself. Otherwise outK[count] = k, outKeep[count] =
+ * d̃(c, a)² / (4·slack) (members at or below it stay) and outQ[count] = a lower bound of the
+ * distance between c and centre k outside the subspace, √(d̃·lo − b̃·hi − abs)₊ (f64 both).
+ * stats[0] += centre distances, stats[1] += bounds.
+ */
+function buildFilter(): Fn {
+  const f = new Fn([I32, I32, I32, I32, I32, I32, I32, I32, I32, F64, F64, F64, F64, I32, I32, I32, I32], [I32]);
+  const [clusters, cLen, cMax, centreRows, centreZ, c, cz, dimBytes, kBytes, slack, lo, hi, abs, outK, outKeep, outQ, stats] = [
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
+  ];
+  const k = f.local(I32);
+  const count = f.local(I32);
+  const cevals = f.local(I32);
+  const bounds = f.local(I32);
+  const mx = f.local(F32);
+  const limit = f.local(F64);
+  const b = f.local(F32);
+  const d = f.local(F32);
+  const q2 = f.local(F64);
+  const ptr = f.local(I32);
+  f.emit(op.block, op.loop, op.get(k), op.get(clusters), op.i32GeU, op.brIf(1));
+  f.emit(op.block); // $next
+  f.emit(op.get(cLen), op.get(k), op.i32Const(2), op.i32Shl, op.i32Add, op.i32Load(), op.i32Eqz, op.brIf(0));
+  f.emit(op.get(cMax), op.get(k), op.i32Const(2), op.i32Shl, op.i32Add, op.f32Load(), op.tee(mx), op.f32Const(0), op.f32Eq, op.brIf(0));
+  f.emit(op.f64Const(4), op.get(mx), op.f64PromoteF32, op.f64Mul, op.get(slack), op.f64Mul, op.set(limit));
+  f.emit(op.f32Const(0), op.set(b));
+  f.emit(op.get(kBytes), op.if);
+  f.emit(op.get(bounds), op.i32Const(1), op.i32Add, op.set(bounds));
+  f.emit(op.get(centreZ), op.get(k), op.get(kBytes), op.i32Mul, op.i32Add, op.set(ptr));
+  emitBound(f, ptr, cz, kBytes, b);
+  f.emit(op.get(b), op.f64PromoteF32, op.get(lo), op.f64Mul, op.get(abs), op.f64Sub, op.get(limit), op.f64Gt, op.brIf(1));
+  f.emit(op.end);
+  f.emit(op.get(cevals), op.i32Const(1), op.i32Add, op.set(cevals));
+  f.emit(op.get(centreRows), op.get(k), op.get(dimBytes), op.i32Mul, op.i32Add, op.set(ptr));
+  emitDistance(f, ptr, c, dimBytes, d, limit);
+  f.emit(op.get(d), op.f64PromoteF32, op.get(limit), op.f64Ge, op.brIf(0));
+  f.emit(op.get(outK), op.get(count), op.i32Const(2), op.i32Shl, op.i32Add, op.get(k), op.i32Store());
+  f.emit(op.get(outKeep), op.get(count), op.i32Const(3), op.i32Shl, op.i32Add);
+  f.emit(op.get(d), op.f64PromoteF32, op.f64Const(4), op.get(slack), op.f64Mul, op.f64Div, op.f64Store());
+  // q = √max(0, d̃·lo − b̃·hi − abs), 0 without a bound (b̃ = 0 then, and q is not used).
+  f.emit(op.get(d), op.f64PromoteF32, op.get(lo), op.f64Mul, op.get(b), op.f64PromoteF32, op.get(hi), op.f64Mul, op.f64Sub);
+  f.emit(op.get(abs), op.f64Sub, op.f64Const(0), op.f64Max, op.set(q2));
+  f.emit(op.get(outQ), op.get(count), op.i32Const(3), op.i32Shl, op.i32Add, op.get(q2), op.f64Sqrt, op.f64Store());
+  f.emit(op.get(count), op.i32Const(1), op.i32Add, op.set(count));
+  f.emit(op.end); // $next
+  f.emit(op.get(k), op.i32Const(1), op.i32Add, op.set(k), op.br(0), op.end, op.end);
+  f.emit(op.get(stats), op.get(stats), op.i32Load(0), op.get(cevals), op.i32Add, op.i32Store(0));
+  f.emit(op.get(stats), op.get(stats), op.i32Load(4), op.get(bounds), op.i32Add, op.i32Store(4));
+  f.emit(op.get(count));
+  return f;
+}
+
+/**
+ * scan(dist, idx, z, rho, rows, len, c, cz, keepBelow, q, lo, hi, abs, dimBytes, kBytes,
+ *      mvPos, mvDist, mvRho, out) → movers
+ * One cluster's members (parallel arrays: f32 distance to their centre a, u32 point index, bound
+ * coordinates, ρ ≥ their distance to a outside the subspace, row) against the new centre c; the
+ * cluster itself is not changed. Member x stays, unevaluated, when
+ *   dist ≤ keepBelow (triangle inequality), or
+ *   (q − ρ)₊² > dist·hi, or b̃·lo − abs + (q − ρ)₊² > dist·hi
+ * (q ≤ distance of c and a outside the subspace, b̃ the subspace bound: lower bounds of d(x, c)²);
+ * otherwise its distance to c is computed, and when smaller x moves: its position, new distance
+ * and new ρ = √(d̃·hi − b̃·lo + abs) go to the mover lists, in increasing position.
+ * out ← [movers i32, arg u32, argPos u32, max f32, evals i32, bounds i32] over the members that
+ * stay (lowest index on ties; max −1 if none).
+ */
+function buildScan(): Fn {
+  const f = new Fn([I32, I32, I32, I32, I32, I32, I32, I32, F64, F64, F64, F64, F64, I32, I32, I32, I32, I32, I32], [I32]);
+  const [dist, idx, z, rho, rows, len, c, cz, keepBelow, q, lo, hi, abs, dimBytes, kBytes, mvPos, mvDist, mvRho, out] = [
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18,
+  ];
+  const r = f.local(I32);
+  const x = f.local(I32);
+  const movers = f.local(I32);
+  const arg = f.local(I32);
+  const argPos = f.local(I32);
+  const evals = f.local(I32);
+  const bounds = f.local(I32);
+  const zPtr = f.local(I32);
+  const rowPtr = f.local(I32);
+  const dx = f.local(F32);
+  const dx64 = f.local(F64);
+  const thr = f.local(F64);
+  const g = f.local(F64);
+  const mx = f.local(F32);
+  const d = f.local(F32);
+  const b = f.local(F32);
+  const at = (base: number, index: number, shift: number): number[] => [
+    ...op.get(base), ...op.get(index), ...op.i32Const(shift), ...op.i32Shl, ...op.i32Add,
+  ];
+  f.emit(op.f32Const(-1), op.set(mx));
+  f.emit(op.block, op.loop); // $exit, $L
+  f.emit(op.get(r), op.get(len), op.i32GeU, op.brIf(1));
+  f.emit(at(dist, r, 2), op.f32Load(), op.tee(dx), op.f64PromoteF32, op.tee(dx64), op.get(hi), op.f64Mul, op.set(thr));
+  f.emit(op.block); // $keep
+  f.emit(op.get(dx64), op.get(keepBelow), op.f64Le, op.brIf(0));
+  f.emit(op.f32Const(0), op.set(b));
+  f.emit(op.get(kBytes), op.if);
+  // g = (q − ρ)₊², ρ read back from f32 with a nudge up.
+  f.emit(op.get(q), at(rho, r, 2), op.f32Load(), op.f64PromoteF32, op.f64Const(1 + 2 ** -20), op.f64Mul, op.f64Sub);
+  f.emit(op.f64Const(0), op.f64Max, op.tee(g), op.get(g), op.f64Mul, op.tee(g), op.get(thr), op.f64Gt, op.brIf(1));
+  f.emit(op.get(bounds), op.i32Const(1), op.i32Add, op.set(bounds));
+  f.emit(op.get(z), op.get(r), op.get(kBytes), op.i32Mul, op.i32Add, op.set(zPtr));
+  emitBound(f, zPtr, cz, kBytes, b);
+  f.emit(op.get(b), op.f64PromoteF32, op.get(lo), op.f64Mul, op.get(abs), op.f64Sub, op.f64Const(0), op.f64Max, op.get(g), op.f64Add);
+  f.emit(op.get(thr), op.f64Gt, op.brIf(1));
+  f.emit(op.end);
+  f.emit(op.get(evals), op.i32Const(1), op.i32Add, op.set(evals));
+  f.emit(op.get(rows), op.get(r), op.get(dimBytes), op.i32Mul, op.i32Add, op.set(rowPtr));
+  emitDistance(f, rowPtr, c, dimBytes, d, dx64);
+  f.emit(op.get(d), op.get(dx), op.f32Ge, op.brIf(0));
+  // x moves to c.
+  f.emit(at(mvPos, movers, 2), op.get(r), op.i32Store());
+  f.emit(at(mvDist, movers, 2), op.get(d), op.f32Store());
+  f.emit(at(mvRho, movers, 2));
+  f.emit(op.get(d), op.f64PromoteF32, op.get(hi), op.f64Mul, op.get(b), op.f64PromoteF32, op.get(lo), op.f64Mul, op.f64Sub);
+  f.emit(op.get(abs), op.f64Add, op.f64Const(0), op.f64Max, op.f64Sqrt, op.f64Const(1 + 2 ** -20), op.f64Mul, op.f32DemoteF64, op.f32Store());
+  f.emit(op.get(movers), op.i32Const(1), op.i32Add, op.set(movers));
+  f.emit(op.get(r), op.i32Const(1), op.i32Add, op.set(r), op.br(1));
+  f.emit(op.end); // $keep
+  f.emit(at(idx, r, 2), op.i32Load(), op.set(x));
+  f.emit(op.get(dx), op.get(mx), op.f32Gt, op.get(dx), op.get(mx), op.f32Eq, op.get(x), op.get(arg), op.i32LtU, op.i32And, op.i32Or);
+  f.emit(op.if, op.get(dx), op.set(mx), op.get(x), op.set(arg), op.get(r), op.set(argPos), op.end);
+  f.emit(op.get(r), op.i32Const(1), op.i32Add, op.set(r), op.br(0));
+  f.emit(op.end, op.end);
+  f.emit(op.get(out), op.get(movers), op.i32Store(0), op.get(out), op.get(arg), op.i32Store(4));
+  f.emit(op.get(out), op.get(argPos), op.i32Store(8), op.get(out), op.get(mx), op.f32Store(12));
+  f.emit(op.get(out), op.get(evals), op.i32Store(16), op.get(out), op.get(bounds), op.i32Store(20));
+  f.emit(op.get(movers));
+  return f;
+}
+
+/**
+ * takeMovers(dist, idx, z, rho, rows, len, mvPos, mvDist, mvRho, count, dDist, dIdx, dZ, dRho,
+ *            dRows, dimBytes, kBytes, argPos, out) → new len
+ * After a scan: copies the `count` movers (positions ascending) of one cluster to the
+ * destination slots (with their new distance and ρ), then closes the holes, last member first
+ * into the highest hole. out[0] ← the new position of the member at argPos.
+ */
+function buildTakeMovers(): Fn {
+  const f = new Fn([I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32], [I32]);
+  const [dist, idx, z, rho, rows, len, mvPos, mvDist, mvRho, count, dDist, dIdx, dZ, dRho, dRows, dimBytes, kBytes, argPos, out] = [
+    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18,
+  ];
+  const j = f.local(I32);
+  const r = f.local(I32);
+  const w = f.local(I32);
+  const at = (base: number, index: number, shift: number): number[] => [
+    ...op.get(base), ...op.get(index), ...op.i32Const(shift), ...op.i32Shl, ...op.i32Add,
+  ];
+  const atStride = (base: number, index: number, stride: number): number[] => [
+    ...op.get(base), ...op.get(index), ...op.get(stride), ...op.i32Mul, ...op.i32Add,
+  ];
+  f.emit(op.block, op.loop, op.get(j), op.get(count), op.i32GeU, op.brIf(1));
+  f.emit(at(mvPos, j, 2), op.i32Load(), op.set(r));
+  f.emit(at(dDist, j, 2), at(mvDist, j, 2), op.f32Load(), op.f32Store());
+  f.emit(at(dRho, j, 2), at(mvRho, j, 2), op.f32Load(), op.f32Store());
+  f.emit(at(dIdx, j, 2), at(idx, r, 2), op.i32Load(), op.i32Store());
+  f.emit(atStride(dZ, j, kBytes), atStride(z, r, kBytes), op.get(kBytes), op.memoryCopy);
+  f.emit(atStride(dRows, j, dimBytes), atStride(rows, r, dimBytes), op.get(dimBytes), op.memoryCopy);
+  f.emit(op.get(j), op.i32Const(1), op.i32Add, op.set(j), op.br(0), op.end, op.end);
+  f.emit(op.get(len), op.set(w));
+  f.emit(op.block, op.loop, op.get(j), op.i32Eqz, op.brIf(1));
+  f.emit(op.get(j), op.i32Const(1), op.i32Sub, op.set(j));
+  f.emit(at(mvPos, j, 2), op.i32Load(), op.set(r));
+  f.emit(op.get(w), op.i32Const(1), op.i32Sub, op.set(w));
+  f.emit(op.get(r), op.get(w), op.i32Ne, op.if);
+  f.emit(at(dist, r, 2), at(dist, w, 2), op.f32Load(), op.f32Store());
+  f.emit(at(rho, r, 2), at(rho, w, 2), op.f32Load(), op.f32Store());
+  f.emit(at(idx, r, 2), at(idx, w, 2), op.i32Load(), op.i32Store());
+  f.emit(atStride(z, r, kBytes), atStride(z, w, kBytes), op.get(kBytes), op.memoryCopy);
+  f.emit(atStride(rows, r, dimBytes), atStride(rows, w, dimBytes), op.get(dimBytes), op.memoryCopy);
+  f.emit(op.get(argPos), op.get(w), op.i32Eq, op.if, op.get(r), op.set(argPos), op.end);
+  f.emit(op.end, op.br(0), op.end, op.end);
+  f.emit(op.get(out), op.get(argPos), op.i32Store(0), op.get(w));
+  return f;
+}
+
+/**
+ * matRows(w, outDim, inPad, tri, bias, x, xStride, n, inDim, xs, out, outStride) → max ‖y‖²
+ * y = W·x − bias for n rows, in f64 (two f64x2 accumulators), rounded to f32: W is outDim × inPad
+ * f64 row-major, inPad a multiple of 8 (zero beyond inDim; upper triangular when tri ≠ 0, so row
+ * i starts at column i rounded down to a multiple of 8), x rows are f32 at stride xStride floats, xs is an inPad-f64 scratch
+ * whose tail beyond inDim is zero, y row r goes to out + r·outStride floats. Returns the largest
+ * f64 ‖y‖² (before rounding).
+ */
+function buildMatRows(): Fn {
+  const f = new Fn([I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32], [F64]);
+  const [w, outDim, inPad, tri, bias, x, xStride, n, inDim, xs, out, outStride] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11];
+  const r = f.local(I32);
+  const i = f.local(I32);
+  const c = f.local(I32);
+  const xr = f.local(I32);
+  const yr = f.local(I32);
+  const wi = f.local(I32);
+  const acc = f.local(V128);
+  const acc2 = f.local(V128);
+  const wc = f.local(I32);
+  const xc = f.local(I32);
+  const y = f.local(F64);
+  const norm = f.local(F64);
+  const best = f.local(F64);
+  f.emit(op.block, op.loop, op.get(r), op.get(n), op.i32GeU, op.brIf(1));
+  f.emit(op.get(x), op.get(r), op.get(xStride), op.i32Mul, op.i32Const(2), op.i32Shl, op.i32Add, op.set(xr));
+  f.emit(op.get(out), op.get(r), op.get(outStride), op.i32Mul, op.i32Const(2), op.i32Shl, op.i32Add, op.set(yr));
+  // xs[0 … inDim) ← the row in f64
+  f.emit(op.i32Const(0), op.set(c), op.block, op.loop, op.get(c), op.get(inDim), op.i32GeU, op.brIf(1));
+  f.emit(op.get(xs), op.get(c), op.i32Const(3), op.i32Shl, op.i32Add);
+  f.emit(op.get(xr), op.get(c), op.i32Const(2), op.i32Shl, op.i32Add, op.f32Load(), op.f64PromoteF32, op.f64Store());
+  f.emit(op.get(c), op.i32Const(1), op.i32Add, op.set(c), op.br(0), op.end, op.end);
+  f.emit(op.f64Const(0), op.set(norm), op.i32Const(0), op.set(i));
+  f.emit(op.block, op.loop, op.get(i), op.get(outDim), op.i32GeU, op.brIf(1));
+  f.emit(op.v128Zero, op.set(acc), op.v128Zero, op.set(acc2));
+  // c ← tri ? i & ~7 : 0 (inPad is a multiple of 8)
+  f.emit(op.get(i), op.i32Const(-8), op.i32And, op.i32Const(0), op.get(tri), op.select, op.set(c));
+  f.emit(op.get(w), op.get(i), op.get(inPad), op.i32Mul, op.i32Const(3), op.i32Shl, op.i32Add, op.set(wi));
+  f.emit(op.block, op.loop, op.get(c), op.get(inPad), op.i32GeU, op.brIf(1));
+  f.emit(op.get(wi), op.get(c), op.i32Const(3), op.i32Shl, op.i32Add, op.set(wc));
+  f.emit(op.get(xs), op.get(c), op.i32Const(3), op.i32Shl, op.i32Add, op.set(xc));
+  for (let q = 0; q < 4; q++) {
+    const a = q % 2 === 0 ? acc : acc2;
+    f.emit(op.get(wc), op.v128Load(16 * q), op.get(xc), op.v128Load(16 * q), op.f64x2Mul, op.get(a), op.f64x2Add, op.set(a));
+  }
+  f.emit(op.get(c), op.i32Const(8), op.i32Add, op.set(c), op.br(0), op.end, op.end);
+  f.emit(op.get(acc), op.get(acc2), op.f64x2Add, op.set(acc));
+  f.emit(op.get(acc), op.f64x2ExtractLane(0), op.get(acc), op.f64x2ExtractLane(1), op.f64Add);
+  f.emit(op.get(bias), op.get(i), op.i32Const(3), op.i32Shl, op.i32Add, op.f64Load0, op.f64Sub, op.tee(y));
+  f.emit(op.get(y), op.f64Mul, op.get(norm), op.f64Add, op.set(norm));
+  f.emit(op.get(yr), op.get(i), op.i32Const(2), op.i32Shl, op.i32Add, op.get(y), op.f32DemoteF64, op.f32Store());
+  f.emit(op.get(i), op.i32Const(1), op.i32Add, op.set(i), op.br(0), op.end, op.end);
+  f.emit(op.get(best), op.get(norm), op.f64Max, op.set(best));
+  f.emit(op.get(r), op.i32Const(1), op.i32Add, op.set(r), op.br(0), op.end, op.end);
+  f.emit(op.get(best));
+  return f;
+}
+
+const EXPORTS: Array<[string, () => Fn]> = [
+  ['sqdist', buildSqdist],
+  ['minUpdate', buildMinUpdate],
+  ['argmax', buildArgmax],
+  ['filter', buildFilter],
+  ['scan', buildScan],
+  ['takeMovers', buildTakeMovers],
+  ['matRows', buildMatRows],
+];
+
+/** The module's bytes: imports env.memory (shared, up to 4 GiB), exports the kernels. */
+export function kernelModuleBytes(): Uint8Array {
+  const fns = EXPORTS.map(([, build]) => build());
+  const bytes = [
+    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
+    ...section(1, vec(fns.map((f) => f.type()))),
+    // import "env" "memory": memory, limits flag 3 = shared with maximum, min 1, max 65536 pages.
+    ...section(2, vec([[...utf8('env'), ...utf8('memory'), 0x02, 0x03, ...uleb(1), ...uleb(65536)]])),
+    ...section(3, vec(fns.map((_, i) => uleb(i)))),
+    ...section(7, vec(EXPORTS.map(([name], i) => [...utf8(name), 0x00, ...uleb(i)]))),
+    ...section(10, vec(fns.map((f) => f.body()))),
+  ];
+  return Uint8Array.from(bytes);
+}
+
+/** The kernels, bound to one memory. Pointers are byte offsets into that memory. */
+export interface DistanceKernel {
+  readonly memory: KernelMemory;
+  sqdist(x: number, c: number, dimBytes: number): number;
+  minUpdate(rows: number, n: number, dimBytes: number, c: number, dist: number): number;
+  argmax(dist: number, n: number): number;
+  filter(
+    clusters: number, cLen: number, cMax: number, centreRows: number, centreZ: number, c: number, cz: number,
+    dimBytes: number, kBytes: number, slack: number, lo: number, hi: number, abs: number,
+    outK: number, outKeep: number, outQ: number, stats: number,
+  ): number;
+  scan(
+    dist: number, idx: number, z: number, rho: number, rows: number, len: number, c: number, cz: number,
+    keepBelow: number, q: number, lo: number, hi: number, abs: number, dimBytes: number, kBytes: number,
+    mvPos: number, mvDist: number, mvRho: number, out: number,
+  ): number;
+  takeMovers(
+    dist: number, idx: number, z: number, rho: number, rows: number, len: number,
+    mvPos: number, mvDist: number, mvRho: number, count: number,
+    dDist: number, dIdx: number, dZ: number, dRho: number, dRows: number, dimBytes: number, kBytes: number, argPos: number, out: number,
+  ): number;
+  matRows(
+    w: number, outDim: number, inPad: number, tri: number, bias: number, x: number, xStride: number, n: number,
+    inDim: number, xs: number, out: number, outStride: number,
+  ): number;
+}
+
+let compiled: object | undefined;
+
+/** Compiles the module once per thread and instantiates it on `memory` (a shared memory). */
+export function createKernel(memory: KernelMemory): DistanceKernel {
+  compiled ??= new wasm.Module(kernelModuleBytes());
+  const instance = new wasm.Instance(compiled, { env: { memory } });
+  return { memory, ...(instance.exports as unknown as Omit<DistanceKernel, 'memory'>) };
+}
+
+/** Bytes of a shared memory of at least `bytes`; throws past WebAssembly's 4 GiB. */
+export function createSharedMemory(bytes: number, what: string): KernelMemory {
+  const pages = Math.max(1, Math.ceil(bytes / 65536));
+  if (pages > 65536) {
+    throw new RangeError(`${what}: needs ${(bytes / 2 ** 30).toFixed(2)} GiB of kernel memory, more than WebAssembly's 4 GiB`);
+  }
+  return new wasm.Memory({ initial: pages, maximum: pages, shared: true });
+}
+
+/** Floats per stored row: dim rounded up to a multiple of 32 (the kernel's step), zero-padded. */
+export function paddedDim(dim: number): number {
+  return Math.ceil(dim / 32) * 32;
+}
+
+/** The kernel's squared distance in plain JS (same order, f32 rounding): for tests. */
+export function squaredDistanceF32(a: Float32Array, ao: number, b: Float32Array, bo: number, dim: number): number {
+  const f = Math.fround;
+  const acc = [new Float32Array(4), new Float32Array(4)];
+  for (let i = 0; i < dim; i++) {
+    const d = f(a[ao + i] - b[bo + i]);
+    const lanes = acc[(i >> 2) & 1];
+    lanes[i & 3] = f(lanes[i & 3] + f(d * d));
+  }
+  const s = [0, 1, 2, 3].map((l) => f(acc[0][l] + acc[1][l]));
+  return f(f(s[0] + s[1]) + f(s[2] + s[3]));
+}
+
+/**
+ * y = W·x for every row (W: outDim × inDim row-major f64, upper triangular when `triangular`),
+ * f64 accumulation in the kernel's f64x2 lanes, f32 out — in blocks, so the kernel's memory stays
+ * small whatever n is.
+ */
+export function transformRows(w: Float64Array, outDim: number, inDim: number, data: Float32Array, n: number, triangular: boolean): Float32Array {
+  if (w.length !== outDim * inDim || data.length !== n * inDim) {
+    throw new RangeError(`transformRows: expected a ${outDim}×${inDim} matrix and ${n} rows of ${inDim} values, got ${w.length} and ${data.length} values`);
+  }
+  const inPad = Math.ceil(inDim / 8) * 8;
+  const block = Math.max(1, Math.min(n, Math.floor((8 << 20) / (4 * (inDim + outDim)))));
+  const wAt = 0;
+  const biasAt = wAt + outDim * inPad * 8;
+  const xsAt = biasAt + outDim * 8;
+  const xAt = xsAt + Math.ceil((inPad * 8) / 16) * 16;
+  const yAt = xAt + Math.ceil((block * inDim * 4) / 16) * 16;
+  const kernel = createKernel(createSharedMemory(yAt + block * outDim * 4, 'transformRows'));
+  const buf = kernel.memory.buffer;
+  const wp = new Float64Array(buf, wAt, outDim * inPad);
+  for (let i = 0; i < outDim; i++) wp.set(w.subarray(i * inDim, i * inDim + inDim), i * inPad);
+  const x = new Float32Array(buf, xAt, block * inDim);
+  const y = new Float32Array(buf, yAt, block * outDim);
+  const out = new Float32Array(n * outDim);
+  for (let r0 = 0; r0 < n; r0 += block) {
+    const rows = Math.min(block, n - r0);
+    x.set(data.subarray(r0 * inDim, (r0 + rows) * inDim));
+    kernel.matRows(wAt, outDim, inPad, triangular ? 1 : 0, biasAt, xAt, inDim, rows, inDim, xsAt, yAt, outDim);
+    out.set(y.subarray(0, rows * outDim), r0 * outDim);
+  }
+  return out;
+}
