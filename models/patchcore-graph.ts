@@ -245,8 +245,7 @@ export function buildModelGraph(backbone: ModelProto, d: BackboneDescriptor, opt
   const ones = b.op1('Add', [b.op1('Mul', [xx, b.scalarFloat('zero', 0)]), b.scalarFloat('one', 1)]);
   const xAug = b.op1('Concat', [x, ones], { axis: 2 }); // [N, P, D + 1]
   const mins: string[] = [];
-  const args: string[] = [];
-  const chunkConsts: Array<{ wt: string; mm: string; start: number; size: number }> = [];
+  const chunkConsts: Array<{ wt: string; mm: string; wAug: string; start: number; size: number }> = [];
   for (let start = 0; start < entries; start += chunk) {
     const size = Math.min(chunk, entries - start);
     const part = entries <= chunk
@@ -255,38 +254,26 @@ export function buildModelGraph(backbone: ModelProto, d: BackboneDescriptor, opt
     // Constant subgraphs: onnxruntime folds them once at session creation.
     const wt = b.op1('Mul', [b.op1('Transpose', [part], { perm: [1, 0] }), b.scalarFloat('minus_two', -2)]);
     const mm = ops.reduce('ReduceSumSquare', part, [1], 0);
-    chunkConsts.push({ wt, mm, start, size });
     const wAug = b.op1('Concat', [wt, ops.reshape(mm, [1, -1])], { axis: 0 }); // [D + 1, size]
-    const partial = b.op1('MatMul', [xAug, wAug]); // [N, P, size]
-    // One scan for the index, then a gather for the value (cheaper than ReduceMin + ArgMin).
-    const arg = b.op1('ArgMin', [partial], { axis: 2, keepdims: 1 });
-    mins.push(b.op1('GatherElements', [partial, arg], { axis: 2 }));
-    args.push(start === 0 ? arg : b.op1('Add', [arg, b.int64('offset', [], [start])]));
+    chunkConsts.push({ wt, mm, wAug, start, size });
+    // Only the distances are needed for every patch (a parallel ReduceMin); the index of the
+    // nearest entry is needed for one patch per image only, and is found below.
+    mins.push(ops.reduce('ReduceMin', b.op1('MatMul', [xAug, wAug]), [2], 1)); // [N, P, 1]
   }
-  let minPart: string;
-  let nnIndex: string;
-  if (mins.length === 1) {
-    minPart = mins[0]!;
-    nnIndex = args[0]!;
-  } else {
-    const allMin = b.op1('Concat', mins, { axis: 2 });
-    const allArg = b.op1('Concat', args, { axis: 2 });
-    const best = b.op1('ArgMin', [allMin], { axis: 2, keepdims: 1 });
-    minPart = b.op1('GatherElements', [allMin, best], { axis: 2 });
-    nnIndex = b.op1('GatherElements', [allArg, best], { axis: 2 });
-  }
+  const minPart = mins.length === 1 ? mins[0]! : ops.reduce('ReduceMin', b.op1('Concat', mins, { axis: 2 }), [2], 1);
   const dist = ops.reshape(b.op1('Sqrt', [b.op1('Relu', [b.op1('Add', [minPart, xx])])]), [0, -1]); // [N, P]
-  const nn = ops.reshape(nnIndex, [0, -1]); // [N, P]
 
   // Re-weighted score (anomalib, k = 9).
   const k = Math.min(REWEIGHT_K, entries);
   const pStar = b.op1('ArgMax', [dist], { axis: 1, keepdims: 1 }); // [N, 1]
   const sStar = ops.reshape(b.op1('GatherElements', [dist, pStar], { axis: 1 }), [-1]); // [N]
-  const mStar = b.op1('GatherElements', [nn, pStar], { axis: 1 }); // [N, 1]
+  const pStar3 = ops.reshape(pStar, [-1, 1, 1]);
+  const xStarAug = b.op1('GatherElements', [xAug, b.op1('Expand', [pStar3, b.int64('expand_shape', [3], [1, 1, g.dim + 1])])], { axis: 1 }); // [N, 1, D + 1]
+  const mStar = nearestOfOne(ops, xStarAug, chunkConsts); // [N, 1]
   const mRow = b.op1('Gather', [bankName, mStar], { axis: 0 }); // [N, 1, D]
   const support = supportSet(ops, mRow, chunkConsts, k); // [N, k]
   const supportRows = b.op1('Gather', [bankName, support], { axis: 0 }); // [N, k, D]
-  const pIndex = b.op1('Expand', [ops.reshape(pStar, [-1, 1, 1]), b.int64('expand_shape', [3], [1, 1, g.dim])]);
+  const pIndex = b.op1('Expand', [pStar3, b.int64('expand_shape', [3], [1, 1, g.dim])]);
   const xStar = b.op1('GatherElements', [x, pIndex], { axis: 1 }); // [N, 1, D]
   const dSupport = b.op1('Sqrt', [ops.reduce('ReduceSumSquare', b.op1('Sub', [supportRows, xStar]), [2], 0)]); // [N, k]
   const soft = b.op1('Softmax', [dSupport], { axis: 1 });
@@ -313,6 +300,22 @@ export function buildModelGraph(backbone: ModelProto, d: BackboneDescriptor, opt
   }
   if (opts.metadata) model.metadataProps = Object.entries(opts.metadata).map(([key, value]) => ({ key, value }));
   return model;
+}
+
+/** Index [N, 1] of the memory entry nearest to one (augmented) patch per image, lowest on ties. */
+function nearestOfOne(ops: Ops, xAug: string, chunks: Array<{ wAug: string; start: number }>): string {
+  const b = ops.b;
+  const vals: string[] = [];
+  const idx: string[] = [];
+  for (const c of chunks) {
+    const q = b.op1('MatMul', [xAug, c.wAug]); // [N, 1, size]
+    const a = b.op1('ArgMin', [q], { axis: 2, keepdims: 1 });
+    vals.push(b.op1('GatherElements', [q, a], { axis: 2 }));
+    idx.push(c.start === 0 ? a : b.op1('Add', [a, b.int64('offset', [], [c.start])]));
+  }
+  if (vals.length === 1) return ops.reshape(idx[0]!, [-1, 1]);
+  const best = b.op1('ArgMin', [b.op1('Concat', vals, { axis: 2 })], { axis: 2, keepdims: 1 });
+  return ops.reshape(b.op1('GatherElements', [b.op1('Concat', idx, { axis: 2 }), best], { axis: 2 }), [-1, 1]);
 }
 
 /** Indices [N, k] of the k memory entries nearest to m* (m* first), lower index first on ties. */
