@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import ort from 'onnxruntime-node';
 import sharp from 'sharp';
 import { MOBILENETV2_INT8 } from '../models/backbone.js';
+import { createSession } from '../models/execution-provider.js';
 import { encodeModel } from '../models/onnx/proto.js';
 import { buildModelGraph } from '../models/patchcore-graph.js';
 import { preprocessImage } from '../models/preprocess.js';
@@ -54,7 +55,7 @@ async function main() {
   for (const p of pool) { all.set(p, o); o += p.length; }
   const nAll = all.length / 128;
 
-  const bare = await ort.InferenceSession.create(readFileSync(BACKBONE_PATH));
+  const { session: bare } = await createSession(readFileSync(BACKBONE_PATH), { provider: 'cpu' });
   console.log(`onnxruntime-node ${ort.env.versions?.node ?? ''} on CPU, ${(await import('node:os')).cpus().length} cores\n`);
 
   const rows: string[] = [];
@@ -68,7 +69,7 @@ async function main() {
       const j = rng.nextInt(nAll);
       bank.set(all.subarray(j * 128, (j + 1) * 128), i * 128);
     }
-    const session = await ort.InferenceSession.create(encodeModel(buildModelGraph(backbone.model, MOBILENETV2_INT8, { bank, entries })), { graphOptimizationLevel: 'all' });
+    const { session } = await createSession(encodeModel(buildModelGraph(backbone.model, MOBILENETV2_INT8, { bank, entries })), { provider: 'cpu' });
     for (const batch of [1, 8]) {
       const x = batch === 1 ? input1 : input8;
       const feed = { input: new ort.Tensor('float32', x, [batch, 3, 224, 224]) };
