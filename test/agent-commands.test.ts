@@ -33,10 +33,10 @@ test.before(async () => {
 
 test.after.always(() => rm(dir, { recursive: true, force: true }));
 
-function yaml(extra = ''): string {
+function yaml(extra = '', stateDir = './state'): string {
   const [a, b] = frame.boxes;
   return `
-agent: { id: box-1, stateDir: ./state }
+agent: { id: box-1, stateDir: ${stateDir} }
 mqtt: { embeddedPort: 0 }
 models:
   tile: { path: ${JSON.stringify(modelPath)}, threshold: 4 }
@@ -67,7 +67,8 @@ maybe('runAgent runs a replay config on the embedded broker until the replay end
 
 maybe('runAgent stops when its signal aborts', async (t) => {
   const file = join(dir, 'abort.yaml');
-  await writeFile(file, yaml().replace('intervalMs: 50 }', 'intervalMs: 50, loop: true }'));
+  // Its own state dir: tests in a file run concurrently and an outbox is locked per process.
+  await writeFile(file, yaml('', './state-abort').replace('intervalMs: 50 }', 'intervalMs: 50, loop: true }'));
   const controller = new AbortController();
   const outcome = runAgent(file, { handleSignals: false, signal: controller.signal, onStarted: () => setTimeout(() => controller.abort(), 300), agent: { logger: new Logger({ level: 'error', sink: { write: () => undefined } }) } });
   t.is(await outcome, 'aborted');

@@ -314,10 +314,11 @@ test('aborting rejects with the signal reason, tries no further mirror, leaves n
   const dir = await tempDir(t);
   const controller = new AbortController();
   const reason = new Error('shutting down');
-  setTimeout(() => controller.abort(reason), 100);
-  const err = await t.throwsAsync(
-    downloadVerified({ urls: [`${base}/hang`, `${base}/file`], sha256: payloadSha, dest: join(dir, 'm.onnx'), signal: controller.signal }),
-  );
+  const pending = downloadVerified({ urls: [`${base}/hang`, `${base}/file`], sha256: payloadSha, dest: join(dir, 'm.onnx'), signal: controller.signal });
+  // Abort once the server has the request (a fixed delay races on a loaded machine).
+  for (let i = 0; i < 500 && requests.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+  controller.abort(reason);
+  const err = await t.throwsAsync(pending);
   t.is(err, reason);
   t.deepEqual(requests, ['/hang']);
   await assertDirHolds(t, dir, []);

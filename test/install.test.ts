@@ -42,7 +42,9 @@ exit 0
 `,
   );
   await chmod(npm, 0o755);
-  return { dir, root: join(dir, 'root'), npmLog, env: { ...process.env, SHELFWATCH_NPM: npm } };
+  // The caller's ONNXRUNTIME_NODE_INSTALL (CI sets it) must not leak into the script's later npm calls.
+  const { ONNXRUNTIME_NODE_INSTALL: _ort, ...env } = process.env;
+  return { dir, root: join(dir, 'root'), npmLog, env: { ...env, SHELFWATCH_NPM: npm } };
 }
 
 interface Run {
