@@ -226,7 +226,7 @@ serial('network cut (RST) and restored: events queue while cut, all arrive after
 // harness still being chased (docs/RELIABILITY.md). The same agent path (restart with a non-empty
 // outbox) is covered without a broker SIGKILL in test/agent.integration.test.ts and
 // test/mqtt.integration.test.ts.
-serial.skip('agent SIGKILLed with a non-empty outbox: a new agent on the same state dir delivers every event', async (t) => {
+test.skip('agent SIGKILLed with a non-empty outbox: a new agent on the same state dir delivers every event', async (t) => {
   const broker = await startMosquitto({ persistence: true });
   t.teardown(() => broker.dispose());
   const sub = await eventSubscriber(broker.url, t, 'faults-sigkill');
