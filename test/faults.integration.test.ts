@@ -220,12 +220,12 @@ serial('network cut (RST) and restored: events queue while cut, all arrive after
   t.true(agent.mqtt!.metrics().connectionLosses >= 1);
 });
 
-// Skipped: about half the runs on the 2-core dev VM, the second agent publishes and gets a PUBACK
-// for every stranded record (outbox drained, inFlight 0) yet the persistent-session subscriber
-// misses them after the SIGKILLed broker's restart — a subscriber/broker-persistence race in this
-// harness still being chased (docs/RELIABILITY.md). The same agent path (restart with a non-empty
-// outbox) is covered without a broker SIGKILL in test/agent.integration.test.ts and
-// test/mqtt.integration.test.ts.
+// Skipped for CI until proven stable: the subscriber-side race after the broker's SIGKILL +
+// restart (its persisted session may lack the subscription) is now fenced by the probe barrier
+// below and the test passed 3 of 3 runs alone, but runs next to other brokers restarting on this
+// machine still timed out waiting for the probe. The agent side (outbox drained, every record
+// PUBACKed) was never the problem; restart with a non-empty outbox is also covered in
+// test/agent.integration.test.ts and test/mqtt.integration.test.ts.
 test.skip('agent SIGKILLed with a non-empty outbox: a new agent on the same state dir delivers every event', async (t) => {
   const broker = await startMosquitto({ persistence: true });
   t.teardown(() => broker.dispose());
@@ -282,6 +282,19 @@ test.skip('agent SIGKILLed with a non-empty outbox: a new agent on the same stat
   t.true(onDisk.length >= raised.length, `${onDisk.length} records on disk for ${raised.length} raised events`);
 
   await broker.restart();
+  // Barrier: the broker was SIGKILLed right after the subscriber subscribed, so its persisted
+  // session may lack the subscription; wait until a probe published now reaches the subscriber
+  // (it has reconnected and is subscribed) before the new agent publishes the stranded events.
+  const probe = connect(broker.url, { clientId: 'faults-probe', reconnectPeriod: 200 });
+  probe.on('error', () => undefined);
+  t.teardown(() => probe.end(true));
+  const probeId = 'probe:probe:x';
+  await until('the subscriber to receive a probe after the broker restart', async () => {
+    if (sub.ids.includes(probeId)) return true;
+    if (probe.connected) probe.publish(`${ROOT}/events`, JSON.stringify({ type: 'probe', after: { id: 'probe', frameId: 'x' } }), { qos: 1 });
+    await new Promise((r) => setTimeout(r, 200));
+    return sub.ids.includes(probeId);
+  }, 20_000);
   // The dead child's lock is stale (its pid is gone); the new agent must take the outbox over.
   const { logger, lines } = captureLogger();
   const second = startAgent(t, faultConfig(broker.url, stateDir, { type: 'replay', dir: normalDir, intervalMs: 100 }), logger, []);
@@ -295,7 +308,7 @@ test.skip('agent SIGKILLed with a non-empty outbox: a new agent on the same stat
   }
   await until('the outbox to drain', () => second.mqtt!.outbox.depth().records === 0, 10_000, lines);
   await second.stop();
-  account(t, 'SIGKILL with a non-empty outbox', raised, sub.ids);
+  account(t, 'SIGKILL with a non-empty outbox', raised, sub.ids.filter((id) => id !== probeId));
 });
 
 serial('outbox directory unwritable while offline: records kept in memory, written once restored, all delivered', async (t) => {
