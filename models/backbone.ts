@@ -8,11 +8,8 @@ import { readFile } from 'node:fs/promises';
 import { z } from 'zod';
 import { decodeModel, type ModelProto } from './onnx/proto.js';
 import type { BackboneDescriptor } from './types.js';
+import { IMAGENET_NORMALIZATION } from './preprocess.js';
 
-export const IMAGENET_NORMALIZATION = {
-  mean: [0.485, 0.456, 0.406] as [number, number, number],
-  std: [0.229, 0.224, 0.225] as [number, number, number],
-};
 
 /** ONNX Model Zoo MobileNet v2-1.0 int8 (Apache-2.0). Taps documented in the README. */
 export const MOBILENETV2_INT8: BackboneDescriptor = {
