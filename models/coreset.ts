@@ -25,8 +25,6 @@
  * number of threads.
  */
 import { availableParallelism } from 'node:os';
-import { existsSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import {
   CTL,
@@ -40,6 +38,7 @@ import {
   type KCenterMargins,
   type KCenterShared,
 } from './coreset-worker.js';
+import { resolveWorkerModule, type WorkerModule } from './worker-module.js';
 import { createKernel, createSharedMemory, paddedDim, transformRows, type KernelMemory } from './distance-kernel.js';
 import { compactProjection, jlMinDim, makeSparseProjection, projectRows } from './projection.js';
 import { Random, validateSeed } from './random.js';
@@ -337,22 +336,8 @@ function resolveThreads(threads: number | undefined): number {
   return threads;
 }
 
-/**
- * Where the worker module is: the compiled `coreset-worker.js` next to this file, or, when this
- * file runs from source under tsx (tests, benches), the `.ts` source plus tsx's API, which the
- * worker registers itself (tsx on Node 20 installs its hooks on the main thread only).
- */
-function workerModule(): { moduleUrl: string; loaderUrl: string } {
-  const js = new URL('./coreset-worker.js', import.meta.url);
-  if (existsSync(fileURLToPath(js))) return { moduleUrl: js.href, loaderUrl: '' };
-  const ts = new URL('./coreset-worker.ts', import.meta.url);
-  let loaderUrl: string;
-  try {
-    loaderUrl = import.meta.resolve('tsx/esm/api');
-  } catch (error) {
-    throw new Error(`kCenterGreedy: ${fileURLToPath(js)} is missing and tsx, needed to run ${fileURLToPath(ts)} in a worker, is not installed (${String(error)})`);
-  }
-  return { moduleUrl: ts.href, loaderUrl };
+function workerModule(): WorkerModule {
+  return resolveWorkerModule('coreset-worker', import.meta.url, 'kCenterGreedy');
 }
 
 /**

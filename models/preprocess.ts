@@ -6,7 +6,7 @@
  * "Preprocessing") to float32 rounding.
  */
 import { decodeImage, type RawImage } from './image-decode.js';
-import { assertBoxInside, resizeTriangle, type PixelBox } from './resize.js';
+import { assertBoxInside, forEachResizedRow, type PixelBox } from './resize.js';
 import type { Normalization, PreprocessedImage } from './types.js';
 
 export type { PixelBox } from './resize.js';
@@ -25,12 +25,14 @@ export interface ModelInputOptions {
   box?: PixelBox;
 }
 
-let resized = new Float64Array(0);
-
 /**
  * Crops, resizes and normalises one decoded image into a [3, size, size] float32 tensor.
  * Writes into `out` at `outOffset` when given (fill a batch without copies) and returns `out`;
  * otherwise returns a new array of 3 · size² values.
+ *
+ * Hot in the agent (every slot of every frame), hence two shapes of the same maths: a box already
+ * at the model's size maps each 8-bit value through a 256-entry table per channel; any other box
+ * is resized row by row and each row normalised straight into the three planes.
  */
 export function toModelInput(img: RawImage, opts: ModelInputOptions, out?: Float32Array, outOffset = 0): Float32Array {
   const { size, normalization } = opts;
@@ -40,25 +42,62 @@ export function toModelInput(img: RawImage, opts: ModelInputOptions, out?: Float
   if (img.channels !== 3 || img.data.length !== img.width * img.height * 3) {
     throw new RangeError(`${where}: expected ${img.width}×${img.height} RGB pixels, got ${img.data.length} bytes with ${img.channels} channels`);
   }
-  if (opts.box) assertBoxInside(opts.box, img.width, img.height, where);
+  const box = opts.box ?? { x: 0, y: 0, width: img.width, height: img.height };
+  assertBoxInside(box, img.width, img.height, where);
   const plane = size * size;
   const target = out ?? new Float32Array(3 * plane);
   if (!Number.isInteger(outOffset) || outOffset < 0 || outOffset + 3 * plane > target.length) {
     throw new RangeError(`${where}: output offset ${outOffset} + ${3 * plane} values does not fit a buffer of ${target.length}`);
   }
+  const r = outOffset;
+  const g = outOffset + plane;
+  const b = outOffset + 2 * plane;
 
-  if (resized.length < 3 * plane) resized = new Float64Array(3 * plane);
-  const hwc = resizeTriangle(img, size, size, { box: opts.box, out: resized });
-
-  // HWC 0…255 → normalised NCHW, in float64 until the final store (as the reference does).
-  const { mean, std } = normalization;
-  for (let c = 0; c < 3; c++) {
-    const m = mean[c];
-    const s = std[c];
-    const base = outOffset + c * plane;
-    for (let p = 0, q = c; p < plane; p++, q += 3) target[base + p] = (hwc[q] / 255 - m) / s;
+  if (box.width === size && box.height === size) {
+    const lut = normalizationTable(normalization);
+    const data = img.data;
+    for (let y = 0; y < size; y++) {
+      let q = ((box.y + y) * img.width + box.x) * 3;
+      const o = y * size;
+      for (let x = 0; x < size; x++, q += 3) {
+        target[r + o + x] = lut[data[q]];
+        target[g + o + x] = lut[256 + data[q + 1]];
+        target[b + o + x] = lut[512 + data[q + 2]];
+      }
+    }
+    return target;
   }
+
+  // (v / 255 − mean) / std as one multiply-add per value, in float64 until the final store.
+  const { mean, std } = normalization;
+  const s0 = 1 / (255 * std[0]);
+  const s1 = 1 / (255 * std[1]);
+  const s2 = 1 / (255 * std[2]);
+  const o0 = -mean[0] / std[0];
+  const o1 = -mean[1] / std[1];
+  const o2 = -mean[2] / std[2];
+  forEachResizedRow(img, size, size, box, (y, row) => {
+    const o = y * size;
+    for (let x = 0, q = 0; x < size; x++, q += 3) {
+      target[r + o + x] = row[q] * s0 + o0;
+      target[g + o + x] = row[q + 1] * s1 + o1;
+      target[b + o + x] = row[q + 2] * s2 + o2;
+    }
+  });
   return target;
+}
+
+let lastTable: { normalization: Normalization; mean: number[]; std: number[]; table: Float32Array } | null = null;
+
+/** (v / 255 − mean) / std for v = 0…255, per channel (R at 0, G at 256, B at 512); cached for the last normalisation seen. */
+function normalizationTable(n: Normalization): Float32Array {
+  const same = lastTable && [0, 1, 2].every((c) => lastTable!.mean[c] === n.mean[c] && lastTable!.std[c] === n.std[c]);
+  if (!same) {
+    const table = new Float32Array(768);
+    for (let c = 0; c < 3; c++) for (let v = 0; v < 256; v++) table[c * 256 + v] = (v / 255 - n.mean[c]) / n.std[c];
+    lastTable = { normalization: n, mean: [...n.mean], std: [...n.std], table };
+  }
+  return lastTable!.table;
 }
 
 export interface PreprocessOptions {

@@ -103,6 +103,7 @@ export function assertBoxInside(box: PixelBox, width: number, height: number, wh
 }
 
 let scratch = new Float64Array(0);
+let rowScratch = new Float64Array(0);
 
 /**
  * Resizes `src` (or its sub-box `box`) to outWidth×outHeight with the reference triangle filter.
@@ -115,19 +116,54 @@ export function resizeTriangle(
   outHeight: number,
   opts: { box?: PixelBox; out?: Float64Array } = {},
 ): Float64Array {
+  const rowLen = outWidth * src.channels;
+  const outLen = outHeight * rowLen;
+  const out = opts.out ?? new Float64Array(outLen);
+  if (out.length < outLen) throw new RangeError(`resize: output buffer holds ${out.length} values, needs ${outLen}`);
+  forEachResizedRow(src, outWidth, outHeight, opts.box, (y, row) => out.set(row, y * rowLen));
+  return out;
+}
+
+/**
+ * The same resize, handing each finished output row (interleaved float64, outWidth · channels
+ * values, in a buffer reused for the next row) to `onRow` in order, so a caller that transforms
+ * the values (normalisation into planes) needs no full-size intermediate image. `onRow` must not
+ * resize anything itself (the scratch buffers are shared).
+ *
+ * An axis whose length does not change has one tap of weight 1 per output, so it is copied
+ * rather than filtered: same values, a fraction of the work (slot boxes drawn at the model's
+ * size, or images already at it).
+ */
+export function forEachResizedRow(
+  src: InterleavedImage,
+  outWidth: number,
+  outHeight: number,
+  box: PixelBox | undefined,
+  onRow: (y: number, row: Float64Array) => void,
+): void {
   const { data, width, height, channels: C } = src;
   if (!Number.isInteger(C) || C < 1) throw new RangeError(`resize: channels must be a positive integer, got ${C}`);
   if (data.length !== width * height * C) {
     throw new RangeError(`resize: pixel buffer holds ${data.length} values, expected ${width}×${height}×${C} = ${width * height * C}`);
   }
-  const box = opts.box ?? { x: 0, y: 0, width, height };
-  assertBoxInside(box, width, height, 'resize');
-  const h = axisCoefficients(box.width, outWidth);
-  const v = axisCoefficients(box.height, outHeight);
+  const b = box ?? { x: 0, y: 0, width, height };
+  assertBoxInside(b, width, height, 'resize');
+  const h = axisCoefficients(b.width, outWidth);
+  const v = axisCoefficients(b.height, outHeight);
   const rowLen = outWidth * C;
-  const outLen = outHeight * rowLen;
-  const out = opts.out ?? new Float64Array(outLen);
-  if (out.length < outLen) throw new RangeError(`resize: output buffer holds ${out.length} values, needs ${outLen}`);
+  if (rowScratch.length !== rowLen) rowScratch = new Float64Array(rowLen);
+  const row = rowScratch;
+  const sameWidth = b.width === outWidth;
+
+  if (b.height === outHeight) {
+    // Vertical identity: each output row is one horizontally resampled source row.
+    for (let oy = 0; oy < outHeight; oy++) {
+      if (sameWidth) copyRow(data, ((b.y + oy) * width + b.x) * C, rowLen, row, 0);
+      else horizontalPass(data, width, C, b.x, b.y + oy, 1, h, row);
+      onRow(oy, row);
+    }
+    return;
+  }
 
   // Horizontal pass over the rows the vertical pass reads (all of them unless enlarging oddly).
   const firstRow = v.start[0];
@@ -135,25 +171,30 @@ export function resizeTriangle(
   const rows = lastRow - firstRow;
   if (scratch.length < rows * rowLen) scratch = new Float64Array(rows * rowLen);
   const tmp = scratch;
-  horizontalPass(data, width, C, box.x, box.y + firstRow, rows, h, tmp);
+  if (sameWidth) {
+    for (let r = 0; r < rows; r++) copyRow(data, ((b.y + firstRow + r) * width + b.x) * C, rowLen, tmp, r * rowLen);
+  } else horizontalPass(data, width, C, b.x, b.y + firstRow, rows, h, tmp);
 
   // Vertical pass: tap-major so both the read row and the written row stream through memory;
   // per value the sum still runs over the taps in ascending order, as in the reference.
   const { start, count, weights, stride } = v;
   for (let oy = 0; oy < outHeight; oy++) {
-    const o = oy * rowLen;
     const n = count[oy];
     const wb = oy * stride;
     let r = (start[oy] - firstRow) * rowLen;
     const w0 = weights[wb];
-    for (let x = 0; x < rowLen; x++) out[o + x] = w0 * tmp[r + x];
+    for (let x = 0; x < rowLen; x++) row[x] = w0 * tmp[r + x];
     for (let k = 1; k < n; k++) {
       r += rowLen;
       const wk = weights[wb + k];
-      for (let x = 0; x < rowLen; x++) out[o + x] += wk * tmp[r + x];
+      for (let x = 0; x < rowLen; x++) row[x] += wk * tmp[r + x];
     }
+    onRow(oy, row);
   }
-  return out;
+}
+
+function copyRow(data: Uint8Array, from: number, length: number, to: Float64Array, at: number): void {
+  for (let i = 0; i < length; i++) to[at + i] = data[from + i];
 }
 
 function horizontalPass(

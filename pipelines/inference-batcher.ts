@@ -29,6 +29,8 @@ export interface BatchModel {
   readonly manifest: { readonly inputSize: number; readonly normalization: Normalization; readonly thresholds: { readonly image: number } };
   readonly digest: string;
   predict(batch: Float32Array, n: number, thresholds: Array<{ image?: number; pixel?: number }>): Promise<Prediction[]>;
+  /** A batch buffer of `values` floats suited to this model (a worker model shares it without a copy). */
+  allocateBatch?(values: number): Float32Array;
 }
 
 export interface InferenceBatcherOptions {
@@ -105,7 +107,10 @@ export class InferenceBatcher {
     if (!Number.isInteger(buffers) || buffers < 1) throw new RangeError(`model ${options.name}: buffers must be an integer ≥ 1, got ${String(buffers)}`);
     const size = model.manifest.inputSize;
     this.plane = 3 * size * size;
-    for (let i = 0; i < buffers; i++) this.free.push({ data: new Float32Array(batchSize * this.plane), items: [], due: false, timer: null });
+    for (let i = 0; i < buffers; i++) {
+      const data = model.allocateBatch?.(batchSize * this.plane) ?? new Float32Array(batchSize * this.plane);
+      this.free.push({ data, items: [], due: false, timer: null });
+    }
   }
 
   /** The model the next batch runs on. */

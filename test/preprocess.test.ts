@@ -406,3 +406,32 @@ test('a 20000×20000 image is refused from its header, before any pixel is decod
   t.regex(err!.message, /20000×20000 = 400\.0 megapixels exceeds the limit of 100\.0 megapixels/);
   await rejects(t, await raw(300, 200, 3, texture(300, 200)).png().toBuffer(), 'small-limit.png', 'too-large', { maxPixels: 50_000 });
 });
+
+test('toModelInput: the copy paths (box at the model size on one or both axes) equal the filtered maths', async (t) => {
+  const w = 120;
+  const h = 90;
+  const img = await decodeImage(await raw(w, h, 3, texture(w, h)).png().toBuffer(), { origin: 'paths.png' });
+  const size = 40;
+  const boxes = [
+    { x: 3, y: 7, width: 40, height: 40 }, // both axes copied (lookup table)
+    { x: 0, y: 0, width: 40, height: 77 }, // width copied, height filtered
+    { x: 11, y: 2, width: 97, height: 40 }, // height copied, width filtered
+    { x: 5, y: 5, width: 64, height: 51 }, // both filtered
+  ];
+  for (const box of boxes) {
+    const got = toModelInput(img, { size, normalization: norm, box });
+    const hwc = resizeTriangle(img, size, size, { box });
+    let max = 0;
+    for (let c = 0; c < 3; c++) {
+      for (let p = 0; p < size * size; p++) {
+        const want = Math.fround((hwc[p * 3 + c] / 255 - norm.mean[c]) / norm.std[c]);
+        max = Math.max(max, Math.abs(got[c * size * size + p] - want));
+      }
+    }
+    t.true(max <= 1e-6, `box ${JSON.stringify(box)}: max abs diff ${max}`);
+  }
+  // A copied axis is exactly the source pixels: the top-left output of the first box is pixel (3, 7).
+  const first = toModelInput(img, { size, normalization: norm, box: boxes[0] });
+  const [r0] = pixel(img, 3, 7);
+  t.is(first[0], Math.fround((r0! / 255 - norm.mean[0]) / norm.std[0]));
+});

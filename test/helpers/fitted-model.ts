@@ -2,7 +2,7 @@
  * Fits small real models for tests and caches them on disk (keyed by the images and the
  * model code), so each test file does not pay for a fit. Uses the shared MobileNetV2 backbone.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -43,6 +43,20 @@ export async function magneticTileTrain(n: number): Promise<string[]> {
  * Returns the model file path.
  */
 export async function fittedModel(images: string[], opts: { name?: string; coreset?: number; seed?: number } = {}): Promise<string> {
+  // Tests of one file ask for the same model concurrently: fit it once.
+  const id = JSON.stringify([images, opts]);
+  let pending = fitting.get(id);
+  if (!pending) {
+    pending = fitOrReuse(images, opts);
+    fitting.set(id, pending);
+    pending.catch(() => fitting.delete(id));
+  }
+  return pending;
+}
+
+const fitting = new Map<string, Promise<string>>();
+
+async function fitOrReuse(images: string[], opts: { name?: string; coreset?: number; seed?: number }): Promise<string> {
   const name = opts.name ?? 'test-model';
   const coreset = opts.coreset ?? 0.1;
   const seed = opts.seed ?? 0;
@@ -71,7 +85,7 @@ export async function fittedModel(images: string[], opts: { name?: string; cores
     projection: 'jl',
     createdAt: '2026-01-01T00:00:00.000Z',
   });
-  const tmp = `${path}.${process.pid}.tmp`;
+  const tmp = `${path}.${process.pid}.${randomUUID()}.tmp`;
   await writeFile(tmp, result.bytes);
   await rename(tmp, path);
   return path;

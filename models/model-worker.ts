@@ -1,0 +1,81 @@
+/**
+ * The worker-thread side of WorkerPatchcoreModel (worker-model.ts): owns one PatchcoreModel
+ * (one onnxruntime session) and answers predict requests from the main thread.
+ *
+ * Why a worker: onnxruntime-node's `session.run` is synchronous on the calling thread, so on the
+ * main thread every inference call stops the event loop — no preprocessing of the next batch,
+ * no MQTT, no metrics — for its whole duration. Here it blocks only this thread.
+ */
+import { parentPort } from 'node:worker_threads';
+import type { ProviderChoice } from './execution-provider.js';
+import { PatchcoreModel } from './runtime.js';
+import type { Prediction } from './types.js';
+
+export interface ModelWorkerData {
+  kind: 'shelfwatch-model';
+  bytes: Uint8Array;
+  origin: string;
+  provider?: ProviderChoice;
+  intraOpThreads?: number;
+  expectBackboneSha256?: string;
+  moduleUrl: string;
+  loaderUrl: string;
+}
+
+/** Main thread → worker. */
+export type ModelWorkerRequest =
+  | { type: 'predict'; id: number; batch: Float32Array; n: number; thresholds: Array<{ image?: number; pixel?: number }> }
+  | { type: 'release' };
+
+/** Worker → main thread. */
+export type ModelWorkerReply =
+  | { type: 'loaded'; manifest: PatchcoreModel['manifest']; digest: string; provider: PatchcoreModel['provider']; fallbacks: PatchcoreModel['fallbacks'] }
+  | { type: 'load-failed'; name: string; message: string }
+  | { type: 'predicted'; id: number; predictions: Prediction[] }
+  | { type: 'failed'; id: number; message: string }
+  | { type: 'released' };
+
+export async function serveModelWorker(data: ModelWorkerData): Promise<void> {
+  const port = parentPort;
+  if (!port) throw new Error('model worker: not running in a worker thread');
+  let model: PatchcoreModel;
+  try {
+    model = await PatchcoreModel.load(data.bytes, { provider: data.provider, intraOpThreads: data.intraOpThreads, expectBackboneSha256: data.expectBackboneSha256 }, data.origin);
+  } catch (e) {
+    const err = e as Error;
+    port.postMessage({ type: 'load-failed', name: err.name, message: err.message } satisfies ModelWorkerReply);
+    port.close();
+    return;
+  }
+  port.postMessage({ type: 'loaded', manifest: model.manifest, digest: model.digest, provider: model.provider, fallbacks: model.fallbacks } satisfies ModelWorkerReply);
+
+  // onnxruntime refuses SharedArrayBuffer-backed tensors: batches are copied into this buffer.
+  let input = new Float32Array(0);
+  port.on('message', (request: ModelWorkerRequest) => {
+    if (request.type === 'release') {
+      void model.release().finally(() => {
+        port.postMessage({ type: 'released' } satisfies ModelWorkerReply);
+        port.close();
+      });
+      return;
+    }
+    const { id, batch, n, thresholds } = request;
+    void (async () => {
+      try {
+        const values = n * 3 * model.inputSize * model.inputSize;
+        let x = batch;
+        if (batch.buffer instanceof SharedArrayBuffer) {
+          if (input.length < values) input = new Float32Array(values);
+          input.set(batch.subarray(0, values));
+          x = input;
+        }
+        const predictions = await model.predict(x, n, thresholds);
+        // Each map and mask is its own ArrayBuffer (slices): hand them over without copying.
+        const transfer = predictions.flatMap((p) => [p.anomalyMap.buffer as ArrayBuffer, p.mask.buffer as ArrayBuffer]);
+        port.postMessage({ type: 'predicted', id, predictions } satisfies ModelWorkerReply, transfer);
+      } catch (e) {
+        port.postMessage({ type: 'failed', id, message: (e as Error).message } satisfies ModelWorkerReply);
+      }
+    })();
+  });
+}

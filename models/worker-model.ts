@@ -1,0 +1,226 @@
+/**
+ * A PatchcoreModel that runs in a worker thread, with the same surface (manifest, digest,
+ * provider, predict, release), so the agent's event loop keeps going while a batch infers:
+ * the next batch is preprocessed, MQTT keeps its keepalives, /metrics answers.
+ *
+ * Batches travel in SharedArrayBuffer-backed buffers (`allocateBatch`): posting one costs
+ * nothing on the main thread; the worker copies it into onnxruntime's input. Maps and masks
+ * come back as transferred buffers. A worker that dies (a native crash in a provider, an
+ * out-of-memory kill of the thread) fails the batches it held with a clear error and is started
+ * again from the same model bytes on the next batch; `restarts` counts that.
+ */
+import { readFile } from 'node:fs/promises';
+import { Worker } from 'node:worker_threads';
+import type { ProviderName, SessionResult } from './execution-provider.js';
+import type { ModelManifest } from './manifest.js';
+import type { ModelWorkerData, ModelWorkerReply, ModelWorkerRequest } from './model-worker.js';
+import { ModelLoadError, type LoadModelOptions } from './runtime.js';
+import type { Prediction } from './types.js';
+import { resolveWorkerModule } from './worker-module.js';
+
+const BOOTSTRAP = `
+const { workerData, parentPort } = require('node:worker_threads');
+const loader = workerData.loaderUrl ? import(workerData.loaderUrl).then((api) => api.register()) : Promise.resolve();
+loader.then(() => import(workerData.moduleUrl)).then(
+  (m) => m.serveModelWorker(workerData),
+  (error) => {
+    parentPort.postMessage({ type: 'load-failed', name: 'Error', message: 'could not start the model worker (' + workerData.moduleUrl + '): ' + ((error && error.stack) || error) });
+    parentPort.close();
+  },
+);
+`;
+
+interface Loaded {
+  manifest: ModelManifest;
+  digest: string;
+  provider: ProviderName;
+  fallbacks: SessionResult['fallbacks'];
+}
+
+interface InFlight {
+  resolve: (p: Prediction[]) => void;
+  reject: (e: Error) => void;
+}
+
+/** Starts a worker and waits for its model to load; rejects with the load error. */
+function spawn(data: ModelWorkerData, onReply: (reply: ModelWorkerReply) => void, onGone: (reason: string) => void): Promise<{ worker: Worker; loaded: Loaded }> {
+  return new Promise((resolve, reject) => {
+    const worker = new Worker(BOOTSTRAP, { eval: true, workerData: data, name: `shelfwatch model ${data.origin}` });
+    let settled = false;
+    let serving = false;
+    worker.on('message', (reply: ModelWorkerReply) => {
+      if (!settled) {
+        settled = true;
+        serving = reply.type === 'loaded';
+        if (reply.type === 'loaded') resolve({ worker, loaded: reply });
+        else if (reply.type === 'load-failed') {
+          void worker.terminate();
+          reject(new ModelLoadError(reply.message));
+        } else reject(new Error(`model ${data.origin}: the inference worker answered '${reply.type}' before loading`));
+        return;
+      }
+      onReply(reply);
+    });
+    const gone = (reason: string) => {
+      if (!settled) {
+        settled = true;
+        reject(new ModelLoadError(`${data.origin}: the inference worker stopped while loading the model (${reason})`));
+      } else if (serving) {
+        serving = false; // 'error' is followed by 'exit': report once
+        onGone(reason);
+      }
+    };
+    worker.on('error', (err) => gone(err.message));
+    worker.on('exit', (code) => gone(`exit code ${code}`));
+  });
+}
+
+export class WorkerPatchcoreModel {
+  private worker: Worker | null;
+  private starting: Promise<void> | null = null;
+  private nextId = 1;
+  private readonly inFlight = new Map<number, InFlight>();
+  private released = false;
+  private restartCount = 0;
+
+  private constructor(
+    private readonly data: ModelWorkerData,
+    worker: Worker,
+    loaded: Loaded,
+    readonly origin: string,
+  ) {
+    this.worker = worker;
+    this.manifest = loaded.manifest;
+    this.digest = loaded.digest;
+    this.provider = loaded.provider;
+    this.fallbacks = loaded.fallbacks;
+    worker.unref();
+  }
+
+  readonly manifest: ModelManifest;
+  /** sha256 of the model file: the identity events and statuses carry. */
+  readonly digest: string;
+  readonly provider: ProviderName;
+  readonly fallbacks: SessionResult['fallbacks'];
+
+  get inputSize(): number {
+    return this.manifest.inputSize;
+  }
+
+  /** Times the worker died and was started again. */
+  get restarts(): number {
+    return this.restartCount;
+  }
+
+  /** Loads a model file or bytes in a new worker thread; errors are PatchcoreModel.load's. */
+  static async load(source: string | Uint8Array, opts: LoadModelOptions = {}, origin = typeof source === 'string' ? source : 'model'): Promise<WorkerPatchcoreModel> {
+    let bytes: Uint8Array;
+    if (typeof source === 'string') {
+      try {
+        bytes = await readFile(source);
+      } catch (e) {
+        throw new ModelLoadError(`model ${source}: cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
+      }
+    } else bytes = source;
+    const data: ModelWorkerData = {
+      kind: 'shelfwatch-model',
+      bytes,
+      origin,
+      provider: opts.provider,
+      intraOpThreads: opts.intraOpThreads,
+      expectBackboneSha256: opts.expectBackboneSha256,
+      ...resolveWorkerModule('model-worker', import.meta.url, `model ${origin}`),
+    };
+    let model: WorkerPatchcoreModel | null = null;
+    const { worker, loaded } = await spawn(
+      data,
+      (reply) => model!.onReply(reply),
+      (reason) => model!.onGone(reason),
+    );
+    model = new WorkerPatchcoreModel(data, worker, loaded, origin);
+    return model;
+  }
+
+  /** A batch buffer the worker reads without a copy on this thread. */
+  allocateBatch(values: number): Float32Array {
+    return new Float32Array(new SharedArrayBuffer(values * Float32Array.BYTES_PER_ELEMENT));
+  }
+
+  /** Run a batch ([n,3,S,S] float32) and build one Prediction per image, as PatchcoreModel.predict. */
+  async predict(batch: Float32Array, n: number, thresholds: Array<{ image?: number; pixel?: number }> = []): Promise<Prediction[]> {
+    if (this.released) throw new Error(`model ${this.origin}: released`);
+    const s = this.inputSize;
+    if (!Number.isInteger(n) || n < 1 || batch.length < n * 3 * s * s) {
+      throw new RangeError(`batch of ${n} needs ${n * 3 * s * s} values, got ${batch.length}`);
+    }
+    if (!this.worker) await this.restart();
+    const worker = this.worker!;
+    const id = this.nextId++;
+    const view = batch.subarray(0, n * 3 * s * s);
+    return new Promise<Prediction[]>((resolve, reject) => {
+      this.inFlight.set(id, { resolve, reject });
+      if (this.inFlight.size === 1) worker.ref();
+      worker.postMessage({ type: 'predict', id, batch: view, n, thresholds } satisfies ModelWorkerRequest);
+    });
+  }
+
+  /** Releases the session and ends the worker. */
+  async release(): Promise<void> {
+    if (this.released) return;
+    this.released = true;
+    await this.starting?.catch(() => undefined);
+    const worker = this.worker;
+    this.worker = null;
+    if (!worker) return;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => void worker.terminate().then(() => resolve()), 5000);
+      worker.once('exit', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      worker.postMessage({ type: 'release' } satisfies ModelWorkerRequest);
+    });
+  }
+
+  private onReply(reply: ModelWorkerReply): void {
+    if (reply.type !== 'predicted' && reply.type !== 'failed') return;
+    const call = this.inFlight.get(reply.id);
+    if (!call) return;
+    this.inFlight.delete(reply.id);
+    if (this.inFlight.size === 0) this.worker?.unref();
+    if (reply.type === 'predicted') call.resolve(reply.predictions);
+    else call.reject(new Error(reply.message));
+  }
+
+  private onGone(reason: string): void {
+    if (this.released) return;
+    this.worker = null;
+    const error = new Error(`model ${this.origin}: the inference worker stopped (${reason}); it starts again with the next batch`);
+    for (const call of this.inFlight.values()) call.reject(error);
+    this.inFlight.clear();
+  }
+
+  private restart(): Promise<void> {
+    this.starting ??= spawn(
+      this.data,
+      (reply) => this.onReply(reply),
+      (reason) => this.onGone(reason),
+    ).then(
+      ({ worker }) => {
+        this.starting = null;
+        this.restartCount++;
+        if (this.released) {
+          void worker.terminate();
+          throw new Error(`model ${this.origin}: released`);
+        }
+        this.worker = worker;
+        worker.unref();
+      },
+      (err: Error) => {
+        this.starting = null;
+        throw new Error(`model ${this.origin}: the inference worker could not be started again: ${err.message}`, { cause: err });
+      },
+    );
+    return this.starting;
+  }
+}

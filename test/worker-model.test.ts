@@ -1,0 +1,80 @@
+import test from 'ava';
+import { readFile } from 'node:fs/promises';
+import { MOBILENETV2_INT8 } from '../models/backbone.js';
+import { PatchcoreModel } from '../models/runtime.js';
+import { WorkerPatchcoreModel } from '../models/worker-model.js';
+import { preprocessedBatches } from '../pipelines/image-files.js';
+import { fittedModel, magneticTileTrain, sharedAvailable } from './helpers/fitted-model.js';
+
+const available = sharedAvailable();
+const maybe = available ? test : test.skip;
+
+async function setup() {
+  const path = await fittedModel(await magneticTileTrain(40), { name: 'pipeline-test' });
+  const files = (await magneticTileTrain(48)).slice(40);
+  const batches = [];
+  for await (const b of preprocessedBatches(files, { size: 224, normalization: MOBILENETV2_INT8.normalization, batchSize: 4 })) batches.push(b);
+  return { path, batch: batches[0]! };
+}
+
+maybe('a worker model predicts exactly what the in-thread model does, from a shared batch buffer', async (t) => {
+  const { path, batch } = await setup();
+  const local = await PatchcoreModel.load(path, { provider: 'cpu' });
+  const remote = await WorkerPatchcoreModel.load(path, { provider: 'cpu' });
+  try {
+    t.is(remote.digest, local.digest);
+    t.deepEqual(remote.manifest, local.manifest);
+    t.is(remote.provider, 'cpu');
+    const shared = remote.allocateBatch(batch.data.length);
+    t.true(shared.buffer instanceof SharedArrayBuffer);
+    shared.set(batch.data);
+    const thresholds = [{ image: 0 }, {}, { image: 1e9, pixel: 0 }, {}];
+    const want = await local.predict(batch.data, batch.count, thresholds);
+    const got = await remote.predict(shared, batch.count, thresholds);
+    t.is(got.length, batch.count);
+    for (let i = 0; i < batch.count; i++) {
+      t.is(got[i]!.score, want[i]!.score);
+      t.is(got[i]!.isAnomalous, want[i]!.isAnomalous);
+      t.is(got[i]!.threshold, want[i]!.threshold);
+      t.is(got[i]!.modelDigest, local.digest);
+      t.deepEqual(got[i]!.anomalyMap, want[i]!.anomalyMap);
+      t.deepEqual(got[i]!.mask, want[i]!.mask);
+    }
+    // A plain (non-shared) buffer works too, and concurrent calls each get their own answer.
+    const [a, b] = await Promise.all([remote.predict(batch.data, 1), remote.predict(batch.data.subarray(3 * 224 * 224), 1)]);
+    t.is(a[0]!.score, want[0]!.score);
+    t.is(b[0]!.score, want[1]!.score);
+  } finally {
+    await local.release();
+    await remote.release();
+  }
+  await t.throwsAsync(remote.predict(batch.data, 1), { message: /released/ });
+});
+
+maybe('a worker model refuses bad files with the in-thread loader\'s errors', async (t) => {
+  const { path } = await setup();
+  await t.throwsAsync(WorkerPatchcoreModel.load('/nonexistent/model.onnx'), { message: /model \/nonexistent\/model\.onnx: cannot read \(ENOENT\)/ });
+  const bytes = await readFile(path);
+  await t.throwsAsync(WorkerPatchcoreModel.load(bytes.subarray(0, bytes.length >> 1), {}, 'half.onnx'), { name: 'ModelLoadError', message: /half\.onnx/ });
+  await t.throwsAsync(WorkerPatchcoreModel.load(path, { expectBackboneSha256: 'f'.repeat(64) }), { message: /built on backbone mobilenetv2-12-int8/ });
+  const m = await WorkerPatchcoreModel.load(path, { provider: 'cpu' });
+  await t.throwsAsync(m.predict(new Float32Array(10), 1), { instanceOf: RangeError, message: /batch of 1 needs 150528 values, got 10/ });
+  await m.release();
+});
+
+maybe('a worker that dies fails its batch with a clear error and is started again for the next one', async (t) => {
+  const { path, batch } = await setup();
+  const m = await WorkerPatchcoreModel.load(path, { provider: 'cpu' });
+  try {
+    const before = await m.predict(batch.data, 1);
+    const pending = m.predict(batch.data, batch.count);
+    // The thread goes away while the batch is in flight (as after a native crash).
+    await (m as unknown as { worker: { terminate(): Promise<number> } }).worker.terminate();
+    await t.throwsAsync(pending, { message: /inference worker stopped.*starts again with the next batch/ });
+    const after = await m.predict(batch.data, 1);
+    t.is(after[0]!.score, before[0]!.score);
+    t.is(m.restarts, 1);
+  } finally {
+    await m.release();
+  }
+});
