@@ -1,5 +1,11 @@
 import test from 'ava';
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join, relative, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import ts from 'typescript';
 import { MOBILENETV2_INT8 } from '../models/backbone.js';
 import { PatchcoreModel } from '../models/runtime.js';
 import { WorkerPatchcoreModel } from '../models/worker-model.js';
@@ -76,5 +82,46 @@ maybe('a worker that dies fails its batch with a clear error and is started agai
     t.is(m.restarts, 1);
   } finally {
     await m.release();
+  }
+});
+
+maybe('compiled build: the worker model runs as plain JS under node (no tsx)', async (t) => {
+  // Transpile models/ as tsc would emit it and run a worker model in a child without tsx: the
+  // worker must find model-worker.js next to worker-model.js, as in dist/.
+  const { path, batch } = await setup();
+  const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+  const out = mkdtempSync(join(tmpdir(), 'worker-model-compiled-'));
+  try {
+    writeFileSync(join(out, 'package.json'), '{"type":"module"}');
+    symlinkSync(join(repoRoot, 'node_modules'), join(out, 'node_modules'));
+    const walk = (dir: string): string[] => readdirSync(dir).flatMap((n) => (statSync(join(dir, n)).isDirectory() ? walk(join(dir, n)) : [join(dir, n)]));
+    for (const file of walk(join(repoRoot, 'models')).filter((f) => f.endsWith('.ts'))) {
+      const target = join(out, relative(repoRoot, file)).replace(/\.ts$/, '.js');
+      mkdirSync(dirname(target), { recursive: true });
+      const js = ts.transpileModule(readFileSync(file, 'utf8'), { compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022 } }).outputText;
+      writeFileSync(target, js);
+    }
+    writeFileSync(join(out, 'batch.bin'), Buffer.from(batch.data.buffer, batch.data.byteOffset, 3 * 224 * 224 * 4));
+    writeFileSync(
+      join(out, 'run.mjs'),
+      `import { readFileSync } from 'node:fs';
+import { WorkerPatchcoreModel } from './models/worker-model.js';
+const b = readFileSync(new URL('./batch.bin', import.meta.url));
+const m = await WorkerPatchcoreModel.load(${JSON.stringify(path)}, { provider: 'cpu' });
+const x = m.allocateBatch(b.length / 4);
+x.set(new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength)));
+const [p] = await m.predict(x, 1);
+await m.release();
+console.log(JSON.stringify({ score: p.score }));
+`,
+    );
+    const child = spawnSync(process.execPath, [join(out, 'run.mjs')], { encoding: 'utf8', timeout: 120_000 });
+    t.is(child.status, 0, child.stderr);
+    const local = await PatchcoreModel.load(path, { provider: 'cpu' });
+    const [want] = await local.predict(batch.data, 1);
+    await local.release();
+    t.is((JSON.parse(child.stdout) as { score: number }).score, want!.score);
+  } finally {
+    rmSync(out, { recursive: true, force: true });
   }
 });
