@@ -15,9 +15,17 @@
  * While running, the model rollout (model-rollout.ts) watches the model files and hot-swaps a
  * replaced one between batches; the status is re-published after each swap.
  *
+ * Time: one wall clock (`AgentOptions.clock`, default Date.now) stamps everything the agent
+ * publishes — frame capture times, event start/end times, status/stats times, outbox records.
+ * It may jump (NTP, an RTC without battery); nothing that measures an interval uses it (timers,
+ * backoff, frame-rate caps, frame ages, state refreshes and uptime run on the monotonic clock),
+ * and event ids do not rest on it (pipelines/events.ts): each start draws a random run tag that
+ * the debouncer stores with every raise.
+ *
  * Emits 'event' (every AnomalyEvent) and 'output' (every scanned slot) for library users;
  * `finished` resolves when every camera's frame stream has ended (a replay without loop).
  */
+import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { mkdir } from 'node:fs/promises';
 import { Subject, takeUntil, type Observable, type Subscription } from 'rxjs';
@@ -33,10 +41,11 @@ import { agentStats, StatsPublisher, type AgentStats } from './extensions/stats.
 import { StatusPublisher } from './extensions/status.js';
 import type { AgentCamera, AgentContext, Extension } from './extensions/types.js';
 import { AgentMetrics, type HealthReport, type HealthState } from './health.js';
+import type { ModelStatus } from './model-registry.js';
 import { Logger } from './logger.js';
 import { ModelRegistry } from './model-registry.js';
 import { ModelRollout, type ModelRolloutStats } from './model-rollout.js';
-import type { ProviderChoice } from '../models/execution-provider.js';
+import { nvidiaGpuPresent, renderNodePresent, type ProviderChoice } from '../models/execution-provider.js';
 import { startMqttClient, type AgentMqttClient } from './mqtt/client.js';
 import { startEmbeddedBroker, type EmbeddedBroker } from './mqtt/embedded-broker.js';
 import type { OutboxMessage } from './mqtt/outbox.js';
@@ -62,6 +71,11 @@ export interface AgentOptions {
   drainTimeoutMs?: number;
   /** Quiet time after a model file changes before it is verified (default 300 ms). */
   modelWatchDebounceMs?: number;
+  /**
+   * The wall clock, ms since the epoch (default Date.now): stamps frames, events, status, stats
+   * and outbox records. Injectable so tests can step it back and forth; timers stay on real time.
+   */
+  clock?: () => number;
 }
 
 export interface AgentEvents {
@@ -108,6 +122,14 @@ export class Agent extends EventEmitter<AgentEvents> {
   private started: Extension[] = [];
   private readonly outputs = new Subject<ShelfOutput>();
   private startedAt = 0;
+  /** performance.now() at start, for the uptime (the wall clock may jump). */
+  private startedMono = 0;
+  private readonly clock: () => number;
+  /**
+   * Random per start; the debouncer stores it with every raise, so an event raised after a
+   * restart never gets the id of one raised before it, whatever the wall clock says.
+   */
+  readonly runTag = randomBytes(4).toString('hex');
   private brokerUrlValue: string;
   private finishedResolve!: () => void;
   /** Ends every camera's frames so the pipeline can finish what it already captured. */
@@ -121,6 +143,7 @@ export class Agent extends EventEmitter<AgentEvents> {
   ) {
     super();
     this.logger = options.logger ?? defaultLogger(config);
+    this.clock = options.clock ?? Date.now;
     this.topics = agentTopics(config.mqtt.baseTopic, config.agent.id);
     // Validate every camera/slot id as a topic level up front, not at the first event.
     for (const cam of config.cameras) for (const slot of cam.slots) this.topics.slot(cam.id, slot.id);
@@ -130,8 +153,9 @@ export class Agent extends EventEmitter<AgentEvents> {
         pipeline: () => this.pipeline?.stats() ?? null,
         mqtt: () => this.client?.metrics() ?? null,
         sources: () => this.cameras.map((c) => ({ camera: c.config.id, kind: c.source.kind, status: c.source.status() })),
+        models: () => this.registry?.status() ?? [],
       },
-      { batchSize: config.inference.batchSize },
+      { batchSize: config.inference.batchSize, clock: this.clock },
     );
     this.finished = new Promise<void>((resolve) => (this.finishedResolve = resolve));
   }
@@ -184,17 +208,24 @@ export class Agent extends EventEmitter<AgentEvents> {
     let status: HealthState;
     if (this.stateValue === 'running') status = this.cameras.length > 0 && failed === this.cameras.length ? 'stopped' : problems.length ? 'degraded' : 'ok';
     else status = this.stateValue === 'idle' ? 'starting' : this.stateValue === 'starting' ? 'starting' : this.stateValue;
-    return { status, problems, uptimeSeconds: this.startedAt ? Math.round((Date.now() - this.startedAt) / 1000) : 0, mqtt: mqttState, cameras };
+    return { status, problems, uptimeSeconds: this.uptimeSeconds(), mqtt: mqttState, cameras };
+  }
+
+  private uptimeSeconds(): number {
+    return this.startedMono ? Math.round((performance.now() - this.startedMono) / 1000) : 0;
   }
 
   async start(): Promise<void> {
     if (this.stateValue !== 'idle') throw new Error(`agent ${this.config.agent.id}: start() called in state ${this.stateValue}`);
     this.setState('starting');
-    this.startedAt = Date.now();
+    this.startedAt = this.clock();
+    this.startedMono = performance.now();
     const { config, logger } = this;
     try {
       await mkdir(config.agent.stateDir, { recursive: true });
       this.registry = await ModelRegistry.load(config, logger);
+      for (const m of this.registry.status()) this.logProvider(m);
+      this.metrics.trackModels(this.registry.names());
 
       if (config.mqtt.embedded) {
         this.broker = await startEmbeddedBroker({ port: config.mqtt.embeddedPort });
@@ -209,7 +240,7 @@ export class Agent extends EventEmitter<AgentEvents> {
         password: config.mqtt.password,
         tls: config.mqtt.tls,
         keepaliveSeconds: config.mqtt.keepaliveSeconds,
-        outbox: { dir: config.outbox.dir, maxRecords: config.outbox.maxRecords, maxBytes: config.outbox.maxBytes, fsync: this.options.outboxFsync },
+        outbox: { dir: config.outbox.dir, maxRecords: config.outbox.maxRecords, maxBytes: config.outbox.maxBytes, fsync: this.options.outboxFsync, clock: this.clock },
         reconnect: this.options.reconnect,
         logger: logger.child({ component: 'mqtt' }),
       });
@@ -217,7 +248,7 @@ export class Agent extends EventEmitter<AgentEvents> {
       if (pendingAtStart > 0) logger.info('outbox holds messages from a previous run; they go first', { records: pendingAtStart });
 
       this.cameras = config.cameras.map((cam) => {
-        const feed = createCameraFeed(cam, { logger: logger.child({ component: 'source' }).forSources });
+        const feed = createCameraFeed(cam, { logger: logger.child({ component: 'source' }).forSources, clock: this.clock });
         return { config: cam, source: feed.source, scans$: feed.scans$ };
       });
       this.pipeline = createShelfPipeline({
@@ -226,9 +257,10 @@ export class Agent extends EventEmitter<AgentEvents> {
         batchSize: config.inference.batchSize,
         batchWaitMs: config.inference.batchWaitMs,
         maxPendingFrames: config.inference.maxPendingFrames,
-        debounce: config.debounce,
+        debounce: { ...config.debounce, run: this.runTag },
         thumbnails: { enabled: true, maxSize: config.thumbnails.maxSize, quality: config.thumbnails.quality },
         observer: combineObservers(this.metrics.observer(), this.logObserver(), { event: (e) => this.emit('event', e) }, this.options.observer ?? {}),
+        clock: this.clock,
       });
 
       const rollout = new ModelRollout({
@@ -236,9 +268,18 @@ export class Agent extends EventEmitter<AgentEvents> {
         pipeline: this.pipeline,
         stateDir: config.agent.stateDir,
         provider: config.inference.provider as ProviderChoice,
+        workerThread: config.inference.workerThread,
+        intraOpThreads: config.inference.intraOpThreads,
         logger: logger.child({ component: 'rollout' }),
         debounceMs: this.options.modelWatchDebounceMs,
-        onSwap: () => this.started.find((e): e is StatusPublisher => e instanceof StatusPublisher)?.publish('running'),
+        clock: this.clock,
+        onSwap: (swap) => {
+          for (const name of swap.names) this.metrics.modelRollout(name, 'accepted');
+          this.started.find((e): e is StatusPublisher => e instanceof StatusPublisher)?.publish('running');
+        },
+        onReject: (_rejection, names) => {
+          for (const name of names) this.metrics.modelRollout(name, 'rejected');
+        },
       });
       this.rollout = rollout;
 
@@ -342,6 +383,8 @@ export class Agent extends EventEmitter<AgentEvents> {
       metrics: this.metrics,
       version: TOOL_VERSION,
       startedAt: this.startedAt,
+      clock: this.clock,
+      uptimeSeconds: () => this.uptimeSeconds(),
       brokerUrl: this.brokerUrlValue,
       pipelineStats: () => this.pipelineStats(),
       health: () => this.health(),
@@ -349,6 +392,19 @@ export class Agent extends EventEmitter<AgentEvents> {
         client.publish(message).catch((err: Error) => this.logger.warn('message not queued', { id: message.id, topic: message.topic, error: err }));
       },
     };
+  }
+
+  /**
+   * One line per model: the execution provider it got and why each earlier candidate was not
+   * used, e.g. `model tile: provider cpu (cuda skipped: no NVIDIA GPU device found; webgpu
+   * skipped: …)`. A warning when the model ended on the CPU although a GPU was asked for or a
+   * GPU device is present (a driver or library problem, not a CPU-only box).
+   */
+  private logProvider(m: ModelStatus): void {
+    const fields = { model: m.name, provider: m.provider, fallbacks: m.fallbacks, requested: this.config.inference.provider };
+    const gpuExpected = this.config.inference.provider === 'cuda' || this.config.inference.provider === 'webgpu' || (this.config.inference.provider === 'auto' && (nvidiaGpuPresent() || renderNodePresent()));
+    if (m.provider === 'cpu' && m.fallbacks.length > 0 && gpuExpected) this.logger.warn(providerLine(m), fields);
+    else this.logger.info(providerLine(m), fields);
   }
 
   private setState(state: AgentState): void {
@@ -361,7 +417,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     const log = this.logger.child({ component: 'pipeline' });
     const last = new Map<string, { at: number; suppressed: number }>();
     const throttled = (key: string, write: (suppressed: number) => void) => {
-      const now = Date.now();
+      const now = performance.now();
       const entry = last.get(key);
       if (entry && now - entry.at < 60_000) {
         entry.suppressed++;
@@ -384,6 +440,12 @@ export class Agent extends EventEmitter<AgentEvents> {
       cameraEnded: (camera) => log.info('camera frame stream ended', { camera }),
     };
   }
+}
+
+/** `model tile: provider cpu (cuda skipped: no NVIDIA GPU device found; webgpu skipped: …)`. */
+export function providerLine(m: Pick<ModelStatus, 'name' | 'provider' | 'fallbacks'>): string {
+  const skipped = m.fallbacks.map((f) => `${f.provider} skipped: ${f.reason}`).join('; ');
+  return `model ${m.name}: provider ${m.provider}${skipped ? ` (${skipped})` : ''}`;
 }
 
 /** A camera with the frames to scan (its source plus its schedule). */

@@ -319,6 +319,8 @@ export function configSchema(baseDir: string) {
       batchSize: int(1, 1024).default(8),
       batchWaitMs: duration('ms', 0, 60_000).default(25),
       maxPendingFrames: int(1, 10_000).default(4),
+      workerThread: bool.default(true),
+      intraOpThreads: int(0, 1024).default(0),
     }).prefault({}),
     debounce: strict({
       raiseAfter: int(1, 1000).default(2),
@@ -1120,7 +1122,7 @@ export function formatConfigSummary(config: AgentConfig, origin = '<config>'): s
   row('outbox', `${config.outbox.dir} (max ${config.outbox.maxRecords} records, ${formatBytes(config.outbox.maxBytes)})`);
   row(
     'inference',
-    `provider ${config.inference.provider}, batches of ${config.inference.batchSize} within ${formatDurationMs(config.inference.batchWaitMs)}, ${config.inference.maxPendingFrames} pending frames max`,
+    `provider ${config.inference.provider}${config.inference.workerThread ? ' in a worker thread' : ' on the main thread'}${config.inference.intraOpThreads ? `, ${config.inference.intraOpThreads} threads per model` : ''}, batches of ${config.inference.batchSize} within ${formatDurationMs(config.inference.batchWaitMs)}, ${config.inference.maxPendingFrames} pending frames max`,
   );
   row('debounce', `raise after ${config.debounce.raiseAfter} of ${config.debounce.window} scans, clear after ${config.debounce.clearAfter} normal`);
   row('metrics', config.metrics.enabled ? `http://${config.metrics.host}:${config.metrics.port}/metrics` : 'disabled');

@@ -31,7 +31,12 @@ export interface MetricsSources {
   pipeline(): ShelfPipelineStats | null;
   mqtt(): MqttClientMetrics | null;
   sources(): CameraSourceSnapshot[];
+  /** The serving models (config name, file digest, execution provider); empty before start. */
+  models?(): Array<{ name: string; digest: string; provider: string }>;
 }
+
+/** How a model rollout ended: the candidate file serves now, or it was refused. */
+export type ModelRolloutResult = 'accepted' | 'rejected';
 
 export class AgentMetrics {
   readonly registry = new Registry();
@@ -45,15 +50,19 @@ export class AgentMetrics {
   private readonly batchSize: Histogram<'model'>;
   private readonly scanSeconds: Histogram<'camera'>;
   private readonly decodeSeconds: Histogram<'camera'>;
+  private readonly modelRollouts: Counter<'model' | 'result'>;
+  private readonly clock: () => number;
   /** Last values of externally kept counters, to turn them into prom-client increments. */
   private readonly last = new Map<string, number>();
 
   constructor(
     private readonly sources: MetricsSources,
-    options: { batchSize?: number; defaultMetrics?: boolean } = {},
+    /** `clock`: the wall clock that stamped outbox records (default Date.now), for their age. */
+    options: { batchSize?: number; defaultMetrics?: boolean; clock?: () => number } = {},
   ) {
     const registers = [this.registry];
     const self = this;
+    this.clock = options.clock ?? Date.now;
     this.frames = new Counter({ name: 'shelfwatch_frames_total', help: 'Frames received from the camera sources', labelNames: ['camera'], registers });
     this.framesDropped = new Counter({
       name: 'shelfwatch_frames_dropped_total',
@@ -152,7 +161,23 @@ export class AgentMetrics {
       registers,
       collect() {
         const oldest = self.sources.mqtt()?.outbox.depth.oldestCreatedAt ?? null;
-        this.set(oldest === null ? 0 : Math.max(0, (Date.now() - oldest) / 1000));
+        this.set(oldest === null ? 0 : Math.max(0, (self.clock() - oldest) / 1000));
+      },
+    });
+    this.modelRollouts = new Counter({
+      name: 'shelfwatch_model_rollouts_total',
+      help: 'Replacement model files checked while running, by config name and result (accepted: swapped in; rejected: refused, the old model kept serving)',
+      labelNames: ['model', 'result'],
+      registers,
+    });
+    new Gauge({
+      name: 'shelfwatch_model_info',
+      help: 'The model serving each config name: 1 for its file digest (sha256) and execution provider',
+      labelNames: ['model', 'digest', 'provider'],
+      registers,
+      collect() {
+        this.reset();
+        for (const m of self.sources.models?.() ?? []) this.set({ model: m.name, digest: m.digest, provider: m.provider }, 1);
       },
     });
     this.mirrorCounter('shelfwatch_outbox_dropped_total', 'Outbox records dropped (oldest first) because the outbox was full', () => self.sources.mqtt()?.outbox.counters.dropped);
@@ -248,6 +273,16 @@ export class AgentMetrics {
       },
       event: (event) => this.events.inc({ camera: event.after.camera, type: event.type }),
     };
+  }
+
+  /** Makes both results of every named model visible (at 0) before the first rollout. */
+  trackModels(models: readonly string[]): void {
+    for (const model of models) for (const result of ['accepted', 'rejected'] as const) this.modelRollouts.inc({ model, result }, 0);
+  }
+
+  /** Counts one rollout of the model `model` (a config name). */
+  modelRollout(model: string, result: ModelRolloutResult): void {
+    this.modelRollouts.inc({ model, result });
   }
 
   async text(): Promise<string> {

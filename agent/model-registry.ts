@@ -7,7 +7,7 @@
  */
 import { resolve } from 'node:path';
 import type { ProviderChoice } from '../models/execution-provider.js';
-import { PatchcoreModel } from '../models/runtime.js';
+import { loadInferenceModel, type InferenceModel } from '../models/load-model.js';
 import type { AgentConfig } from './config.js';
 import type { Logger } from './logger.js';
 
@@ -16,7 +16,7 @@ export interface RegisteredModel {
   name: string;
   /** Absolute path of the model file. */
   path: string;
-  model: PatchcoreModel;
+  model: InferenceModel;
   /** `models.<name>.threshold`, when set. */
   threshold?: number;
 }
@@ -53,16 +53,20 @@ export class ModelRegistry {
         usage.set(slot.model, [...(usage.get(slot.model) ?? []), `${cam.id}/${slot.id}`]);
       }
     }
-    const byFile = new Map<string, Promise<PatchcoreModel>>();
+    const byFile = new Map<string, Promise<InferenceModel>>();
     const entries = new Map<string, RegisteredModel>();
-    const loaded: PatchcoreModel[] = [];
+    const loaded: InferenceModel[] = [];
     try {
       for (const name of usage.keys()) {
         const cfg = config.models[name]!;
         const file = resolve(cfg.path);
         let pending = byFile.get(file);
         if (!pending) {
-          pending = PatchcoreModel.load(file, { provider: config.inference.provider as ProviderChoice }).catch((err: Error) => {
+          pending = loadInferenceModel(file, {
+            provider: config.inference.provider as ProviderChoice,
+            workerThread: config.inference.workerThread,
+            intraOpThreads: config.inference.intraOpThreads || undefined,
+          }).catch((err: Error) => {
             throw new Error(`models.${name}.path: ${err.message}`, { cause: err });
           });
           byFile.set(file, pending);
@@ -100,8 +104,8 @@ export class ModelRegistry {
   }
 
   /** Every loaded model file once, with the config names that use it. */
-  files(): Array<{ path: string; model: PatchcoreModel; names: string[] }> {
-    const byPath = new Map<string, { path: string; model: PatchcoreModel; names: string[] }>();
+  files(): Array<{ path: string; model: InferenceModel; names: string[] }> {
+    const byPath = new Map<string, { path: string; model: InferenceModel; names: string[] }>();
     for (const e of this.entries.values()) {
       const file = byPath.get(e.path) ?? { path: e.path, model: e.model, names: [] };
       file.names.push(e.name);
@@ -114,7 +118,7 @@ export class ModelRegistry {
    * Points every name that uses the file `path` at `model`; returns the model it replaced
    * (the caller releases it once nothing runs on it). Throws when no loaded model uses `path`.
    */
-  replaceFile(path: string, model: PatchcoreModel): PatchcoreModel {
+  replaceFile(path: string, model: InferenceModel): InferenceModel {
     const file = resolve(path);
     const users = [...this.entries.values()].filter((e) => e.path === file);
     if (users.length === 0) throw new Error(`no loaded model uses the file ${file}`);
@@ -129,7 +133,7 @@ export class ModelRegistry {
   }
 
   /** name → { model, threshold } for the shelf pipeline. */
-  pipelineModels(): Map<string, { model: PatchcoreModel; threshold?: number }> {
+  pipelineModels(): Map<string, { model: InferenceModel; threshold?: number }> {
     return new Map([...this.entries].map(([name, e]) => [name, { model: e.model, ...(e.threshold !== undefined ? { threshold: e.threshold } : {}) }]));
   }
 

@@ -6,7 +6,7 @@
  *
  * Verification of a candidate, in order (the first failure rejects it):
  *   1. read + sha256 (the same digest as the serving model: nothing to do);
- *   2. manifest and ONNX session (PatchcoreModel.load), built on the SAME backbone sha256;
+ *   2. manifest and ONNX session (the model loader), built on the SAME backbone sha256;
  *   3. same input size and normalization as the serving model (crops already preprocessed for
  *      the next batch must stay valid);
  *   4. a smoke inference on the last crop the serving model scored normal (kept in memory by the
@@ -33,7 +33,7 @@ import { copyFile, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/
 import { basename, dirname, join, resolve } from 'node:path';
 import { z } from 'zod';
 import type { ProviderChoice } from '../models/execution-provider.js';
-import { PatchcoreModel } from '../models/runtime.js';
+import { loadInferenceModel, type InferenceModel } from '../models/load-model.js';
 import type { BatchModel } from '../pipelines/inference-batcher.js';
 import { restorePreviousModel, previousModelPath } from './commands/model-rollback.js';
 import { downloadVerified } from './download.js';
@@ -53,11 +53,19 @@ export interface ModelRolloutOptions {
   /** Serving copies and downloads go under `<stateDir>/models/`. */
   stateDir: string;
   provider: ProviderChoice;
+  /** Load candidates in a worker thread, as the serving models are (default true). */
+  workerThread?: boolean;
+  /** onnxruntime CPU threads per model (0 or undefined = one per core). */
+  intraOpThreads?: number;
   logger: Logger;
   /** Quiet time after the last change of a file before it is checked (default 300 ms). */
   debounceMs?: number;
-  /** After every swap (e.g. re-publish the status). */
+  /** After every swap (e.g. re-publish the status, count it). */
   onSwap?: (swap: ModelSwap) => void;
+  /** After every refused candidate, with the config names of the file (e.g. count it). */
+  onReject?: (rejection: ModelRejection, names: string[]) => void;
+  /** Wall clock for the `at` of swaps and rejections (default Date.now). */
+  clock?: () => number;
   /** Largest download accepted by the `model` command (default 512 MiB). */
   maxDownloadBytes?: number;
 }
@@ -265,7 +273,7 @@ export class ModelRollout {
     }
     if (opts.remember && this.rejectedDigest.get(file) === digest) return { outcome: 'unchanged', digest: serving.model.digest };
 
-    let candidate: PatchcoreModel;
+    let candidate: InferenceModel;
     try {
       candidate = await this.verify(file, bytes, serving.model, serving.names[0]!);
     } catch (err) {
@@ -290,7 +298,7 @@ export class ModelRollout {
     this.rejectedDigest.delete(file);
     const swap: ModelSwap = { path: file, names: serving.names, from: serving.model.digest, to: candidate.digest };
     this.counters.swaps++;
-    this.counters.lastSwap = { ...swap, at: Date.now() };
+    this.counters.lastSwap = { ...swap, at: (this.options.clock ?? Date.now)() };
     this.options.logger.info('model swapped in', { path: file, models: swap.names, from: swap.from.slice(0, 12), to: swap.to.slice(0, 12), digest: swap.to });
     try {
       this.options.onSwap?.(swap);
@@ -301,10 +309,19 @@ export class ModelRollout {
   }
 
   /** Steps 2–4 of the header; resolves with the loaded candidate or throws ModelRejectedError. */
-  private async verify(file: string, bytes: Uint8Array, serving: PatchcoreModel, name: string): Promise<PatchcoreModel> {
-    let candidate: PatchcoreModel;
+  private async verify(file: string, bytes: Uint8Array, serving: InferenceModel, name: string): Promise<InferenceModel> {
+    let candidate: InferenceModel;
     try {
-      candidate = await PatchcoreModel.load(bytes, { provider: this.options.provider, expectBackboneSha256: serving.manifest.backbone.sha256 }, file);
+      candidate = await loadInferenceModel(
+        bytes,
+        {
+          provider: this.options.provider,
+          workerThread: this.options.workerThread,
+          intraOpThreads: this.options.intraOpThreads || undefined,
+          expectBackboneSha256: serving.manifest.backbone.sha256,
+        },
+        file,
+      );
     } catch (err) {
       throw new ModelRejectedError((err as Error).message);
     }
@@ -319,13 +336,13 @@ export class ModelRollout {
       const input = stored ?? new Float32Array(3 * b.inputSize * b.inputSize);
       let out;
       try {
-        out = await candidate.run(input, 1);
+        [out] = await candidate.predict(input, 1, []);
       } catch (err) {
         throw new ModelRejectedError(`${file}: smoke inference failed: ${(err as Error).message}`);
       }
       const what = stored ? 'the last normal crop' : 'a synthetic (all-zero) input';
-      if (!allFinite(out.scores) || !allFinite(out.maxDistances)) throw new ModelRejectedError(`${file}: smoke inference on ${what} gave a non-finite score (${out.scores[0]})`);
-      if (!allFinite(out.maps)) throw new ModelRejectedError(`${file}: smoke inference on ${what} gave non-finite anomaly-map values`);
+      if (!out || !Number.isFinite(out.score)) throw new ModelRejectedError(`${file}: smoke inference on ${what} gave a non-finite score (${out?.score})`);
+      if (!allFinite(out.anomalyMap)) throw new ModelRejectedError(`${file}: smoke inference on ${what} gave non-finite anomaly-map values`);
       return candidate;
     } catch (err) {
       await candidate.release().catch(() => undefined);
@@ -334,11 +351,17 @@ export class ModelRollout {
   }
 
   private reject(file: string, digest: string | null, reason: string, remember = true): RolloutResult {
-    const rejection: ModelRejection = { path: file, digest, reason, at: Date.now() };
+    const rejection: ModelRejection = { path: file, digest, reason, at: (this.options.clock ?? Date.now)() };
     if (remember && digest) this.rejectedDigest.set(file, digest);
     this.counters.rejections++;
     this.counters.lastRejection = rejection;
     this.options.logger.warn('model file rejected; the serving model stays', { path: file, digest, reason, rejections: this.counters.rejections });
+    const names = this.options.registry.files().find((f) => f.path === file)?.names ?? [];
+    try {
+      this.options.onReject?.(rejection, names);
+    } catch (err) {
+      this.options.logger.warn('onReject hook failed', { error: err as Error });
+    }
     return { outcome: 'rejected', rejection };
   }
 

@@ -7,6 +7,10 @@
  * - `capFps(maxFps)` thins a frame stream to at most maxFps, dropping frames that come too soon;
  * - `latestFrame(trigger$)` keeps only the newest frame of a stream and emits it when the trigger
  *   fires (no buffering: older frames are simply replaced).
+ *
+ * capFps and latestFrame measure intervals, so they default to the monotonic clock
+ * (performance.now): a wall clock stepped back must not hold frames back until it catches up,
+ * nor one stepped forward make every waiting frame look stale.
  */
 import cron, { type ScheduledTask } from 'node-cron';
 import { filter, interval, map, Observable, sample, type MonoTypeOperatorFunction, type OperatorFunction } from 'rxjs';
@@ -87,11 +91,14 @@ export function scanTrigger(spec: ScanSpec, clockOrOptions: Clock | ScanTriggerO
   });
 }
 
+const monotonic: Clock = () => performance.now();
+
 /**
  * Let through at most `maxFps` values per second: a value that arrives sooner than 1/maxFps
  * after the last one let through is dropped (not delayed — a newer frame will come).
+ * `clock`: a monotonic ms clock (default performance.now).
  */
-export function capFps<T>(maxFps: number, clock: Clock = Date.now): MonoTypeOperatorFunction<T> {
+export function capFps<T>(maxFps: number, clock: Clock = monotonic): MonoTypeOperatorFunction<T> {
   const minGap = 1000 / validateMaxFps(maxFps, 'capFps');
   return (source) =>
     new Observable<T>((subscriber) => {
@@ -110,8 +117,9 @@ export function capFps<T>(maxFps: number, clock: Clock = Date.now): MonoTypeOper
 }
 
 export interface LatestFrameOptions {
-  /** Skip a frame older than this at trigger time (a stalled camera), default: no limit. */
+  /** Skip a frame that arrived longer ago than this at trigger time (a stalled camera), default: no limit. */
   maxAgeMs?: number;
+  /** Monotonic ms clock for the age (default performance.now). */
   clock?: Clock;
 }
 
@@ -120,11 +128,15 @@ export interface LatestFrameOptions {
  * since the last trigger, the trigger is skipped. Holds one frame at most.
  */
 export function latestFrame(trigger$: Observable<unknown>, options: LatestFrameOptions = {}): OperatorFunction<Frame, Frame> {
-  const clock = options.clock ?? Date.now;
+  const clock = options.clock ?? monotonic;
   const maxAge = options.maxAgeMs;
+  // The age counts from the frame's arrival here on the monotonic clock, not from its
+  // capturedAt stamp (wall clock, which may have jumped since).
   return (source) =>
     source.pipe(
+      map((frame) => ({ frame, arrivedAt: clock() })),
       sample(trigger$),
-      filter((frame) => maxAge === undefined || clock() - frame.capturedAt <= maxAge),
+      filter(({ arrivedAt }) => maxAge === undefined || clock() - arrivedAt <= maxAge),
+      map(({ frame }) => frame),
     );
 }

@@ -1,7 +1,7 @@
 /**
  * End-to-end agent throughput and latency against the bare model, measured in the same run.
  *
- *   npx tsx bench/pipeline.ts [--seconds=12] [--rounds=3] [--slots=1,4,16]
+ *   npx tsx bench/pipeline.ts [--seconds=12] [--rounds=3] [--slots=1,4,16] [--modes=worker,main]
  *   npx tsx bench/pipeline.ts --soak [minutes, default 2]      memory flatness at the maximum rate
  *
  * Setup: a PatchCore model with a 1 % coreset on the MobileNetV2 int8 backbone (fitted on
@@ -48,6 +48,8 @@ function arg(name: string): string | undefined {
 const SECONDS = Number(arg('seconds') ?? 12);
 const ROUNDS = Number(arg('rounds') ?? 3);
 const SLOT_COUNTS = (arg('slots') ?? '1,4,16').split(',').map(Number);
+const MODES = (arg('modes') ?? 'worker,main').split(',');
+if (MODES.some((m) => m !== 'worker' && m !== 'main')) throw new Error(`--modes takes worker and/or main, got ${MODES.join(',')}`);
 const soakArg = arg('soak');
 const SOAK_MINUTES = soakArg === undefined ? null : soakArg === '' ? 2 : Number(soakArg);
 for (const [name, v] of [['seconds', SECONDS], ['rounds', ROUNDS], ['soak', SOAK_MINUTES ?? 1], ...SLOT_COUNTS.map((s) => ['slots', s] as const)] as const) {
@@ -125,7 +127,7 @@ interface RunResult {
   errors: string[];
 }
 
-async function runAgent(sc: Scenario, intervalMs: number, seconds: number, opts: { warmupSec?: number; sampleEverySec?: number; label: string }): Promise<RunResult> {
+async function runAgent(sc: Scenario, intervalMs: number, seconds: number, opts: { warmupSec?: number; sampleEverySec?: number; label: string; workerThread?: boolean }): Promise<RunResult> {
   const boxes = JSON.parse(await readFile(join(sc.dir, 'boxes.json'), 'utf8')) as Array<{ x: number; y: number; width: number; height: number }>;
   const stateDir = join(work, `state-${opts.label}`);
   await rm(stateDir, { recursive: true, force: true });
@@ -134,7 +136,7 @@ async function runAgent(sc: Scenario, intervalMs: number, seconds: number, opts:
       agent: { id: 'bench', stateDir },
       mqtt: broker ? { url: broker.url, statsIntervalSeconds: 10 } : { embeddedPort: 0, statsIntervalSeconds: 10 },
       models: { tile: { path: modelPath, threshold: THRESHOLD } },
-      inference: { provider: 'cpu', batchSize: Math.min(sc.slots, 8), batchWaitMs: 10, maxPendingFrames: 1 },
+      inference: { provider: 'cpu', batchSize: Math.min(sc.slots, 8), batchWaitMs: 10, maxPendingFrames: 1, workerThread: opts.workerThread ?? true },
       debounce: { raiseAfter: 1, window: 1, clearAfter: 1 },
       metrics: { enabled: true, port: 0 },
       cameras: [
@@ -232,41 +234,48 @@ if (SOAK_MINUTES !== null) {
   // load on the machine hits both sides alike; CPU time per crop is reported beside wall time.
   const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
   const rows: string[][] = [];
+  const modes = MODES;
   for (const slots of SLOT_COUNTS) {
     const sc = await scenario(slots);
     const batch = Math.min(slots, 8);
     const bares: BareResult[] = [];
-    const sats: RunResult[] = [];
+    const sats = new Map<string, RunResult[]>(modes.map((m) => [m, []]));
     for (let round = 0; round < ROUNDS; round++) {
       bares.push(await bareModel(batch, Math.min(SECONDS, 6)));
       const frameMs = (slots / bares.at(-1)!.cropsPerSec) * 1000;
-      sats.push(await runAgent(sc, Math.max(1, Math.floor(frameMs * 0.8)), SECONDS, { label: `sat-${slots}-${round}` }));
+      for (const mode of modes) {
+        sats.get(mode)!.push(await runAgent(sc, Math.max(1, Math.floor(frameMs * 0.8)), SECONDS, { label: `sat-${slots}-${mode}-${round}`, workerThread: mode === 'worker' }));
+      }
     }
     const bare = median(bares.map((b) => b.cropsPerSec));
     const bareCpu = median(bares.map((b) => b.cpuMsPerCrop));
-    const pipe = median(sats.map((r) => r.cropsPerSec));
-    const pipeCpu = median(sats.map((r) => r.cpuMsPerCrop));
-    const share = median(sats.map((r) => r.modelShare));
-    const half = await runAgent(sc, Math.max(1, Math.round((slots / bare) * 2000)), Math.min(SECONDS, 10), { label: `half-${slots}` });
-    const latencies = sats.flatMap((r) => r.latencies).sort((a, b) => a - b);
-    rows.push([
-      String(slots),
-      String(batch),
-      bare.toFixed(1),
-      pipe.toFixed(1),
-      `${((1 - pipe / bare) * 100).toFixed(1)} %`,
-      `${bareCpu.toFixed(1)} / ${pipeCpu.toFixed(1)}`,
-      `${((pipeCpu / bareCpu - 1) * 100).toFixed(1)} %`,
-      `${(share * 100).toFixed(1)} % → ${((1 / share - 1) * 100).toFixed(1)} %`,
-      (pipe / slots).toFixed(2),
-      `${sats.reduce((n, r) => n + r.framesDropped, 0)}`,
-      `${pct(latencies, 0.5)} / ${pct(latencies, 0.95)}`,
-      `${pct(half.latencies, 0.5)} / ${pct(half.latencies, 0.95)}`,
-    ]);
-    for (const e of [...sats.flatMap((r) => r.errors), ...half.errors].slice(0, 3)) console.log(`  agent error: ${e.trim()}`);
-    console.log(`  ${slots} slot(s): bare ${bares.map((b) => b.cropsPerSec.toFixed(1)).join(', ')} crops/s; pipeline ${sats.map((r) => r.cropsPerSec.toFixed(1)).join(', ')} crops/s`);
+    for (const mode of modes) {
+      const runs = sats.get(mode)!;
+      const pipe = median(runs.map((r) => r.cropsPerSec));
+      const pipeCpu = median(runs.map((r) => r.cpuMsPerCrop));
+      const share = median(runs.map((r) => r.modelShare));
+      const half = await runAgent(sc, Math.max(1, Math.round((slots / bare) * 2000)), Math.min(SECONDS, 10), { label: `half-${slots}-${mode}`, workerThread: mode === 'worker' });
+      const latencies = runs.flatMap((r) => r.latencies).sort((a, b) => a - b);
+      rows.push([
+        String(slots),
+        mode === 'worker' ? 'worker thread' : 'main thread',
+        String(batch),
+        bare.toFixed(1),
+        pipe.toFixed(1),
+        `${((1 - pipe / bare) * 100).toFixed(1)} %`,
+        `${bareCpu.toFixed(1)} / ${pipeCpu.toFixed(1)}`,
+        `${((pipeCpu / bareCpu - 1) * 100).toFixed(1)} %`,
+        `${(share * 100).toFixed(1)} %`,
+        (pipe / slots).toFixed(2),
+        `${runs.reduce((n, r) => n + r.framesDropped, 0)}`,
+        `${pct(latencies, 0.5)} / ${pct(latencies, 0.95)}`,
+        `${pct(half.latencies, 0.5)} / ${pct(half.latencies, 0.95)}`,
+      ]);
+      for (const e of [...runs.flatMap((r) => r.errors), ...half.errors].slice(0, 3)) console.log(`  agent error: ${e.trim()}`);
+      console.log(`  ${slots} slot(s), ${mode}: bare ${bares.map((b) => b.cropsPerSec.toFixed(1)).join(', ')} crops/s; pipeline ${runs.map((r) => r.cropsPerSec.toFixed(1)).join(', ')} crops/s`);
+    }
   }
-  const header = ['slots', 'batch', 'bare crops/s', 'pipeline crops/s', 'wall overhead', 'CPU ms/crop bare / pipeline', 'CPU overhead', 'model busy → overhead', 'frames/s', 'dropped', 'latency p50/p95 ms (saturated)', 'latency p50/p95 ms (half load)'];
+  const header = ['slots', 'inference', 'batch', 'bare crops/s', 'pipeline crops/s', 'wall overhead', 'CPU ms/crop bare / pipeline', 'CPU overhead', 'model busy', 'frames/s', 'dropped', 'latency p50/p95 ms (saturated)', 'latency p50/p95 ms (half load)'];
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (cells: string[]) => cells.map((c, i) => c.padStart(widths[i]!)).join('  ');
   console.log(`\nCPU (${cpus().length} cores), MobileNetV2 int8, 1 % coreset; medians of ${ROUNDS} alternating rounds of ${SECONDS} s; ${broker ? 'mosquitto' : 'embedded broker'}; outbox with fsync`);
@@ -274,8 +283,9 @@ if (SOAK_MINUTES !== null) {
   for (const r of rows) console.log(line(r));
   console.log('wall overhead = 1 − pipeline crops/s ÷ bare-model crops/s at the same batch size (goal ≤ 15 % at 16 slots);');
   console.log('CPU overhead = process CPU time per crop, pipeline ÷ bare − 1;');
-  console.log('model busy = share of the saturated run the model was inferring; overhead = wall ÷ model time − 1 (onnxruntime-node runs');
-  console.log('  inference on the JS thread, so this is the time the pipeline keeps the model waiting); latency = frame capture → its event received from the broker');
+  console.log('model busy = share of the saturated run a batch was in the model (main thread: onnxruntime-node blocks the JS thread for');
+  console.log('  the whole call; worker thread: the event loop goes on meanwhile); latency = frame capture → its event received from the broker;');
+  console.log('inference = where the onnxruntime session runs (config inference.workerThread; default worker thread)');
 }
 
 await broker?.dispose();

@@ -341,14 +341,14 @@ function workerModule(): WorkerModule {
 }
 
 /**
- * The worker's first code, plain CommonJS: registers tsx if needed, imports the worker module and
+ * The worker's first code (dynamic imports only, so it runs as CommonJS or ESM): registers tsx if needed, imports the worker module and
  * serves; a module that fails to load is reported through the shared error slot (the main thread
  * is blocked in Atomics.wait and would never see a Worker 'error' event).
  */
 const WORKER_BOOTSTRAP = `
-const { workerData } = require('node:worker_threads');
+import('node:worker_threads').then(({ workerData }) => {
 const loader = workerData.loaderUrl ? import(workerData.loaderUrl).then((api) => api.register()) : Promise.resolve();
-loader.then(() => import(workerData.moduleUrl)).then(
+return loader.then(() => import(workerData.moduleUrl)).then(
   (m) => m.serveCoresetWorker(workerData),
   (error) => {
     const L = workerData.layout;
@@ -365,6 +365,7 @@ loader.then(() => import(workerData.moduleUrl)).then(
     Atomics.notify(ctl, ${CTL.DONE});
   },
 );
+});
 `;
 
 /** The worker threads of one run and the means to stop them and to surface their failures. */

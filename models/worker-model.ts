@@ -18,16 +18,19 @@ import { ModelLoadError, type LoadModelOptions } from './runtime.js';
 import type { Prediction } from './types.js';
 import { resolveWorkerModule } from './worker-module.js';
 
+// Dynamic imports only: eval'd worker code is CommonJS or ESM depending on the parent's flags
+// (`--input-type=module`), and `require` exists in only one of them.
 const BOOTSTRAP = `
-const { workerData, parentPort } = require('node:worker_threads');
-const loader = workerData.loaderUrl ? import(workerData.loaderUrl).then((api) => api.register()) : Promise.resolve();
-loader.then(() => import(workerData.moduleUrl)).then(
-  (m) => m.serveModelWorker(workerData),
-  (error) => {
-    parentPort.postMessage({ type: 'load-failed', name: 'Error', message: 'could not start the model worker (' + workerData.moduleUrl + '): ' + ((error && error.stack) || error) });
-    parentPort.close();
-  },
-);
+import('node:worker_threads').then(({ workerData, parentPort }) => {
+  const loader = workerData.loaderUrl ? import(workerData.loaderUrl).then((api) => api.register()) : Promise.resolve();
+  return loader.then(() => import(workerData.moduleUrl)).then(
+    (m) => m.serveModelWorker(workerData),
+    (error) => {
+      parentPort.postMessage({ type: 'load-failed', name: 'Error', message: 'could not start the model worker (' + workerData.moduleUrl + '): ' + ((error && error.stack) || error) });
+      parentPort.close();
+    },
+  );
+});
 `;
 
 interface Loaded {

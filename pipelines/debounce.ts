@@ -12,6 +12,11 @@
  *
  * Requiring the current scan to be anomalous for a raise keeps a freshly cleared slot from being
  * re-raised by a normal scan when the window still holds old anomalous decisions.
+ *
+ * Each state also counts its raises (`raises`) and remembers the debouncer run that made the last
+ * one (`raisedIn`, from `DebounceOptions.run`). Together with camera and slot they name one
+ * anomalous period without relying on the wall clock, which may step backwards (NTP correction,
+ * an RTC without battery): events.ts derives the event id from them.
  */
 import { Observable, type OperatorFunction } from 'rxjs';
 import type { Box, SlotPrediction, SlotState } from './types.js';
@@ -25,6 +30,12 @@ export interface DebounceOptions {
   clearAfter: number;
   /** Relative score change that makes an 'updated' (default 0.10). */
   updateScoreChange?: number;
+  /**
+   * Tag of this debouncer run, stored with every raise (`raisedIn`) so that periods raised by
+   * different runs (an agent restart with fresh states) never share an event id even when the
+   * wall clock repeats itself. The agent passes a random tag per start; default ''.
+   */
+  run?: string;
 }
 
 /** One scan's verdict for one slot. */
@@ -45,6 +56,14 @@ export interface DebounceState extends SlotState {
   normalStreak: number;
   /** Score and regions last reported by 'raised'/'updated'; null while ok. */
   reported: { score: number; regions: Box[] } | null;
+  /**
+   * How many times this state was raised; while anomalous, the ordinal of the open period
+   * (1 for the first). Never decreases, whatever the clock does. A state restored from before
+   * this field existed counts as 0.
+   */
+  raises: number;
+  /** `DebounceOptions.run` at the last raise ('' before any raise). */
+  raisedIn: string;
 }
 
 export type SlotTransition = 'raised' | 'updated' | 'cleared' | null;
@@ -55,6 +74,7 @@ export interface StepResult {
 }
 
 export function validateDebounceOptions(options: DebounceOptions): Required<DebounceOptions> {
+  if (options.run !== undefined && typeof options.run !== 'string') throw new TypeError(`debounce.run must be a string, got ${JSON.stringify(options.run)}`);
   const check = (key: 'raiseAfter' | 'window' | 'clearAfter') => {
     const v = options[key];
     if (!Number.isInteger(v) || v < 1) throw new RangeError(`debounce.${key} must be an integer ≥ 1, got ${String(v)}`);
@@ -67,7 +87,7 @@ export function validateDebounceOptions(options: DebounceOptions): Required<Debo
   }
   const updateScoreChange = options.updateScoreChange ?? 0.1;
   if (!(updateScoreChange > 0)) throw new RangeError(`debounce.updateScoreChange must be > 0, got ${updateScoreChange}`);
-  return { ...options, updateScoreChange };
+  return { ...options, updateScoreChange, run: options.run ?? '' };
 }
 
 const overlaps = (a: Box, b: Box) =>
@@ -85,6 +105,8 @@ export function step(state: DebounceState | undefined, decision: SlotDecision, o
     history: [],
     normalStreak: 0,
     reported: null,
+    raises: 0,
+    raisedIn: '',
   };
   if (prev.camera !== decision.camera || prev.slot !== decision.slot) {
     throw new Error(`debounce: decision for ${decision.camera}/${decision.slot} applied to the state of ${prev.camera}/${prev.slot}`);
@@ -98,7 +120,14 @@ export function step(state: DebounceState | undefined, decision: SlotDecision, o
     const anomalousCount = history.filter(Boolean).length;
     if (decision.anomalous && anomalousCount >= opts.raiseAfter) {
       return {
-        state: { ...next, state: 'anomalous', since: decision.at, reported: { score: decision.score, regions } },
+        state: {
+          ...next,
+          state: 'anomalous',
+          since: decision.at,
+          reported: { score: decision.score, regions },
+          raises: (prev.raises ?? 0) + 1,
+          raisedIn: opts.run,
+        },
         transition: 'raised',
       };
     }

@@ -3,13 +3,19 @@
  * where before/after are snapshots of the whole event (before is null for 'new'). One event
  * lives from a slot's 'raised' to its 'cleared' and keeps one id throughout.
  *
- * The id is derived from camera, slot and the raise time only, so a re-delivery (outbox replay
- * after a restart, or a debouncer state restored from disk) carries the same id and consumers
- * can de-duplicate on it.
+ * Event ids: `<camera>-<slot>-<start ms>-<8 hex>`, the hash over camera, slot, start time, the
+ * debouncer run that raised the period and the slot's raise ordinal in that run (DebounceState
+ * `raisedIn` / `raises`). The start time is there for people reading logs; uniqueness does not
+ * rest on it: the wall clock may step backwards (NTP correction, an edge box without RTC battery)
+ * and stamp a later anomaly of the same slot with the same start time as an earlier one, but its
+ * raise ordinal is higher, and after an agent restart the run tag differs (the agent draws a
+ * random one per start). The id is a pure function of the debounce state, so re-deliveries keep
+ * it: an outbox replay re-sends the stored payload, and a debounce state restored from disk
+ * yields the same id for the same open period.
  */
 import { createHash } from 'node:crypto';
 import { Observable, filter, map, type OperatorFunction } from 'rxjs';
-import type { DebouncedItem } from './debounce.js';
+import type { DebouncedItem, DebounceState } from './debounce.js';
 import type { Box, SlotCondition, SlotPrediction, SlotState } from './types.js';
 
 export interface EventRegion {
@@ -62,13 +68,35 @@ export interface SlotStatePayload {
   eventId: string | null;
 }
 
+/** What tells one anomalous period of a slot from every other, whatever the wall clock did. */
+export interface RaiseKey {
+  /** The debouncer run that raised it (DebounceState.raisedIn). */
+  run: string;
+  /** The slot's raise ordinal within its debounce state (DebounceState.raises). */
+  raise: number;
+}
+
 /**
- * `<camera>-<slot>-<start ms>-<8 hex>`. The hash covers the three parts with a separator that
- * cannot occur in ids, so that e.g. camera `a-b` slot `c` and camera `a` slot `b-c` differ.
+ * `<camera>-<slot>-<start ms>-<8 hex>`. The hash covers every part with a separator that cannot
+ * occur in ids, so that e.g. camera `a-b` slot `c` and camera `a` slot `b-c` differ, and so that
+ * two periods with the same start time (a clock that stepped back) differ by their raise key.
  */
-export function eventId(camera: string, slot: string, startTime: number): string {
-  const hash = createHash('sha256').update(`${camera}\n${slot}\n${startTime}`).digest('hex').slice(0, 8);
+export function eventId(camera: string, slot: string, startTime: number, key: RaiseKey): string {
+  const hash = createHash('sha256').update(`${camera}\n${slot}\n${startTime}\n${key.run}\n${key.raise}`).digest('hex').slice(0, 8);
   return `${camera}-${slot}-${startTime}-${hash}`;
+}
+
+/** Id and start of the period a debounce state is in (anomalous) or last was in. */
+export interface EventPeriod {
+  id: string;
+  startTime: number;
+}
+
+/** The period of `state`: its id follows from the state alone, so a restored state keeps it. */
+export function periodOf(state: DebounceState): EventPeriod {
+  // `?? ` for states saved before raises/raisedIn existed.
+  const key = { run: state.raisedIn ?? '', raise: state.raises ?? 0 };
+  return { id: eventId(state.camera, state.slot, state.since, key), startTime: state.since };
 }
 
 export function slotStatePayload(state: SlotState, eventId: string | null): SlotStatePayload {
@@ -80,11 +108,12 @@ export interface EventBuilderOptions {
   thumbnail?: boolean;
 }
 
-/** A snapshot of `sp` as part of the event that started at `startTime`. */
-export function snapshotOf(sp: SlotPrediction, startTime: number, thumbnail: boolean, topScore = sp.prediction.score): AnomalyEventSnapshot {
+/** A snapshot of `sp` as part of the event `period`. */
+export function snapshotOf(sp: SlotPrediction, period: EventPeriod, thumbnail: boolean, topScore = sp.prediction.score): AnomalyEventSnapshot {
   const { crop, prediction } = sp;
+  const { startTime } = period;
   return {
-    id: eventId(crop.frame.camera, crop.slot, startTime),
+    id: period.id,
     camera: crop.frame.camera,
     slot: crop.slot,
     product: crop.product ?? null,
@@ -109,8 +138,8 @@ export function snapshotOf(sp: SlotPrediction, startTime: number, thumbnail: boo
  * (also those without a transition) so that `topScore` sees all anomalous scans.
  *
  * Without a remembered open event (the builder was recreated while the debouncer state was
- * restored), 'updated' becomes a 'new' with the same deterministic id, and 'cleared' an 'end'
- * whose `before` is the clearing scan's snapshot with endTime null.
+ * restored), 'updated' becomes a 'new' with the same id (periodOf the restored state), and
+ * 'cleared' an 'end' whose `before` is the clearing scan's snapshot with endTime null.
  */
 export class EventBuilder {
   private readonly open = new Map<string, AnomalyEventSnapshot>();
@@ -131,23 +160,24 @@ export class EventBuilder {
     const current = this.open.get(key);
     switch (d.transition) {
       case 'raised': {
-        const after = snapshotOf(d.item, d.state.since, this.thumbnail);
+        const after = snapshotOf(d.item, periodOf(d.state), this.thumbnail);
         this.open.set(key, after);
         return { type: 'new', before: null, after };
       }
       case 'updated': {
         if (!current) {
-          const after = snapshotOf(d.item, d.state.since, this.thumbnail);
+          const after = snapshotOf(d.item, periodOf(d.state), this.thumbnail);
           this.open.set(key, after);
           return { type: 'new', before: null, after };
         }
-        const after = snapshotOf(d.item, current.startTime, this.thumbnail, current.topScore);
+        const after = snapshotOf(d.item, current, this.thumbnail, current.topScore);
         this.open.set(key, after);
         return { type: 'update', before: current, after };
       }
       case 'cleared': {
         this.open.delete(key);
-        const before = current ?? snapshotOf(d.item, d.previous?.since ?? d.state.since, this.thumbnail);
+        // A clear always follows an anomalous state: `previous` is the period that ends.
+        const before = current ?? snapshotOf(d.item, periodOf(d.previous ?? d.state), this.thumbnail);
         return { type: 'end', before, after: { ...before, endTime: d.state.since } };
       }
       case null: {

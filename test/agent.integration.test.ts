@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { connect, type IClientOptions, type MqttClient } from 'mqtt';
 import sharp from 'sharp';
-import { Agent } from '../agent/agent.js';
+import { Agent, providerLine } from '../agent/agent.js';
 import { configFromObject, type AgentConfig } from '../agent/config.js';
 import { eventMessageId } from '../agent/extensions/events-publisher.js';
 import { Logger } from '../agent/logger.js';
@@ -196,6 +196,14 @@ serial('replay camera: events, thumbnails, retained state, status, stats and met
   const status = JSON.parse(retained.get(`${ROOT}/status`)!.payload.toString());
   t.like(status, { agent: 'store-1', state: 'running', broker: { embedded: false } });
   t.like(status.models[0], { name: 'tile', digest: modelDigest, provider: 'cpu', threshold: THRESHOLD, thresholdSource: 'config', slots: ['shelf/S0', 'shelf/S1'] });
+  // The startup log names each model's provider in one line (deploy/GPU.md §3); `cpu` was asked
+  // for, so no candidate was skipped.
+  const providerLines = lines.map((l) => JSON.parse(l) as { level: string; msg: string; provider?: string; fallbacks?: unknown[] }).filter((l) => l.msg.startsWith('model tile: provider'));
+  t.deepEqual(providerLines.map((l) => [l.level, l.msg, l.provider, l.fallbacks]), [['info', 'model tile: provider cpu', 'cpu', []]]);
+  t.is(
+    providerLine({ name: 'tile', provider: 'cpu', fallbacks: [{ provider: 'cuda', reason: 'no NVIDIA GPU device found' }, { provider: 'webgpu', reason: 'no GPU render node (/dev/dri/renderD*) found' }] }),
+    'model tile: provider cpu (cuda skipped: no NVIDIA GPU device found; webgpu skipped: no GPU render node (/dev/dri/renderD*) found)',
+  );
   t.like(status.cameras[0], { id: 'shelf', source: 'replay', trigger: 'continuous 2 fps' });
   t.is(status.cameras[0].slots.length, 2);
   for (const slot of ['S0', 'S1']) {

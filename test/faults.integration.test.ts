@@ -6,11 +6,8 @@
  * Faults: broker down at agent start; the network to the broker stalled (keepalive must notice)
  * and cut, through test/helpers/tcp-proxy.ts; the agent SIGKILLed (child process) with a
  * non-empty outbox and restarted on the same state dir; the outbox directory unwritable
- * (replaced by a file) while the network is down, then restored.
- *
- * Not covered: a wall-clock jump. The Agent takes no injectable clock (sources accept one, but
- * createCameraFeed is not given it; event ids and the outbox use Date.now), so it cannot be
- * simulated in-process without patching globals.
+ * (replaced by a file) while the network is down, then restored; the wall clock stepped back
+ * and forward mid-run (AgentOptions.clock), where event ids must stay unique per anomaly.
  */
 import test from 'ava';
 import { spawn } from 'node:child_process';
@@ -18,7 +15,7 @@ import { mkdir, mkdtemp, readdir, rename, rm, writeFile } from 'node:fs/promises
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, type MqttClient } from 'mqtt';
-import { Agent } from '../agent/agent.js';
+import { Agent, type AgentOptions } from '../agent/agent.js';
 import { configFromObject, type AgentConfig } from '../agent/config.js';
 import { eventMessageId } from '../agent/extensions/events-publisher.js';
 import { Logger } from '../agent/logger.js';
@@ -128,8 +125,8 @@ function account(t: { deepEqual(a: unknown, b: unknown, m?: string): void; log(.
   return figures;
 }
 
-function startAgent(t: Ctx, config: AgentConfig, logger: Logger, keepRaised: string[]): Agent {
-  const agent = new Agent(config, { logger, outboxFsync: false, reconnect: { minDelayMs: 100, maxDelayMs: 400 }, flushTimeoutMs: 1000 });
+function startAgent(t: Ctx, config: AgentConfig, logger: Logger, keepRaised: string[], extra: AgentOptions = {}): Agent {
+  const agent = new Agent(config, { logger, outboxFsync: false, reconnect: { minDelayMs: 100, maxDelayMs: 400 }, flushTimeoutMs: 1000, ...extra });
   agent.on('event', (e) => keepRaised.push(eventMessageId(e)));
   t.teardown(() => agent.stop());
   return agent;
@@ -272,7 +269,7 @@ serial('agent SIGKILLed with a non-empty outbox: a new agent on the same state d
     }
   });
   await until('the child to queue its events', () => queued >= 0 || child.exitCode !== null, 45_000, [stderr]);
-  t.true(raised.length >= 2, `the child raised ${raised.length} events`);
+  t.true(raised.length >= 2, `the child raised ${raised.length} events${raised.length < 2 ? `; its stderr:\n${stderr.slice(-2000)}` : ''}`);
   const exited = new Promise((r) => child.once('exit', r));
   child.kill('SIGKILL');
   await exited;
@@ -349,4 +346,104 @@ serial('outbox directory unwritable while offline: records kept in memory, writt
   await until('the stop flush to arrive', () => raised.every((id) => sub.ids.includes(id)), 5_000, lines);
   account(t, 'outbox disk unwritable', raised, sub.ids);
   t.log(`outbox counters: ${JSON.stringify(agent.mqtt!.outbox.counters())}`);
+});
+
+serial('wall clock stepped back 1 h, forward 1 day, then reset: every anomaly keeps its own id and is delivered once', async (t) => {
+  const broker = await startMosquitto();
+  t.teardown(() => broker.dispose());
+  // A plain subscriber keeping whole events (no broker kill here, so no persistent session).
+  const delivered: AnomalyEvent[] = [];
+  const sub = connect(broker.url, { reconnectPeriod: 200 });
+  sub.on('error', () => undefined);
+  t.teardown(() => sub.end(true));
+  sub.on('message', (topic, payload) => {
+    if (topic === `${ROOT}/events`) delivered.push(JSON.parse(payload.toString()) as AnomalyEvent);
+  });
+  await new Promise<void>((resolve, reject) => sub.once('connect', () => sub.subscribe(`${ROOT}/events`, { qos: 1 }, (err) => (err ? reject(err) : resolve()))));
+
+  // The agent's wall clock: real time plus an offset the test steps, read in whole seconds (an
+  // RTC's precision). Time stamps therefore repeat — the slot raises about twice a second, and
+  // after the reset the clock re-reads the seconds of the first phase — so ids derived from the
+  // clock alone would give distinct anomalies the same id (and consumers would drop one).
+  const T0 = 1_700_000_000_000;
+  let offset = T0 - Date.now();
+  const clock = () => Math.floor((Date.now() + offset) / 1000) * 1000;
+
+  const raised: AnomalyEvent[] = [];
+  const { logger, lines } = captureLogger();
+  const agent = startAgent(t, faultConfig(broker.url, join(work, 'state-clock'), looping()), logger, [], { clock });
+  agent.on('event', (e) => raised.push(e));
+  await agent.start();
+  // A phase holds the frames stamped after its step: the source stamps capture time and sequence
+  // together, synchronously, so frames numbered from `fromSeq` on read the stepped clock.
+  const phases: Array<{ name: string; fromSeq: number }> = [];
+  const seqOf = (e: AnomalyEvent) => Number(e.after.frameId.slice(e.after.frameId.lastIndexOf('-') + 1));
+  const phaseOf = (e: AnomalyEvent) => phases.findLast((p) => p.fromSeq <= seqOf(e))?.name;
+  const newsIn = (name: string) => raised.filter((e) => e.type === 'new' && phaseOf(e) === name);
+  const runPhase = async (name: string, step: () => void) => {
+    step();
+    phases.push({ name, fromSeq: agent.stats().cameras.shelf?.source.frames ?? 0 });
+    await until(`3 anomalies raised in phase '${name}'`, () => newsIn(name).length >= 3, 30_000, lines);
+  };
+  await runPhase('start', () => undefined);
+  const firstStart = Math.min(...newsIn('start').map((e) => e.after.startTime));
+  await runPhase('back 1 h', () => (offset -= 3_600_000));
+  await runPhase('forward 1 day', () => (offset += 86_400_000));
+  // Back to the first raise's second: the clock re-reads the seconds of the first phase.
+  await runPhase('reset to start', () => (offset = firstStart - Date.now()));
+  await agent.stop();
+  await until('every raised event to arrive', () => raised.every((e) => delivered.some((d) => eventMessageId(d) === eventMessageId(e))), 10_000, lines);
+
+  // The clock did what the test says: the step back put raises BEFORE the first ones, the step
+  // forward a day ahead, and start times repeat (within a phase, and across the reset).
+  t.true(newsIn('back 1 h').every((e) => e.after.startTime < firstStart), 'raised after the step back, stamped before the first raise');
+  t.true(newsIn('forward 1 day').every((e) => e.after.startTime >= T0 + 86_400_000 - 3_600_000));
+  const news = raised.filter((e) => e.type === 'new');
+  const startTimes = news.map((e) => e.after.startTime);
+  t.true(new Set(startTimes).size < startTimes.length, 'some distinct anomalies share a start time');
+  const startSeconds = new Set(newsIn('start').map((e) => e.after.startTime));
+  t.true(newsIn('reset to start').some((e) => startSeconds.has(e.after.startTime)), 'after the reset, raises repeat the first phase\'s times');
+
+  // Exact accounting by the pipeline's own counters: every event it counted was raised here.
+  const counted = agent.pipelineStats().cameras.shelf!.events;
+  const byType = (type: string) => raised.filter((e) => e.type === type).length;
+  t.deepEqual({ new: byType('new'), update: byType('update'), end: byType('end') }, counted, 'events raised = events the pipeline counted');
+
+  // One id per distinct anomaly: every 'new' has its own id, every 'end' closes exactly one of them.
+  const newIds = news.map((e) => e.after.id);
+  t.is(new Set(newIds).size, newIds.length, 'no two anomalies share an event id');
+  const endIds = raised.filter((e) => e.type === 'end').map((e) => e.after.id);
+  t.is(new Set(endIds).size, endIds.length, 'each anomaly ends once');
+  t.true(endIds.every((id) => newIds.includes(id)), 'each end names an anomaly that was raised');
+
+  // Delivery, de-duplicated by event id (and type: new and end share the id): exactly what was
+  // raised, nothing lost, nothing extra.
+  const key = (e: AnomalyEvent) => (e.type === 'update' ? `${e.type}:${e.after.id}:${e.after.frameId}` : `${e.type}:${e.after.id}`);
+  t.deepEqual(new Set(delivered.map(key)), new Set(raised.map(key)), 'delivered after de-duplication by id = raised');
+  t.is(new Set(delivered.map(key)).size, raised.length, 'each raised event survives de-duplication by id');
+  account(t, 'clock jumps', raised.map(eventMessageId), delivered.map(eventMessageId));
+
+  // Nothing timed out or was dropped because of the jumps (timers run on the monotonic clock).
+  const cam = agent.pipelineStats().cameras.shelf!;
+  t.like(cam, { framesDropped: 0, decodeErrors: 0, inferenceErrors: 0, thumbnailErrors: 0 });
+  t.is(agent.mqtt!.metrics().connectionLosses, 0, 'the MQTT keepalive was not fooled by the jumps');
+  t.is(agent.mqtt!.outbox.depth().records, 0, 'the outbox drained');
+  t.log(`phases: ${['start', 'back 1 h', 'forward 1 day', 'reset to start'].map((p) => `${p} ${newsIn(p).length}`).join(', ')}; ${news.length} anomalies, ${raised.length} events`);
+
+  // A reboot with the RTC reset: a new agent (fresh debounce states, raise counters from 1)
+  // re-reads the first run's seconds; its run tag keeps its ids apart from the first run's.
+  const again: AnomalyEvent[] = [];
+  const second = startAgent(t, faultConfig(broker.url, join(work, 'state-clock'), looping()), captureLogger().logger, [], { clock });
+  second.on('event', (e) => again.push(e));
+  t.not(second.runTag, agent.runTag);
+  await second.start();
+  // The first raise comes from the replay's third frame (N A A …), 200 ms from now.
+  offset = firstStart - Date.now();
+  await until('3 anomalies raised after the restart', () => again.filter((e) => e.type === 'new').length >= 3, 30_000, lines);
+  await second.stop();
+  await until('the restarted agent\'s events to arrive', () => again.every((e) => delivered.some((d) => eventMessageId(d) === eventMessageId(e))), 10_000, lines);
+  const againNews = again.filter((e) => e.type === 'new');
+  t.true(againNews.some((e) => startSeconds.has(e.after.startTime)), 'the restarted agent re-reads the first run\'s seconds');
+  t.deepEqual(againNews.filter((e) => newIds.includes(e.after.id)).map((e) => e.after.id), [], 'no id of the first run is reused');
+  account(t, 'clock reset and restart', [...raised, ...again].map(eventMessageId), delivered.map(eventMessageId));
 });

@@ -3,7 +3,7 @@
  * (same data, different coreset seeds: two files, two digests). A replay camera streams frames
  * (normal, with a blotch in one slot every few frames, so events keep coming) while the test:
  *   1. renames model B onto the configured path      → B serves; status and events carry B;
- *   2. writes garbage over the path                   → refused, counted, B keeps serving;
+ *   2. writes garbage over the path                   → refused, counted (also on /metrics), B keeps serving;
  *   3. `shelfwatch model rollback` (runModelRollback) → A (kept as `.previous`) serves again;
  *   4. MQTT `command/rollback`                         → B again (a rollback of the rollback).
  * A second test installs a model through MQTT `command/model` from a local HTTP server.
@@ -34,7 +34,8 @@ const serial = available ? test.serial : test.serial.skip;
 const ROOT = 'shelfwatch/store-9';
 /** N N A A A N N N, repeated: a new and an end event every cycle. */
 const CYCLE = [false, false, true, true, true, false, false, false];
-const FRAMES = CYCLE.length * 12;
+// Enough frames (≈ 14 s at 60 ms) for four rollouts, each starting a model worker, before the replay ends.
+const FRAMES = CYCLE.length * 30;
 
 let work: string;
 let modelA: string;
@@ -101,7 +102,7 @@ serial('hot swap under a running pipeline: no frame lost, bad file refused, roll
       models: { tile: { path: modelPath, threshold: 4 } },
       inference: { provider: 'cpu', batchSize: 8, batchWaitMs: 10, maxPendingFrames: 512 },
       debounce: { raiseAfter: 2, window: 3, clearAfter: 2 },
-      metrics: { enabled: false },
+      metrics: { enabled: true, port: 0 },
       cameras: [
         {
           id: 'shelf',
@@ -121,8 +122,16 @@ serial('hot swap under a running pipeline: no frame lost, bad file refused, roll
   await agent.start();
   const rollout = agent.modelRollout!;
   const scannedWith = (digest: string) => outputs.filter((o) => o.item.prediction.modelDigest === digest).length;
+  /** Rollouts counted on /metrics, and the digest the model-info gauge names for `tile`. */
+  const scrape = async () => {
+    const text = await (await fetch(`${agent.metricsUrl}/metrics`)).text();
+    const count = (result: string) => Number(new RegExp(`^shelfwatch_model_rollouts_total\\{model="tile",result="${result}"\\} (\\d+)$`, 'm').exec(text)?.[1] ?? NaN);
+    const info = /^shelfwatch_model_info\{model="tile",digest="([0-9a-f]{64})",provider="cpu"\} 1$/m.exec(text);
+    return { accepted: count('accepted'), rejected: count('rejected'), digest: info?.[1] };
+  };
 
   await until('A serving in the status and scanning', () => servingDigest() === digestA && scannedWith(digestA) >= 4, lines);
+  t.deepEqual(await scrape(), { accepted: 0, rejected: 0, digest: digestA }, '/metrics before any rollout');
 
   // 1. Atomic rename of B onto the configured path.
   const staged = join(modelsDir, '.tile.onnx.new');
@@ -130,6 +139,7 @@ serial('hot swap under a running pipeline: no frame lost, bad file refused, roll
   await rename(staged, modelPath);
   await until('B in the retained status', () => servingDigest() === digestB, lines);
   t.like(statuses().at(-1).rollout, { swaps: 1, rejections: 0 });
+  t.deepEqual(await scrape(), { accepted: 1, rejected: 0, digest: digestB }, '/metrics after the swap to B');
   t.is(await sha256(`${modelPath}.previous`), digestA, 'the replaced model is kept for rollback');
   await until('an event scored by B', () => events().some((e) => e.after.modelDigest === digestB), lines);
   const afterSwap = outputs.length;
@@ -148,6 +158,7 @@ serial('hot swap under a running pipeline: no frame lost, bad file refused, roll
   t.true(outputs.slice(afterReject).every((o) => o.item.prediction.modelDigest === digestB), 'B keeps serving');
   t.is(servingDigest(), digestB, 'the status digest is unchanged');
   t.is(rollout.stats().swaps, 1);
+  t.deepEqual(await scrape(), { accepted: 1, rejected: 1, digest: digestB }, '/metrics counts the refused file; B still the serving digest');
 
   // 3. `shelfwatch model rollback --config agent.json --model tile`.
   const restored = await runModelRollback(configPath, { model: 'tile', env: {} });
@@ -164,6 +175,7 @@ serial('hot swap under a running pipeline: no frame lost, bad file refused, roll
   sub.publish(`${ROOT}/command/rollback`, JSON.stringify({ model: 'tile' }), { qos: 1 });
   await until('B again', () => servingDigest() === digestB, lines);
   t.like(rollout.stats(), { swaps: 3, rejections: 1 });
+  t.deepEqual(await scrape(), { accepted: 3, rejected: 1, digest: digestB });
   t.log(`every step done after ${agent.pipelineStats().cameras.shelf!.framesIn} of ${FRAMES} frames`);
 
   // The replay ends: every frame sent was scanned exactly once, none dropped or failed.

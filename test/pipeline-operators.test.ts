@@ -435,11 +435,50 @@ function scan(slot: string, at: number, score: number, regions: Region[] = []): 
   };
 }
 
+// eventId takes a raise key (run tag, raise ordinal) since ids must not rest on the wall clock
+// alone; `firstRaise` is the key of a slot's first raise by a debouncer without a run tag.
+const firstRaise = { run: '', raise: 1 };
+
 test('eventId is deterministic and tells apart ids that concatenate alike', (t) => {
-  const id = eventId('aisle3-left', 'A1', 1700000000000);
+  const id = eventId('aisle3-left', 'A1', 1700000000000, firstRaise);
   t.regex(id, /^aisle3-left-A1-1700000000000-[0-9a-f]{8}$/);
-  t.is(eventId('aisle3-left', 'A1', 1700000000000), id);
-  t.not(eventId('a-b', 'c', 5).slice(-8), eventId('a', 'b-c', 5).slice(-8));
+  t.is(eventId('aisle3-left', 'A1', 1700000000000, { run: '', raise: 1 }), id);
+  t.not(eventId('a-b', 'c', 5, firstRaise).slice(-8), eventId('a', 'b-c', 5, firstRaise).slice(-8));
+  // Same slot and start time (the clock stepped back), a later raise or another run: another id.
+  t.not(eventId('aisle3-left', 'A1', 1700000000000, { run: '', raise: 2 }), id);
+  t.not(eventId('aisle3-left', 'A1', 1700000000000, { run: '1f2e3d4c', raise: 1 }), id);
+});
+
+test('event ids stay unique when the wall clock steps back, and are the same when the scans are replayed', async (t) => {
+  // Two anomalous periods of A1; the clock stepped back one hour between them, so the second
+  // starts BEFORE the first and the third at exactly the first one's start time.
+  const scans = [
+    scan('A1', 10_000, 20),
+    scan('A1', 11_000, 20), // raised at 11000
+    scan('A1', 12_000, 1),
+    scan('A1', 13_000, 1), // cleared
+    scan('A1', 13_000 - 3_600_000, 20),
+    scan('A1', 14_000 - 3_600_000, 20), // raised, start before the first period's
+    scan('A1', 15_000 - 3_600_000, 1),
+    scan('A1', 16_000 - 3_600_000, 1), // cleared
+    scan('A1', 10_000, 20),
+    scan('A1', 11_000, 20), // raised at 11000 again: same start time as the first period
+  ];
+  const run = (tag?: string) => lastValueFrom(from(scans).pipe(debounceSlots({ ...K2N3M2, run: tag }, decisionOf), toEvents(), toArray()));
+  const events = await run();
+  t.deepEqual(events.map((e) => e.type), ['new', 'end', 'new', 'end', 'new']);
+  const news = events.filter((e) => e.type === 'new').map((e) => e.after);
+  t.deepEqual(news.map((a) => a.startTime), [11_000, 14_000 - 3_600_000, 11_000]);
+  t.is(new Set(news.map((a) => a.id)).size, 3, 'three distinct periods, three ids');
+  t.deepEqual(news.map((a) => a.id), [1, 2, 3].map((raise, i) => eventId('cam1', 'A1', news[i]!.startTime, { run: '', raise })));
+  // Each end carries the id of the period it ends.
+  t.is(events[1]!.after.id, news[0]!.id);
+  t.is(events[3]!.after.id, news[1]!.id);
+  // Deterministic: the same scans through a fresh debouncer give the same ids ...
+  t.deepEqual((await run()).map((e) => e.after.id), events.map((e) => e.after.id));
+  // ... and a debouncer of another run (agent restarted, fresh states) gives other ids.
+  const other = await run('b7e1c0de');
+  t.true(other.every((e, i) => e.after.id !== events[i]!.after.id));
 });
 
 test('events: new → update → end share one id, before/after snapshots in Frigate style, state payloads follow', async (t) => {
@@ -459,7 +498,7 @@ test('events: new → update → end share one id, before/after snapshots in Fri
     events.map((e) => e.type),
     ['new', 'update', 'end'],
   );
-  const id = eventId('cam1', 'A1', 3000);
+  const id = eventId('cam1', 'A1', 3000, firstRaise);
   const [created, updated, ended] = events;
   t.is(created.before, null);
   t.deepEqual(created.after, {
@@ -506,8 +545,8 @@ test('events: slots are debounced independently and a replay yields identical ev
   t.deepEqual(
     first.map((e) => [e.type, e.after.id]),
     [
-      ['new', eventId('cam1', 'A1', 2000)],
-      ['new', eventId('cam1', 'B2', 3000)],
+      ['new', eventId('cam1', 'A1', 2000, firstRaise)],
+      ['new', eventId('cam1', 'B2', 3000, firstRaise)],
     ],
   );
   t.deepEqual(await run(), first);
@@ -521,12 +560,13 @@ test('EventBuilder without the open event (restored debouncer state) re-announce
   from([scan('A1', 1000, 20)])
     .pipe(debounceSlots(opts, decisionOf))
     .subscribe((d) => results.push(builder.build(d)));
-  // "restart": a new builder, the same (persisted) debouncer states
+  // "restart": a new builder, the debouncer states as saved to and read back from disk
+  const restored = new Map<string, DebounceState>(JSON.parse(JSON.stringify([...states])) as Array<[string, DebounceState]>);
   const fresh = new EventBuilder({ thumbnail: false });
   from([scan('A1', 2000, 40), scan('A1', 3000, 1)])
-    .pipe(debounceSlots(opts, decisionOf))
+    .pipe(debounceSlots({ ...opts, states: restored }, decisionOf))
     .subscribe((d) => results.push(fresh.build(d)));
-  const id = eventId('cam1', 'A1', 1000);
+  const id = eventId('cam1', 'A1', 1000, firstRaise);
   t.deepEqual(
     results.map((e) => [e?.type, e?.after.id, e?.after.endTime]),
     [
@@ -535,7 +575,7 @@ test('EventBuilder without the open event (restored debouncer state) re-announce
       ['end', id, 3000],
     ],
   );
-  t.deepEqual(slotStatePayload(states.get('cam1/A1') as DebounceState, 'ignored-while-ok'), { state: 'ok', score: 1, since: 3000, eventId: null });
+  t.deepEqual(slotStatePayload(restored.get('cam1/A1') as DebounceState, 'ignored-while-ok'), { state: 'ok', score: 1, since: 3000, eventId: null });
 });
 
 test('toSlotPrediction pairs a crop with its frame-coordinate regions', (t) => {

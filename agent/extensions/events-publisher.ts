@@ -10,6 +10,9 @@
  *                Publishing every scan of a continuous camera would fsync tens of records a
  *                second into the outbox for a score nobody reads.
  *
+ * The refresh interval is measured on the monotonic clock: a wall clock stepped back an hour
+ * must not silence the state for an hour, nor one stepped forward cause a burst.
+ *
  * Message ids are stable (`<event id>:<type>:<frame id>` …), so a re-delivery after a restart is
  * recognisable. With `thumbnails.dir` set the thumbnails are also written there (demo, debugging).
  */
@@ -71,7 +74,8 @@ export class EventsPublisher implements Extension {
 
   constructor(
     private readonly ctx: AgentContext,
-    private readonly clock: () => number = Date.now,
+    /** Monotonic ms for the refresh interval (default performance.now). */
+    private readonly monotonic: () => number = () => performance.now(),
   ) {}
 
   start(): void {
@@ -108,7 +112,7 @@ export class EventsPublisher implements Extension {
       });
     }
     const key = `${camera}/${crop.slot}`;
-    const now = this.clock();
+    const now = this.monotonic();
     const last = this.lastState.get(key);
     if (event || !last || last.state !== output.state.state || now - last.at >= STATE_REFRESH_MS) {
       this.lastState.set(key, { state: output.state.state, at: now });

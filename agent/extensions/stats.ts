@@ -20,7 +20,7 @@ export interface AgentStats {
 }
 
 export function agentStats(ctx: AgentContext): AgentStats {
-  const now = Date.now();
+  const now = ctx.clock();
   const pipeline = ctx.pipelineStats();
   const m = ctx.mqtt.metrics();
   const mem = process.memoryUsage();
@@ -32,7 +32,7 @@ export function agentStats(ctx: AgentContext): AgentStats {
   return {
     agent: ctx.config.agent.id,
     time: now,
-    uptimeSeconds: Math.round((now - ctx.startedAt) / 1000),
+    uptimeSeconds: ctx.uptimeSeconds(),
     cameras,
     models: pipeline.models,
     mqtt: { state: m.state, connects: m.connects, connectionLosses: m.connectionLosses, published: m.published, publishErrors: m.publishErrors, inFlight: m.inFlight },
@@ -51,6 +51,7 @@ export function agentStats(ctx: AgentContext): AgentStats {
 export class StatsPublisher implements Extension {
   readonly name = 'stats';
   private timer: NodeJS.Timeout | null = null;
+  private published = 0;
 
   constructor(private readonly ctx: AgentContext) {}
 
@@ -67,7 +68,9 @@ export class StatsPublisher implements Extension {
 
   publish(): void {
     const stats = agentStats(this.ctx);
-    // The id carries the time, so a backlog keeps every sample (they are small and bounded by the outbox).
-    this.ctx.publish({ id: `stats:${stats.time}`, topic: this.ctx.topics.stats, payload: JSON.stringify(stats), qos: 1, retain: false });
+    // The id carries the time, so a backlog keeps every sample (they are small and bounded by the
+    // outbox); and a counter, since a wall clock that stepped back may repeat a time, and a pending
+    // record with the same id would be superseded.
+    this.ctx.publish({ id: `stats:${stats.time}:${this.published++}`, topic: this.ctx.topics.stats, payload: JSON.stringify(stats), qos: 1, retain: false });
   }
 }

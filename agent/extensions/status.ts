@@ -47,7 +47,7 @@ export function agentStatus(ctx: AgentContext, state: AgentStatus['state'], roll
     version: ctx.version,
     state,
     startedAt: ctx.startedAt,
-    time: Date.now(),
+    time: ctx.clock(),
     broker: { url: redactUrl(ctx.brokerUrl), embedded: ctx.config.mqtt.embedded },
     models: ctx.models.status(),
     cameras: ctx.cameras.map(({ config, source }) => {

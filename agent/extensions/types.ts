@@ -33,7 +33,15 @@ export interface AgentContext {
   readonly outputs$: Observable<ShelfOutput>;
   readonly metrics: AgentMetrics;
   readonly version: string;
+  /** Wall-clock time of the start, ms since the epoch (the agent's clock). */
   readonly startedAt: number;
+  /**
+   * The agent's wall clock (AgentOptions.clock, default Date.now) for every time stamp it
+   * publishes. It may jump; measure intervals with `uptimeSeconds` or performance.now().
+   */
+  clock(): number;
+  /** Seconds since the start, on the monotonic clock (unaffected by wall-clock jumps). */
+  uptimeSeconds(): number;
   /** The broker the agent talks to (the embedded one's real address when embedded). */
   readonly brokerUrl: string;
   pipelineStats(): ShelfPipelineStats;

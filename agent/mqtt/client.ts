@@ -294,9 +294,9 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
     this.reconnectTimer = null;
     const conn = this.current;
     if (conn?.connected) {
-      const flushUntil = Date.now() + (options.flushTimeoutMs ?? 2000);
+      const flushUntil = performance.now() + (options.flushTimeoutMs ?? 2000);
       // stopping = true stops new publishes; let the drain loop keep going while we flush.
-      while (Date.now() < flushUntil && conn.connected && (this.outbox.depth().records > 0 || conn.inFlight.size > 0)) {
+      while (performance.now() < flushUntil && conn.connected && (this.outbox.depth().records > 0 || conn.inFlight.size > 0)) {
         this.drain(true);
         await sleep(20);
       }
@@ -542,9 +542,10 @@ export function redactUrl(url: string): string {
   }
 }
 
+/** Refills on the monotonic clock: a wall clock stepped back must not starve it for that long. */
 class TokenBucket {
   private tokens: number;
-  private last = Date.now();
+  private last = performance.now();
   constructor(
     private readonly perSecond: number,
     private readonly burst: number,
@@ -552,7 +553,7 @@ class TokenBucket {
     this.tokens = burst;
   }
   take(): boolean {
-    const now = Date.now();
+    const now = performance.now();
     this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) / 1000) * this.perSecond);
     this.last = now;
     if (this.tokens < 1) return false;

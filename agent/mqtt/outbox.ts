@@ -61,6 +61,11 @@ export interface OutboxLimits {
   fsync?: boolean;
   /** How often failed writes are retried, ms (default 5000). */
   retryIntervalMs?: number;
+  /**
+   * Wall clock that stamps `createdAt` (default Date.now). Only a label: delivery order is the
+   * sequence number, so a clock that steps back or forward reorders nothing.
+   */
+  clock?: () => number;
 }
 
 export interface OutboxDepth {
@@ -144,6 +149,7 @@ export class Outbox extends EventEmitter<OutboxEvents> {
   private readonly ioInFlight = new Set<Promise<unknown>>();
   private readonly fsync: boolean;
   private readonly retryIntervalMs: number;
+  private readonly clock: () => number;
   private currentDirSync: Promise<void> | null = null;
   private nextDirSync: Promise<void> | null = null;
   private readonly count: OutboxCounters = {
@@ -163,6 +169,7 @@ export class Outbox extends EventEmitter<OutboxEvents> {
     super();
     this.fsync = limits.fsync ?? true;
     this.retryIntervalMs = limits.retryIntervalMs ?? 5000;
+    this.clock = limits.clock ?? Date.now;
   }
 
   /**
@@ -283,7 +290,7 @@ export class Outbox extends EventEmitter<OutboxEvents> {
       : Buffer.isBuffer(message.payload)
         ? message.payload
         : Buffer.from(message.payload.buffer, message.payload.byteOffset, message.payload.byteLength);
-    return { id, seq: this.nextSeq++, topic, payload, qos, retain: message.retain ?? false, createdAt: Date.now() };
+    return { id, seq: this.nextSeq++, topic, payload, qos, retain: message.retain ?? false, createdAt: this.clock() };
   }
 
   private insert(entry: Entry): void {

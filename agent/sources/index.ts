@@ -35,6 +35,7 @@ export interface CameraFeedSpec extends ScanSpec {
   source: SourceSpec;
 }
 
+/** `clock` (the wall clock) stamps frames and trigger ticks; frame rates and ages use the monotonic clock. */
 export interface CameraFeedOptions extends CreateSourceOptions {
   /** Stream sources with a schedule: skip the latest frame if older than this at scan time. Default 3 frame periods + 10 s. */
   maxFrameAgeMs?: number;
@@ -65,11 +66,11 @@ export function createCameraFeed(camera: CameraFeedSpec, options: CameraFeedOpti
     const trigger$ = scanTrigger(camera, triggerOptions);
     const fps = camera.source.type === 'stream' ? (camera.source.fps ?? 1) : undefined;
     const maxAgeMs = options.maxFrameAgeMs ?? (fps !== undefined ? 3000 / fps + 10_000 : undefined);
-    return { source, scans$: source.frames$.pipe(latestFrame(trigger$, { maxAgeMs, clock: options.clock })) };
+    return { source, scans$: source.frames$.pipe(latestFrame(trigger$, { maxAgeMs })) };
   }
   if (camera.continuous !== undefined && camera.source.type === 'stream') {
     scanTrigger(camera, triggerOptions); // validates maxFps and "not both"
-    return { source, scans$: source.frames$.pipe(capFps(camera.continuous.maxFps, options.clock)) };
+    return { source, scans$: source.frames$.pipe(capFps(camera.continuous.maxFps)) };
   }
   return { source, scans$: source.frames$ };
 }
