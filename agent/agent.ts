@@ -270,6 +270,7 @@ export class Agent extends EventEmitter<AgentEvents> {
         provider: config.inference.provider as ProviderChoice,
         workerThread: config.inference.workerThread,
         intraOpThreads: config.inference.intraOpThreads,
+        allowSpinning: config.inference.spinWait,
         logger: logger.child({ component: 'rollout' }),
         debounceMs: this.options.modelWatchDebounceMs,
         clock: this.clock,

@@ -321,6 +321,7 @@ export function configSchema(baseDir: string) {
       maxPendingFrames: int(1, 10_000).default(4),
       workerThread: bool.default(true),
       intraOpThreads: int(0, 1024).default(0),
+      spinWait: bool.default(false),
     }).prefault({}),
     debounce: strict({
       raiseAfter: int(1, 1000).default(2),

@@ -66,6 +66,7 @@ export class ModelRegistry {
             provider: config.inference.provider as ProviderChoice,
             workerThread: config.inference.workerThread,
             intraOpThreads: config.inference.intraOpThreads || undefined,
+            allowSpinning: config.inference.spinWait,
           }).catch((err: Error) => {
             throw new Error(`models.${name}.path: ${err.message}`, { cause: err });
           });

@@ -57,6 +57,8 @@ export interface ModelRolloutOptions {
   workerThread?: boolean;
   /** onnxruntime CPU threads per model (0 or undefined = one per core). */
   intraOpThreads?: number;
+  /** Let idle onnxruntime threads spin (default true, onnxruntime's). */
+  allowSpinning?: boolean;
   logger: Logger;
   /** Quiet time after the last change of a file before it is checked (default 300 ms). */
   debounceMs?: number;
@@ -318,6 +320,7 @@ export class ModelRollout {
           provider: this.options.provider,
           workerThread: this.options.workerThread,
           intraOpThreads: this.options.intraOpThreads || undefined,
+          allowSpinning: this.options.allowSpinning,
           expectBackboneSha256: serving.manifest.backbone.sha256,
         },
         file,

@@ -40,6 +40,12 @@ export interface SessionOptions {
   provider?: ProviderChoice;
   /** CPU threads for one session (0 = onnxruntime's default: one per core). */
   intraOpThreads?: number;
+  /**
+   * Let idle onnxruntime pool threads spin waiting for work (onnxruntime's default, true). Spinning
+   * shaves a little off each call but burns CPU between calls; an agent that does other work
+   * (decode, preprocessing, MQTT) between batches on the same cores is better off without it.
+   */
+  allowSpinning?: boolean;
 }
 
 export async function createSession(model: Uint8Array, opts: SessionOptions = {}): Promise<SessionResult> {
@@ -62,7 +68,7 @@ export async function createSession(model: Uint8Array, opts: SessionOptions = {}
         // On x86 CPUs without VNNI, onnxruntime's default u8s8 int8 kernels can saturate their
         // 16-bit intermediates, which changes ~40 % of the int8 backbone's tap values; this keeps
         // the exact arithmetic (taps then match the reference bit for bit).
-        extra: { session: { x64quantprecision: '1' } },
+        extra: { session: { x64quantprecision: '1', ...(opts.allowSpinning === false ? { intra_op: { allow_spinning: '0' } } : {}) } },
       });
       return { session, provider, fallbacks };
     } catch (e) {

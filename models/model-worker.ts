@@ -17,6 +17,7 @@ export interface ModelWorkerData {
   origin: string;
   provider?: ProviderChoice;
   intraOpThreads?: number;
+  allowSpinning?: boolean;
   expectBackboneSha256?: string;
   moduleUrl: string;
   loaderUrl: string;
@@ -40,7 +41,7 @@ export async function serveModelWorker(data: ModelWorkerData): Promise<void> {
   if (!port) throw new Error('model worker: not running in a worker thread');
   let model: PatchcoreModel;
   try {
-    model = await PatchcoreModel.load(data.bytes, { provider: data.provider, intraOpThreads: data.intraOpThreads, expectBackboneSha256: data.expectBackboneSha256 }, data.origin);
+    model = await PatchcoreModel.load(data.bytes, { provider: data.provider, intraOpThreads: data.intraOpThreads, allowSpinning: data.allowSpinning, expectBackboneSha256: data.expectBackboneSha256 }, data.origin);
   } catch (e) {
     const err = e as Error;
     port.postMessage({ type: 'load-failed', name: err.name, message: err.message } satisfies ModelWorkerReply);
@@ -70,8 +71,8 @@ export async function serveModelWorker(data: ModelWorkerData): Promise<void> {
           x = input;
         }
         const predictions = await model.predict(x, n, thresholds);
-        // Each map and mask is its own ArrayBuffer (slices): hand them over without copying.
-        const transfer = predictions.flatMap((p) => [p.anomalyMap.buffer as ArrayBuffer, p.mask.buffer as ArrayBuffer]);
+        // The batch's maps and masks are views of two buffers: hand them over without copying.
+        const transfer = [...new Set(predictions.flatMap((p) => [p.anomalyMap.buffer as ArrayBuffer, p.mask.buffer as ArrayBuffer]))];
         port.postMessage({ type: 'predicted', id, predictions } satisfies ModelWorkerReply, transfer);
       } catch (e) {
         port.postMessage({ type: 'failed', id, message: (e as Error).message } satisfies ModelWorkerReply);

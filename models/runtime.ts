@@ -24,6 +24,8 @@ export interface RawOutputs {
 export interface LoadModelOptions {
   provider?: ProviderChoice;
   intraOpThreads?: number;
+  /** See SessionOptions.allowSpinning (default true, onnxruntime's). */
+  allowSpinning?: boolean;
   /** Refuse the model unless it was built on this backbone digest. */
   expectBackboneSha256?: string;
 }
@@ -75,7 +77,7 @@ export class PatchcoreModel {
     const digest = createHash('sha256').update(bytes).digest('hex');
     let created: SessionResult;
     try {
-      created = await createSession(bytes, { provider: opts.provider, intraOpThreads: opts.intraOpThreads });
+      created = await createSession(bytes, { provider: opts.provider, intraOpThreads: opts.intraOpThreads, allowSpinning: opts.allowSpinning });
     } catch (e) {
       throw new ModelLoadError(`${origin}: ${(e as Error).message}`);
     }
@@ -97,17 +99,23 @@ export class PatchcoreModel {
     };
   }
 
-  /** Run a batch and build one Prediction per image. Thresholds default to the manifest's. */
+  /**
+   * Run a batch and build one Prediction per image. Thresholds default to the manifest's.
+   * The maps of one batch are views of onnxruntime's output and the masks views of one
+   * allocation: a batch allocates two buffers, not two per image (the agent runs this many times
+   * a second, and V8 collects garbage by the bytes allocated).
+   */
   async predict(batch: Float32Array, n: number, thresholds: Array<{ image?: number; pixel?: number }> = []): Promise<Prediction[]> {
     const raw = await this.run(batch, n);
     const size = this.inputSize;
     const plane = size * size;
+    const masks = new Uint8Array(n * plane);
     const out: Prediction[] = [];
     for (let i = 0; i < n; i++) {
       const imageThreshold = thresholds[i]?.image ?? this.manifest.thresholds.image;
       const pixelThreshold = thresholds[i]?.pixel ?? this.manifest.thresholds.pixel;
-      const map = raw.maps.slice(i * plane, (i + 1) * plane);
-      const mask = new Uint8Array(plane);
+      const map = raw.maps.subarray(i * plane, (i + 1) * plane);
+      const mask = masks.subarray(i * plane, (i + 1) * plane);
       for (let j = 0; j < plane; j++) mask[j] = map[j]! > pixelThreshold ? 1 : 0;
       const score = raw.scores[i]!;
       out.push({

@@ -131,6 +131,7 @@ export class WorkerPatchcoreModel {
       origin,
       provider: opts.provider,
       intraOpThreads: opts.intraOpThreads,
+      allowSpinning: opts.allowSpinning,
       expectBackboneSha256: opts.expectBackboneSha256,
       ...resolveWorkerModule('model-worker', import.meta.url, `model ${origin}`),
     };
