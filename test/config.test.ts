@@ -106,7 +106,7 @@ test('defaults are filled in and derived values computed', (t) => {
   t.is(config.mqtt.statsIntervalSeconds, 60);
   t.deepEqual(config.mqtt.homeAssistant, { enabled: false, discoveryPrefix: 'homeassistant' });
   t.deepEqual(config.outbox, { dir: '/etc/shelfwatch/.shelfwatch/outbox', maxRecords: 10_000, maxBytes: 268_435_456 });
-  t.deepEqual(config.inference, { provider: 'auto', batchSize: 8, batchWaitMs: 25, maxPendingFrames: 4 });
+  t.deepEqual(config.inference, { provider: 'auto', batchSize: 8, batchWaitMs: 25, maxPendingFrames: 4, workerThread: true, intraOpThreads: 0, spinWait: false });
   t.deepEqual(config.debounce, { raiseAfter: 2, window: 3, clearAfter: 3 });
   t.deepEqual(config.thumbnails, { maxSize: 320, quality: 80, dir: null });
   t.deepEqual(config.metrics, { enabled: true, host: '127.0.0.1', port: 9464 });
