@@ -54,14 +54,7 @@ export class PatchcoreModel {
 
   /** Load from a file path or bytes; validates the manifest before creating the session. */
   static async load(source: string | Uint8Array, opts: LoadModelOptions = {}, origin = typeof source === 'string' ? source : 'model'): Promise<PatchcoreModel> {
-    let bytes: Uint8Array;
-    if (typeof source === 'string') {
-      try {
-        bytes = await readFile(source);
-      } catch (e) {
-        throw new ModelLoadError(`model ${source}: cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
-      }
-    } else bytes = source;
+    const bytes = await readModelSource(source);
     let manifest: ModelManifest;
     try {
       manifest = readManifest(decodeModel(bytes, origin), origin);
@@ -134,6 +127,16 @@ export class PatchcoreModel {
 
   async release(): Promise<void> {
     await this.session.release();
+  }
+}
+
+/** The bytes of a model given as a file path or as bytes; an unreadable file is a ModelLoadError. */
+export async function readModelSource(source: string | Uint8Array): Promise<Uint8Array> {
+  if (typeof source !== 'string') return source;
+  try {
+    return await readFile(source);
+  } catch (e) {
+    throw new ModelLoadError(`model ${source}: cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
   }
 }
 

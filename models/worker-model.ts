@@ -9,12 +9,11 @@
  * out-of-memory kill of the thread) fails the batches it held with a clear error and is started
  * again from the same model bytes on the next batch; `restarts` counts that.
  */
-import { readFile } from 'node:fs/promises';
 import { Worker } from 'node:worker_threads';
 import type { ProviderName, SessionResult } from './execution-provider.js';
 import type { ModelManifest } from './manifest.js';
 import type { ModelWorkerData, ModelWorkerReply, ModelWorkerRequest } from './model-worker.js';
-import { ModelLoadError, type LoadModelOptions } from './runtime.js';
+import { ModelLoadError, readModelSource, type LoadModelOptions } from './runtime.js';
 import type { Prediction } from './types.js';
 import { resolveWorkerModule } from './worker-module.js';
 
@@ -117,14 +116,7 @@ export class WorkerPatchcoreModel {
 
   /** Loads a model file or bytes in a new worker thread; errors are PatchcoreModel.load's. */
   static async load(source: string | Uint8Array, opts: LoadModelOptions = {}, origin = typeof source === 'string' ? source : 'model'): Promise<WorkerPatchcoreModel> {
-    let bytes: Uint8Array;
-    if (typeof source === 'string') {
-      try {
-        bytes = await readFile(source);
-      } catch (e) {
-        throw new ModelLoadError(`model ${source}: cannot read (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`);
-      }
-    } else bytes = source;
+    const bytes = await readModelSource(source);
     const data: ModelWorkerData = {
       kind: 'shelfwatch-model',
       bytes,
