@@ -52,11 +52,6 @@ export interface KCenterOptions {
    */
   lowerBoundDims?: number;
   /**
-   * Accepted for compatibility; the rows are always copied into the kernel's memory, so the
-   * caller's array is never reordered either way.
-   */
-  consumePoints?: boolean;
-  /**
    * kCenterGreedy only: threads that scan clusters, this one included (1 = no workers). Default
    * min(os.availableParallelism(), 4). Changes speed, never the result.
    */
