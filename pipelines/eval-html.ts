@@ -12,7 +12,9 @@ import sharp from 'sharp';
 import type { CurvePoint } from '../models/metrics/index.js';
 import { TOOL_VERSION } from '../models/version.js';
 import { comparisonTable, METRIC_LABELS, type ReportContext } from './eval-report.js';
-import { loadMask, METRIC_KEYS, placeMap, type CategoryResult, type EvaluationResult, type ExampleImage } from './evaluate.js';
+import { placeMap } from './eval-inputs.js';
+import { loadMask } from './eval-masks.js';
+import { METRIC_KEYS, type CategoryResult, type EvaluationResult, type ExampleImage } from './eval-types.js';
 
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;');
 

@@ -8,7 +8,7 @@
  */
 import type { MetricValue } from '../models/metrics/index.js';
 import { TOOL_VERSION } from '../models/version.js';
-import { METRIC_KEYS, type CategoryResult, type EvaluationResult, type MeanValue, type MetricKey } from './evaluate.js';
+import { METRIC_KEYS, type CategoryResult, type EvaluationResult, type MeanValue, type MetricKey } from './eval-types.js';
 import { isGoodsAdRun, PAPER_METHODS, PAPER_SOURCE, paperCategory, PATCHCORE_1, type PaperMetrics } from './paper-results.js';
 
 export const METRIC_LABELS: Record<MetricKey, string> = {

@@ -8,22 +8,20 @@
  */
 import test from 'ava';
 import { execFile } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { connect, type IClientOptions, type MqttClient } from 'mqtt';
 import sharp from 'sharp';
 import { Agent, providerLine } from '../agent/agent.js';
 import { configFromObject, type AgentConfig } from '../agent/config.js';
 import { eventMessageId } from '../agent/extensions/events-publisher.js';
-import { Logger } from '../agent/logger.js';
 import type { AnomalyEvent } from '../pipelines/events.js';
 import type { Box } from '../pipelines/types.js';
-import { fittedModel, magneticTileTrain, sharedAvailable } from './helpers/fitted-model.js';
+import { captureLogger, registerAgentScene, tileSlots, until } from './helpers/agent-scene.js';
+import { sharedAvailable } from './helpers/fitted-model.js';
 import { startMosquitto, type MosquittoBroker } from './helpers/mosquitto.js';
-import { inside, overlaps, tileFrame, unseenTiles, type TileFrame } from './helpers/shelf-frames.js';
+import { eventSubscriber, recordingSubscriber, type Received } from './helpers/mqtt-subscribers.js';
+import { inside, overlaps } from './helpers/shelf-frames.js';
 
 const run = promisify(execFile);
 const available = sharedAvailable();
@@ -34,69 +32,14 @@ const THUMB_MAX = 128;
 /** N N A A A N N N: raise after 2 of 3 → 'new' at frame 3; clear after 2 normal → 'end' at frame 6. */
 const SEQUENCE = [false, false, true, true, true, false, false, false];
 
-let work: string;
-let modelPath: string;
-let modelDigest: string;
-let normal: TileFrame;
-let anomalous: TileFrame;
-let framesDir: string;
-
-test.before(async () => {
-  if (!available) return;
-  work = await mkdtemp(join(tmpdir(), 'shelfwatch-agent-it-'));
-  modelPath = await fittedModel(await magneticTileTrain(40), { name: 'pipeline-test' });
-  modelDigest = createHash('sha256').update(await readFile(modelPath)).digest('hex');
-  const tiles = await unseenTiles(2);
-  normal = await tileFrame(tiles);
-  anomalous = await tileFrame(tiles, { blotch: [1] });
-  framesDir = join(work, 'frames');
-  await mkdir(framesDir);
-  await Promise.all(SEQUENCE.map((bad, i) => writeFile(join(framesDir, `frame${String(i).padStart(3, '0')}.jpg`), bad ? anomalous.jpeg : normal.jpeg)));
-});
-
-test.after.always(async () => {
-  if (work) await rm(work, { recursive: true, force: true });
-});
-
-interface Received {
-  topic: string;
-  payload: Buffer;
-  retain: boolean;
-}
-
-type Ctx = { teardown(fn: () => unknown): void };
-
-async function subscriber(url: string, filter: string, t: Ctx, options: IClientOptions = {}): Promise<{ client: MqttClient; messages: Received[] }> {
-  const messages: Received[] = [];
-  const client = connect(url, { reconnectPeriod: 200, ...options });
-  client.on('error', () => undefined);
-  client.on('message', (topic, payload, packet) => messages.push({ topic, payload, retain: packet.retain }));
-  t.teardown(() => client.end(true));
-  await new Promise<void>((resolve, reject) => {
-    client.once('connect', () => client.subscribe(filter, { qos: 1 }, (err) => (err ? reject(err) : resolve())));
-  });
-  return { client, messages };
-}
-
-async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 30_000, logs?: string[]): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${logs?.length ? `\nagent log:\n${logs.slice(-20).join('')}` : ''}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
-
-function captureLogger(level: 'debug' | 'info' = 'info'): { logger: Logger; lines: string[] } {
-  const lines: string[] = [];
-  return { logger: new Logger({ level, sink: { write: (l: string) => lines.push(l) } }), lines };
-}
+const scene = registerAgentScene(test, 'shelfwatch-agent-it-', SEQUENCE);
 
 function agentConfig(brokerUrl: string, stateDir: string, source: Record<string, unknown>, extra: Record<string, unknown> = {}): AgentConfig {
   return configFromObject(
     {
       agent: { id: 'store-1', stateDir },
       mqtt: { url: brokerUrl, keepaliveSeconds: 5, statsIntervalSeconds: 1, homeAssistant: { enabled: true } },
-      models: { tile: { path: modelPath, threshold: THRESHOLD } },
+      models: { tile: { path: scene.modelPath, threshold: THRESHOLD } },
       inference: { provider: 'cpu', batchSize: 8, batchWaitMs: 10, maxPendingFrames: 32 },
       debounce: { raiseAfter: 2, window: 3, clearAfter: 2 },
       thumbnails: { maxSize: THUMB_MAX, quality: 80 },
@@ -107,7 +50,7 @@ function agentConfig(brokerUrl: string, stateDir: string, source: Record<string,
           id: 'shelf',
           source,
           ...extra,
-          slots: normal.boxes.map((b, i) => ({ id: `S${i}`, box: [b.x, b.y, b.width, b.height], model: 'tile', product: `SKU-${i}`, category: 'tile' })),
+          slots: tileSlots(scene.normal),
         },
       ],
     },
@@ -132,24 +75,24 @@ function checkEvent(t: { true(v: boolean, m?: string): void; is(a: unknown, b: u
   t.true(a.score > THRESHOLD, `score ${a.score} over the threshold`);
   t.true(a.normalizedScore > 0.5 && a.normalizedScore <= 1, `normalized ${a.normalizedScore}`);
   t.is(a.modelId, 'tile');
-  t.is(a.modelDigest, modelDigest);
+  t.is(a.modelDigest, scene.modelDigest);
   t.true(Number.isInteger(a.frameTime) && a.frameTime > 1.6e12, `frameTime ${a.frameTime}`);
   t.is(a.endTime === null, e.type !== 'end');
   t.true(a.regions.length >= 1, 'at least one region');
-  const slot: Box = normal.boxes[1]!;
+  const slot: Box = scene.normal.boxes[1]!;
   for (const r of a.regions) {
     t.true(inside(r.box, slot), `region ${JSON.stringify(r.box)} inside the slot ${JSON.stringify(slot)} (frame coordinates)`);
     t.true(r.area > 0, 'region area');
   }
-  t.true(overlaps(a.regions[0]!.box, anomalous.blotches.get(1)!), 'the strongest region is on the blotch');
+  t.true(overlaps(a.regions[0]!.box, scene.anomalous.blotches.get(1)!), 'the strongest region is on the blotch');
   if (e.before) t.is(e.before.id, a.id, 'one id from new to end');
 }
 
 serial('replay camera: events, thumbnails, retained state, status, stats and metrics through mosquitto', async (t) => {
   const broker = await startMosquitto();
   t.teardown(() => broker.dispose());
-  const live = await subscriber(broker.url, `${ROOT}/#`, t);
-  const config = agentConfig(broker.url, join(work, 'state-replay'), { type: 'replay', dir: framesDir, intervalMs: 150 });
+  const live = await recordingSubscriber(broker.url, `${ROOT}/#`, t);
+  const config = agentConfig(broker.url, join(scene.work, 'state-replay'), { type: 'replay', dir: scene.framesDir, intervalMs: 150 });
   const { logger, lines } = captureLogger();
   const agent = new Agent(config, { logger, reconnect: { minDelayMs: 100, maxDelayMs: 500 } });
   const raised: AnomalyEvent[] = [];
@@ -187,15 +130,15 @@ serial('replay camera: events, thumbnails, retained state, status, stats and met
   const stats = live.messages.filter((m) => m.topic === `${ROOT}/stats`).map((m) => JSON.parse(m.payload.toString()));
   t.true(stats.length >= 1, 'at least one stats message');
   t.like(stats.at(-1).mqtt, { state: 'connected' });
-  const late = await subscriber(broker.url, `${ROOT}/#`, t);
-  await until('retained messages', () => late.messages.some((m) => m.topic === `${ROOT}/status`) && late.messages.filter((m) => m.topic.endsWith('/state')).length === 2);
+  const late = await recordingSubscriber(broker.url, `${ROOT}/#`, t);
+  await until('retained messages', () => late.messages.some((m) => m.topic === `${ROOT}/status`) && late.messages.filter((m) => m.topic.endsWith('/state')).length === 2, 30_000);
   await new Promise((r) => setTimeout(r, 200));
   const retained = new Map(late.messages.map((m) => [m.topic, m]));
   t.false(retained.has(`${ROOT}/events`), 'events are not retained');
   t.is(retained.get(`${ROOT}/availability`)?.payload.toString(), 'online');
   const status = JSON.parse(retained.get(`${ROOT}/status`)!.payload.toString());
   t.like(status, { agent: 'store-1', state: 'running', broker: { embedded: false } });
-  t.like(status.models[0], { name: 'tile', digest: modelDigest, provider: 'cpu', threshold: THRESHOLD, thresholdSource: 'config', slots: ['shelf/S0', 'shelf/S1'] });
+  t.like(status.models[0], { name: 'tile', digest: scene.modelDigest, provider: 'cpu', threshold: THRESHOLD, thresholdSource: 'config', slots: ['shelf/S0', 'shelf/S1'] });
   // The startup log names each model's provider in one line (deploy/GPU.md §3); `cpu` was asked
   // for, so no candidate was skipped.
   const providerLines = lines.map((l) => JSON.parse(l) as { level: string; msg: string; provider?: string; fallbacks?: unknown[] }).filter((l) => l.msg.startsWith('model tile: provider'));
@@ -208,12 +151,12 @@ serial('replay camera: events, thumbnails, retained state, status, stats and met
   t.is(status.cameras[0].slots.length, 2);
   for (const slot of ['S0', 'S1']) {
     const state = JSON.parse(retained.get(`${ROOT}/shelf/${slot}/state`)!.payload.toString());
-    t.like(state, { state: 'ok', eventId: null, camera: 'shelf', slot, product: `SKU-${slot.slice(1)}`, threshold: THRESHOLD, modelDigest });
+    t.like(state, { state: 'ok', eventId: null, camera: 'shelf', slot, product: `SKU-${slot.slice(1)}`, threshold: THRESHOLD, modelDigest: scene.modelDigest });
   }
   t.true(retained.has(`${ROOT}/shelf/S1/thumbnail`), 'the last thumbnail stays retained');
   // Home Assistant discovery (retained): a problem sensor and two images per slot.
-  const ha = await subscriber(broker.url, 'homeassistant/#', t);
-  await until('discovery messages', () => ha.messages.length >= 6);
+  const ha = await recordingSubscriber(broker.url, 'homeassistant/#', t);
+  await until('discovery messages', () => ha.messages.length >= 6, 30_000);
   const sensors = ha.messages.filter((m) => m.topic.startsWith('homeassistant/binary_sensor/')).map((m) => JSON.parse(m.payload.toString()));
   t.deepEqual(sensors.map((s) => s.state_topic).sort(), [`${ROOT}/shelf/S0/state`, `${ROOT}/shelf/S1/state`]);
 
@@ -231,20 +174,20 @@ serial('replay camera: events, thumbnails, retained state, status, stats and met
   t.like(await health.json(), { mqtt: 'connected' });
 
   await agent.stop();
-  await until('offline availability', () => late.messages.some((m) => m.topic === `${ROOT}/availability` && m.payload.toString() === 'offline'));
+  await until('offline availability', () => late.messages.some((m) => m.topic === `${ROOT}/availability` && m.payload.toString() === 'offline'), 30_000);
   const stopped = late.messages.filter((m) => m.topic === `${ROOT}/status`).map((m) => JSON.parse(m.payload.toString()));
   t.is(stopped.at(-1).state, 'stopped');
 });
 
 serial('stream camera: ffmpeg reads a video of the frames; the blotch raises new → end', async (t) => {
-  const video = join(work, 'shelf.avi');
+  const video = join(scene.work, 'shelf.avi');
   // Odd frame sizes are fine with 4:4:4 MJPEG; the frames keep their exact pixel geometry.
-  await run('ffmpeg', ['-hide_banner', '-loglevel', 'error', '-y', '-framerate', '2', '-i', join(framesDir, 'frame%03d.jpg'), '-c:v', 'mjpeg', '-q:v', '2', '-pix_fmt', 'yuvj444p', video]);
+  await run('ffmpeg', ['-hide_banner', '-loglevel', 'error', '-y', '-framerate', '2', '-i', join(scene.framesDir, 'frame%03d.jpg'), '-c:v', 'mjpeg', '-q:v', '2', '-pix_fmt', 'yuvj444p', video]);
   const broker = await startMosquitto();
   t.teardown(() => broker.dispose());
-  const live = await subscriber(broker.url, `${ROOT}/events`, t);
+  const live = await recordingSubscriber(broker.url, `${ROOT}/events`, t);
   // loop: ffmpeg plays the file at its own speed (2 fps), over and over, like a camera.
-  const config = agentConfig(broker.url, join(work, 'state-stream'), { type: 'stream', input: video, fps: 2, loop: true }, { continuous: { maxFps: 4 } });
+  const config = agentConfig(broker.url, join(scene.work, 'state-stream'), { type: 'stream', input: video, fps: 2, loop: true }, { continuous: { maxFps: 4 } });
   const { logger, lines } = captureLogger('debug');
   const agent = new Agent(config, { logger, reconnect: { minDelayMs: 100, maxDelayMs: 500 } });
   const raised: AnomalyEvent[] = [];
@@ -271,9 +214,9 @@ serial('broker killed mid-run and agent restarted with a non-empty outbox: every
   t.teardown(() => broker.dispose());
   // A persistent QoS 1 session: what reaches the restarted broker while the subscriber is still
   // reconnecting is queued for it, so anything missing is the agent's fault.
-  const sub = await subscriber(broker.url, `${ROOT}/events`, t, { clientId: 'agent-it-accounting', clean: false });
-  const stateDir = join(work, 'state-outage');
-  const source = { type: 'replay', dir: framesDir, intervalMs: 120, loop: true };
+  const sub = await eventSubscriber(broker.url, ROOT, t, { clientId: 'agent-it-accounting', clean: false });
+  const stateDir = join(scene.work, 'state-outage');
+  const source = { type: 'replay', dir: scene.framesDir, intervalMs: 120, loop: true };
   const config = agentConfig(broker.url, stateDir, source);
   const raised: AnomalyEvent[] = [];
   const { logger, lines } = captureLogger();
@@ -281,7 +224,7 @@ serial('broker killed mid-run and agent restarted with a non-empty outbox: every
   agent.on('event', (e) => raised.push(e));
   t.teardown(() => agent.stop());
   await agent.start();
-  const delivered = () => new Set(events(sub.messages).map(eventMessageId));
+  const delivered = sub.delivered;
 
   // 1. A first event goes through; kill the broker while nothing is in flight.
   await until('a first delivered event', () => delivered().size >= 1, 30_000, lines);
@@ -308,10 +251,7 @@ serial('broker killed mid-run and agent restarted with a non-empty outbox: every
 
   // 4. Broker back; a NEW agent on the same state dir (its camera sees only normal frames) delivers them.
   await broker.restart();
-  const normalOnly = join(work, 'frames-normal');
-  await mkdir(normalOnly, { recursive: true });
-  await writeFile(join(normalOnly, 'frame000.jpg'), normal.jpeg);
-  const second = new Agent(agentConfig(broker.url, stateDir, { type: 'replay', dir: normalOnly, intervalMs: 100 }), { logger, reconnect: { minDelayMs: 100, maxDelayMs: 400 } });
+  const second = new Agent(agentConfig(broker.url, stateDir, { type: 'replay', dir: scene.normalDir, intervalMs: 100 }), { logger, reconnect: { minDelayMs: 100, maxDelayMs: 400 } });
   const raisedBySecond: AnomalyEvent[] = [];
   second.on('event', (e) => raisedBySecond.push(e));
   t.teardown(() => second.stop());
@@ -326,5 +266,5 @@ serial('broker killed mid-run and agent restarted with a non-empty outbox: every
   t.deepEqual([...delivered()].filter((id) => !all.includes(id)), [], 'nothing delivered that was not raised');
   t.deepEqual(raisedBySecond, [], 'the second agent saw only normal frames');
   t.true(raised.filter((e) => e.type === 'new').length >= 2 && raised.some((e) => e.type === 'end'));
-  for (const e of events(sub.messages)) checkEvent(t, e);
+  for (const e of sub.events) checkEvent(t, e);
 });

@@ -11,41 +11,22 @@
 import test from 'ava';
 import { once } from 'node:events';
 import { createServer, type Server } from 'node:http';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { deflateSync, crc32 } from 'node:zlib';
-import { connect, type MqttClient } from 'mqtt';
 import { Agent } from '../agent/agent.js';
 import { configFromObject } from '../agent/config.js';
 import { eventMessageId } from '../agent/extensions/events-publisher.js';
-import { Logger } from '../agent/logger.js';
-import type { AnomalyEvent } from '../pipelines/events.js';
-import { fittedModel, magneticTileTrain, sharedAvailable } from './helpers/fitted-model.js';
+import { captureLogger, registerAgentScene, tileSlots, until } from './helpers/agent-scene.js';
+import { sharedAvailable } from './helpers/fitted-model.js';
 import { startMosquitto } from './helpers/mosquitto.js';
-import { tileFrame, unseenTiles, type TileFrame } from './helpers/shelf-frames.js';
+import { eventSubscriber } from './helpers/mqtt-subscribers.js';
 
 const available = sharedAvailable();
 const serial = available ? test.serial : test.serial.skip;
 const ROOT = 'shelfwatch/store-1';
 
-let work: string;
-let modelPath: string;
-let normal: TileFrame;
-let anomalous: TileFrame;
-
-test.before(async () => {
-  if (!available) return;
-  work = await mkdtemp(join(tmpdir(), 'shelfwatch-bad-input-'));
-  modelPath = await fittedModel(await magneticTileTrain(40), { name: 'pipeline-test' });
-  const tiles = await unseenTiles(2);
-  normal = await tileFrame(tiles);
-  anomalous = await tileFrame(tiles, { blotch: [1] });
-});
-
-test.after.always(async () => {
-  if (work) await rm(work, { recursive: true, force: true });
-});
+const scene = registerAgentScene(test, 'shelfwatch-bad-input-');
 
 /** A valid PNG (signature, IHDR, IDAT, IEND, correct CRCs) whose header says width × height. */
 function pngHeaderOnly(width: number, height: number): Buffer {
@@ -65,27 +46,12 @@ function pngHeaderOnly(width: number, height: number): Buffer {
   return Buffer.concat([signature, chunk('IHDR', ihdr), chunk('IDAT', deflateSync(Buffer.alloc(16))), chunk('IEND', Buffer.alloc(0))]);
 }
 
-async function until(what: string, check: () => boolean, timeoutMs = 20_000, logs?: string[]): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${logs?.length ? `\nagent log:\n${logs.slice(-15).join('')}` : ''}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
-
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 serial('bad files, bad camera URLs and bad MQTT commands: clear errors, counted, agent keeps running, nothing lost', async (t) => {
   const broker = await startMosquitto();
   t.teardown(() => broker.dispose());
-  const delivered: string[] = [];
-  const sub: MqttClient = connect(broker.url, { reconnectPeriod: 200 });
-  t.teardown(() => sub.end(true));
-  sub.on('message', (topic, payload) => {
-    if (topic === `${ROOT}/events`) delivered.push(eventMessageId(JSON.parse(payload.toString()) as AnomalyEvent));
-  });
-  await new Promise<void>((resolve) => sub.once('connect', () => resolve()));
-  await sub.subscribeAsync(`${ROOT}/events`, { qos: 1 });
+  const { client: sub, ids: delivered } = await eventSubscriber(broker.url, ROOT, t);
 
   // Camera endpoints: one never answers, one answers a login page.
   const hanging = new Set<import('node:http').ServerResponse>();
@@ -106,14 +72,14 @@ serial('bad files, bad camera URLs and bad MQTT commands: clear errors, counted,
   });
   const port = (server.address() as { port: number }).port;
 
-  const dropDir = join(work, 'drop');
+  const dropDir = join(scene.work, 'drop');
   await mkdir(dropDir);
-  const slots = normal.boxes.map((b, i) => ({ id: `S${i}`, box: [b.x, b.y, b.width, b.height], model: 'tile', product: `SKU-${i}`, category: 'tile' }));
+  const slots = tileSlots(scene.normal);
   const config = configFromObject(
     {
-      agent: { id: 'store-1', stateDir: join(work, 'state') },
+      agent: { id: 'store-1', stateDir: join(scene.work, 'state') },
       mqtt: { url: broker.url, keepaliveSeconds: 5, statsIntervalSeconds: 60 },
-      models: { tile: { path: modelPath, threshold: 4 } },
+      models: { tile: { path: scene.modelPath, threshold: 4 } },
       inference: { provider: 'cpu', batchSize: 4, batchWaitMs: 10, maxPendingFrames: 32 },
       debounce: { raiseAfter: 1, window: 1, clearAfter: 1 },
       thumbnails: { maxSize: 64, quality: 70 },
@@ -127,8 +93,7 @@ serial('bad files, bad camera URLs and bad MQTT commands: clear errors, counted,
     },
     { origin: 'bad-input.integration', env: {} },
   );
-  const lines: string[] = [];
-  const logger = new Logger({ level: 'info', sink: { write: (l: string) => lines.push(l) } });
+  const { logger, lines } = captureLogger();
   const agent = new Agent(config, { logger, outboxFsync: false, reconnect: { minDelayMs: 100, maxDelayMs: 400 } });
   const raised: string[] = [];
   agent.on('event', (e) => raised.push(eventMessageId(e)));
@@ -142,12 +107,12 @@ serial('bad files, bad camera URLs and bad MQTT commands: clear errors, counted,
     await writeFile(join(dropDir, name), data);
     await sleep(250); // keeps the files' completion order
   };
-  await drop('01-anomalous.jpg', anomalous.jpeg);
-  await drop('02-truncated.jpg', anomalous.jpeg.subarray(0, Math.floor(anomalous.jpeg.length / 2)));
+  await drop('01-anomalous.jpg', scene.anomalous.jpeg);
+  await drop('02-truncated.jpg', scene.anomalous.jpeg.subarray(0, Math.floor(scene.anomalous.jpeg.length / 2)));
   await drop('03-empty.jpg', Buffer.alloc(0));
   await drop('04-not-an-image.jpg', 'camera offline\n');
   await drop('05-huge.png', pngHeaderOnly(20_000, 20_000));
-  await drop('06-normal.jpg', normal.jpeg);
+  await drop('06-normal.jpg', scene.normal.jpeg);
 
   const dropStats = () => agent.pipelineStats().cameras.drop;
   await until('both good frames scanned and the huge one refused', () => (dropStats()?.framesScanned ?? 0) >= 2 && (dropStats()?.decodeErrors ?? 0) >= 1, 20_000, lines);

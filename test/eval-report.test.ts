@@ -8,19 +8,11 @@ import test from 'ava';
 import { definedMetric, undefinedMetric, type MetricValue } from '../models/metrics/index.js';
 import { lineChart, renderHtmlReport, scoreHistogram } from '../pipelines/eval-html.js';
 import { formatTerminalTable, resultsJson, resultsMarkdown } from '../pipelines/eval-report.js';
-import {
-  meanOf,
-  modeOf,
-  modelMatches,
-  parseModes,
-  placeMap,
-  resizeMaskNearest,
-  nearestIndex,
-  METRIC_KEYS,
-  type CategoryResult,
-  type EvaluationResult,
-  type MetricSet,
-} from '../pipelines/evaluate.js';
+import { placeMap } from '../pipelines/eval-inputs.js';
+import { nearestIndex, resizeMaskNearest } from '../pipelines/eval-masks.js';
+import { meanOf } from '../pipelines/eval-metrics.js';
+import { modelMatches } from '../pipelines/eval-models.js';
+import { METRIC_KEYS, modeOf, parseModes, type CategoryResult, type EvaluationResult, type MetricSet } from '../pipelines/eval-types.js';
 import { PATCHCORE_1, PATCHCORE_100 } from '../pipelines/paper-results.js';
 
 const d = definedMetric;

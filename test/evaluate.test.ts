@@ -14,7 +14,7 @@ import sharp from 'sharp';
 import { runEval, type EvalCommandOptions } from '../agent/commands/eval.js';
 import { labelRegions } from '../models/metrics/regions.js';
 import { DatasetLayoutError, loadDataset } from '../pipelines/dataset.js';
-import { loadMask } from '../pipelines/evaluate.js';
+import { loadMask } from '../pipelines/eval-masks.js';
 import { generateGoodsDataset } from '../pipelines/synthetic-goods.js';
 import { BACKBONE_PATH, MAGNETIC_TILE, SHARED, sharedAvailable } from './helpers/fitted-model.js';
 

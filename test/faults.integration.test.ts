@@ -11,18 +11,18 @@
  */
 import test from 'ava';
 import { spawn } from 'node:child_process';
-import { mkdir, mkdtemp, readdir, rename, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { connect, type MqttClient } from 'mqtt';
+import { connect } from 'mqtt';
 import { Agent, type AgentOptions } from '../agent/agent.js';
 import { configFromObject, type AgentConfig } from '../agent/config.js';
 import { eventMessageId } from '../agent/extensions/events-publisher.js';
-import { Logger } from '../agent/logger.js';
+import type { Logger } from '../agent/logger.js';
 import type { AnomalyEvent } from '../pipelines/events.js';
-import { fittedModel, magneticTileTrain, sharedAvailable } from './helpers/fitted-model.js';
+import { captureLogger, registerAgentScene, tileSlots, until } from './helpers/agent-scene.js';
+import { sharedAvailable } from './helpers/fitted-model.js';
 import { startMosquitto } from './helpers/mosquitto.js';
-import { tileFrame, unseenTiles, type TileFrame } from './helpers/shelf-frames.js';
+import { eventSubscriber, type EventSubscriber, type TeardownContext } from './helpers/mqtt-subscribers.js';
 import { startTcpProxy } from './helpers/tcp-proxy.js';
 
 const available = sharedAvailable();
@@ -33,61 +33,16 @@ const THRESHOLD = 4;
 const SEQUENCE = [false, true, true, false, false];
 const ROOT = 'shelfwatch/store-1';
 
-let work: string;
-let modelPath: string;
-let normal: TileFrame;
-let framesDir: string;
-let normalDir: string;
+const scene = registerAgentScene(test, 'shelfwatch-faults-', SEQUENCE);
 
-test.before(async () => {
-  if (!available) return;
-  work = await mkdtemp(join(tmpdir(), 'shelfwatch-faults-'));
-  modelPath = await fittedModel(await magneticTileTrain(40), { name: 'pipeline-test' });
-  const tiles = await unseenTiles(2);
-  normal = await tileFrame(tiles);
-  const anomalous = await tileFrame(tiles, { blotch: [1] });
-  framesDir = join(work, 'frames');
-  normalDir = join(work, 'frames-normal');
-  await mkdir(framesDir);
-  await mkdir(normalDir);
-  await Promise.all(SEQUENCE.map((bad, i) => writeFile(join(framesDir, `frame${String(i).padStart(3, '0')}.jpg`), bad ? anomalous.jpeg : normal.jpeg)));
-  await writeFile(join(normalDir, 'frame000.jpg'), normal.jpeg);
-});
-
-test.after.always(async () => {
-  if (work) await rm(work, { recursive: true, force: true });
-});
-
-type Ctx = { teardown(fn: () => unknown): void; log(...v: unknown[]): void };
-
-/** Collects every event message (raw, duplicates included) on a persistent QoS 1 session. */
-async function eventSubscriber(url: string, t: Ctx, clientId: string): Promise<{ client: MqttClient; ids: string[] }> {
-  const ids: string[] = [];
-  const client = connect(url, { reconnectPeriod: 200, clientId, clean: false });
-  client.on('error', () => undefined);
-  client.on('message', (topic, payload) => {
-    if (topic === `${ROOT}/events`) ids.push(eventMessageId(JSON.parse(payload.toString()) as AnomalyEvent));
-  });
-  t.teardown(() => client.end(true));
-  await new Promise<void>((resolve, reject) => client.once('connect', () => client.subscribe(`${ROOT}/events`, { qos: 1 }, (err) => (err ? reject(err) : resolve()))));
+/** Collects every event message (raw ids, duplicates included) on a persistent QoS 1 session. */
+async function persistentEventSubscriber(url: string, t: TeardownContext, clientId: string): Promise<EventSubscriber> {
+  const sub = await eventSubscriber(url, ROOT, t, { clientId, clean: false });
   // Several tests SIGKILL the broker right after this. Give mosquitto time to autosave the new
   // subscription; otherwise it restarts with the session but without the subscription, mqtt.js
   // (session present) does not resubscribe, and the subscriber silently receives nothing.
   await new Promise((r) => setTimeout(r, 2500));
-  return { client, ids };
-}
-
-async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 20_000, logs?: string[]): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${logs?.length ? `\nagent log:\n${logs.slice(-15).join('')}` : ''}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
-
-function captureLogger(): { logger: Logger; lines: string[] } {
-  const lines: string[] = [];
-  return { logger: new Logger({ level: 'info', sink: { write: (l: string) => lines.push(l) } }), lines };
+  return sub;
 }
 
 function faultConfig(brokerUrl: string, stateDir: string, source: Record<string, unknown>, keepaliveSeconds = 5): AgentConfig {
@@ -95,7 +50,7 @@ function faultConfig(brokerUrl: string, stateDir: string, source: Record<string,
     {
       agent: { id: 'store-1', stateDir },
       mqtt: { url: brokerUrl, keepaliveSeconds, statsIntervalSeconds: 60 },
-      models: { tile: { path: modelPath, threshold: THRESHOLD } },
+      models: { tile: { path: scene.modelPath, threshold: THRESHOLD } },
       inference: { provider: 'cpu', batchSize: 8, batchWaitMs: 10, maxPendingFrames: 32 },
       debounce: { raiseAfter: 2, window: 3, clearAfter: 2 },
       thumbnails: { maxSize: 64, quality: 70 },
@@ -105,7 +60,7 @@ function faultConfig(brokerUrl: string, stateDir: string, source: Record<string,
         {
           id: 'shelf',
           source,
-          slots: normal.boxes.map((b, i) => ({ id: `S${i}`, box: [b.x, b.y, b.width, b.height], model: 'tile', product: `SKU-${i}`, category: 'tile' })),
+          slots: tileSlots(scene.normal),
         },
       ],
     },
@@ -113,10 +68,12 @@ function faultConfig(brokerUrl: string, stateDir: string, source: Record<string,
   );
 }
 
-const looping = () => ({ type: 'replay', dir: framesDir, intervalMs: 100, loop: true });
+const looping = () => ({ type: 'replay', dir: scene.framesDir, intervalMs: 100, loop: true });
+
+type AccountContext = { deepEqual(a: unknown, b: unknown, m?: string): void; log(...v: unknown[]): void };
 
 /** Exact accounting: raised ⊆ delivered (deduplicated) and delivered ⊆ raised. Returns the figures. */
-function account(t: { deepEqual(a: unknown, b: unknown, m?: string): void; log(...v: unknown[]): void }, name: string, raised: string[], deliveredRaw: string[]) {
+function account(t: AccountContext, name: string, raised: string[], deliveredRaw: string[]) {
   const delivered = new Set(deliveredRaw);
   t.deepEqual(raised.filter((id) => !delivered.has(id)), [], `${name}: no raised event lost`);
   t.deepEqual([...delivered].filter((id) => !raised.includes(id)), [], `${name}: nothing delivered that was not raised`);
@@ -125,22 +82,51 @@ function account(t: { deepEqual(a: unknown, b: unknown, m?: string): void; log(.
   return figures;
 }
 
-function startAgent(t: Ctx, config: AgentConfig, logger: Logger, keepRaised: string[], extra: AgentOptions = {}): Agent {
+function startAgent(t: TeardownContext, config: AgentConfig, logger: Logger, keepRaised: string[], extra: AgentOptions = {}): Agent {
   const agent = new Agent(config, { logger, outboxFsync: false, reconnect: { minDelayMs: 100, maxDelayMs: 400 }, flushTimeoutMs: 1000, ...extra });
   agent.on('event', (e) => keepRaised.push(eventMessageId(e)));
   t.teardown(() => agent.stop());
   return agent;
 }
 
+/**
+ * The link faults' setup: a persistent broker behind a TCP proxy (to stall or cut the link), a
+ * persistent subscriber on the broker itself, and an agent on state dir `state-<name>` that
+ * connects through the proxy, started and with a first event delivered.
+ */
+async function agentBehindProxy(t: TeardownContext, name: string, keepaliveSeconds?: number) {
+  const broker = await startMosquitto({ persistence: true });
+  t.teardown(() => broker.dispose());
+  const proxy = await startTcpProxy(broker.port);
+  t.teardown(() => proxy.close());
+  const sub = await persistentEventSubscriber(broker.url, t, `faults-${name}`);
+  const stateDir = join(scene.work, `state-${name}`);
+  const raised: string[] = [];
+  const { logger, lines } = captureLogger();
+  const agent = startAgent(t, faultConfig(proxy.url, stateDir, looping(), keepaliveSeconds), logger, raised);
+  await agent.start();
+  await until('a first delivered event', () => sub.ids.length >= 1, 30_000, lines);
+  return { proxy, sub, stateDir, raised, lines, agent };
+}
+
+/** Once a fault is over: what was raised so far arrives, the agent stops, its stop flush arrives; then the exact accounting. */
+async function deliverAllAndStop(t: AccountContext, name: string, agent: Agent, raised: string[], sub: EventSubscriber, lines: string[]): Promise<void> {
+  const snapshot = raised.length;
+  await until('everything raised to arrive', () => raised.slice(0, snapshot).every((id) => sub.ids.includes(id)), 20_000, lines);
+  await agent.stop();
+  await until('the stop flush to arrive', () => raised.every((id) => sub.ids.includes(id)), 5_000, lines);
+  account(t, name, raised, sub.ids);
+}
+
 serial('broker down when the agent starts: events wait in the outbox and all arrive once it is up', async (t) => {
   const broker = await startMosquitto({ persistence: true });
   t.teardown(() => broker.dispose());
-  const sub = await eventSubscriber(broker.url, t, 'faults-down-at-start');
+  const sub = await persistentEventSubscriber(broker.url, t, 'faults-down-at-start');
   await broker.kill();
 
   const raised: string[] = [];
   const { logger, lines } = captureLogger();
-  const agent = startAgent(t, faultConfig(broker.url, join(work, 'state-down'), looping()), logger, raised);
+  const agent = startAgent(t, faultConfig(broker.url, join(scene.work, 'state-down'), looping()), logger, raised);
   await agent.start(); // does not wait for the broker
   t.is(agent.state, 'running');
   await until('events raised with no broker', () => raised.length >= 4, 30_000, lines);
@@ -158,17 +144,7 @@ serial('broker down when the agent starts: events wait in the outbox and all arr
 });
 
 serial('network stalled (no FIN, no RST): keepalive notices, events queue, all arrive after restore', async (t) => {
-  const broker = await startMosquitto({ persistence: true });
-  t.teardown(() => broker.dispose());
-  const proxy = await startTcpProxy(broker.port);
-  t.teardown(() => proxy.close());
-  const sub = await eventSubscriber(broker.url, t, 'faults-stall');
-
-  const raised: string[] = [];
-  const { logger, lines } = captureLogger();
-  const agent = startAgent(t, faultConfig(proxy.url, join(work, 'state-stall'), looping(), 1), logger, raised);
-  await agent.start();
-  await until('a first delivered event', () => sub.ids.length >= 1, 30_000, lines);
+  const { proxy, raised, lines, agent, sub } = await agentBehindProxy(t, 'stall', 1);
 
   proxy.stall();
   const stalledAt = Date.now();
@@ -182,26 +158,12 @@ serial('network stalled (no FIN, no RST): keepalive notices, events queue, all a
 
   proxy.restore();
   await until('the agent to reconnect', () => agent.mqtt!.state === 'connected', 20_000, lines);
-  const snapshot = raised.length;
-  await until('everything raised to arrive', () => raised.slice(0, snapshot).every((id) => sub.ids.includes(id)), 20_000, lines);
-  await agent.stop();
-  await until('the stop flush to arrive', () => raised.every((id) => sub.ids.includes(id)), 5_000, lines);
-  account(t, 'network stall', raised, sub.ids);
+  await deliverAllAndStop(t, 'network stall', agent, raised, sub, lines);
   t.true(lines.some((l) => l.includes('MQTT connection lost')), 'the loss is logged');
 });
 
 serial('network cut (RST) and restored: events queue while cut, all arrive after restore', async (t) => {
-  const broker = await startMosquitto({ persistence: true });
-  t.teardown(() => broker.dispose());
-  const proxy = await startTcpProxy(broker.port);
-  t.teardown(() => proxy.close());
-  const sub = await eventSubscriber(broker.url, t, 'faults-cut');
-
-  const raised: string[] = [];
-  const { logger, lines } = captureLogger();
-  const agent = startAgent(t, faultConfig(proxy.url, join(work, 'state-cut'), looping()), logger, raised);
-  await agent.start();
-  await until('a first delivered event', () => sub.ids.length >= 1, 30_000, lines);
+  const { proxy, raised, lines, agent, sub } = await agentBehindProxy(t, 'cut');
 
   proxy.cut();
   await until('the agent to see the cut', () => agent.mqtt!.state !== 'connected', 5_000, lines);
@@ -213,24 +175,20 @@ serial('network cut (RST) and restored: events queue while cut, all arrive after
   proxy.restore();
   await until('the agent to reconnect', () => agent.mqtt!.state === 'connected', 20_000, lines);
   t.true(proxy.accepted > attemptsWhileCut, 'it reconnected through the proxy');
-  const snapshot = raised.length;
-  await until('everything raised to arrive', () => raised.slice(0, snapshot).every((id) => sub.ids.includes(id)), 20_000, lines);
-  await agent.stop();
-  await until('the stop flush to arrive', () => raised.every((id) => sub.ids.includes(id)), 5_000, lines);
-  account(t, 'network cut', raised, sub.ids);
+  await deliverAllAndStop(t, 'network cut', agent, raised, sub, lines);
   t.true(agent.mqtt!.metrics().connectionLosses >= 1);
 });
 
 serial('agent SIGKILLed with a non-empty outbox: a new agent on the same state dir delivers every event', async (t) => {
   const broker = await startMosquitto({ persistence: true });
   t.teardown(() => broker.dispose());
-  const sub = await eventSubscriber(broker.url, t, 'faults-sigkill');
+  const sub = await persistentEventSubscriber(broker.url, t, 'faults-sigkill');
   await broker.kill(); // nothing can leave the child: its outbox must hold everything
 
-  const stateDir = join(work, 'state-sigkill');
+  const stateDir = join(scene.work, 'state-sigkill');
   // One pass of the sequence (no loop): the child raises a fixed set of events, reports each,
   // reports 'queued' once its outbox holds them all, and is then killed.
-  const config = faultConfig(broker.url, stateDir, { type: 'replay', dir: framesDir, intervalMs: 100, loop: false });
+  const config = faultConfig(broker.url, stateDir, { type: 'replay', dir: scene.framesDir, intervalMs: 100, loop: false });
   const script = `
     import { Agent } from './agent/agent.js';
     import { eventMessageId } from './agent/extensions/events-publisher.js';
@@ -292,7 +250,7 @@ serial('agent SIGKILLed with a non-empty outbox: a new agent on the same state d
   }, 20_000);
   // The dead child's lock is stale (its pid is gone); the new agent must take the outbox over.
   const { logger, lines } = captureLogger();
-  const second = startAgent(t, faultConfig(broker.url, stateDir, { type: 'replay', dir: normalDir, intervalMs: 100 }), logger, []);
+  const second = startAgent(t, faultConfig(broker.url, stateDir, { type: 'replay', dir: scene.normalDir, intervalMs: 100 }), logger, []);
   await second.start();
   try {
     await until('the stranded events to arrive', () => raised.every((id) => sub.ids.includes(id)), 20_000, lines);
@@ -307,19 +265,8 @@ serial('agent SIGKILLed with a non-empty outbox: a new agent on the same state d
 });
 
 serial('outbox directory unwritable while offline: records kept in memory, written once restored, all delivered', async (t) => {
-  const broker = await startMosquitto({ persistence: true });
-  t.teardown(() => broker.dispose());
-  const proxy = await startTcpProxy(broker.port);
-  t.teardown(() => proxy.close());
-  const sub = await eventSubscriber(broker.url, t, 'faults-disk');
-
-  const stateDir = join(work, 'state-disk');
+  const { proxy, stateDir, raised, lines, agent, sub } = await agentBehindProxy(t, 'disk');
   const outboxDir = join(stateDir, 'outbox');
-  const raised: string[] = [];
-  const { logger, lines } = captureLogger();
-  const agent = startAgent(t, faultConfig(proxy.url, stateDir, looping()), logger, raised);
-  await agent.start();
-  await until('a first delivered event', () => sub.ids.length >= 1, 30_000, lines);
 
   // Offline, so records cannot leave; and the outbox dir replaced by a file (we run as root, so
   // a read-only mode would not stop writes): every write fails with ENOTDIR.
@@ -330,7 +277,9 @@ serial('outbox directory unwritable while offline: records kept in memory, writt
   const before = raised.length;
   await until('events raised while the disk fails', () => raised.length >= before + 2, 30_000, lines);
   await until('the failed writes to be counted', () => agent.mqtt!.outbox.counters().failedWrites >= 2, 10_000, lines);
-  t.true(agent.mqtt!.outbox.depth().memoryOnly >= 2, 'records kept in memory');
+  // `raised` counts at the pipeline; the publisher enqueues after the thumbnail is encoded, so the
+  // second event's record may still be on its way: wait for it rather than sample once.
+  await until('records kept in memory', () => agent.mqtt!.outbox.depth().memoryOnly >= 2, 10_000, lines);
   t.is(agent.state, 'running');
   t.true(lines.some((l) => l.includes('outbox disk error') && l.includes('ENOTDIR')), 'the disk error is logged with its cause');
 
@@ -340,11 +289,7 @@ serial('outbox directory unwritable while offline: records kept in memory, writt
   await until('memory-only records written to disk', () => agent.mqtt!.outbox.depth().memoryOnly === 0, 15_000, lines);
   proxy.restore();
   await until('the agent to reconnect', () => agent.mqtt!.state === 'connected', 20_000, lines);
-  const snapshot = raised.length;
-  await until('everything raised to arrive', () => raised.slice(0, snapshot).every((id) => sub.ids.includes(id)), 20_000, lines);
-  await agent.stop();
-  await until('the stop flush to arrive', () => raised.every((id) => sub.ids.includes(id)), 5_000, lines);
-  account(t, 'outbox disk unwritable', raised, sub.ids);
+  await deliverAllAndStop(t, 'outbox disk unwritable', agent, raised, sub, lines);
   t.log(`outbox counters: ${JSON.stringify(agent.mqtt!.outbox.counters())}`);
 });
 
@@ -352,14 +297,7 @@ serial('wall clock stepped back 1 h, forward 1 day, then reset: every anomaly ke
   const broker = await startMosquitto();
   t.teardown(() => broker.dispose());
   // A plain subscriber keeping whole events (no broker kill here, so no persistent session).
-  const delivered: AnomalyEvent[] = [];
-  const sub = connect(broker.url, { reconnectPeriod: 200 });
-  sub.on('error', () => undefined);
-  t.teardown(() => sub.end(true));
-  sub.on('message', (topic, payload) => {
-    if (topic === `${ROOT}/events`) delivered.push(JSON.parse(payload.toString()) as AnomalyEvent);
-  });
-  await new Promise<void>((resolve, reject) => sub.once('connect', () => sub.subscribe(`${ROOT}/events`, { qos: 1 }, (err) => (err ? reject(err) : resolve()))));
+  const delivered = (await eventSubscriber(broker.url, ROOT, t)).events;
 
   // The agent's wall clock: real time plus an offset the test steps, read in whole seconds (an
   // RTC's precision). Time stamps therefore repeat — the slot raises about twice a second, and
@@ -371,7 +309,7 @@ serial('wall clock stepped back 1 h, forward 1 day, then reset: every anomaly ke
 
   const raised: AnomalyEvent[] = [];
   const { logger, lines } = captureLogger();
-  const agent = startAgent(t, faultConfig(broker.url, join(work, 'state-clock'), looping()), logger, [], { clock });
+  const agent = startAgent(t, faultConfig(broker.url, join(scene.work, 'state-clock'), looping()), logger, [], { clock });
   agent.on('event', (e) => raised.push(e));
   await agent.start();
   // A phase holds the frames stamped after its step: the source stamps capture time and sequence
@@ -433,7 +371,7 @@ serial('wall clock stepped back 1 h, forward 1 day, then reset: every anomaly ke
   // A reboot with the RTC reset: a new agent (fresh debounce states, raise counters from 1)
   // re-reads the first run's seconds; its run tag keeps its ids apart from the first run's.
   const again: AnomalyEvent[] = [];
-  const second = startAgent(t, faultConfig(broker.url, join(work, 'state-clock'), looping()), captureLogger().logger, [], { clock });
+  const second = startAgent(t, faultConfig(broker.url, join(scene.work, 'state-clock'), looping()), captureLogger().logger, [], { clock });
   second.on('event', (e) => again.push(e));
   t.not(second.runTag, agent.runTag);
   await second.start();

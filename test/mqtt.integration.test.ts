@@ -10,32 +10,15 @@ import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { connect, type IClientOptions, type MqttClient } from 'mqtt';
+import { connect, type IClientOptions } from 'mqtt';
 import { startMqttClient, MqttConnectError, type AgentMqttClient, type MqttClientOptions } from '../agent/mqtt/client.js';
 import { startEmbeddedBroker } from '../agent/mqtt/embedded-broker.js';
 import { agentTopics } from '../agent/mqtt/topics.js';
 import { mosquittoPasswordFile, startMosquitto } from './helpers/mosquitto.js';
+import { recordingSubscriber, type Received, type TeardownContext } from './helpers/mqtt-subscribers.js';
 
-type Ctx = { teardown(fn: () => unknown): void };
-
-interface Received {
-  topic: string;
-  payload: Buffer;
-  retain: boolean;
-}
-
-/** A plain mqtt.js subscriber that records everything it receives. */
-async function subscriber(url: string, filter: string, t: Ctx, options: IClientOptions = {}): Promise<{ client: MqttClient; messages: Received[] }> {
-  const messages: Received[] = [];
-  const client = connect(url, { reconnectPeriod: 100, ...options });
-  client.on('error', () => undefined);
-  client.on('message', (topic, payload, packet) => messages.push({ topic, payload, retain: packet.retain }));
-  t.teardown(() => client.end(true));
-  await new Promise<void>((resolve, reject) => {
-    client.once('connect', () => client.subscribe(filter, { qos: 1 }, (err) => (err ? reject(err) : resolve())));
-  });
-  return { client, messages };
-}
+/** A plain mqtt.js subscriber that records everything it receives (reconnecting every 100 ms). */
+const subscriber = (url: string, filter: string, t: TeardownContext, options: IClientOptions = {}) => recordingSubscriber(url, filter, t, { reconnectPeriod: 100, ...options });
 
 async function until(what: string, check: () => boolean, timeoutMs = 15000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
@@ -45,13 +28,13 @@ async function until(what: string, check: () => boolean, timeoutMs = 15000): Pro
   }
 }
 
-async function tempDir(t: Ctx): Promise<string> {
+async function tempDir(t: TeardownContext): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'shelfwatch-mqtt-it-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   return dir;
 }
 
-async function agentClient(t: Ctx, options: Partial<MqttClientOptions> & Pick<MqttClientOptions, 'url' | 'topics'>, outboxDir?: string): Promise<AgentMqttClient> {
+async function agentClient(t: TeardownContext, options: Partial<MqttClientOptions> & Pick<MqttClientOptions, 'url' | 'topics'>, outboxDir?: string): Promise<AgentMqttClient> {
   const client = await startMqttClient({
     outbox: { dir: outboxDir ?? join(await tempDir(t), 'outbox'), maxRecords: 10000, maxBytes: 64 << 20 },
     reconnect: { minDelayMs: 100, maxDelayMs: 500 },
