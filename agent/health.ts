@@ -32,7 +32,7 @@ export interface MetricsSources {
   mqtt(): MqttClientMetrics | null;
   sources(): CameraSourceSnapshot[];
   /** The serving models (config name, file digest, execution provider); empty before start. */
-  models?(): Array<{ name: string; digest: string; provider: string }>;
+  models?(): Array<{ name: string; digest: string; provider: string; workerRestarts: number }>;
 }
 
 /** How a model rollout ended: the candidate file serves now, or it was refused. */
@@ -178,6 +178,16 @@ export class AgentMetrics {
       collect() {
         this.reset();
         for (const m of self.sources.models?.() ?? []) this.set({ model: m.name, digest: m.digest, provider: m.provider }, 1);
+      },
+    });
+    new Gauge({
+      name: 'shelfwatch_model_worker_restarts',
+      help: 'Times the inference worker thread of the serving model died and was started again (since that model was loaded)',
+      labelNames: ['model'],
+      registers,
+      collect() {
+        this.reset();
+        for (const m of self.sources.models?.() ?? []) this.set({ model: m.name }, m.workerRestarts);
       },
     });
     this.mirrorCounter('shelfwatch_outbox_dropped_total', 'Outbox records dropped (oldest first) because the outbox was full', () => self.sources.mqtt()?.outbox.counters.dropped);

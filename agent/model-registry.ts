@@ -34,6 +34,9 @@ export interface ModelStatus {
   thresholdSource: 'config' | 'manifest';
   /** Slots using it, as `camera/slot`. */
   slots: string[];
+  /** Where its session runs, and how often that worker died and was started again. */
+  thread: 'worker' | 'main';
+  workerRestarts: number;
 }
 
 export class ModelRegistry {
@@ -150,6 +153,8 @@ export class ModelRegistry {
       threshold: e.threshold ?? e.model.manifest.thresholds.image,
       thresholdSource: e.threshold !== undefined ? 'config' : 'manifest',
       slots: this.usage.get(e.name) ?? [],
+      thread: 'restarts' in e.model ? 'worker' : 'main',
+      workerRestarts: 'restarts' in e.model ? e.model.restarts : 0,
     }));
   }
 

@@ -138,7 +138,7 @@ serial('replay camera: events, thumbnails, retained state, status, stats and met
   t.is(retained.get(`${ROOT}/availability`)?.payload.toString(), 'online');
   const status = JSON.parse(retained.get(`${ROOT}/status`)!.payload.toString());
   t.like(status, { agent: 'store-1', state: 'running', broker: { embedded: false } });
-  t.like(status.models[0], { name: 'tile', digest: scene.modelDigest, provider: 'cpu', threshold: THRESHOLD, thresholdSource: 'config', slots: ['shelf/S0', 'shelf/S1'] });
+  t.like(status.models[0], { name: 'tile', digest: scene.modelDigest, provider: 'cpu', threshold: THRESHOLD, thresholdSource: 'config', slots: ['shelf/S0', 'shelf/S1'], thread: 'worker', workerRestarts: 0 });
   // The startup log names each model's provider in one line (deploy/GPU.md §3); `cpu` was asked
   // for, so no candidate was skipped.
   const providerLines = lines.map((l) => JSON.parse(l) as { level: string; msg: string; provider?: string; fallbacks?: unknown[] }).filter((l) => l.msg.startsWith('model tile: provider'));
@@ -166,6 +166,7 @@ serial('replay camera: events, thumbnails, retained state, status, stats and met
   t.regex(metrics, /shelfwatch_events_total\{camera="shelf",type="new"\} 1/);
   t.regex(metrics, /shelfwatch_inference_seconds_count\{model="tile"\} \d+/);
   t.regex(metrics, /shelfwatch_mqtt_state\{state="connected"\} 1/);
+  t.regex(metrics, /shelfwatch_model_worker_restarts\{model="tile"\} 0\n/);
   t.regex(metrics, /shelfwatch_outbox_records \d+\n/);
   t.regex(metrics, /shelfwatch_outbox_delivered_total \d+\n/);
   t.regex(metrics, /shelfwatch_source_state\{camera="shelf",source="replay",state="stopped"\} 1/);
