@@ -52,16 +52,21 @@ export async function serveModelWorker(data: ModelWorkerData): Promise<void> {
 
   // onnxruntime refuses SharedArrayBuffer-backed tensors: batches are copied into this buffer.
   let input = new Float32Array(0);
+  // Requests run one after another (one input buffer, one session), and a release waits for the
+  // batches asked for before it.
+  let queue: Promise<void> = Promise.resolve();
   port.on('message', (request: ModelWorkerRequest) => {
     if (request.type === 'release') {
-      void model.release().finally(() => {
-        port.postMessage({ type: 'released' } satisfies ModelWorkerReply);
-        port.close();
-      });
+      queue = queue.then(() =>
+        model.release().finally(() => {
+          port.postMessage({ type: 'released' } satisfies ModelWorkerReply);
+          port.close();
+        }),
+      );
       return;
     }
     const { id, batch, n, thresholds } = request;
-    void (async () => {
+    queue = queue.then(async () => {
       try {
         const values = n * 3 * model.inputSize * model.inputSize;
         let x = batch;
@@ -77,6 +82,6 @@ export async function serveModelWorker(data: ModelWorkerData): Promise<void> {
       } catch (e) {
         port.postMessage({ type: 'failed', id, message: (e as Error).message } satisfies ModelWorkerReply);
       }
-    })();
+    });
   });
 }

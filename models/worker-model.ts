@@ -160,7 +160,7 @@ export class WorkerPatchcoreModel {
     });
   }
 
-  /** Releases the session and ends the worker. */
+  /** Releases the session and ends the worker, after the batches already asked for. */
   async release(): Promise<void> {
     if (this.released) return;
     this.released = true;
@@ -168,6 +168,7 @@ export class WorkerPatchcoreModel {
     const worker = this.worker;
     this.worker = null;
     if (!worker) return;
+    worker.ref();
     await new Promise<void>((resolve) => {
       const timer = setTimeout(() => void worker.terminate().then(() => resolve()), 5000);
       worker.once('exit', () => {
@@ -176,6 +177,10 @@ export class WorkerPatchcoreModel {
       });
       worker.postMessage({ type: 'release' } satisfies ModelWorkerRequest);
     });
+    // Only reachable when the worker had to be terminated: nothing will answer these any more.
+    const error = new Error(`model ${this.origin}: released before the batch finished`);
+    for (const call of this.inFlight.values()) call.reject(error);
+    this.inFlight.clear();
   }
 
   private onReply(reply: ModelWorkerReply): void {

@@ -207,9 +207,9 @@ while True:
     for level, kind, data in anc:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+    print(json.dumps({"message": msg.decode(), "fds": len(fds)}), flush=True)
     for fd in fds:
         os.close(fd)  # closing the barrier pipe is how PID 1 says "processed"
-    print(json.dumps({"message": msg.decode(), "fds": len(fds)}), flush=True)
 `;
 
 test('the real systemd-notify delivers READY, WATCHDOG and STOPPING over a notify socket', async (t) => {
@@ -240,6 +240,10 @@ test('the real systemd-notify delivers READY, WATCHDOG and STOPPING over a notif
   t.true(await notifier.stopping('shutting down'));
   // Each message is followed by systemd-notify's barrier (BARRIER=1 with a pipe fd, systemd
   // >= 246); it only returns once that fd was closed, i.e. once "PID 1" processed the message.
+  // The server prints each message before it closes the barrier fd, but its stdout may reach us
+  // after systemd-notify has returned: wait for the last line rather than race it.
+  const deadline = Date.now() + 5000;
+  while (messages.length < 6 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
   // Lines other than the ones asked for (newer systemd may add some) are ignored.
   const known = /^(MAINPID|READY|WATCHDOG|STOPPING|STATUS|BARRIER)=/;
   const payloads = messages.map((m) => (m.message ?? '').split('\n').filter((l) => known.test(l)).join('\n'));

@@ -125,3 +125,14 @@ console.log(JSON.stringify({ score: p.score }));
     rmSync(out, { recursive: true, force: true });
   }
 });
+
+maybe('release while batches are in flight: they finish first, nothing is left hanging', async (t) => {
+  const { path, batch } = await setup();
+  const m = await WorkerPatchcoreModel.load(path, { provider: 'cpu' });
+  const pending = [m.predict(batch.data, batch.count), m.predict(batch.data, 1)];
+  await m.release();
+  const [a, b] = await Promise.all(pending);
+  t.is(a!.length, batch.count);
+  t.is(b!.length, 1);
+  t.is(b![0]!.score, a![0]!.score);
+});
