@@ -19,7 +19,7 @@ import type { AnomalyEvent } from '../pipelines/events.js';
 import type { Box } from '../pipelines/types.js';
 import { captureLogger, registerAgentScene, tileSlots, until } from './helpers/agent-scene.js';
 import { sharedAvailable } from './helpers/fitted-model.js';
-import { startMosquitto, type MosquittoBroker } from './helpers/mosquitto.js';
+import { startMosquitto, waitForAutosave, type MosquittoBroker } from './helpers/mosquitto.js';
 import { eventSubscriber, recordingSubscriber, type Received } from './helpers/mqtt-subscribers.js';
 import { inside, overlaps } from './helpers/shelf-frames.js';
 
@@ -216,6 +216,7 @@ serial('broker killed mid-run and agent restarted with a non-empty outbox: every
   // A persistent QoS 1 session: what reaches the restarted broker while the subscriber is still
   // reconnecting is queued for it, so anything missing is the agent's fault.
   const sub = await eventSubscriber(broker.url, ROOT, t, { clientId: 'agent-it-accounting', clean: false });
+  await waitForAutosave(); // the broker is SIGKILLed below
   const stateDir = join(scene.work, 'state-outage');
   const source = { type: 'replay', dir: scene.framesDir, intervalMs: 120, loop: true };
   const config = agentConfig(broker.url, stateDir, source);

@@ -21,7 +21,7 @@ import type { Logger } from '../agent/logger.js';
 import type { AnomalyEvent } from '../pipelines/events.js';
 import { captureLogger, registerAgentScene, tileSlots, until } from './helpers/agent-scene.js';
 import { sharedAvailable } from './helpers/fitted-model.js';
-import { startMosquitto } from './helpers/mosquitto.js';
+import { startMosquitto, waitForAutosave } from './helpers/mosquitto.js';
 import { eventSubscriber, type EventSubscriber, type TeardownContext } from './helpers/mqtt-subscribers.js';
 import { startTcpProxy } from './helpers/tcp-proxy.js';
 
@@ -38,10 +38,8 @@ const scene = registerAgentScene(test, 'shelfwatch-faults-', SEQUENCE);
 /** Collects every event message (raw ids, duplicates included) on a persistent QoS 1 session. */
 async function persistentEventSubscriber(url: string, t: TeardownContext, clientId: string): Promise<EventSubscriber> {
   const sub = await eventSubscriber(url, ROOT, t, { clientId, clean: false });
-  // Several tests SIGKILL the broker right after this. Give mosquitto time to autosave the new
-  // subscription; otherwise it restarts with the session but without the subscription, mqtt.js
-  // (session present) does not resubscribe, and the subscriber silently receives nothing.
-  await new Promise((r) => setTimeout(r, 2500));
+  // Several tests SIGKILL the broker right after this.
+  await waitForAutosave();
   return sub;
 }
 

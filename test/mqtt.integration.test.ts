@@ -14,7 +14,7 @@ import { connect, type IClientOptions } from 'mqtt';
 import { startMqttClient, MqttConnectError, type AgentMqttClient, type MqttClientOptions } from '../agent/mqtt/client.js';
 import { startEmbeddedBroker } from '../agent/mqtt/embedded-broker.js';
 import { agentTopics } from '../agent/mqtt/topics.js';
-import { mosquittoPasswordFile, startMosquitto } from './helpers/mosquitto.js';
+import { mosquittoPasswordFile, startMosquitto, waitForAutosave } from './helpers/mosquitto.js';
 import { recordingSubscriber, type Received, type TeardownContext } from './helpers/mqtt-subscribers.js';
 
 /** A plain mqtt.js subscriber that records everything it receives (reconnecting every 100 ms). */
@@ -124,6 +124,7 @@ test('broker killed and restarted mid-stream: every one of 200 messages arrives,
   t.teardown(() => broker.dispose());
   const topics = agentTopics('shelfwatch', 'box-2');
   const sub = await subscriber(broker.url, topics.events, t, { clientId: 'it-persistent-sub', clean: false });
+  await waitForAutosave(); // the broker is SIGKILLed below
   const client = await agentClient(t, { url: broker.url, topics });
   await client.waitUntilConnected(10000);
   const states: string[] = [];

@@ -19,6 +19,16 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 
+/**
+ * Waits long enough for a persistent broker to autosave a subscription just made. A test that
+ * SIGKILLs the broker right after a clean=false subscriber subscribed otherwise gets it back with
+ * the session but without the subscription; mqtt.js (session present) does not resubscribe, and
+ * the subscriber silently receives nothing.
+ */
+export function waitForAutosave(): Promise<void> {
+  return new Promise((r) => setTimeout(r, 2500));
+}
+
 export interface MosquittoOptions {
   /** Default: a free port. */
   port?: number;
