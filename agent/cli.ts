@@ -189,7 +189,7 @@ program
     console.log(`wrote ${s.files.json}, ${s.files.markdown}${s.files.html ? `, ${s.files.html}` : ''}`);
   });
 
-const modelCmd = program.command('model').description('models of a running agent');
+const modelCmd = program.command('model').description('check a model on this box; roll back a running agent\'s model');
 modelCmd
   .command('rollback')
   .description('restore the previous model file (<path>.previous); a running agent verifies and swaps it in')
@@ -199,6 +199,22 @@ modelCmd
     const { runModelRollback } = await import('./commands/model-rollback.js');
     const r = await runModelRollback(o.config, { model: o.model });
     console.log(`restored ${r.model}: ${r.path} is now ${r.digest.slice(0, 12)}…${r.replaced ? ` (was ${r.replaced.slice(0, 12)}…)` : ''}`);
+  });
+
+modelCmd
+  .command('check')
+  .description('is this box ready for the model: devices, the provider it gets, and agreement with the CPU')
+  .argument('<model>', 'model file made by `shelfwatch fit`')
+  .argument('[images...]', 'images to compare on (default: a synthetic batch)')
+  .option('--batch <n>', 'images per inference call', number('--batch', { integer: true, min: 1, max: 256 }), 8)
+  .addOption(providerOption())
+  .option('--json', 'machine-readable output')
+  .action(async (model: string, images: string[], o) => {
+    const { runModelCheck, formatModelCheck } = await import('./commands/model-check.js');
+    const r = await runModelCheck({ model, images, provider: o.provider, batch: o.batch });
+    if (o.json) printJson(r);
+    else console.log(formatModelCheck(r));
+    if (r.warnings.length) process.exitCode = 2;
   });
 
 const dataset = program.command('dataset').description('GoodsAD / MVTec-layout datasets');
