@@ -51,6 +51,7 @@ import { startEmbeddedBroker, type EmbeddedBroker } from './mqtt/embedded-broker
 import type { OutboxMessage } from './mqtt/outbox.js';
 import { agentTopics, type AgentTopics } from './mqtt/topics.js';
 import { createCameraFeed } from './sources/index.js';
+import { resolveParallelism } from './inference-parallelism.js';
 
 export type AgentState = 'idle' | 'starting' | 'running' | 'stopping' | 'stopped';
 
@@ -269,7 +270,7 @@ export class Agent extends EventEmitter<AgentEvents> {
         stateDir: config.agent.stateDir,
         provider: config.inference.provider as ProviderChoice,
         workerThread: config.inference.workerThread,
-        intraOpThreads: config.inference.intraOpThreads,
+        ...resolveParallelism(config.inference),
         allowSpinning: config.inference.spinWait,
         logger: logger.child({ component: 'rollout' }),
         debounceMs: this.options.modelWatchDebounceMs,

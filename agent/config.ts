@@ -321,6 +321,7 @@ export function configSchema(baseDir: string) {
       maxPendingFrames: int(1, 10_000).default(4),
       workerThread: bool.default(true),
       intraOpThreads: int(0, 1024).default(0),
+      replicas: z.union([z.literal('auto'), int(1, 64)], { error: 'expected "auto" or a whole number from 1 to 64' }).default('auto'),
       spinWait: bool.default(false),
     }).prefault({}),
     debounce: strict({
@@ -1123,7 +1124,7 @@ export function formatConfigSummary(config: AgentConfig, origin = '<config>'): s
   row('outbox', `${config.outbox.dir} (max ${config.outbox.maxRecords} records, ${formatBytes(config.outbox.maxBytes)})`);
   row(
     'inference',
-    `provider ${config.inference.provider}${config.inference.workerThread ? ' in a worker thread' : ' on the main thread'}${config.inference.intraOpThreads ? `, ${config.inference.intraOpThreads} threads per model` : ''}, batches of ${config.inference.batchSize} within ${formatDurationMs(config.inference.batchWaitMs)}, ${config.inference.maxPendingFrames} pending frames max`,
+    `provider ${config.inference.provider}${config.inference.workerThread ? ' in worker threads' : ' on the main thread'}, replicas ${config.inference.replicas}${config.inference.intraOpThreads ? `, ${config.inference.intraOpThreads} threads per session` : ''}, batches of ${config.inference.batchSize} within ${formatDurationMs(config.inference.batchWaitMs)}, ${config.inference.maxPendingFrames} pending frames max`,
   );
   row('debounce', `raise after ${config.debounce.raiseAfter} of ${config.debounce.window} scans, clear after ${config.debounce.clearAfter} normal`);
   row('metrics', config.metrics.enabled ? `http://${config.metrics.host}:${config.metrics.port}/metrics` : 'disabled');

@@ -9,6 +9,7 @@ import { resolve } from 'node:path';
 import type { ProviderChoice } from '../models/execution-provider.js';
 import { loadInferenceModel, type InferenceModel } from '../models/load-model.js';
 import type { AgentConfig } from './config.js';
+import { resolveParallelism } from './inference-parallelism.js';
 import type { Logger } from './logger.js';
 
 export interface RegisteredModel {
@@ -56,6 +57,7 @@ export class ModelRegistry {
         usage.set(slot.model, [...(usage.get(slot.model) ?? []), `${cam.id}/${slot.id}`]);
       }
     }
+    const parallelism = resolveParallelism(config.inference);
     const byFile = new Map<string, Promise<InferenceModel>>();
     const entries = new Map<string, RegisteredModel>();
     const loaded: InferenceModel[] = [];
@@ -68,8 +70,9 @@ export class ModelRegistry {
           pending = loadInferenceModel(file, {
             provider: config.inference.provider as ProviderChoice,
             workerThread: config.inference.workerThread,
-            intraOpThreads: config.inference.intraOpThreads || undefined,
+            intraOpThreads: parallelism.intraOpThreads || undefined,
             allowSpinning: config.inference.spinWait,
+            replicas: parallelism.replicas,
           }).catch((err: Error) => {
             throw new Error(`models.${name}.path: ${err.message}`, { cause: err });
           });

@@ -59,6 +59,8 @@ export interface ModelRolloutOptions {
   intraOpThreads?: number;
   /** Let idle onnxruntime threads spin (default true, onnxruntime's). */
   allowSpinning?: boolean;
+  /** Sessions per model, each in its own worker thread (default 1). */
+  replicas?: number;
   logger: Logger;
   /** Quiet time after the last change of a file before it is checked (default 300 ms). */
   debounceMs?: number;
@@ -321,6 +323,7 @@ export class ModelRollout {
           workerThread: this.options.workerThread,
           intraOpThreads: this.options.intraOpThreads || undefined,
           allowSpinning: this.options.allowSpinning,
+          replicas: this.options.replicas,
           expectBackboneSha256: serving.manifest.backbone.sha256,
         },
         file,

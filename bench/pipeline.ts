@@ -1,7 +1,7 @@
 /**
  * End-to-end agent throughput and latency against the bare model, measured in the same run.
  *
- *   npx tsx bench/pipeline.ts [--seconds=12] [--rounds=3] [--slots=1,4,16] [--modes=worker,main]
+ *   npx tsx bench/pipeline.ts [--seconds=12] [--rounds=3] [--slots=1,4,16] [--modes=replicas,worker,main]
  *   npx tsx bench/pipeline.ts --soak [minutes, default 2]      memory flatness at the maximum rate
  *
  * Setup: a PatchCore model with a 1 % coreset on the MobileNetV2 int8 backbone (fitted on
@@ -29,6 +29,7 @@ import { connect, type MqttClient } from 'mqtt';
 import { Agent } from '../agent/agent.js';
 import { configFromObject } from '../agent/config.js';
 import { Logger } from '../agent/logger.js';
+import { ReplicatedModel } from '../models/replicated-model.js';
 import { PatchcoreModel } from '../models/runtime.js';
 import type { AnomalyEvent } from '../pipelines/events.js';
 import { fittedModel, magneticTileTrain } from '../test/helpers/fitted-model.js';
@@ -48,8 +49,15 @@ function arg(name: string): string | undefined {
 const SECONDS = Number(arg('seconds') ?? 12);
 const ROUNDS = Number(arg('rounds') ?? 3);
 const SLOT_COUNTS = (arg('slots') ?? '1,4,16').split(',').map(Number);
-const MODES = (arg('modes') ?? 'worker,main').split(',');
-if (MODES.some((m) => m !== 'worker' && m !== 'main')) throw new Error(`--modes takes worker and/or main, got ${MODES.join(',')}`);
+/** How the agent runs the model: one session in a worker thread (the default), on the main thread, or two single-threaded replicas. */
+const MODE_SETTINGS = {
+  replicas: { workerThread: true, replicas: 2, intraOpThreads: Math.max(1, Math.floor(cpus().length / 2)) },
+  worker: { workerThread: true, replicas: 1 },
+  main: { workerThread: false, replicas: 1 },
+} as const;
+type Mode = keyof typeof MODE_SETTINGS;
+const MODES = (arg('modes') ?? 'replicas,worker,main').split(',') as Mode[];
+if (MODES.some((m) => !(m in MODE_SETTINGS))) throw new Error(`--modes takes ${Object.keys(MODE_SETTINGS).join(', ')}, got ${MODES.join(',')}`);
 const soakArg = arg('soak');
 const SOAK_MINUTES = soakArg === undefined ? null : soakArg === '' ? 2 : Number(soakArg);
 for (const [name, v] of [['seconds', SECONDS], ['rounds', ROUNDS], ['soak', SOAK_MINUTES ?? 1], ...SLOT_COUNTS.map((s) => ['slots', s] as const)] as const) {
@@ -96,6 +104,32 @@ async function bareModel(batch: number, seconds: number): Promise<BareResult> {
   }
 }
 
+/** Two single-session replicas in worker threads, fed pre-filled batches two at a time (predict, so masks included). */
+async function bareReplicas(batch: number, seconds: number): Promise<BareResult> {
+  const settings = MODE_SETTINGS.replicas;
+  const model = await ReplicatedModel.load(modelPath, settings.replicas, { provider: 'cpu', intraOpThreads: settings.intraOpThreads, allowSpinning: false });
+  try {
+    const s = model.inputSize;
+    const data = model.allocateBatch(batch * 3 * s * s);
+    for (let i = 0; i < data.length; i++) data[i] = Math.sin(i) * 2;
+    await Promise.all([model.predict(data, batch), model.predict(data, batch)]);
+    let crops = 0;
+    const cpu0 = process.cpuUsage();
+    const start = performance.now();
+    const loop = async () => {
+      while (performance.now() - start < seconds * 1000) {
+        await model.predict(data, batch);
+        crops += batch;
+      }
+    };
+    await Promise.all(Array.from({ length: settings.replicas }, loop));
+    const cpu = process.cpuUsage(cpu0);
+    return { cropsPerSec: (crops / (performance.now() - start)) * 1000, cpuMsPerCrop: (cpu.user + cpu.system) / 1000 / crops };
+  } finally {
+    await model.release();
+  }
+}
+
 interface Scenario {
   slots: number;
   dir: string;
@@ -127,7 +161,7 @@ interface RunResult {
   errors: string[];
 }
 
-async function runAgent(sc: Scenario, intervalMs: number, seconds: number, opts: { warmupSec?: number; sampleEverySec?: number; label: string; workerThread?: boolean }): Promise<RunResult> {
+async function runAgent(sc: Scenario, intervalMs: number, seconds: number, opts: { warmupSec?: number; sampleEverySec?: number; label: string; mode?: Mode }): Promise<RunResult> {
   const boxes = JSON.parse(await readFile(join(sc.dir, 'boxes.json'), 'utf8')) as Array<{ x: number; y: number; width: number; height: number }>;
   const stateDir = join(work, `state-${opts.label}`);
   await rm(stateDir, { recursive: true, force: true });
@@ -136,7 +170,7 @@ async function runAgent(sc: Scenario, intervalMs: number, seconds: number, opts:
       agent: { id: 'bench', stateDir },
       mqtt: broker ? { url: broker.url, statsIntervalSeconds: 10 } : { embeddedPort: 0, statsIntervalSeconds: 10 },
       models: { tile: { path: modelPath, threshold: THRESHOLD } },
-      inference: { provider: 'cpu', batchSize: Math.min(sc.slots, 8), batchWaitMs: 10, maxPendingFrames: 1, workerThread: opts.workerThread ?? true },
+      inference: { provider: 'cpu', batchSize: Math.min(sc.slots, 8), batchWaitMs: 10, maxPendingFrames: 1, ...MODE_SETTINGS[opts.mode ?? 'replicas'] },
       debounce: { raiseAfter: 1, window: 1, clearAfter: 1 },
       metrics: { enabled: true, port: 0 },
       cameras: [
@@ -239,30 +273,35 @@ if (SOAK_MINUTES !== null) {
     const sc = await scenario(slots);
     const batch = Math.min(slots, 8);
     const bares: BareResult[] = [];
+    const bareReps: BareResult[] = [];
     const sats = new Map<string, RunResult[]>(modes.map((m) => [m, []]));
     for (let round = 0; round < ROUNDS; round++) {
       bares.push(await bareModel(batch, Math.min(SECONDS, 6)));
-      const frameMs = (slots / bares.at(-1)!.cropsPerSec) * 1000;
+      if (modes.includes('replicas')) bareReps.push(await bareReplicas(batch, Math.min(SECONDS, 6)));
+      const fastest = Math.max(bares.at(-1)!.cropsPerSec, bareReps.at(-1)?.cropsPerSec ?? 0);
+      const frameMs = (slots / fastest) * 1000;
       for (const mode of modes) {
-        sats.get(mode)!.push(await runAgent(sc, Math.max(1, Math.floor(frameMs * 0.8)), SECONDS, { label: `sat-${slots}-${mode}-${round}`, workerThread: mode === 'worker' }));
+        sats.get(mode)!.push(await runAgent(sc, Math.max(1, Math.floor(frameMs * 0.8)), SECONDS, { label: `sat-${slots}-${mode}-${round}`, mode }));
       }
     }
     const bare = median(bares.map((b) => b.cropsPerSec));
     const bareCpu = median(bares.map((b) => b.cpuMsPerCrop));
+    const bareRep = bareReps.length ? median(bareReps.map((b) => b.cropsPerSec)) : NaN;
     for (const mode of modes) {
       const runs = sats.get(mode)!;
       const pipe = median(runs.map((r) => r.cropsPerSec));
       const pipeCpu = median(runs.map((r) => r.cpuMsPerCrop));
       const share = median(runs.map((r) => r.modelShare));
-      const half = await runAgent(sc, Math.max(1, Math.round((slots / bare) * 2000)), Math.min(SECONDS, 10), { label: `half-${slots}-${mode}`, workerThread: mode === 'worker' });
+      const half = await runAgent(sc, Math.max(1, Math.round((slots / bare) * 2000)), Math.min(SECONDS, 10), { label: `half-${slots}-${mode}`, mode });
       const latencies = runs.flatMap((r) => r.latencies).sort((a, b) => a - b);
       rows.push([
         String(slots),
-        mode === 'worker' ? 'worker thread' : 'main thread',
+        mode === 'worker' ? 'worker thread' : mode === 'main' ? 'main thread' : `${MODE_SETTINGS.replicas.replicas} replicas × ${MODE_SETTINGS.replicas.intraOpThreads} thr`,
         String(batch),
         bare.toFixed(1),
         pipe.toFixed(1),
         `${((1 - pipe / bare) * 100).toFixed(1)} %`,
+        mode === 'replicas' ? `${bareRep.toFixed(1)} → ${((1 - pipe / bareRep) * 100).toFixed(1)} %` : '',
         `${bareCpu.toFixed(1)} / ${pipeCpu.toFixed(1)}`,
         `${((pipeCpu / bareCpu - 1) * 100).toFixed(1)} %`,
         `${(share * 100).toFixed(1)} %`,
@@ -275,7 +314,7 @@ if (SOAK_MINUTES !== null) {
       console.log(`  ${slots} slot(s), ${mode}: bare ${bares.map((b) => b.cropsPerSec.toFixed(1)).join(', ')} crops/s; pipeline ${runs.map((r) => r.cropsPerSec.toFixed(1)).join(', ')} crops/s`);
     }
   }
-  const header = ['slots', 'inference', 'batch', 'bare crops/s', 'pipeline crops/s', 'wall overhead', 'CPU ms/crop bare / pipeline', 'CPU overhead', 'model busy', 'frames/s', 'dropped', 'latency p50/p95 ms (saturated)', 'latency p50/p95 ms (half load)'];
+  const header = ['slots', 'inference', 'batch', 'bare crops/s', 'pipeline crops/s', 'wall overhead', 'bare replicas crops/s → overhead', 'CPU ms/crop bare / pipeline', 'CPU overhead', 'model busy', 'frames/s', 'dropped', 'latency p50/p95 ms (saturated)', 'latency p50/p95 ms (half load)'];
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (cells: string[]) => cells.map((c, i) => c.padStart(widths[i]!)).join('  ');
   console.log(`\nCPU (${cpus().length} cores), MobileNetV2 int8, 1 % coreset; medians of ${ROUNDS} alternating rounds of ${SECONDS} s; ${broker ? 'mosquitto' : 'embedded broker'}; outbox with fsync`);
@@ -285,7 +324,10 @@ if (SOAK_MINUTES !== null) {
   console.log('CPU overhead = process CPU time per crop, pipeline ÷ bare − 1;');
   console.log('model busy = share of the saturated run a batch was in the model (main thread: onnxruntime-node blocks the JS thread for');
   console.log('  the whole call; worker thread: the event loop goes on meanwhile); latency = frame capture → its event received from the broker;');
-  console.log('inference = where the onnxruntime session runs (config inference.workerThread; default worker thread)');
+  console.log('inference = how the agent runs the model: replicas (the default on a CPU-only box: inference.replicas auto = 2 sessions');
+  console.log('  with half the cores each, in worker threads), one session in a worker thread, or one on the main thread;');
+  console.log('bare = one onnxruntime session at the batch size (the model benchmark\'s figure); bare replicas = the same replicas as');
+  console.log('  the agent, fed pre-filled batches directly (its overhead column compares the pipeline with that)');
 }
 
 await broker?.dispose();

@@ -10,10 +10,11 @@
  * `batchWaitMs` (the timer starts at the first crop). One difference: while the model is busy a
  * timed-out batch keeps filling until the model is free, so batches grow under load.
  *
- * Memory is bounded: `buffers` batch buffers (default 2: one running, one filling). Crops that
+ * Memory is bounded: `buffers` batch buffers (default: one per batch the model can run at once,
+ * plus one filling; see BatchModel.concurrency). Crops that
  * arrive while every buffer is taken wait unprocessed (holding only a reference to their decoded
  * frame); upstream bounds how many frames are in flight, and so how many crops can wait.
- * The model runs one batch at a time.
+ * The model runs at most `concurrency` batches at a time (1 unless it has session replicas).
  *
  * Hot swap: `swapModel` replaces the model between batches. Crops already preprocessed stay
  * valid (the new model must share input size and normalization), the batch running at the swap
@@ -31,6 +32,8 @@ export interface BatchModel {
   predict(batch: Float32Array, n: number, thresholds: Array<{ image?: number; pixel?: number }>): Promise<Prediction[]>;
   /** A batch buffer of `values` floats suited to this model (a worker model shares it without a copy). */
   allocateBatch?(values: number): Float32Array;
+  /** Batches the model can run at once (session replicas); default 1. */
+  readonly concurrency?: number;
 }
 
 export interface InferenceBatcherOptions {
@@ -40,7 +43,7 @@ export interface InferenceBatcherOptions {
   batchSize: number;
   /** Longest time (ms) the oldest crop of a batch waits for the batch to fill. */
   batchWaitMs: number;
-  /** Batch buffers allocated (integer ≥ 1, default 2). */
+  /** Batch buffers allocated (integer ≥ 1, default the model's concurrency + 1). */
   buffers?: number;
   /** Called after every inference call with its size and duration. */
   onBatch?: (size: number, inferenceMs: number) => void;
@@ -82,16 +85,17 @@ export class InferenceBatcher {
   private readonly plane: number;
   private readonly free: BatchBuffer[] = [];
   private filling: BatchBuffer | null = null;
-  /** Sealed batches waiting for the model (at most buffers − 1). */
+  /** Sealed batches waiting for the model. */
   private readonly ready: BatchBuffer[] = [];
   /** Crops that found no free buffer, oldest first. */
   private readonly waiting: Pending[] = [];
-  private running = false;
+  /** Batches in the model now. */
+  private running = 0;
   private closed = false;
   private readonly counters = { batches: 0, crops: 0, preprocessErrors: 0, failedBatches: 0 };
   private current: BatchModel;
-  /** The batch running now (null when the model is idle). */
-  private runningBatch: Promise<void> | null = null;
+  /** The batches running now. */
+  private readonly runningBatches = new Set<Promise<void>>();
   /** A copy of the last preprocessed crop the model found normal (smoke test input for a new model). */
   private normal: Float32Array | null = null;
 
@@ -101,7 +105,7 @@ export class InferenceBatcher {
   ) {
     this.current = model;
     const { batchSize, batchWaitMs } = options;
-    const buffers = options.buffers ?? 2;
+    const buffers = options.buffers ?? (model.concurrency ?? 1) + 1;
     if (!Number.isInteger(batchSize) || batchSize < 1) throw new RangeError(`model ${options.name}: batchSize must be an integer ≥ 1, got ${String(batchSize)}`);
     if (!(Number.isFinite(batchWaitMs) && batchWaitMs >= 0)) throw new RangeError(`model ${options.name}: batchWaitMs must be a number ≥ 0, got ${String(batchWaitMs)}`);
     if (!Number.isInteger(buffers) || buffers < 1) throw new RangeError(`model ${options.name}: buffers must be an integer ≥ 1, got ${String(buffers)}`);
@@ -136,7 +140,7 @@ export class InferenceBatcher {
       throw new RangeError(`model ${this.options.name}: the new model's normalization ${JSON.stringify(b.normalization)} differs from the running one's ${JSON.stringify(a.normalization)}`);
     }
     this.current = next;
-    return this.runningBatch ?? Promise.resolve();
+    return Promise.all(this.runningBatches).then(() => undefined);
   }
 
   stats(): InferenceBatcherStats {
@@ -195,7 +199,7 @@ export class InferenceBatcher {
         buffer.timer = null;
         buffer.due = true;
         // While the model is busy the batch keeps filling; it goes when the model is free.
-        if (this.filling === buffer && !this.running) this.seal();
+        if (this.filling === buffer && !this.busy) this.seal();
       }, this.options.batchWaitMs);
     }
     return true;
@@ -231,16 +235,20 @@ export class InferenceBatcher {
     }
   }
 
+  /** The model runs as many batches as it can take. */
+  private get busy(): boolean {
+    return this.running >= Math.max(1, this.current.concurrency ?? 1);
+  }
+
   private pump(): void {
-    if (this.running || this.closed) return;
-    const buffer = this.ready.shift();
-    if (!buffer) return;
-    this.running = true;
-    const batch = this.run(buffer);
-    this.runningBatch = batch;
-    void batch.finally(() => {
-      if (this.runningBatch === batch) this.runningBatch = null;
-    });
+    while (!this.busy && !this.closed) {
+      const buffer = this.ready.shift();
+      if (!buffer) return;
+      this.running++;
+      const batch = this.run(buffer);
+      this.runningBatches.add(batch);
+      void batch.finally(() => this.runningBatches.delete(batch));
+    }
   }
 
   private async run(buffer: BatchBuffer): Promise<void> {
@@ -271,7 +279,7 @@ export class InferenceBatcher {
     } finally {
       buffer.items = [];
       this.free.push(buffer);
-      this.running = false;
+      this.running--;
     }
     if (this.closed) return;
     // Restart the model first, then preprocess waiting crops while it runs: preprocessing
@@ -279,6 +287,6 @@ export class InferenceBatcher {
     if (this.ready.length > 0) this.pump();
     else if (this.filling?.due) this.seal(); // timed out while the model was busy: goes now, full or not
     this.admitWaiting();
-    if (!this.running && this.filling?.due) this.seal();
+    if (!this.busy && this.filling?.due) this.seal();
   }
 }

@@ -106,7 +106,7 @@ test('defaults are filled in and derived values computed', (t) => {
   t.is(config.mqtt.statsIntervalSeconds, 60);
   t.deepEqual(config.mqtt.homeAssistant, { enabled: false, discoveryPrefix: 'homeassistant' });
   t.deepEqual(config.outbox, { dir: '/etc/shelfwatch/.shelfwatch/outbox', maxRecords: 10_000, maxBytes: 268_435_456 });
-  t.deepEqual(config.inference, { provider: 'auto', batchSize: 8, batchWaitMs: 25, maxPendingFrames: 4, workerThread: true, intraOpThreads: 0, spinWait: false });
+  t.deepEqual(config.inference, { provider: 'auto', batchSize: 8, batchWaitMs: 25, maxPendingFrames: 4, workerThread: true, intraOpThreads: 0, replicas: 'auto', spinWait: false });
   t.deepEqual(config.debounce, { raiseAfter: 2, window: 3, clearAfter: 3 });
   t.deepEqual(config.thumbnails, { maxSize: 320, quality: 80, dir: null });
   t.deepEqual(config.metrics, { enabled: true, host: '127.0.0.1', port: 9464 });
@@ -605,4 +605,13 @@ test('a config without cameras is valid, but config check warns and run refuses'
     env: {},
   });
   t.deepEqual(configWarnings(unused), ["model 'spare' is not used by any slot"]);
+});
+
+test('inference.replicas: auto or a whole number, with a message that says so', (t) => {
+  const load = (replicas: unknown) => configFromObject({ agent: { id: 'a' }, inference: { replicas } }, { origin: 'x.yaml', env: {} });
+  t.is(load('auto').inference.replicas, 'auto');
+  t.is(load(3).inference.replicas, 3);
+  t.throws(() => load('x'), { message: /inference\.replicas: expected "auto" or a whole number from 1 to 64; got "x"/ });
+  t.throws(() => load(2.5), { message: /inference\.replicas: expected "auto" or a whole number/ });
+  t.throws(() => load(0), { message: /inference\.replicas: expected a number >= 1; got 0/ });
 });

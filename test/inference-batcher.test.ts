@@ -94,3 +94,30 @@ test('close() rejects what has not started', async (t) => {
   t.is((await running).score, 1, 'the running batch finishes');
   await t.throwsAsync(batcher.submit({ raw: image(3), box }), { message: /closed/ });
 });
+
+test('a model with concurrency 2 runs two batches at once; a swap waits for both', async (t) => {
+  let inModel = 0;
+  let most = 0;
+  const base = scriptedModel();
+  const model: BatchModel & { batches: number[] } = {
+    ...base,
+    concurrency: 2,
+    async predict(batch, n, thresholds) {
+      inModel++;
+      most = Math.max(most, inModel);
+      await new Promise((r) => setTimeout(r, 30));
+      inModel--;
+      return base.predict(batch, n, thresholds);
+    },
+  };
+  const batcher = new InferenceBatcher(model, { name: 'm', batchSize: 2, batchWaitMs: 1 });
+  const all = Promise.all(Array.from({ length: 12 }, (_, i) => batcher.submit({ raw: image(i + 1), box })));
+  await new Promise((r) => setTimeout(r, 10));
+  let swappedAt = -1;
+  const swapped = batcher.swapModel(scriptedModel()).then(() => (swappedAt = inModel));
+  const results = await all;
+  await swapped;
+  t.deepEqual(results.map((p) => p.score), Array.from({ length: 12 }, (_, i) => i + 1));
+  t.is(most, 2, 'two batches were in the model at once, never more');
+  t.is(swappedAt, 0, 'the swap resolved only once no batch ran on the old model');
+});

@@ -9,6 +9,9 @@ import ts from 'typescript';
 import { MOBILENETV2_INT8 } from '../models/backbone.js';
 import { PatchcoreModel } from '../models/runtime.js';
 import { WorkerPatchcoreModel } from '../models/worker-model.js';
+import { ReplicatedModel } from '../models/replicated-model.js';
+import { loadInferenceModel } from '../models/load-model.js';
+import { resolveParallelism } from '../agent/inference-parallelism.js';
 import { preprocessedBatches } from '../pipelines/image-files.js';
 import { fittedModel, magneticTileTrain, sharedAvailable } from './helpers/fitted-model.js';
 
@@ -135,4 +138,45 @@ maybe('release while batches are in flight: they finish first, nothing is left h
   t.is(a!.length, batch.count);
   t.is(b!.length, 1);
   t.is(b![0]!.score, a![0]!.score);
+});
+
+maybe('replicas: two worker sessions serve as one model, batches spread over both, same predictions', async (t) => {
+  const { path, batch } = await setup();
+  const local = await PatchcoreModel.load(path, { provider: 'cpu' });
+  const replicated = await ReplicatedModel.load(path, 2, { provider: 'cpu', intraOpThreads: 1 });
+  try {
+    t.is(replicated.concurrency, 2);
+    t.is(replicated.digest, local.digest);
+    const want = await local.predict(batch.data, batch.count);
+    const shared = replicated.allocateBatch(batch.data.length);
+    shared.set(batch.data);
+    const runs = await Promise.all([0, 1, 2, 3].map(() => replicated.predict(shared, batch.count)));
+    for (const got of runs) t.deepEqual(got.map((p) => p.score), want.map((p) => p.score));
+    t.is(replicated.restarts, 0);
+  } finally {
+    await local.release();
+    await replicated.release();
+  }
+  await t.throwsAsync(ReplicatedModel.load(path, 1), { message: /replicas must be an integer ≥ 2, got 1/ });
+  await t.throwsAsync(ReplicatedModel.load('/nonexistent.onnx', 2), { message: /cannot read \(ENOENT\)/ });
+});
+
+maybe('loadInferenceModel: replicas need worker threads', async (t) => {
+  const { path } = await setup();
+  await t.throwsAsync(loadInferenceModel(path, { workerThread: false, replicas: 2 }, 'm.onnx'), { message: /m\.onnx: 2 replicas need workerThread/ });
+  const m = await loadInferenceModel(path, { provider: 'cpu', replicas: 2, intraOpThreads: 1 });
+  t.true(m instanceof ReplicatedModel);
+  await m.release();
+});
+
+test('resolveParallelism: auto gives a CPU-only box two replicas with half the cores each, a GPU box one session', (t) => {
+  const base = { provider: 'auto' as const, replicas: 'auto' as const, intraOpThreads: 0, workerThread: true };
+  t.deepEqual(resolveParallelism(base, { cores: 2, gpu: false }), { replicas: 2, intraOpThreads: 1 });
+  t.deepEqual(resolveParallelism(base, { cores: 8, gpu: false }), { replicas: 2, intraOpThreads: 4 });
+  t.deepEqual(resolveParallelism(base, { cores: 8, gpu: true }), { replicas: 1, intraOpThreads: 0 });
+  t.deepEqual(resolveParallelism({ ...base, provider: 'cpu' }, { cores: 8, gpu: true }), { replicas: 2, intraOpThreads: 4 });
+  t.deepEqual(resolveParallelism(base, { cores: 1, gpu: false }), { replicas: 1, intraOpThreads: 0 });
+  t.deepEqual(resolveParallelism({ ...base, workerThread: false }, { cores: 4, gpu: false }), { replicas: 1, intraOpThreads: 0 });
+  t.deepEqual(resolveParallelism({ ...base, replicas: 3, intraOpThreads: 2 }, { cores: 4, gpu: true }), { replicas: 3, intraOpThreads: 2 });
+  t.deepEqual(resolveParallelism({ ...base, replicas: 4 }, { cores: 6, gpu: false }), { replicas: 4, intraOpThreads: 1 });
 });
