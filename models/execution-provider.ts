@@ -17,18 +17,28 @@ export interface SessionResult {
   fallbacks: Array<{ provider: ProviderName; reason: string }>;
 }
 
-/** True when the machine shows an NVIDIA GPU device node. */
-export function nvidiaGpuPresent(): boolean {
-  return existsSync('/dev/nvidia0') || existsSync('/dev/nvgpu') /* Jetson */ || existsSync('/dev/nvhost-gpu');
+/** The NVIDIA GPU device nodes provider selection looks for (`/dev/nvgpu`, `/dev/nvhost-gpu`: Jetson). */
+export function nvidiaDeviceNodes(): string[] {
+  return ['/dev/nvidia0', '/dev/nvgpu', '/dev/nvhost-gpu'].filter((d) => existsSync(d));
 }
 
-/** True when a DRM render node exists (what WebGPU's Vulkan backend needs to reach a GPU). */
-export function renderNodePresent(): boolean {
+/** DRM render nodes (what WebGPU's Vulkan backend needs to reach a GPU). */
+export function renderNodes(): string[] {
   try {
-    return readdirSync('/dev/dri').some((f) => f.startsWith('renderD'));
+    return readdirSync('/dev/dri').filter((f) => f.startsWith('renderD')).map((f) => `/dev/dri/${f}`);
   } catch {
-    return false;
+    return [];
   }
+}
+
+/** True when the machine shows an NVIDIA GPU device node. */
+export function nvidiaGpuPresent(): boolean {
+  return nvidiaDeviceNodes().length > 0;
+}
+
+/** True when a DRM render node exists. */
+export function renderNodePresent(): boolean {
+  return renderNodes().length > 0;
 }
 
 export function candidates(choice: ProviderChoice): ProviderName[] {

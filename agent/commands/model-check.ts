@@ -9,11 +9,11 @@
  * score and map differences are reported beside the throughput of each. GPU providers round the
  * int8 backbone their own way, so agreement is judged with a tolerance, not bit for bit.
  */
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { arch } from 'node:os';
 import { dirname, join } from 'node:path';
-import { nvidiaGpuPresent, renderNodePresent, type ProviderChoice } from '../../models/execution-provider.js';
+import { nvidiaDeviceNodes, renderNodes, type ProviderChoice } from '../../models/execution-provider.js';
 import { PatchcoreModel } from '../../models/runtime.js';
 import type { Prediction } from '../../models/types.js';
 import { listImages, preprocessedBatches, type SkippedFile } from '../../pipelines/image-files.js';
@@ -24,6 +24,7 @@ export const SCORE_TOLERANCE = 0.02;
 export interface MachineFacts {
   node: string;
   onnxruntime: string;
+  /** The device nodes provider selection looks at (models/execution-provider.ts). */
   nvidiaDevices: string[];
   renderNodes: string[];
   /** onnxruntime-node's CUDA provider library, when installed (ONNXRUNTIME_NODE_INSTALL=cuda12). */
@@ -54,13 +55,6 @@ export interface ModelCheckResult {
 }
 
 export function machineFacts(): MachineFacts {
-  const list = (dir: string, prefix: string) => {
-    try {
-      return readdirSync(dir).filter((f) => f.startsWith(prefix)).map((f) => join(dir, f));
-    } catch {
-      return [];
-    }
-  };
   const require = createRequire(import.meta.url);
   let cudaProviderLibrary: string | null = null;
   let onnxruntime = 'unknown';
@@ -75,8 +69,8 @@ export function machineFacts(): MachineFacts {
   return {
     node: process.version,
     onnxruntime,
-    nvidiaDevices: [...list('/dev', 'nvidia').filter((d) => /nvidia\d+$/.test(d)), ...list('/dev', 'nvgpu'), ...list('/dev', 'nvhost-gpu')],
-    renderNodes: list('/dev/dri', 'renderD'),
+    nvidiaDevices: nvidiaDeviceNodes(),
+    renderNodes: renderNodes(),
     cudaProviderLibrary,
   };
 }
