@@ -34,6 +34,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { z } from 'zod';
 import type { ProviderChoice } from '../models/execution-provider.js';
 import { loadInferenceModel, type InferenceModel } from '../models/load-model.js';
+import { issueLines } from '../models/zod-issues.js';
 import type { BatchModel } from '../pipelines/inference-batcher.js';
 import { restorePreviousModel, previousModelPath } from './commands/model-rollback.js';
 import { downloadVerified } from './download.js';
@@ -216,7 +217,7 @@ export class ModelRollout {
   readonly onModelCommand = async (command: CommandMessage): Promise<void> => {
     const parsed = modelCommandSchema.safeParse(command.json());
     if (!parsed.success) {
-      this.options.logger.warn('model command refused', { topic: command.topic, problems: parsed.error.issues.map((i) => `${i.path.join('.') || '(payload)'}: ${i.message}`) });
+      this.options.logger.warn('model command refused', { topic: command.topic, problems: issueLines(parsed.error.issues, '(payload)') });
       return;
     }
     try {
@@ -231,7 +232,7 @@ export class ModelRollout {
   readonly onRollbackCommand = async (command: CommandMessage): Promise<void> => {
     const parsed = rollbackCommandSchema.safeParse(command.json());
     if (!parsed.success) {
-      this.options.logger.warn('rollback command refused', { topic: command.topic, problems: parsed.error.issues.map((i) => `${i.path.join('.') || '(payload)'}: ${i.message}`) });
+      this.options.logger.warn('rollback command refused', { topic: command.topic, problems: issueLines(parsed.error.issues, '(payload)') });
       return;
     }
     try {

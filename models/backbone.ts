@@ -9,6 +9,7 @@ import { z } from 'zod';
 import { decodeModel, type ModelProto } from './onnx/proto.js';
 import type { BackboneDescriptor } from './types.js';
 import { IMAGENET_NORMALIZATION } from './preprocess.js';
+import { issueLines } from './zod-issues.js';
 
 
 /** ONNX Model Zoo MobileNet v2-1.0 int8 (Apache-2.0). Taps documented in the README. */
@@ -71,8 +72,7 @@ export class BackboneError extends Error {
 export function parseDescriptor(value: unknown, origin: string): BackboneDescriptor {
   const r = descriptorSchema.safeParse(value);
   if (!r.success) {
-    const lines = r.error.issues.map((i) => `  ${i.path.join('.') || '(root)'}: ${i.message}`);
-    throw new BackboneError(`${origin}: invalid backbone descriptor\n${lines.join('\n')}`);
+    throw new BackboneError(`${origin}: invalid backbone descriptor\n${issueLines(r.error.issues, '(root)').map((l) => `  ${l}`).join('\n')}`);
   }
   const d = r.data as BackboneDescriptor;
   if (d.taps[0].stride >= d.taps[1].stride) {

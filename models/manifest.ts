@@ -4,6 +4,7 @@
  */
 import { z } from 'zod';
 import type { ModelProto } from './onnx/proto.js';
+import { issueLines } from './zod-issues.js';
 
 export const MANIFEST_KEY = 'shelfwatch.manifest';
 /** Bumped when a runtime of an older version could misread a newer model. */
@@ -104,8 +105,7 @@ export function parseManifest(text: string, origin: string): ModelManifest {
   }
   const r = manifestSchema.safeParse(json);
   if (!r.success) {
-    const lines = r.error.issues.map((i) => `  ${i.path.join('.') || '(root)'}: ${i.message}`);
-    throw new ManifestError(`${origin}: invalid model manifest\n${lines.join('\n')}`);
+    throw new ManifestError(`${origin}: invalid model manifest\n${issueLines(r.error.issues, '(root)').map((l) => `  ${l}`).join('\n')}`);
   }
   return r.data;
 }
