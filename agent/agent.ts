@@ -51,7 +51,6 @@ import { startEmbeddedBroker, type EmbeddedBroker } from './mqtt/embedded-broker
 import type { OutboxMessage } from './mqtt/outbox.js';
 import { agentTopics, type AgentTopics } from './mqtt/topics.js';
 import { createCameraFeed } from './sources/index.js';
-import { resolveParallelism } from './inference-parallelism.js';
 
 export type AgentState = 'idle' | 'starting' | 'running' | 'stopping' | 'stopped';
 
@@ -270,7 +269,7 @@ export class Agent extends EventEmitter<AgentEvents> {
         stateDir: config.agent.stateDir,
         provider: config.inference.provider as ProviderChoice,
         workerThread: config.inference.workerThread,
-        ...resolveParallelism(config.inference),
+        ...this.registry.parallelism,
         allowSpinning: config.inference.spinWait,
         logger: logger.child({ component: 'rollout' }),
         debounceMs: this.options.modelWatchDebounceMs,

@@ -9,7 +9,7 @@ import { resolve } from 'node:path';
 import type { ProviderChoice } from '../models/execution-provider.js';
 import { loadInferenceModel, type InferenceModel } from '../models/load-model.js';
 import type { AgentConfig } from './config.js';
-import { resolveParallelism } from './inference-parallelism.js';
+import { resolveParallelism, type InferenceParallelism } from './inference-parallelism.js';
 import type { Logger } from './logger.js';
 
 export interface RegisteredModel {
@@ -44,6 +44,8 @@ export class ModelRegistry {
   private constructor(
     private readonly entries: Map<string, RegisteredModel>,
     private readonly usage: Map<string, string[]>,
+    /** Sessions per model and threads per session the models were loaded with (replacements load the same way). */
+    readonly parallelism: InferenceParallelism,
   ) {}
 
   /** Loads every model a slot uses (each file once). */
@@ -99,7 +101,7 @@ export class ModelRegistry {
     for (const name of Object.keys(config.models)) {
       if (!usage.has(name)) logger?.warn('model not used by any slot; not loaded', { model: name });
     }
-    return new ModelRegistry(entries, usage);
+    return new ModelRegistry(entries, usage, parallelism);
   }
 
   get(name: string): RegisteredModel | undefined {

@@ -87,7 +87,7 @@ export function toModelInput(img: RawImage, opts: ModelInputOptions, out?: Float
   return target;
 }
 
-let lastTable: { normalization: Normalization; mean: number[]; std: number[]; table: Float32Array } | null = null;
+let lastTable: { mean: number[]; std: number[]; table: Float32Array } | null = null;
 
 /** (v / 255 − mean) / std for v = 0…255, per channel (R at 0, G at 256, B at 512); cached for the last normalisation seen. */
 function normalizationTable(n: Normalization): Float32Array {
@@ -95,7 +95,7 @@ function normalizationTable(n: Normalization): Float32Array {
   if (!same) {
     const table = new Float32Array(768);
     for (let c = 0; c < 3; c++) for (let v = 0; v < 256; v++) table[c * 256 + v] = (v / 255 - n.mean[c]) / n.std[c];
-    lastTable = { normalization: n, mean: [...n.mean], std: [...n.std], table };
+    lastTable = { mean: [...n.mean], std: [...n.std], table };
   }
   return lastTable!.table;
 }
