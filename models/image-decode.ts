@@ -162,7 +162,11 @@ function classify(origin: string, input: Buffer, format: string | undefined, err
     return new ImageDecodeError(origin, 'too-large', detail, { cause: err });
   }
   const fmt = format ?? sniffFormat(input);
-  if (isMissingEnd(fmt, input) || (!/corrupt/i.test(message) && /premature end|truncat|unexpected end|end of (file|stream|data)/i.test(message))) {
+  // The bytes decide where they can: libvips also says "premature end" for damaged JPEG entropy
+  // data that runs into a marker, and which of its warnings comes first varies between runs.
+  const missingEnd = endMarkerMissing(fmt, input);
+  const truncatedMessage = !/corrupt/i.test(message) && /premature end|truncat|unexpected end|end of (file|stream|data)/i.test(message);
+  if (missingEnd ?? truncatedMessage) {
     return new ImageDecodeError(origin, 'truncated', `${fmt ?? 'image'} data ends early (${input.length} bytes); ${detail}`, { cause: err });
   }
   return new ImageDecodeError(origin, 'corrupt', `${fmt ?? 'image'} data is damaged; ${detail}`, { cause: err });
@@ -179,12 +183,15 @@ function sniffFormat(b: Buffer): string | undefined {
   return undefined;
 }
 
-/** A JPEG without its EOI marker or a PNG without IEND near the end was cut off. */
-function isMissingEnd(format: string | undefined, b: Buffer): boolean {
+/**
+ * A JPEG without its EOI marker or a PNG without IEND near the end was cut off; with the marker
+ * it was not. undefined for formats whose end the bytes do not tell.
+ */
+function endMarkerMissing(format: string | undefined, b: Buffer): boolean | undefined {
   const tail = b.subarray(Math.max(0, b.length - 64));
   if (format === 'jpeg') return tail.indexOf(Buffer.from([0xff, 0xd9])) < 0;
   if (format === 'png') return tail.indexOf(Buffer.from('IEND', 'latin1')) < 0;
-  return false;
+  return undefined;
 }
 
 /** "starts with 3c 21 64 6f (looks like HTML/XML text)" — what the caller actually received. */
