@@ -90,6 +90,21 @@ async function sharpBaseline(input: Buffer, out: Float32Array): Promise<void> {
   normalise(data, out);
 }
 
+/** The table path as first written: three byte reads and three table lookups per pixel. */
+function byteTableBaseline(img: InterleavedImage, box: { x: number; y: number }, out: Float32Array): void {
+  const table = new Float32Array(768);
+  for (let c = 0; c < 3; c++) for (let v = 0; v < 256; v++) table[c * 256 + v] = (v / 255 - norm.mean[c]!) / norm.std[c]!;
+  const plane = SIZE * SIZE;
+  for (let y = 0; y < SIZE; y++) {
+    let q = ((box.y + y) * img.width + box.x) * 3;
+    for (let x = 0; x < SIZE; x++, q += 3) {
+      out[y * SIZE + x] = table[img.data[q]!]!;
+      out[plane + y * SIZE + x] = table[256 + img.data[q + 1]!]!;
+      out[2 * plane + y * SIZE + x] = table[512 + img.data[q + 2]!]!;
+    }
+  }
+}
+
 async function main(): Promise<void> {
   console.log(`sharp ${sharp.versions.sharp}, libvips ${sharp.versions.vips}, node ${process.version}, concurrency ${sharp.concurrency()}`);
   const png900 = await sharp(texture(900, 900), { raw: { width: 900, height: 900, channels: 3 } }).png().toBuffer();
@@ -109,6 +124,13 @@ async function main(): Promise<void> {
   const crop = { x: 250, y: 100, width: 300, height: 420 };
   await timeIt('exact resize of a 300×420 box of the frame (no copy)', 50, () =>
     toModelInput(decoded900, { size: SIZE, normalization: norm, box: crop }, out));
+
+  // A slot already at the model's size: the agent's hot path (every slot of every frame).
+  const slot = { x: 301, y: 77, width: SIZE, height: SIZE };
+  const table = await timeIt('224×224 slot box, table path (toModelInput, word reads)', 300, () =>
+    toModelInput(decoded900, { size: SIZE, normalization: norm, box: slot }, out));
+  const byteTable = await timeIt('baseline: the same table, one byte at a time', 300, () => byteTableBaseline(decoded900, slot, out));
+  console.log(`slot table path: ${table.toFixed(3)} ms vs ${byteTable.toFixed(3)} ms byte at a time (${(byteTable / table).toFixed(1)}× faster)`);
 
   console.log('\n3000×3000 JPEG → 224×224 model input');
   const full = await timeIt('preprocessImage, shrink-on-load off (full decode)', 8, () =>

