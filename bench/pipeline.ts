@@ -276,8 +276,8 @@ if (SOAK_MINUTES !== null) {
     const bareReps: BareResult[] = [];
     const sats = new Map<string, RunResult[]>(modes.map((m) => [m, []]));
     for (let round = 0; round < ROUNDS; round++) {
-      bares.push(await bareModel(batch, Math.min(SECONDS, 6)));
-      if (modes.includes('replicas')) bareReps.push(await bareReplicas(batch, Math.min(SECONDS, 6)));
+      bares.push(await bareModel(batch, Math.min(SECONDS, 8)));
+      if (modes.includes('replicas')) bareReps.push(await bareReplicas(batch, Math.min(SECONDS, 8)));
       const fastest = Math.max(bares.at(-1)!.cropsPerSec, bareReps.at(-1)?.cropsPerSec ?? 0);
       const frameMs = (slots / fastest) * 1000;
       for (const mode of modes) {
@@ -290,6 +290,10 @@ if (SOAK_MINUTES !== null) {
     for (const mode of modes) {
       const runs = sats.get(mode)!;
       const pipe = median(runs.map((r) => r.cropsPerSec));
+      // Paired: each round's pipeline against the bare runs just before it, so that the machine
+      // getting faster or slower between rounds (a shared VM) cancels out; median over rounds.
+      const paired = runs.map((r, i) => 1 - r.cropsPerSec / Math.max(bares[i]!.cropsPerSec, bareReps[i]?.cropsPerSec ?? 0));
+      const pairedText = `${(median(paired) * 100).toFixed(1)} % (${(Math.min(...paired) * 100).toFixed(1)} … ${(Math.max(...paired) * 100).toFixed(1)})`;
       const pipeCpu = median(runs.map((r) => r.cpuMsPerCrop));
       const share = median(runs.map((r) => r.modelShare));
       const half = await runAgent(sc, Math.max(1, Math.round((slots / bare) * 2000)), Math.min(SECONDS, 10), { label: `half-${slots}-${mode}`, mode });
@@ -301,6 +305,7 @@ if (SOAK_MINUTES !== null) {
         bare.toFixed(1),
         pipe.toFixed(1),
         `${((1 - pipe / bare) * 100).toFixed(1)} %`,
+        pairedText,
         mode === 'replicas' ? `${bareRep.toFixed(1)} → ${((1 - pipe / bareRep) * 100).toFixed(1)} %` : '',
         `${bareCpu.toFixed(1)} / ${pipeCpu.toFixed(1)}`,
         `${((pipeCpu / bareCpu - 1) * 100).toFixed(1)} %`,
@@ -314,13 +319,15 @@ if (SOAK_MINUTES !== null) {
       console.log(`  ${slots} slot(s), ${mode}: bare ${bares.map((b) => b.cropsPerSec.toFixed(1)).join(', ')} crops/s; pipeline ${runs.map((r) => r.cropsPerSec.toFixed(1)).join(', ')} crops/s`);
     }
   }
-  const header = ['slots', 'inference', 'batch', 'bare crops/s', 'pipeline crops/s', 'wall overhead', 'bare replicas crops/s → overhead', 'CPU ms/crop bare / pipeline', 'CPU overhead', 'model busy', 'frames/s', 'dropped', 'latency p50/p95 ms (saturated)', 'latency p50/p95 ms (half load)'];
+  const header = ['slots', 'inference', 'batch', 'bare crops/s', 'pipeline crops/s', 'wall overhead', 'paired overhead (range)', 'bare replicas crops/s → overhead', 'CPU ms/crop bare / pipeline', 'CPU overhead', 'model busy', 'frames/s', 'dropped', 'latency p50/p95 ms (saturated)', 'latency p50/p95 ms (half load)'];
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (cells: string[]) => cells.map((c, i) => c.padStart(widths[i]!)).join('  ');
   console.log(`\nCPU (${cpus().length} cores), MobileNetV2 int8, 1 % coreset; medians of ${ROUNDS} alternating rounds of ${SECONDS} s; ${broker ? 'mosquitto' : 'embedded broker'}; outbox with fsync`);
   console.log(line(header));
   for (const r of rows) console.log(line(r));
   console.log('wall overhead = 1 − pipeline crops/s ÷ bare-model crops/s at the same batch size (goal ≤ 15 % at 16 slots);');
+  console.log('paired overhead = per round, 1 − pipeline crops/s ÷ the faster of that round\'s bare single session and bare replicas;');
+  console.log('  median over rounds (min … max): the figure least moved by the machine changing speed between rounds;');
   console.log('CPU overhead = process CPU time per crop, pipeline ÷ bare − 1;');
   console.log('model busy = share of the saturated run a batch was in the model (main thread: onnxruntime-node blocks the JS thread for');
   console.log('  the whole call; worker thread: the event loop goes on meanwhile); latency = frame capture → its event received from the broker;');
