@@ -93,7 +93,11 @@ export interface ShelfPipelineOptions {
   batchWaitMs: number;
   /** Frames per camera allowed to wait for inference; beyond, the oldest is dropped. */
   maxPendingFrames: number;
-  /** Frames per camera worked on at once (default 2). */
+  /**
+   * Frames per camera worked on at once. Default: the largest model concurrency (session
+   * replicas) + 1, at least 2 — with few slots per frame one frame fills one batch, so keeping
+   * every replica busy takes one frame per replica in inference plus one decoding.
+   */
   framesInFlight?: number;
   debounce: DebounceOptions;
   /** Thumbnail + mask for every new/update event (default enabled, 320 px, quality 80). */
@@ -209,11 +213,18 @@ function validate(options: ShelfPipelineOptions): void {
   }
 }
 
+/** One frame per session replica of the busiest model in inference, plus one decoding (≥ 2). */
+export function defaultFramesInFlight(models: ShelfPipelineOptions['models']): number {
+  let concurrency = 1;
+  for (const { model } of models.values()) concurrency = Math.max(concurrency, model.concurrency ?? 1);
+  return Math.max(2, concurrency + 1);
+}
+
 export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipeline {
   validate(options);
   const clock = options.clock ?? Date.now;
   const observer = options.observer ?? {};
-  const framesInFlight = options.framesInFlight ?? 2;
+  const framesInFlight = options.framesInFlight ?? defaultFramesInFlight(options.models);
   const thumbs = { enabled: options.thumbnails?.enabled ?? true, maxSize: options.thumbnails?.maxSize ?? 320, quality: options.thumbnails?.quality ?? 80 };
   const minAreaFraction = options.minRegionAreaFraction ?? 0;
 

@@ -8,7 +8,7 @@ import test from 'ava';
 import { firstValueFrom, from, lastValueFrom, Subject, throwError, toArray, concat, of, delay } from 'rxjs';
 import sharp from 'sharp';
 import { PatchcoreModel } from '../models/runtime.js';
-import { createShelfPipeline, type BatchModel, type PipelineCamera, type PipelineObserver, type ShelfOutput, type ShelfPipelineOptions } from '../pipelines/shelf-pipeline.js';
+import { createShelfPipeline, defaultFramesInFlight, type BatchModel, type PipelineCamera, type PipelineObserver, type ShelfOutput, type ShelfPipelineOptions } from '../pipelines/shelf-pipeline.js';
 import type { Frame } from '../pipelines/types.js';
 import { fittedModel, magneticTileTrain, sharedAvailable } from './helpers/fitted-model.js';
 import { inside, overlaps, tileFrame, unseenTiles, type TileFrame } from './helpers/shelf-frames.js';
@@ -171,6 +171,31 @@ maybe('drop-oldest: with a slow model only the frame in flight and the newest pe
   t.deepEqual(dropped, [1, 2, 3, 4, 5]);
   t.like(pipeline.stats().cameras.c!, { framesIn: 8, framesScanned: 3, framesDropped: 5, pending: 0 });
   t.is(calls, 3);
+});
+
+maybe('frames in flight default to the model concurrency + 1: replicas stay busy while the next frame decodes', async (t) => {
+  const slowReplicas = (concurrency: number): BatchModel => ({
+    manifest: model.manifest,
+    digest: model.digest,
+    concurrency,
+    async predict(batch, n, thresholds) {
+      await new Promise((r) => setTimeout(r, 400));
+      return model.predict(batch, n, thresholds);
+    },
+  });
+  t.is(defaultFramesInFlight(new Map([['tile', { model }]])), 2);
+  t.is(defaultFramesInFlight(new Map([['a', { model }], ['b', { model: slowReplicas(2) }]])), 3);
+  for (const [concurrency, expected] of [[1, 2], [2, 3], [3, 4]] as const) {
+    const frames$ = new Subject<Frame>();
+    // One slot per frame: each frame is one batch, so only frames in flight can fill the replicas.
+    const pipeline = createShelfPipeline(options([camera('c', frames$, [normal.boxes[0]!])], {}, slowReplicas(concurrency)));
+    const done = lastValueFrom(pipeline.outputs$.pipe(toArray()));
+    for (let i = 0; i < 6; i++) frames$.next(frame('c', i, normal.jpeg));
+    await new Promise((r) => setTimeout(r, 250));
+    t.like(pipeline.stats().cameras.c!, { inFlight: expected, pending: 6 - expected }, `concurrency ${concurrency}`);
+    frames$.complete();
+    t.is((await done).length, 6);
+  }
 });
 
 maybe('a camera whose stream fails is reported and ends; the other cameras keep scanning', async (t) => {
