@@ -70,11 +70,15 @@ program
   .action(async (model: string, images: string[], o) => {
     const { runInfer } = await import('./commands/infer.js');
     const s = await runInfer({ model, images, batch: o.batch, provider: o.provider, threshold: o.threshold });
+    // Not one image scored is a failure, with --json too (the JSON still lists what was skipped).
+    if (s.results.length === 0) {
+      process.exitCode = 1;
+      process.stderr.write(`shelfwatch: none of the ${s.skipped.length} image(s) could be scored: ${s.skipped.map((k) => `${k.file}: ${k.reason}`).join('; ')}\n`);
+    }
     if (o.json) return printJson(s);
     console.log(`model ${s.model} (${s.modelDigest.slice(0, 12)}) on ${s.provider}${s.fallbacks.length ? ` (not used: ${s.fallbacks.map((f) => `${f.provider}: ${f.reason}`).join('; ')})` : ''}; threshold ${s.threshold.toFixed(4)}`);
     for (const r of s.results) console.log(`${r.anomalous ? 'ANOMALY' : 'ok     '} ${r.score.toFixed(4)} (${r.normalizedScore.toFixed(3)}) ${r.file}`);
     for (const k of s.skipped) console.log(`skipped ${k.file}: ${k.reason}`);
-    if (s.results.length === 0) process.exitCode = 1;
   });
 
 const backbone = program.command('backbone').description('manage the feature backbone');

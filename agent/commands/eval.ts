@@ -7,7 +7,7 @@
  * pipelines/feature-cache.ts). Returns the comparison table for the CLI to print (stdout);
  * progress bars and warnings go to stderr, and are silent with `json`.
  */
-import { mkdir, rename, writeFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { ProviderChoice } from '../../models/execution-provider.js';
 import { loadDataset } from '../../pipelines/dataset.js';
@@ -19,6 +19,7 @@ import { EvalCache } from '../../pipelines/feature-cache.js';
 import { selectBackbone } from '../backbones.js';
 import { progressBar, type Progress } from '../progress.js';
 import { creationTime } from './fit.js';
+import { checkOutputFolder, writeFileAtomic } from './output-paths.js';
 
 export interface EvalCommandOptions {
   /** Dataset root: a folder of categories, or one category (train/ test/ ground_truth/). */
@@ -75,7 +76,10 @@ export async function runEval(o: EvalCommandOptions): Promise<EvalSummary> {
     throw new Error(`--pixel-size must be a positive integer or 'native', got '${String(o.pixelSize)}'`);
   }
 
-  // 1. The layout, all problems at once, before anything expensive.
+  // 1. Where results go, and the layout (all problems at once), before anything expensive.
+  await checkOutputFolder('--out', o.out);
+  if (o.models) await checkOutputFolder('--models', o.models);
+  if (typeof o.cache === 'string') await checkOutputFolder('--cache', o.cache);
   const categories = await loadDataset(o.dataset, { categories: o.categories, checkImages: true });
   if (categories.length === 0) throw new Error(`${o.dataset}: no category to evaluate`);
 
@@ -122,15 +126,9 @@ export async function runEval(o: EvalCommandOptions): Promise<EvalSummary> {
   const ctx = { dataset: o.dataset, createdAt };
   const results = resultsJson(result, ctx);
   const files = { json: join(out, 'results.json'), markdown: join(out, 'results.md'), html: (o.html ?? true) ? join(out, 'report.html') : null };
-  await writeAtomic(files.json, `${JSON.stringify(results, null, 2)}\n`);
-  await writeAtomic(files.markdown, resultsMarkdown(result, ctx));
-  if (files.html) await writeAtomic(files.html, await renderHtmlReport(result, ctx, { examples: (o.examples ?? 4) > 0 }));
+  await writeFileAtomic(files.json, `${JSON.stringify(results, null, 2)}\n`);
+  await writeFileAtomic(files.markdown, resultsMarkdown(result, ctx));
+  if (files.html) await writeFileAtomic(files.html, await renderHtmlReport(result, ctx, { examples: (o.examples ?? 4) > 0 }));
   const table = formatTerminalTable(result);
   return { out, files, table, results, result };
-}
-
-async function writeAtomic(path: string, text: string): Promise<void> {
-  const tmp = `${path}.${process.pid}.tmp`;
-  await writeFile(tmp, text);
-  await rename(tmp, path);
 }

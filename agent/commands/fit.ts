@@ -1,10 +1,11 @@
 /** `shelfwatch fit`: normal images in, one self-contained model file out. */
-import { mkdir, rename, writeFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { basename, dirname, resolve } from 'node:path';
 import { fitPatchcore, type FitStage } from '../../models/fit.js';
 import { listImages, preprocessedBatches, splitHoldOut, trainingDigest, type SkippedFile } from '../../pipelines/image-files.js';
 import { selectBackbone } from '../backbones.js';
 import { progressBar, type Progress } from '../progress.js';
+import { checkOutputFile, writeFileAtomic } from './output-paths.js';
 import type { ProviderChoice } from '../../models/execution-provider.js';
 
 export interface FitCommandOptions {
@@ -56,17 +57,21 @@ export async function runFit(o: FitCommandOptions): Promise<FitSummary> {
   if (!(o.coreset > 0 && o.coreset <= 1)) throw new Error(`--coreset must be in (0, 1], got ${o.coreset}`);
   if (!(o.holdout >= 0 && o.holdout < 1)) throw new Error(`--holdout must be in [0, 1), got ${o.holdout}`);
   if (!Number.isInteger(o.seed) || o.seed < 0) throw new Error(`--seed must be a non-negative integer, got ${o.seed}`);
+  // Cheap checks first: a typo in a path must not cost a backbone download or a whole fit.
+  await checkOutputFile('--out', o.out, 'model.onnx');
+  const all = await listImages(o.images);
+  if (all.length === 0) throw new Error(`no image files (${[...new Set(['.jpg', '.png', '.webp', '.tif'])].join(' ')} …) in ${o.images.join(', ')}`);
+  const val = o.val && o.val.length > 0 ? await listImages(o.val) : null;
+  if (val?.length === 0) throw new Error(`--val: no image files in ${o.val!.join(', ')}`);
+
   const backbone = await selectBackbone({ file: o.backbone, descriptor: o.backboneId, env });
   const d = backbone.descriptor;
   const size = o.inputSize ?? d.inputSize;
-
-  const all = await listImages(o.images);
-  if (all.length === 0) throw new Error(`no image files (${[...new Set(['.jpg', '.png', '.webp', '.tif'])].join(' ')} …) in ${o.images.join(', ')}`);
   let train = all;
   let validation: string[] = [];
   let validationSource: 'held-out' | 'separate' | 'training' = 'held-out';
-  if (o.val && o.val.length > 0) {
-    validation = await listImages(o.val);
+  if (val) {
+    validation = val;
     validationSource = 'separate';
   } else {
     ({ train, validation } = splitHoldOut(all, o.holdout));
@@ -111,13 +116,16 @@ export async function runFit(o: FitCommandOptions): Promise<FitSummary> {
       }
       bar.update(done, total);
     },
+  }).catch((err: Error) => {
+    // With --json the skip lines are not printed: the error must still say why images were unusable.
+    if (!o.json || skipped.length === 0) throw err;
+    const why = skipped.slice(0, 3).map((k) => `${k.file}: ${k.reason}`).join('; ');
+    throw new Error(`${err.message} (${skipped.length} skipped: ${why}${skipped.length > 3 ? '; …' : ''})`, { cause: err });
   });
   for (const b of bars.values()) b.done();
 
   await mkdir(dirname(resolve(o.out)), { recursive: true });
-  const tmp = `${o.out}.tmp-${process.pid}`;
-  await writeFile(tmp, result.bytes);
-  await rename(tmp, o.out);
+  await writeFileAtomic(o.out, result.bytes);
   const m = result.manifest;
   return {
     model: resolve(o.out),

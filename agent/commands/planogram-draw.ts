@@ -12,6 +12,7 @@ import sharp from 'sharp';
 import { checkSlotBox, SlotBoxError } from '../../pipelines/planogram.js';
 import type { Box } from '../../pipelines/types.js';
 import { loadConfig } from '../config.js';
+import { checkOutputFile, writeFileAtomic } from './output-paths.js';
 
 export interface PlanogramDrawOptions {
   config: string;
@@ -41,6 +42,7 @@ const COLORS = { ok: '#00c853', clipped: '#ff9100', unusable: '#ff1744' } as con
 const escapeXml = (s: string) => s.replace(/[<>&'"]/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', "'": '&apos;', '"': '&quot;' })[c]!);
 
 export async function runPlanogramDraw(o: PlanogramDrawOptions): Promise<PlanogramDrawResult> {
+  await checkOutputFile('--out', o.out, 'planogram.png');
   const config = await loadConfig(o.config, { env: o.env });
   const camera = config.cameras.find((c) => c.id === o.camera);
   if (!camera) {
@@ -86,14 +88,11 @@ export async function runPlanogramDraw(o: PlanogramDrawOptions): Promise<Planogr
   });
   const svg = `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}">${shapes.join('')}</svg>`;
 
+  const png = await sharp(base, { raw: { width, height, channels: 3 } })
+    .composite([{ input: Buffer.from(svg), top: 0, left: 0 }])
+    .png()
+    .toBuffer();
   await mkdir(dirname(o.out), { recursive: true });
-  try {
-    await sharp(base, { raw: { width, height, channels: 3 } })
-      .composite([{ input: Buffer.from(svg), top: 0, left: 0 }])
-      .png()
-      .toFile(o.out);
-  } catch (err) {
-    throw new Error(`cannot write ${o.out}: ${(err as Error).message}`);
-  }
+  await writeFileAtomic(o.out, png);
   return { out: o.out, width, height, slots };
 }

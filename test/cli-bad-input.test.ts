@@ -1,0 +1,170 @@
+/**
+ * The CLI, run as an operator runs it (a child process), given bad input: each case must exit
+ * non-zero, say what is wrong and where (the option, the path), print no stack trace, and leave
+ * the file system as it was — no half-written or temp files, an existing output untouched.
+ */
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import test, { type ExecutionContext } from 'ava';
+import { generateGoodsDataset } from '../pipelines/synthetic-goods.js';
+import { BACKBONE_PATH, fittedModel, magneticTileTrain, sharedAvailable } from './helpers/fitted-model.js';
+
+const ROOT = resolve(fileURLToPath(new URL('..', import.meta.url)));
+const maybe = sharedAvailable() ? test : test.skip;
+
+interface CliRun {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<CliRun> {
+  return new Promise((done, fail) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'agent/cli.ts', ...args], {
+      cwd: ROOT,
+      env: { ...process.env, SHELFWATCH_DEBUG: '', ...env },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
+    child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+    child.on('error', fail);
+    child.on('close', (code) => done({ code, stdout, stderr }));
+  });
+}
+
+/** Non-zero exit, no stack trace, and a `shelfwatch:` error line that contains every `needle`. */
+function failsClearly(t: ExecutionContext, r: CliRun, ...needles: string[]): void {
+  t.not(r.code, 0, `exit code 0; stderr: ${r.stderr}`);
+  t.notRegex(r.stderr, /^\s+at /m, 'a stack trace was printed');
+  const line = r.stderr.split('\n').find((l) => l.startsWith('shelfwatch: '));
+  t.truthy(line, `no 'shelfwatch:' error line in: ${r.stderr}`);
+  for (const n of needles) t.true(line!.includes(n), `error line does not name '${n}': ${line}`);
+}
+
+async function scratch(t: ExecutionContext): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'shelfwatch-cli-bad-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+const listing = async (dir: string) => (await readdir(dir)).sort();
+
+maybe('fit --out naming a folder: refused before fitting, nothing written next to it', async (t) => {
+  const dir = await scratch(t);
+  const out = join(dir, 'model.onnx');
+  await mkdir(out);
+  const r = await cli(['fit', '--backbone', BACKBONE_PATH, '-o', out, ...(await magneticTileTrain(4))]);
+  failsClearly(t, r, '--out', out, 'is a folder');
+  t.deepEqual(await listing(dir), ['model.onnx'], 'a temp model file was left behind');
+  t.deepEqual(await listing(out), []);
+});
+
+maybe('fit --out below a file: names the file that is in the way', async (t) => {
+  const dir = await scratch(t);
+  const blocker = join(dir, 'models');
+  await writeFile(blocker, 'not a folder');
+  const r = await cli(['fit', '--backbone', BACKBONE_PATH, '-o', join(blocker, 'shelf', 'm.onnx'), ...(await magneticTileTrain(4))]);
+  failsClearly(t, r, '--out', `${blocker} is a file`);
+  t.is(await readFile(blocker, 'utf8'), 'not a folder');
+});
+
+test('fit with a mistyped image folder says so before it tries to download a backbone', async (t) => {
+  const dir = await scratch(t);
+  const cache = join(dir, 'cache');
+  const missing = join(dir, 'no-such-folder');
+  const r = await cli(['fit', '-o', join(dir, 'm.onnx'), missing], { SHELFWATCH_CACHE: cache, SHELFWATCH_BACKBONE: '' });
+  failsClearly(t, r, missing, 'no such file or folder');
+  t.false(existsSync(join(cache, 'backbones')), 'a backbone download was attempted');
+});
+
+maybe('fit --json on images that cannot be decoded: the error says which and why; the old model stays', async (t) => {
+  const dir = await scratch(t);
+  const bad = join(dir, 'shelf.jpg');
+  await writeFile(bad, 'hello, not a JPEG');
+  const out = join(dir, 'model.onnx');
+  await writeFile(out, 'previous model bytes');
+  const r = await cli(['fit', '--json', '--backbone', BACKBONE_PATH, '-o', out, bad]);
+  failsClearly(t, r, 'no usable training image', bad, 'cannot decode');
+  t.is(await readFile(out, 'utf8'), 'previous model bytes');
+  t.deepEqual(await listing(dir), ['model.onnx', 'shelf.jpg']);
+});
+
+maybe('fit --val naming a folder without images: names --val and the folder', async (t) => {
+  const dir = await scratch(t);
+  const empty = join(dir, 'val');
+  await mkdir(empty);
+  const r = await cli(['fit', '--backbone', BACKBONE_PATH, '-o', join(dir, 'm.onnx'), '--val', empty, '--', ...(await magneticTileTrain(4))]);
+  failsClearly(t, r, '--val', empty, 'no image files');
+  t.deepEqual(await listing(dir), ['val']);
+});
+
+maybe('infer --json where no image can be read: exit 1 and an error naming the file', async (t) => {
+  const model = await fittedModel(await magneticTileTrain(40), { name: 'cli-bad-input' });
+  const dir = await scratch(t);
+  const bad = join(dir, 'frame.jpg');
+  await writeFile(bad, Buffer.alloc(64, 0xff));
+  const r = await cli(['infer', '--json', '--provider', 'cpu', model, bad]);
+  failsClearly(t, r, 'none of the 1 image(s) could be scored', bad);
+  const json = JSON.parse(r.stdout) as { results: unknown[]; skipped: Array<{ file: string }> };
+  t.deepEqual(json.results, []);
+  t.deepEqual(json.skipped.map((s) => s.file), [bad]);
+});
+
+/** A tiny GoodsAD-layout dataset (one category, 64 px). */
+async function tinyDataset(dir: string): Promise<string> {
+  const root = join(dir, 'ds');
+  await generateGoodsDataset(root, { seed: 1, categories: ['cigarette_box'], goodsPerCategory: 1, trainPerGoods: 4, testGoodPerGoods: 1, testDefectPerGoods: 1, size: 64 });
+  return root;
+}
+
+maybe('eval --out naming a file: refused up front, the file untouched', async (t) => {
+  const dir = await scratch(t);
+  const ds = await tinyDataset(dir);
+  const out = join(dir, 'results');
+  await writeFile(out, 'keep me');
+  const r = await cli(['eval', '--dataset', ds, '--out', out, '--backbone', BACKBONE_PATH]);
+  failsClearly(t, r, '--out', out, 'not a folder');
+  t.is(await readFile(out, 'utf8'), 'keep me');
+});
+
+maybe('eval --models naming a file: refused before the output folder is made', async (t) => {
+  const dir = await scratch(t);
+  const ds = await tinyDataset(dir);
+  const models = join(dir, 'models.txt');
+  await writeFile(models, 'x');
+  const r = await cli(['eval', '--dataset', ds, '--out', join(dir, 'out'), '--models', models, '--backbone', BACKBONE_PATH]);
+  failsClearly(t, r, '--models', models, 'not a folder');
+  t.false(existsSync(join(dir, 'out')));
+});
+
+maybe('eval that cannot write results.json: names it and leaves no temp file', async (t) => {
+  const dir = await scratch(t);
+  const ds = await tinyDataset(dir);
+  const out = join(dir, 'out');
+  await mkdir(join(out, 'results.json'), { recursive: true });
+  const r = await cli(['eval', '--dataset', ds, '--out', out, '--backbone', BACKBONE_PATH, '--coreset', '0.1', '--no-cache', '--no-html']);
+  failsClearly(t, r, `cannot write ${join(out, 'results.json')}`);
+  t.deepEqual(await listing(out), ['results.json']);
+});
+
+maybe('planogram draw --out naming a folder: one clear line, no libvips noise', async (t) => {
+  const dir = await scratch(t);
+  const config = join(dir, 'shelfwatch.yaml');
+  await writeFile(
+    config,
+    ['agent: { id: box-1 }', 'models: { tile: { path: tile.onnx } }', 'cameras:', '  - id: cam1', '    source: { type: replay, dir: frames }', '    slots: [{ id: A1, box: [0, 0, 50, 50], model: tile }]', ''].join('\n'),
+  );
+  const out = join(dir, 'drawn');
+  await mkdir(out);
+  const [snapshot] = await magneticTileTrain(1);
+  const r = await cli(['planogram', 'draw', '-c', config, '--camera', 'cam1', '--snapshot', snapshot!, '-o', out]);
+  failsClearly(t, r, '--out', out, 'is a folder');
+  t.is(r.stderr.trim().split('\n').length, 1, r.stderr);
+  t.deepEqual(await listing(out), []);
+});
