@@ -26,6 +26,7 @@ import type { AnomalyEvent } from '../pipelines/events.js';
 import { ShelfScene, type SlotDefect } from '../pipelines/shelf-scene.js';
 import { Agent } from './agent.js';
 import { selectBackbone } from './backbones.js';
+import { checkOutputFolder } from './commands/output-paths.js';
 import { configFromObject, type AgentConfig } from './config.js';
 import { Logger, type LogLevel } from './logger.js';
 
@@ -241,6 +242,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
   const dir = resolve(options.dir);
   const log = options.log ?? ((line: string) => console.log(line));
   const env = options.env ?? process.env;
+  await checkOutputFolder('--dir', dir);
   await mkdir(dir, { recursive: true });
   const scene = new ShelfScene({ ...SCENE });
   await renderFrames(scene, join(dir, 'frames'), log);

@@ -168,3 +168,13 @@ maybe('planogram draw --out naming a folder: one clear line, no libvips noise', 
   t.is(r.stderr.trim().split('\n').length, 1, r.stderr);
   t.deepEqual(await listing(out), []);
 });
+
+test('demo --dir naming a file: refused before anything is rendered, the file untouched', async (t) => {
+  const dir = await scratch(t);
+  const blocker = join(dir, 'demo');
+  await writeFile(blocker, 'a file, not a folder');
+  const r = await cli(['demo', '--dir', blocker, '--duration', '1']);
+  failsClearly(t, r, '--dir', blocker, 'is not a folder');
+  t.is(await readFile(blocker, 'utf8'), 'a file, not a folder');
+  t.deepEqual(await listing(dir), ['demo']);
+});
