@@ -280,6 +280,8 @@ export class Agent extends EventEmitter<AgentEvents> {
         },
         onReject: (_rejection, names) => {
           for (const name of names) this.metrics.modelRollout(name, 'rejected');
+          // The retained status carries the rejection count and the last reason: keep it current.
+          this.started.find((e): e is StatusPublisher => e instanceof StatusPublisher)?.publish('running');
         },
       });
       this.rollout = rollout;

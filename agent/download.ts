@@ -301,7 +301,12 @@ async function downloadFrom(listedUrl: string, o: Resolved): Promise<Outcome> {
       throw new AttemptFailed(`truncated (got ${received} of ${total} bytes)`);
     }
     const digest = hash.digest('hex');
-    if (digest !== o.sha256) throw new AttemptFailed(`sha256 mismatch: expected ${o.sha256}, got ${digest}`);
+    if (digest !== o.sha256) {
+      // A text body where a binary file was expected is most often a login or error page.
+      const type = res.headers['content-type'];
+      const hint = type && /^text\//i.test(type) ? ` (the server sent ${type.split(';')[0]!.trim()}, not a binary file)` : '';
+      throw new AttemptFailed(`sha256 mismatch: expected ${o.sha256}, got ${digest}${hint}`);
+    }
     guard.stop();
 
     const handle = file;

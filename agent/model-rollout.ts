@@ -24,7 +24,12 @@
  *
  * MQTT (`<root>/command/model`): `{ model, url, sha256 }` downloads the file with
  * downloadVerified into `<stateDir>/models/`, verifies it as above, installs it atomically on
- * the configured path and swaps it in. `<root>/command/rollback`: `{ model }` restores
+ * the configured path and swaps it in. A download that fails (HTTP error, too large, wrong hash)
+ * is a rejection like a bad file: logged with the (password-less) URL and the reason, counted.
+ * A payload that is not JSON or not `{ model, url, sha256 }` is refused with the problem named.
+ * One command per model file at a time: a repeat joins the one in progress, a different one
+ * abandons it (its download is aborted, its part file removed), and stop() abandons it too.
+ * `<root>/command/rollback`: `{ model }` restores
  * `<path>.previous` (see commands/model-rollback.ts); the watcher then picks it up.
  */
 import { createHash } from 'node:crypto';
@@ -37,7 +42,8 @@ import { loadInferenceModel, type InferenceModel } from '../models/load-model.js
 import { issueLines } from '../models/zod-issues.js';
 import type { BatchModel } from '../pipelines/inference-batcher.js';
 import { restorePreviousModel, previousModelPath } from './commands/model-rollback.js';
-import { downloadVerified } from './download.js';
+import { redactUrl } from './config.js';
+import { DownloadError, downloadVerified } from './download.js';
 import type { Logger } from './logger.js';
 import type { ModelRegistry } from './model-registry.js';
 import type { CommandMessage } from './mqtt/client.js';
@@ -85,6 +91,7 @@ export interface ModelSwap {
 
 export interface ModelRejection {
   path: string;
+  /** Of the refused bytes; for a failed download, the sha256 the command asked for. */
   digest: string | null;
   reason: string;
   at: number;
@@ -98,6 +105,14 @@ export interface ModelRolloutStats {
 }
 
 export type RolloutResult = { outcome: 'swapped'; swap: ModelSwap } | { outcome: 'unchanged'; digest: string } | { outcome: 'rejected'; rejection: ModelRejection };
+
+/** A `model` command was dropped before it swapped anything: a newer one came, or the agent stopped. */
+export class ModelCommandAbandonedError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ModelCommandAbandonedError';
+  }
+}
 
 /** A candidate failed verification; the message says why. */
 export class ModelRejectedError extends Error {
@@ -136,6 +151,8 @@ export class ModelRollout {
   /** Digest last rejected per file: the same bytes are not re-verified on every fs event. */
   private readonly rejectedDigest = new Map<string, string>();
   private readonly counters: ModelRolloutStats = { swaps: 0, rejections: 0, lastSwap: null, lastRejection: null };
+  /** The `model` command in progress per file: a repeat joins it, a newer one aborts it. */
+  private readonly installs = new Map<string, { sha256: string; abort: AbortController; done: Promise<RolloutResult> }>();
   private stopped = false;
   private readonly servingDir: string;
 
@@ -179,7 +196,10 @@ export class ModelRollout {
     for (const w of this.watchers.splice(0)) w.close();
     for (const t of this.timers.values()) clearTimeout(t);
     this.timers.clear();
-    await Promise.allSettled([...this.chains.values()]);
+    // A download still running would otherwise outlive the agent, then swap into a stopped pipeline.
+    const installs = [...this.installs.values()];
+    for (const i of installs) i.abort.abort(new ModelCommandAbandonedError('the agent is stopping'));
+    await Promise.allSettled([...installs.map((i) => i.done), ...this.chains.values()]);
   }
 
   /** Verifies the file now at `path` (a loaded model file) and swaps it in when good. */
@@ -190,7 +210,9 @@ export class ModelRollout {
       try {
         bytes = await readFile(file);
       } catch (err) {
-        return this.reject(file, null, `cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+        const code = (err as NodeJS.ErrnoException).code;
+        if (code === 'ENOENT') return this.reject(file, null, `${file} no longer exists (deleted or moved away before it could be checked)`);
+        return this.reject(file, null, `cannot read ${file}: ${code ?? (err as Error).message}`);
       }
       return this.verifyAndSwap(file, bytes, { remember: true });
     });
@@ -198,16 +220,47 @@ export class ModelRollout {
 
   /**
    * `<root>/command/model`: downloads the model, verifies it, installs it on the configured
-   * path (the file it replaces becomes `<path>.previous`) and swaps it in.
+   * path (the file it replaces becomes `<path>.previous`) and swaps it in. A failed download is
+   * a rejection (logged, counted). One command per file at a time: a repeat of the command in
+   * progress joins it; a different one aborts it (it rejects with ModelCommandAbandonedError),
+   * so the newest command wins even when an older download finishes later.
    */
   async install(command: ModelCommand): Promise<RolloutResult> {
+    if (this.stopped) throw new ModelCommandAbandonedError('the agent is stopping');
     const file = this.fileOf(command.model);
+    const wanted = command.sha256.toLowerCase();
+    const running = this.installs.get(file);
+    if (running?.sha256 === wanted) {
+      this.options.logger.info('model command: that model is already being installed', { model: command.model, digest: wanted });
+      return running.done;
+    }
+    running?.abort.abort(new ModelCommandAbandonedError(`superseded by a newer model command (sha256 ${wanted.slice(0, 12)}…, ${redactUrl(command.url)})`));
+    const abort = new AbortController();
+    const done = this.downloadAndSwap(file, command, abort.signal).finally(() => {
+      if (this.installs.get(file)?.abort === abort) this.installs.delete(file);
+    });
+    this.installs.set(file, { sha256: wanted, abort, done });
+    return done;
+  }
+
+  private async downloadAndSwap(file: string, command: ModelCommand, signal: AbortSignal): Promise<RolloutResult> {
     const dest = join(this.options.stateDir, 'models', `${command.model}-${command.sha256.toLowerCase().slice(0, 12)}.onnx`);
-    const downloaded = await downloadVerified({ urls: [command.url], sha256: command.sha256, dest, maxBytes: this.options.maxDownloadBytes ?? 512 * 1024 * 1024 });
+    let downloaded;
+    try {
+      downloaded = await downloadVerified({ urls: [command.url], sha256: command.sha256, dest, maxBytes: this.options.maxDownloadBytes ?? 512 * 1024 * 1024, signal });
+    } catch (err) {
+      if (signal.aborted) throw signal.reason;
+      if (!(err instanceof DownloadError)) throw err;
+      // Reasons reach the log and the retained status: no password of the URL in them.
+      const reasons = err.attempts.map((a) => `${redactUrl(a.url)}: ${a.reason}`).join('; ');
+      return this.reject(file, command.sha256.toLowerCase(), `model command: download failed from ${reasons}`, false);
+    }
     const bytes = await readFile(downloaded.path);
     return this.serialized(file, async () => {
+      // Queued behind another check while a newer command came, or the agent stopped meanwhile.
+      if (signal.aborted) throw signal.reason;
       // Verify BEFORE touching the configured path: a bad download never replaces the file there.
-      const result = await this.verifyAndSwap(file, bytes, { remember: false, beforeSwap: () => this.installBytes(file, bytes) });
+      const result = await this.verifyAndSwap(file, bytes, { remember: false, origin: redactUrl(command.url), beforeSwap: () => this.installBytes(file, bytes) });
       if (result.outcome === 'rejected') await rm(downloaded.path, { force: true });
       return result;
     });
@@ -215,7 +268,9 @@ export class ModelRollout {
 
   /** Handler for `<root>/command/model`. */
   readonly onModelCommand = async (command: CommandMessage): Promise<void> => {
-    const parsed = modelCommandSchema.safeParse(command.json());
+    const payload = this.payloadOf(command, 'model command refused');
+    if (payload === undefined) return;
+    const parsed = modelCommandSchema.safeParse(payload);
     if (!parsed.success) {
       this.options.logger.warn('model command refused', { topic: command.topic, problems: issueLines(parsed.error.issues, '(payload)') });
       return;
@@ -224,13 +279,19 @@ export class ModelRollout {
       const result = await this.install(parsed.data);
       if (result.outcome === 'unchanged') this.options.logger.info('model command: that model is already serving', { model: parsed.data.model, digest: result.digest });
     } catch (err) {
+      if (err instanceof ModelCommandAbandonedError) {
+        this.options.logger.warn('model command abandoned', { model: parsed.data.model, url: parsed.data.url, sha256: parsed.data.sha256, reason: err.message });
+        return;
+      }
       this.options.logger.warn('model command failed', { model: parsed.data.model, url: parsed.data.url, error: err as Error });
     }
   };
 
   /** Handler for `<root>/command/rollback`: restores `<path>.previous`; the watcher swaps it in. */
   readonly onRollbackCommand = async (command: CommandMessage): Promise<void> => {
-    const parsed = rollbackCommandSchema.safeParse(command.json());
+    const payload = this.payloadOf(command, 'rollback command refused');
+    if (payload === undefined) return;
+    const parsed = rollbackCommandSchema.safeParse(payload);
     if (!parsed.success) {
       this.options.logger.warn('rollback command refused', { topic: command.topic, problems: issueLines(parsed.error.issues, '(payload)') });
       return;
@@ -243,6 +304,16 @@ export class ModelRollout {
       this.options.logger.warn('rollback command failed', { model: parsed.data.model, error: err as Error });
     }
   };
+
+  /** The parsed JSON payload, or undefined (logged as `refused`) when it is not JSON. */
+  private payloadOf(command: CommandMessage, refused: string): unknown {
+    try {
+      return command.json();
+    } catch (err) {
+      this.options.logger.warn(refused, { topic: command.topic, problems: [`(payload): ${(err as Error).message}`] });
+      return undefined;
+    }
+  }
 
   private fileOf(name: string): string {
     const entry = this.options.registry.get(name);
@@ -268,7 +339,8 @@ export class ModelRollout {
     return next;
   }
 
-  private async verifyAndSwap(file: string, bytes: Uint8Array, opts: { remember: boolean; beforeSwap?: () => Promise<void> }): Promise<RolloutResult> {
+  /** `opts.origin` names the bytes in a rejection (default `file`; the URL of a downloaded model). */
+  private async verifyAndSwap(file: string, bytes: Uint8Array, opts: { remember: boolean; origin?: string; beforeSwap?: () => Promise<void> }): Promise<RolloutResult> {
     const serving = this.options.registry.files().find((f) => f.path === file);
     if (!serving) throw new Error(`no loaded model uses the file ${file}`);
     const digest = sha256(bytes);
@@ -280,7 +352,7 @@ export class ModelRollout {
 
     let candidate: InferenceModel;
     try {
-      candidate = await this.verify(file, bytes, serving.model, serving.names[0]!);
+      candidate = await this.verify(opts.origin ?? file, bytes, serving.model, serving.names[0]!);
     } catch (err) {
       if (!(err instanceof ModelRejectedError)) throw err;
       return this.reject(file, digest, err.message, opts.remember);
@@ -314,7 +386,7 @@ export class ModelRollout {
   }
 
   /** Steps 2–4 of the header; resolves with the loaded candidate or throws ModelRejectedError. */
-  private async verify(file: string, bytes: Uint8Array, serving: InferenceModel, name: string): Promise<InferenceModel> {
+  private async verify(origin: string, bytes: Uint8Array, serving: InferenceModel, name: string): Promise<InferenceModel> {
     let candidate: InferenceModel;
     try {
       candidate = await loadInferenceModel(
@@ -327,7 +399,7 @@ export class ModelRollout {
           replicas: this.options.replicas,
           expectBackboneSha256: serving.manifest.backbone.sha256,
         },
-        file,
+        origin,
       );
     } catch (err) {
       throw new ModelRejectedError((err as Error).message);
@@ -335,9 +407,9 @@ export class ModelRollout {
     try {
       const a = serving.manifest;
       const b = candidate.manifest;
-      if (b.inputSize !== a.inputSize) throw new ModelRejectedError(`${file}: input size ${b.inputSize} px, the serving model takes ${a.inputSize} px`);
+      if (b.inputSize !== a.inputSize) throw new ModelRejectedError(`${origin}: input size ${b.inputSize} px, the serving model takes ${a.inputSize} px`);
       if (JSON.stringify(b.normalization) !== JSON.stringify(a.normalization)) {
-        throw new ModelRejectedError(`${file}: normalization ${JSON.stringify(b.normalization)} differs from the serving model's ${JSON.stringify(a.normalization)}`);
+        throw new ModelRejectedError(`${origin}: normalization ${JSON.stringify(b.normalization)} differs from the serving model's ${JSON.stringify(a.normalization)}`);
       }
       const stored = this.options.pipeline.lastNormalInput(name);
       const input = stored ?? new Float32Array(3 * b.inputSize * b.inputSize);
@@ -345,11 +417,11 @@ export class ModelRollout {
       try {
         [out] = await candidate.predict(input, 1, []);
       } catch (err) {
-        throw new ModelRejectedError(`${file}: smoke inference failed: ${(err as Error).message}`);
+        throw new ModelRejectedError(`${origin}: smoke inference failed: ${(err as Error).message}`);
       }
       const what = stored ? 'the last normal crop' : 'a synthetic (all-zero) input';
-      if (!out || !Number.isFinite(out.score)) throw new ModelRejectedError(`${file}: smoke inference on ${what} gave a non-finite score (${out?.score})`);
-      if (!allFinite(out.anomalyMap)) throw new ModelRejectedError(`${file}: smoke inference on ${what} gave non-finite anomaly-map values`);
+      if (!out || !Number.isFinite(out.score)) throw new ModelRejectedError(`${origin}: smoke inference on ${what} gave a non-finite score (${out?.score})`);
+      if (!allFinite(out.anomalyMap)) throw new ModelRejectedError(`${origin}: smoke inference on ${what} gave non-finite anomaly-map values`);
       return candidate;
     } catch (err) {
       await candidate.release().catch(() => undefined);
@@ -397,7 +469,13 @@ export class ModelRollout {
   /** Writes `bytes` onto the configured path atomically (the watcher then sees an unchanged digest). */
   private async installBytes(file: string, bytes: Uint8Array): Promise<void> {
     const tmp = join(dirname(file), `.${basename(file)}.${process.pid}.tmp`);
-    await writeFile(tmp, bytes);
-    await rename(tmp, file);
+    try {
+      await writeFile(tmp, bytes);
+      await rename(tmp, file);
+    } catch (err) {
+      // A full disk must not leave a half-written file beside the model.
+      await rm(tmp, { force: true }).catch(() => undefined);
+      throw err;
+    }
   }
 }

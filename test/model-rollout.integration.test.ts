@@ -157,6 +157,9 @@ serial('hot swap under a running pipeline: no frame lost, bad file refused, roll
   await until('scans after the rejection', () => outputs.length >= afterReject + 4, lines);
   t.true(outputs.slice(afterReject).every((o) => o.item.prediction.modelDigest === digestB), 'B keeps serving');
   t.is(servingDigest(), digestB, 'the status digest is unchanged');
+  await until('the rejection in the retained status', () => statuses().at(-1).rollout?.rejections === 1, lines);
+  t.like(statuses().at(-1).rollout, { swaps: 1, rejections: 1 });
+  t.regex(statuses().at(-1).rollout.lastRejection.reason, /tile\.onnx/);
   t.is(rollout.stats().swaps, 1);
   t.deepEqual(await scrape(), { accepted: 1, rejected: 1, digest: digestB }, '/metrics counts the refused file; B still the serving digest');
 
