@@ -64,7 +64,7 @@ program
   .argument('<model>', 'model file made by `shelfwatch fit`')
   .argument('<images...>', 'image files and/or folders')
   .option('--batch <n>', 'images per inference call', number('--batch', { integer: true, min: 1, max: 256 }), 8)
-  .option('--threshold <score>', 'image threshold (default: the model\'s)', number('--threshold'))
+  .option('--threshold <score>', 'image threshold, a raw score (distance) ≥ 0 (default: the model\'s)', number('--threshold', { min: 0 }))
   .addOption(providerOption())
   .option('--json', 'machine-readable output')
   .action(async (model: string, images: string[], o) => {

@@ -178,3 +178,10 @@ test('demo --dir naming a file: refused before anything is rendered, the file un
   t.is(await readFile(blocker, 'utf8'), 'a file, not a folder');
   t.deepEqual(await listing(dir), ['demo']);
 });
+
+test('infer --threshold below 0 (scores are distances): refused with the option and value named', async (t) => {
+  const r = await cli(['infer', '--threshold', '-5', 'model.onnx', 'image.png']);
+  t.not(r.code, 0);
+  t.regex(r.stderr, /--threshold must be a number ≥ 0, got '-5'/);
+  t.notRegex(r.stderr, /^\s+at /m);
+});
