@@ -300,6 +300,14 @@ export function configSchema(baseDir: string) {
       enabled: bool.default(false),
       discoveryPrefix: topicPrefix().default('homeassistant'),
     }).prefault({}),
+    // Inbound `command/<name>` messages: size and rate limits, and the size cap of a model that
+    // `command/model` downloads.
+    commands: strict({
+      maxPayloadBytes: int(64, 1024 * 1024).default(65536),
+      ratePerSecond: positive(1000).default(5),
+      burst: int(1, 10_000).default(10),
+      maxDownloadMiB: int(1, 4096).default(512),
+    }).prefault({}),
   });
 
   return strict({

@@ -105,6 +105,7 @@ test('defaults are filled in and derived values computed', (t) => {
   t.is(config.mqtt.keepaliveSeconds, 30);
   t.is(config.mqtt.statsIntervalSeconds, 60);
   t.deepEqual(config.mqtt.homeAssistant, { enabled: false, discoveryPrefix: 'homeassistant' });
+  t.deepEqual(config.mqtt.commands, { maxPayloadBytes: 65536, ratePerSecond: 5, burst: 10, maxDownloadMiB: 512 });
   t.deepEqual(config.outbox, { dir: '/etc/shelfwatch/.shelfwatch/outbox', maxRecords: 10_000, maxBytes: 268_435_456 });
   t.deepEqual(config.inference, { provider: 'auto', batchSize: 8, batchWaitMs: 25, maxPendingFrames: 4, workerThread: true, intraOpThreads: 0, replicas: 'auto', spinWait: false });
   t.deepEqual(config.debounce, { raiseAfter: 2, window: 3, clearAfter: 3 });
@@ -614,4 +615,13 @@ test('inference.replicas: auto or a whole number, with a message that says so', 
   t.throws(() => load('x'), { message: /inference\.replicas: expected "auto" or a whole number from 1 to 64; got "x"/ });
   t.throws(() => load(2.5), { message: /inference\.replicas: expected "auto" or a whole number/ });
   t.throws(() => load(0), { message: /inference\.replicas: expected a number >= 1; got 0/ });
+});
+
+test('mqtt.commands: limits of inbound commands and of model downloads, checked with the key named', (t) => {
+  const load = (commands: unknown) => configFromObject({ agent: { id: 'a' }, mqtt: { commands } }, { origin: 'x.yaml', env: {} });
+  t.like(load({ ratePerSecond: '0.5', burst: 2, maxDownloadMiB: 64 }).mqtt.commands, { ratePerSecond: 0.5, burst: 2, maxDownloadMiB: 64, maxPayloadBytes: 65536 });
+  t.throws(() => load({ ratePerSecond: 0 }), { message: /mqtt\.commands\.ratePerSecond: expected a number > 0; got 0/ });
+  t.throws(() => load({ maxDownloadMiB: 8192 }), { message: /mqtt\.commands\.maxDownloadMiB: expected a number <= 4096; got 8192/ });
+  t.throws(() => load({ burst: 1.5 }), { message: /mqtt\.commands\.burst/ });
+  t.throws(() => load({ maxPayload: 10 }), { message: /mqtt\.commands\.maxPayload/ });
 });

@@ -130,7 +130,7 @@ interface RunningAgent {
   keepsScanning(digest: string, n?: number): Promise<boolean>;
 }
 
-async function startAgent(t: ExecutionContext, dir: string, brokerUrl: string, model: string): Promise<RunningAgent> {
+async function startAgent(t: ExecutionContext, dir: string, brokerUrl: string, model: string, commands?: Record<string, number>): Promise<RunningAgent> {
   const modelsDir = join(dir, 'models');
   const modelPath = join(modelsDir, 'tile.onnx');
   await mkdir(modelsDir, { recursive: true });
@@ -141,7 +141,7 @@ async function startAgent(t: ExecutionContext, dir: string, brokerUrl: string, m
     configPath,
     JSON.stringify({
       agent: { id: 'store-9', stateDir },
-      mqtt: { url: brokerUrl },
+      mqtt: { url: brokerUrl, ...(commands ? { commands } : {}) },
       models: { tile: { path: modelPath, threshold: 4 } },
       inference: { provider: 'cpu', batchSize: 4, batchWaitMs: 10, maxPendingFrames: 512 },
       metrics: { enabled: false },
@@ -356,4 +356,22 @@ serial('models directory: empty, foreign, vanished and still-growing files are r
   t.true(await run.keepsScanning(sha('b')));
   t.like(agent.pipelineStats().cameras.shelf, { framesDropped: 0, inferenceErrors: 0 });
   await agent.stop();
+});
+
+serial('mqtt.commands: maxDownloadMiB caps what command/model fetches; ratePerSecond and burst reach the client', async (t) => {
+  const http = await modelServer(t);
+  const broker = await startMosquitto();
+  t.teardown(() => broker.dispose());
+  const run = await startAgent(t, await mkdtemp(join(work, 'cap-')), broker.url, 'a', { maxDownloadMiB: 1, ratePerSecond: 0.5, burst: 1 });
+  const send = await commander(t, broker.url);
+  const b = sha('b');
+  t.true(bytes.get('b')!.length > 1024 * 1024, 'the test model is larger than the 1 MiB cap');
+  await send({ model: 'tile', url: `${http.base}/b.onnx`, sha256: b });
+  await until('the oversized model to be refused', () => run.agent.modelRollout!.stats().rejections === 1, run.lines);
+  t.regex(run.agent.modelRollout!.stats().lastRejection!.reason, /b\.onnx.*too large/);
+  t.true(await run.keepsScanning(sha('a')));
+  t.is(run.agent.modelRollout!.stats().swaps, 0);
+  // One command per 2 s with a burst of 1: the next one, 210 ms later, is refused as a flood.
+  await send({ model: 'tile', url: `${http.base}/b.onnx`, sha256: b });
+  await until('the flood to be refused', () => run.agent.mqtt!.metrics().commands.rejected.rateLimited >= 1, run.lines);
 });
