@@ -6,7 +6,9 @@
  * When ffmpeg exits — the camera rebooted, the network dropped, RTSP timed out — the source goes
  * `reconnecting` and restarts it with backoff; a finite file without `loop` completes instead.
  * A watchdog restarts an ffmpeg that is alive but silent. The last stderr lines are kept for the
- * error message. Unsubscribing kills ffmpeg (SIGTERM, then SIGKILL if it lingers).
+ * error message, bounded and with the input's password masked (ffmpeg echoes its input URL).
+ * Images the splitter drops (over maxFrameBytes, broken) are counted errors, not silent.
+ * Unsubscribing kills ffmpeg (SIGTERM, then SIGKILL if it lingers).
  */
 import { spawn, type ChildProcessByStdio } from 'node:child_process';
 import type { Readable } from 'node:stream';
@@ -14,6 +16,7 @@ import { Observable, type Subscriber } from 'rxjs';
 import type { Frame } from '../../pipelines/types.js';
 import { Backoff } from './backoff.js';
 import { JpegSplitter } from './jpeg-splitter.js';
+import { redactText, redactUrl } from './redact.js';
 import { SourceTracker } from './status.js';
 import { silentLogger, type PushSource, type SourceOptions, type SourceStatus, type StreamSpec } from './types.js';
 
@@ -34,6 +37,9 @@ export interface FfmpegStreamOptions extends SourceOptions {
 
 type Child = ChildProcessByStdio<null, Readable, Readable>;
 
+/** Longest stderr line kept: status and logs carry it, a garbage line must not make them huge. */
+const MAX_STDERR_LINE = 1000;
+
 export function classifyInput(input: string): StreamInputKind {
   if (/^rtsps?:\/\//i.test(input)) return 'rtsp';
   if (/^https?:\/\//i.test(input)) return 'http';
@@ -44,12 +50,17 @@ export function classifyInput(input: string): StreamInputKind {
 
 /** The ffmpeg command line for a stream spec (without the binary). */
 export function ffmpegArgs(spec: StreamSpec): string[] {
+  // spawn() throws on a NUL byte; from a restart timer that would crash the process.
+  if (typeof spec.input !== 'string' || spec.input.trim() === '' || spec.input.includes('\0')) {
+    throw new Error(`stream input must be a non-empty file path, device or URL without NUL bytes, got ${JSON.stringify(typeof spec.input === 'string' ? redactUrl(spec.input) : spec.input)}`);
+  }
   const kind = classifyInput(spec.input);
   const fps = spec.fps ?? 1;
   const quality = spec.quality ?? 3;
   if (!(fps > 0)) throw new Error(`stream fps must be > 0, got ${spec.fps}`);
+  if (!Number.isFinite(fps)) throw new Error(`stream fps must be a finite number, got ${spec.fps}`);
   if (!Number.isInteger(quality) || quality < 2 || quality > 31) throw new Error(`stream quality must be an integer 2…31, got ${spec.quality}`);
-  if (spec.loop && kind !== 'file') throw new Error(`stream loop applies to video files only, not ${kind} input ${spec.input}`);
+  if (spec.loop && kind !== 'file') throw new Error(`stream loop applies to video files only, not ${kind} input ${redactUrl(spec.input)}`);
   const input: string[] = [];
   switch (kind) {
     case 'rtsp':
@@ -99,7 +110,7 @@ export class FfmpegStreamSource implements PushSource {
   ) {
     this.inputKind = classifyInput(spec.input);
     this.args = ffmpegArgs(spec);
-    this.origin = `ffmpeg:${redact(spec.input)}`;
+    this.origin = `ffmpeg:${redactUrl(spec.input)}`;
     this.tracker = new SourceTracker(camera, 'stream', options.clock ?? Date.now, options.logger ?? silentLogger);
     this.status$ = this.tracker.status$;
     this.frames$ = new Observable<Frame>((subscriber) => this.run(subscriber));
@@ -131,12 +142,20 @@ export class FfmpegStreamSource implements PushSource {
     let stall: NodeJS.Timeout | undefined;
     this.tracker.setState('starting');
 
+    let stalled: Child | undefined;
     const armStall = (child: Child) => {
       if (stall) clearTimeout(stall);
       stall = setTimeout(() => {
         this.tracker.log('warn', `no frame from ffmpeg for ${stallMs} ms; restarting it`, { input: this.origin });
+        stalled = child;
         this.kill(child);
       }, stallMs);
+    };
+    const input = this.spec.input;
+    const safeInput = redactUrl(input);
+    const keepLine = (line: string) => {
+      const clean = redactText(line.trim(), input, safeInput);
+      if (clean) this.stderr.push(clean.length > MAX_STDERR_LINE ? `${clean.slice(0, MAX_STDERR_LINE)}…` : clean);
     };
 
     const start = () => {
@@ -147,12 +166,24 @@ export class FfmpegStreamSource implements PushSource {
       let spawnFailed = false;
       const child = spawn(opts.ffmpegPath ?? 'ffmpeg', this.args, { stdio: ['ignore', 'pipe', 'pipe'] });
       this.child = child;
-      this.tracker.log('debug', 'ffmpeg started', { pid: child.pid, args: this.args.join(' ') });
+      this.tracker.log('debug', 'ffmpeg started', { pid: child.pid, args: this.args.map((a) => (a === input ? safeInput : a)).join(' ') });
       armStall(child);
+      let dropped = { oversized: 0, corrupt: 0 };
 
       child.stdout.on('data', (chunk: Buffer) => {
         if (closed) return;
-        for (const jpeg of splitter.push(chunk)) {
+        const jpegs = splitter.push(chunk);
+        const { oversized, corrupt } = splitter.stats;
+        for (let n = dropped.oversized + 1; n <= oversized; n++) {
+          this.tracker.error(`ffmpeg sent an image over maxFrameBytes ${splitter.maxFrameBytes} reading ${this.origin}; dropped (${n} so far)`, { input: this.origin });
+        }
+        for (let n = dropped.corrupt + 1; n <= corrupt; n++) {
+          this.tracker.error(`ffmpeg sent a broken JPEG reading ${this.origin}; dropped (${n} so far)`, { input: this.origin });
+        }
+        // ffmpeg is alive and sending: not a stall, whatever happened to the images.
+        if (oversized > dropped.oversized || corrupt > dropped.corrupt) armStall(child);
+        dropped = { oversized, corrupt };
+        for (const jpeg of jpegs) {
           backoff.reset();
           armStall(child);
           subscriber.next(this.tracker.frame(jpeg, this.origin));
@@ -161,7 +192,7 @@ export class FfmpegStreamSource implements PushSource {
       child.stderr.on('data', (chunk: Buffer) => {
         const lines = (partial + chunk.toString('utf8')).split(/\r?\n/);
         partial = lines.pop() ?? '';
-        for (const line of lines) if (line.trim()) this.stderr.push(line.trim());
+        for (const line of lines) keepLine(line);
         if (partial.length > 4096) partial = partial.slice(-4096);
         if (this.stderr.length > keepLines) this.stderr.splice(0, this.stderr.length - keepLines);
       });
@@ -183,7 +214,7 @@ export class FfmpegStreamSource implements PushSource {
         if (spawnFailed) return;
         if (stall) clearTimeout(stall);
         if (this.child === child) this.child = undefined;
-        if (partial.trim()) this.stderr.push(partial.trim());
+        keepLine(partial);
         if (closed) return;
         if (finite && code === 0) {
           this.tracker.log('info', 'video file finished', { input: this.origin });
@@ -191,7 +222,8 @@ export class FfmpegStreamSource implements PushSource {
           subscriber.complete();
           return;
         }
-        const how = signal ? `was killed by ${signal}` : `exited with code ${code}`;
+        // After the watchdog's kill, say why it was killed (ffmpeg may exit 255 on SIGTERM).
+        const how = stalled === child ? `stalled (no frame for ${stallMs} ms, restarted)` : signal ? `was killed by ${signal}` : `exited with code ${code}`;
         const last = this.stderr.at(-1);
         this.tracker.error(`ffmpeg ${how} reading ${this.origin}${last ? `: ${last}` : ''}`, {
           input: this.origin,
@@ -221,9 +253,4 @@ export class FfmpegStreamSource implements PushSource {
     const force = setTimeout(() => child.kill('SIGKILL'), this.options.killTimeoutMs ?? 2000);
     child.once('exit', () => clearTimeout(force));
   }
-}
-
-/** Hide credentials in rtsp://user:pass@host/… for logs. */
-function redact(input: string): string {
-  return input.replace(/^([a-z][a-z0-9+.-]*:\/\/[^:/@]*):[^@/]*@/i, '$1:***@');
 }

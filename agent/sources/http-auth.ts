@@ -5,29 +5,30 @@
  * require by default.
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { redactUrl } from './redact.js';
 
 export interface Credentials {
   username: string;
   password: string;
 }
 
-/** The URL without credentials, the credentials, and a form safe to log. */
+/** The URL without credentials, the credentials, and a form safe to log (password and secret query values masked). */
 export function splitCredentials(raw: string): { url: string; credentials?: Credentials; redacted: string } {
   let u: URL;
   try {
     u = new URL(raw);
   } catch {
-    throw new Error(`http-snapshot url ${JSON.stringify(raw)} is not a valid URL`);
+    throw new Error(`http-snapshot url ${JSON.stringify(redactUrl(raw))} is not a valid URL`);
   }
   if (u.protocol !== 'http:' && u.protocol !== 'https:') {
-    throw new Error(`http-snapshot url ${JSON.stringify(raw)} must be http:// or https://`);
+    throw new Error(`http-snapshot url ${JSON.stringify(redactUrl(raw))} must be http:// or https://`);
   }
-  if (!u.username && !u.password) return { url: u.href, redacted: u.href };
+  if (!u.username && !u.password) return { url: u.href, redacted: redactUrl(u.href) };
   const credentials = { username: decodeURIComponent(u.username), password: decodeURIComponent(u.password) };
   u.username = '';
   u.password = '';
   const url = u.href;
-  const redacted = url.replace('://', `://${encodeURIComponent(credentials.username)}:***@`);
+  const redacted = redactUrl(url.replace('://', `://${encodeURIComponent(credentials.username)}:***@`));
   return { url, credentials, redacted };
 }
 

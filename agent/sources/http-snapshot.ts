@@ -4,18 +4,23 @@
  *
  * Every request has one deadline covering connect, headers and body, so a camera that accepts
  * and then hangs (or trickles bytes) cannot stall a scan. The body must be an image by its magic
- * bytes: a camera that answers with its HTML login page is reported as such.
+ * bytes: a camera that answers with its HTML login page is reported as such. Redirects are
+ * followed on the camera's own host only. Passwords (userinfo or query) never reach logs.
  */
 import { Observable } from 'rxjs';
 import type { Frame } from '../../pipelines/types.js';
 import { Backoff } from './backoff.js';
 import { basicAuthorization, DigestAuth, parseChallenge, splitCredentials, type Credentials } from './http-auth.js';
 import { checkImage } from './image-magic.js';
+import { redactUrl } from './redact.js';
 import { SourceTracker } from './status.js';
 import { silentLogger, type HttpSnapshotSpec, type PullSource, type SourceOptions, type SourceStatus } from './types.js';
 
 export const DEFAULT_SNAPSHOT_TIMEOUT_MS = 5000;
 export const DEFAULT_SNAPSHOT_MAX_BYTES = 20 * 1024 * 1024;
+/** Redirects followed per snapshot; cameras use one (`/snapshot.jpg` → `/cgi-bin/…`), a loop many. */
+export const MAX_SNAPSHOT_REDIRECTS = 5;
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 class AbortedError extends Error {
   constructor() {
@@ -50,9 +55,10 @@ export class HttpSnapshotSource implements PullSource {
     this.origin = redacted;
     this.timeoutMs = spec.timeoutMs ?? DEFAULT_SNAPSHOT_TIMEOUT_MS;
     this.maxBytes = spec.maxBytes ?? DEFAULT_SNAPSHOT_MAX_BYTES;
-    if (!(this.timeoutMs > 0)) throw new Error(`camera ${camera}: http-snapshot timeoutMs must be > 0, got ${spec.timeoutMs}`);
-    if (!(this.maxBytes > 0)) throw new Error(`camera ${camera}: http-snapshot maxBytes must be > 0, got ${spec.maxBytes}`);
-    this.headers = { ...(spec.headers ?? {}) };
+    // setTimeout turns anything over 2^31-1 ms (or Infinity) into 1 ms: every request would time out.
+    if (!(this.timeoutMs > 0 && this.timeoutMs <= MAX_TIMER_MS)) throw new Error(`camera ${camera}: http-snapshot timeoutMs must be > 0 and <= ${MAX_TIMER_MS}, got ${spec.timeoutMs}`);
+    if (!(this.maxBytes > 0 && Number.isFinite(this.maxBytes))) throw new Error(`camera ${camera}: http-snapshot maxBytes must be a finite number > 0, got ${spec.maxBytes}`);
+    this.headers = checkHeaders(camera, spec.headers ?? {});
     this.options = options;
     this.tracker = new SourceTracker(camera, 'http-snapshot', options.clock ?? Date.now, options.logger ?? silentLogger);
     this.status$ = this.tracker.status$;
@@ -150,15 +156,22 @@ export class HttpSnapshotSource implements PullSource {
   }
 
   private async fetchImage(signal: AbortSignal): Promise<Buffer> {
-    let res = await this.request(signal);
-    if (res.status === 401 && this.credentials) {
-      // First contact, or the camera refused a reused challenge (stale nonce): answer the new one.
-      const challenge = parseChallenge(res.headers.get('www-authenticate') ?? '');
-      await res.body?.cancel();
-      if (challenge?.scheme === 'digest') this.auth = { kind: 'digest', digest: new DigestAuth(challenge, this.credentials) };
-      else if (challenge?.scheme === 'basic') this.auth = { kind: 'basic' };
-      else throw new Error(`GET ${this.origin} answered HTTP 401 with an unsupported challenge ${JSON.stringify(res.headers.get('www-authenticate'))}`);
-      res = await this.request(signal);
+    let url = this.url;
+    let res: Response;
+    for (let redirects = 0; ; redirects++) {
+      res = await this.request(url, signal);
+      if (res.status === 401 && this.credentials) {
+        // First contact, or the camera refused a reused challenge (stale nonce): answer the new one.
+        const challenge = parseChallenge(res.headers.get('www-authenticate') ?? '');
+        await res.body?.cancel();
+        if (challenge?.scheme === 'digest') this.auth = { kind: 'digest', digest: new DigestAuth(challenge, this.credentials) };
+        else if (challenge?.scheme === 'basic') this.auth = { kind: 'basic' };
+        else throw new Error(`GET ${this.origin} answered HTTP 401 with an unsupported challenge ${JSON.stringify(res.headers.get('www-authenticate'))}`);
+        res = await this.request(url, signal);
+      }
+      if (![301, 302, 303, 307, 308].includes(res.status)) break;
+      await res.body?.cancel().catch(() => {});
+      url = this.redirectTarget(url, res.headers.get('location'), redirects);
     }
     if (res.status < 200 || res.status > 299) {
       await res.body?.cancel().catch(() => {});
@@ -175,11 +188,36 @@ export class HttpSnapshotSource implements PullSource {
     return data;
   }
 
-  private request(signal: AbortSignal): Promise<Response> {
+  /**
+   * Redirects are followed by hand, and only on the camera's own host (http → https allowed):
+   * fetch would send the configured headers (API keys) to any host a camera points at, and
+   * report a loop only as "redirect count exceeded".
+   */
+  private redirectTarget(from: string, location: string | null, redirects: number): string {
+    if (!location) throw new Error(`GET ${this.origin} answered a redirect without a Location header`);
+    let to: URL;
+    try {
+      to = new URL(location, from);
+    } catch {
+      throw new Error(`GET ${this.origin} redirected to an invalid URL ${JSON.stringify(redactUrl(location))}`);
+    }
+    const where = redactUrl(to.href);
+    if (redirects >= MAX_SNAPSHOT_REDIRECTS) throw new Error(`GET ${this.origin}: more than ${MAX_SNAPSHOT_REDIRECTS} redirects (a loop?), the last to ${where}`);
+    const start = new URL(this.url);
+    const sameHost = to.hostname === start.hostname;
+    const schemeOk = to.protocol === start.protocol || (start.protocol === 'http:' && to.protocol === 'https:');
+    if (!sameHost || !schemeOk) {
+      const why = to.protocol !== 'http:' && to.protocol !== 'https:' ? 'not an http(s) URL' : !sameHost ? 'another host' : 'a downgrade to http';
+      throw new Error(`GET ${this.origin} redirected to ${where}, ${why}; not followed — put the snapshot URL the camera means in the config`);
+    }
+    return to.href;
+  }
+
+  private request(url: string, signal: AbortSignal): Promise<Response> {
     const headers = { ...this.headers };
     if (this.credentials && this.auth?.kind === 'basic') headers.authorization = basicAuthorization(this.credentials);
-    if (this.auth?.kind === 'digest') headers.authorization = this.auth.digest.authorization('GET', this.url);
-    return fetch(this.url, { headers, signal, redirect: 'follow' });
+    if (this.auth?.kind === 'digest') headers.authorization = this.auth.digest.authorization('GET', url);
+    return fetch(url, { headers, signal, redirect: 'manual' });
   }
 }
 
@@ -199,6 +237,26 @@ async function readLimited(res: Response, maxBytes: number, origin: string): Pro
     chunks.push(value);
   }
   return Buffer.concat(chunks, total);
+}
+
+/** Header names and values fetch would reject (line breaks, non-Latin-1) fail here, naming the header, not on every request. */
+function checkHeaders(camera: string, headers: Record<string, string>): Record<string, string> {
+  const accepted = (n: string, v: string) => {
+    try {
+      new Headers([[n, v]]);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  for (const [name, value] of Object.entries(headers)) {
+    const what = `camera ${camera}: http-snapshot header ${JSON.stringify(name)}`;
+    if (!accepted(name, 'x')) throw new Error(`${what} is not a valid header name`);
+    // The value is not quoted: it is often a secret.
+    if (typeof value !== 'string') throw new Error(`${what} must be a string, got ${typeof value}`);
+    if (!accepted(name, value)) throw new Error(`${what} has an invalid value (line break, NUL or a character above U+00FF)`);
+  }
+  return { ...headers };
 }
 
 /** fetch's own errors say "fetch failed"; the cause has the useful part (ECONNREFUSED …). */

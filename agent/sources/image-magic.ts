@@ -17,7 +17,8 @@ export function detectImageFormat(data: Uint8Array): ImageFormat | undefined {
 /**
  * The image format of `data`, or an Error that says what it looks like instead.
  * `what` names the thing for the message ("GET http://cam/snap", "/srv/drop/a.jpg").
- * JPEGs must carry their end marker (EOI) near the end: a missing one means a truncated file.
+ * JPEGs must carry their end marker (EOI) near the end, PNGs their IEND chunk: a missing one
+ * means a truncated file (a half-written upload, a connection closed mid-body).
  */
 export function checkImage(data: Uint8Array, what: string, contentType?: string | null): ImageFormat {
   const format = detectImageFormat(data);
@@ -32,7 +33,17 @@ export function checkImage(data: Uint8Array, what: string, contentType?: string 
   if (format === 'jpeg' && !hasJpegEnd(data)) {
     throw new Error(`${what} is a truncated JPEG (${data.length} bytes, no end-of-image marker)`);
   }
+  if (format === 'png' && !hasPngEnd(data)) {
+    throw new Error(`${what} is a truncated PNG (${data.length} bytes, no IEND chunk)`);
+  }
   return format;
+}
+
+/** The IEND chunk (length 0, type "IEND", fixed CRC) within the last 1 KiB. */
+const PNG_IEND = Buffer.from([0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82]);
+function hasPngEnd(data: Uint8Array): boolean {
+  const from = Math.max(8, data.length - 1024);
+  return Buffer.from(data.buffer, data.byteOffset + from, data.length - from).includes(PNG_IEND);
 }
 
 /** EOI (FF D9) within the last 1 KiB — encoders may pad after it, but not by much. */

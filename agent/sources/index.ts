@@ -8,10 +8,10 @@ import { capFps, latestFrame, scanTrigger, type ScanSpec } from '../schedule.js'
 import { FfmpegStreamSource, type FfmpegStreamOptions } from './ffmpeg-stream.js';
 import { FolderWatchSource, type FolderWatchOptions } from './folder-watch.js';
 import { HttpSnapshotSource } from './http-snapshot.js';
-import { ReplaySource } from './replay.js';
+import { ReplaySource, type ReplayOptions } from './replay.js';
 import type { CameraSource, SourceSpec } from './types.js';
 
-export type CreateSourceOptions = FfmpegStreamOptions & FolderWatchOptions;
+export type CreateSourceOptions = FfmpegStreamOptions & FolderWatchOptions & ReplayOptions;
 
 export function createSource(cameraId: string, spec: SourceSpec, options: CreateSourceOptions = {}): CameraSource {
   switch (spec.type) {
@@ -82,6 +82,6 @@ export { FolderWatchSource, type FolderWatchOptions } from './folder-watch.js';
 export { DEFAULT_SNAPSHOT_MAX_BYTES, DEFAULT_SNAPSHOT_TIMEOUT_MS, HttpSnapshotSource } from './http-snapshot.js';
 export { checkImage, detectImageFormat, type ImageFormat } from './image-magic.js';
 export { JpegSplitter, type JpegSplitterStats } from './jpeg-splitter.js';
-export { listImageFiles, ReplaySource } from './replay.js';
+export { listImageFiles, ReplaySource, type ReplayOptions } from './replay.js';
 export { SourceTracker } from './status.js';
 export * from './types.js';

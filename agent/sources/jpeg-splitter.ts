@@ -100,8 +100,12 @@ export class JpegSplitter {
             this.pos++; // fill byte before a marker
           } else if (m === 0xd9) {
             const end = this.pos + 2;
-            out.push(Buffer.from(b.subarray(this.frameStart, end)));
-            this.stats.frames++;
+            // An image that arrived whole in one chunk never met enforceLimit: check it here too.
+            if (end - this.frameStart > this.maxFrameBytes) this.stats.oversized++;
+            else {
+              out.push(Buffer.from(b.subarray(this.frameStart, end)));
+              this.stats.frames++;
+            }
             this.frameStart = this.pos = end;
             this.mode = 'seek-soi';
           } else if (m === 0xd8) {

@@ -10,12 +10,13 @@
  * A file that cannot be read or is not an image is a counted error and is skipped; a pass in
  * which no file at all could be read fails the source rather than spin.
  */
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { Observable, type Subscriber } from 'rxjs';
 import type { Frame } from '../../pipelines/types.js';
 import { DEFAULT_IMAGE_PATTERN, globToRegExp } from './file-pattern.js';
 import { checkImage } from './image-magic.js';
+import { DEFAULT_MAX_FILE_BYTES, readRegularFile } from './read-file.js';
 import { SourceTracker } from './status.js';
 import { silentLogger, type PushSource, type ReplaySpec, type SourceOptions, type SourceStatus } from './types.js';
 
@@ -36,6 +37,11 @@ export async function listImageFiles(dir: string): Promise<string[]> {
 
 type Step = { frame: Frame } | { done: true } | { failed: Error };
 
+export interface ReplayOptions extends SourceOptions {
+  /** Largest file accepted, default 64 MiB. */
+  maxBytes?: number;
+}
+
 export class ReplaySource implements PushSource {
   readonly kind = 'replay' as const;
   readonly mode = 'push' as const;
@@ -44,12 +50,14 @@ export class ReplaySource implements PushSource {
   readonly status$: Observable<SourceStatus>;
   private readonly tracker: SourceTracker;
   private readonly intervalMs: number;
+  private readonly maxBytes: number;
 
   constructor(
     readonly camera: string,
     private readonly spec: ReplaySpec,
-    options: SourceOptions = {},
+    options: ReplayOptions = {},
   ) {
+    this.maxBytes = options.maxBytes ?? DEFAULT_MAX_FILE_BYTES;
     if ((spec.files === undefined) === (spec.dir === undefined)) {
       throw new Error(`camera ${camera}: replay source needs exactly one of \`files\` or \`dir\``);
     }
@@ -157,7 +165,7 @@ export class ReplaySource implements PushSource {
         }
         const path = files[index++];
         try {
-          const data = await readFile(path);
+          const data = await readRegularFile(path, this.maxBytes);
           checkImage(data, path);
           framesThisPass++;
           return { frame: this.tracker.frame(data, path) };

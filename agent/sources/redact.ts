@@ -1,0 +1,48 @@
+/**
+ * Keep camera passwords out of logs, status and frame origins.
+ *
+ * Cameras take credentials in the userinfo (`rtsp://admin:pw@cam/…`) and, on many models, in the
+ * query (`/snapshot.cgi?user=admin&pwd=…`). The userinfo is cut the way ffmpeg cuts it — the
+ * authority ends at the first `/`, `?` or `#`, the userinfo at the LAST `@` before that — so a
+ * password with an unencoded `@` is hidden whole, not half.
+ */
+const SECRET_PARAM = /^(pass(word|wd|phrase)?|pwd|pw|secret|token|access_token|auth|sig|signature|api[_-]?key|key)$/i;
+const URL_IN_TEXT = /[a-z][a-z0-9+.-]*:\/\/[^\s"'<>]+/gi;
+
+/** A URL (or a device/file path, returned as is) with its password and secret query values masked. */
+export function redactUrl(input: string): string {
+  const m = /^([a-z][a-z0-9+.-]*:\/\/)(.*)$/is.exec(input);
+  if (!m) return input;
+  const [, scheme, rest] = m;
+  const authorityEnd = rest.search(/[/?#]/);
+  const authority = authorityEnd < 0 ? rest : rest.slice(0, authorityEnd);
+  let tail = authorityEnd < 0 ? '' : rest.slice(authorityEnd);
+  let hostPart = authority;
+  const at = authority.lastIndexOf('@');
+  if (at >= 0) {
+    const userinfo = authority.slice(0, at);
+    const colon = userinfo.indexOf(':');
+    hostPart = `${colon >= 0 ? `${userinfo.slice(0, colon)}:***` : userinfo}@${authority.slice(at + 1)}`;
+  }
+  tail = tail.replace(/([?&;])([^=&;#]+)=([^&;#]*)/g, (all, sep: string, key: string) =>
+    SECRET_PARAM.test(safeDecode(key)) ? `${sep}${key}=***` : all,
+  );
+  return scheme + hostPart + tail;
+}
+
+/**
+ * Text that may quote a URL (ffmpeg's stderr echoes its input: "rtsp://admin:pw@cam/s: Connection
+ * refused"): `raw` is replaced by `redacted` first, then any other URL in it is redacted.
+ */
+export function redactText(text: string, raw?: string, redacted?: string): string {
+  const out = raw && redacted && raw !== redacted ? text.split(raw).join(redacted) : text;
+  return out.replace(URL_IN_TEXT, (u) => redactUrl(u));
+}
+
+function safeDecode(s: string): string {
+  try {
+    return decodeURIComponent(s.replace(/\+/g, ' '));
+  } catch {
+    return s;
+  }
+}
