@@ -220,7 +220,21 @@ export function configSchema(baseDir: string) {
     type: z.literal('http-snapshot'),
     url: url(HTTP_SCHEMES),
     timeoutMs: duration('ms', 1, 600_000).default(5000),
-    headers: z.record(z.string(), z.string()).default({}),
+    // Names and values fetch would refuse on every request; a value is never echoed (often a secret).
+    headers: z
+      .record(z.string(), z.string())
+      .superRefine((headers, ctx) => {
+        for (const [name, value] of Object.entries(headers)) {
+          if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name)) {
+            ctx.addIssue({ code: 'custom', path: [name], message: "expected an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)" });
+          } else if (/[\r\n\0]/.test(value) || [...value].some((c) => c.codePointAt(0)! > 0xff)) {
+            ctx.addIssue({ code: 'custom', path: [name], message: 'expected a header value without line breaks, NUL or characters above U+00FF' });
+          }
+        }
+      })
+      .default({}),
+    // Largest snapshot body accepted; a camera that sends more is reported, not buffered.
+    maxBytes: byteSize(1024).default(20 * 1024 * 1024),
   });
   const streamSource = strict({
     type: z.literal('stream'),

@@ -625,3 +625,17 @@ test('mqtt.commands: limits of inbound commands and of model downloads, checked 
   t.throws(() => load({ burst: 1.5 }), { message: /mqtt\.commands\.burst/ });
   t.throws(() => load({ maxPayload: 10 }), { message: /mqtt\.commands\.maxPayload/ });
 });
+
+test('http-snapshot headers: names and values fetch would refuse are config errors that never echo the value; maxBytes takes a size', (t) => {
+  const snapshot = (extra: string) => BASE.replace('type: http-snapshot, url: http://cam/snap.jpg', `type: http-snapshot, url: http://cam/snap.jpg, ${extra}`);
+  const ok = parseConfig(snapshot("maxBytes: 5MB, headers: { X-Api-Key: 'k-123' }"), { origin: 'test.yaml', env: {} });
+  const src = ok.cameras[0]!.source;
+  t.true(src.type === 'http-snapshot' && src.maxBytes === 5 * 1024 * 1024);
+  t.is(parseConfig(BASE, { origin: 'test.yaml', env: {} }).cameras[0]!.source.type === 'http-snapshot' && (parseConfig(BASE, { origin: 'test.yaml', env: {} }).cameras[0]!.source as { maxBytes: number }).maxBytes, 20 * 1024 * 1024);
+
+  const value = configError(t, snapshot('headers: { Authorization: "Bearer s3cr3t\\r\\nX-Evil: 1" }'));
+  t.regex(issueAt(t, value, 'cameras[0].source.headers.Authorization').message, /without line breaks, NUL or characters above U\+00FF/);
+  t.false(value.format().includes('s3cr3t'), value.format());
+  t.regex(issueAt(t, configError(t, snapshot('headers: { "Bad Name": x }')), 'cameras[0].source.headers["Bad Name"]').message, /HTTP header name/);
+  t.regex(issueAt(t, configError(t, snapshot('maxBytes: lots')), 'cameras[0].source.maxBytes').message, /size such as '256MB'/);
+});
