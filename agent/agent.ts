@@ -276,14 +276,14 @@ export class Agent extends EventEmitter<AgentEvents> {
         logger: logger.child({ component: 'rollout' }),
         debounceMs: this.options.modelWatchDebounceMs,
         clock: this.clock,
+        // The retained status carries the serving digests and the rollout counts: keep it current.
         onSwap: (swap) => {
           for (const name of swap.names) this.metrics.modelRollout(name, 'accepted');
-          this.started.find((e): e is StatusPublisher => e instanceof StatusPublisher)?.publish('running');
+          this.republishStatus();
         },
         onReject: (_rejection, names) => {
           for (const name of names) this.metrics.modelRollout(name, 'rejected');
-          // The retained status carries the rejection count and the last reason: keep it current.
-          this.started.find((e): e is StatusPublisher => e instanceof StatusPublisher)?.publish('running');
+          this.republishStatus();
         },
       });
       this.rollout = rollout;
@@ -405,6 +405,11 @@ export class Agent extends EventEmitter<AgentEvents> {
    * skipped: …)`. A warning when the model ended on the CPU although a GPU was asked for or a
    * GPU device is present (a driver or library problem, not a CPU-only box).
    */
+  /** Publishes the retained status again (after a model swap or a refused model). */
+  private republishStatus(): void {
+    this.started.find((e): e is StatusPublisher => e instanceof StatusPublisher)?.publish('running');
+  }
+
   private logProvider(m: ModelStatus): void {
     const fields = { model: m.name, provider: m.provider, fallbacks: m.fallbacks, requested: this.config.inference.provider };
     const gpuExpected = this.config.inference.provider === 'cuda' || this.config.inference.provider === 'webgpu' || (this.config.inference.provider === 'auto' && (nvidiaGpuPresent() || renderNodePresent()));

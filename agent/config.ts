@@ -31,6 +31,7 @@ import { z } from 'zod';
 import type { Box } from '../pipelines/types.js';
 import { substituteEnv, type ConfigPath } from './config-env.js';
 import { formatBytes, formatDurationMs, parseByteSize, parseDurationMs } from './duration.js';
+import { headerProblem } from './sources/http-headers.js';
 
 export type { ConfigPath } from './config-env.js';
 
@@ -225,9 +226,10 @@ export function configSchema(baseDir: string) {
       .record(z.string(), z.string())
       .superRefine((headers, ctx) => {
         for (const [name, value] of Object.entries(headers)) {
-          if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name)) {
+          const problem = headerProblem(name, value);
+          if (problem === 'name') {
             ctx.addIssue({ code: 'custom', path: [name], message: "expected an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)" });
-          } else if (/[\r\n\0]/.test(value) || [...value].some((c) => c.codePointAt(0)! > 0xff)) {
+          } else if (problem === 'value') {
             ctx.addIssue({ code: 'custom', path: [name], message: 'expected a header value without line breaks, NUL or characters above U+00FF' });
           }
         }

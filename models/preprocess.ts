@@ -95,36 +95,24 @@ function lookupInto(img: RawImage, box: PixelBox, size: number, lut: Float32Arra
   const g = offset + plane;
   const b = offset + 2 * plane;
   const rowBytes = size * 3;
-  if (!LITTLE_ENDIAN) {
-    for (let y = 0; y < size; y++) {
-      let q = ((box.y + y) * img.width + box.x) * 3;
-      const o = y * size;
-      for (let x = 0; x < size; x++, q += 3) {
-        target[r + o + x] = lut[data[q]];
-        target[g + o + x] = lut[256 + data[q + 1]];
-        target[b + o + x] = lut[512 + data[q + 2]];
-      }
-    }
-    return;
-  }
+  // Pixels read as words; the rest of a row (and every pixel on a big-endian host) byte by byte.
+  const quads = LITTLE_ENDIAN ? size & ~3 : 0;
   const scratchWords = Math.ceil(rowBytes / 4);
   if (rowWords.length < scratchWords) rowWords = new Uint32Array(scratchWords);
   const scratch = rowWords;
   const scratchBytes = new Uint8Array(scratch.buffer, 0, scratchWords * 4);
   const all = new Uint32Array(data.buffer, 0, data.buffer.byteLength >>> 2);
-  const quads = size & ~3;
   for (let y = 0; y < size; y++) {
     const start = ((box.y + y) * img.width + box.x) * 3;
-    const address = data.byteOffset + start;
-    let words: Uint32Array;
-    let w: number;
-    if ((address & 3) === 0) {
-      words = all;
-      w = address >>> 2;
-    } else {
-      scratchBytes.set(data.subarray(start, start + rowBytes));
-      words = scratch;
-      w = 0;
+    let words = all;
+    let w = 0;
+    if (quads > 0) {
+      const address = data.byteOffset + start;
+      if ((address & 3) === 0) w = address >>> 2;
+      else {
+        scratchBytes.set(data.subarray(start, start + rowBytes));
+        words = scratch;
+      }
     }
     const o = y * size;
     let x = 0;

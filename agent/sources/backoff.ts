@@ -18,6 +18,9 @@ export interface BackoffOptions {
   random?: () => number;
 }
 
+/** Longest delay setTimeout honours: it runs anything over 2^31-1 ms (or Infinity) after 1 ms. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
 export class Backoff {
   readonly initialMs: number;
   readonly maxMs: number;
@@ -33,8 +36,8 @@ export class Backoff {
     this.jitter = options.jitter ?? 0.5;
     this.random = options.random ?? Math.random;
     if (!(this.initialMs >= 0)) throw new RangeError(`backoff initialMs must be >= 0, got ${this.initialMs}`);
-    // setTimeout runs anything over 2^31-1 ms after 1 ms: a larger cap would retry in a tight loop.
-    if (!(this.maxMs <= 2 ** 31 - 1)) throw new RangeError(`backoff maxMs must be at most ${2 ** 31 - 1} ms, got ${this.maxMs}`);
+    // A larger cap would retry in a tight loop (see MAX_TIMER_MS).
+    if (!(this.maxMs <= MAX_TIMER_MS)) throw new RangeError(`backoff maxMs must be at most ${MAX_TIMER_MS} ms, got ${this.maxMs}`);
     if (!(this.maxMs >= this.initialMs)) throw new RangeError(`backoff maxMs (${this.maxMs}) must be >= initialMs (${this.initialMs})`);
     if (!(this.factor >= 1)) throw new RangeError(`backoff factor must be >= 1, got ${this.factor}`);
     if (!(this.jitter >= 0 && this.jitter <= 1)) throw new RangeError(`backoff jitter must be within [0, 1], got ${this.jitter}`);

@@ -9,8 +9,9 @@
  */
 import { Observable } from 'rxjs';
 import type { Frame } from '../../pipelines/types.js';
-import { Backoff } from './backoff.js';
+import { Backoff, MAX_TIMER_MS } from './backoff.js';
 import { basicAuthorization, DigestAuth, parseChallenge, splitCredentials, type Credentials } from './http-auth.js';
+import { headerProblem } from './http-headers.js';
 import { checkImage } from './image-magic.js';
 import { redactUrl } from './redact.js';
 import { SourceTracker } from './status.js';
@@ -20,7 +21,6 @@ export const DEFAULT_SNAPSHOT_TIMEOUT_MS = 5000;
 export const DEFAULT_SNAPSHOT_MAX_BYTES = 20 * 1024 * 1024;
 /** Redirects followed per snapshot; cameras use one (`/snapshot.jpg` → `/cgi-bin/…`), a loop many. */
 export const MAX_SNAPSHOT_REDIRECTS = 5;
-const MAX_TIMER_MS = 2 ** 31 - 1;
 
 class AbortedError extends Error {
   constructor() {
@@ -55,7 +55,7 @@ export class HttpSnapshotSource implements PullSource {
     this.origin = redacted;
     this.timeoutMs = spec.timeoutMs ?? DEFAULT_SNAPSHOT_TIMEOUT_MS;
     this.maxBytes = spec.maxBytes ?? DEFAULT_SNAPSHOT_MAX_BYTES;
-    // setTimeout turns anything over 2^31-1 ms (or Infinity) into 1 ms: every request would time out.
+    // Beyond MAX_TIMER_MS every request would time out after 1 ms.
     if (!(this.timeoutMs > 0 && this.timeoutMs <= MAX_TIMER_MS)) throw new Error(`camera ${camera}: http-snapshot timeoutMs must be > 0 and <= ${MAX_TIMER_MS}, got ${spec.timeoutMs}`);
     if (!(this.maxBytes > 0 && Number.isFinite(this.maxBytes))) throw new Error(`camera ${camera}: http-snapshot maxBytes must be a finite number > 0, got ${spec.maxBytes}`);
     this.headers = checkHeaders(camera, spec.headers ?? {});
@@ -239,22 +239,15 @@ async function readLimited(res: Response, maxBytes: number, origin: string): Pro
   return Buffer.concat(chunks, total);
 }
 
-/** Header names and values fetch would reject (line breaks, non-Latin-1) fail here, naming the header, not on every request. */
+/** Header names and values fetch would reject fail here, naming the header, not on every request. */
 function checkHeaders(camera: string, headers: Record<string, string>): Record<string, string> {
-  const accepted = (n: string, v: string) => {
-    try {
-      new Headers([[n, v]]);
-      return true;
-    } catch {
-      return false;
-    }
-  };
   for (const [name, value] of Object.entries(headers)) {
     const what = `camera ${camera}: http-snapshot header ${JSON.stringify(name)}`;
-    if (!accepted(name, 'x')) throw new Error(`${what} is not a valid header name`);
     // The value is not quoted: it is often a secret.
     if (typeof value !== 'string') throw new Error(`${what} must be a string, got ${typeof value}`);
-    if (!accepted(name, value)) throw new Error(`${what} has an invalid value (line break, NUL or a character above U+00FF)`);
+    const problem = headerProblem(name, value);
+    if (problem === 'name') throw new Error(`${what} is not a valid header name`);
+    if (problem === 'value') throw new Error(`${what} has an invalid value (line break, NUL or a character above U+00FF)`);
   }
   return { ...headers };
 }
