@@ -3,9 +3,8 @@
  * subspace lower bound in f32x4 lanes, and the whole member scan of one cluster, so the hot loops
  * run as straight SIMD code over rows kept in one (shared) WebAssembly memory.
  *
- * There is no WebAssembly toolchain in this project, so the module is assembled here, at load
- * time, by a minimal binary encoder: every function below is a list of opcodes whose shape is
- * written out next to it. The encoder covers only what the kernels use.
+ * The module is assembled at load time (wasm-encoder.ts): every function below is a list of
+ * opcodes whose shape is written out next to it.
  *
  * Summation order is part of the contract: a squared distance over dimPad floats (dimPad a multiple
  * of 32, rows zero-padded) accumulates element i into lane i mod 4 of accumulator A when
@@ -14,163 +13,9 @@
  * the naive reference and the pruned algorithm — gets bit-identical values for the same two rows.
  */
 
-// ---- the WebAssembly API, typed locally (this project's lib settings carry no WebAssembly types) ----
+import { assembleModule, F32, F64, Fn, I32, op, V128, wasm, type KernelMemory } from './wasm-encoder.js';
 
-/** A WebAssembly.Memory: shared, so its buffer is a SharedArrayBuffer that never detaches. */
-export interface KernelMemory {
-  readonly buffer: SharedArrayBuffer;
-}
-interface WasmApi {
-  Memory: new (descriptor: { initial: number; maximum: number; shared: true }) => KernelMemory;
-  Module: new (bytes: Uint8Array) => object;
-  Instance: new (module: object, imports: Record<string, Record<string, unknown>>) => { exports: Record<string, unknown> };
-}
-const wasm = (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
-
-// ---- a minimal WebAssembly binary encoder ----
-
-const I32 = 0x7f;
-const F32 = 0x7d;
-const F64 = 0x7c;
-const V128 = 0x7b;
-type ValType = typeof I32 | typeof F32 | typeof F64 | typeof V128;
-
-function uleb(v: number): number[] {
-  const out: number[] = [];
-  do {
-    let b = v & 0x7f;
-    v = Math.floor(v / 128);
-    if (v !== 0) b |= 0x80;
-    out.push(b);
-  } while (v !== 0);
-  return out;
-}
-
-function sleb(v: number): number[] {
-  const out: number[] = [];
-  for (;;) {
-    const b = v & 0x7f;
-    v >>= 7;
-    if ((v === 0 && (b & 0x40) === 0) || (v === -1 && (b & 0x40) !== 0)) {
-      out.push(b);
-      return out;
-    }
-    out.push(b | 0x80);
-  }
-}
-
-function utf8(s: string): number[] {
-  const bytes = Array.from(new TextEncoder().encode(s));
-  return [...uleb(bytes.length), ...bytes];
-}
-
-function section(id: number, body: number[]): number[] {
-  return [id, ...uleb(body.length), ...body];
-}
-
-function vec(items: number[][]): number[] {
-  return [...uleb(items.length), ...items.flat()];
-}
-
-/** Opcodes (and immediates) used by the kernels. */
-const op = {
-  block: [0x02, 0x40],
-  loop: [0x03, 0x40],
-  if: [0x04, 0x40],
-  end: [0x0b],
-  br: (depth: number) => [0x0c, ...uleb(depth)],
-  brIf: (depth: number) => [0x0d, ...uleb(depth)],
-  get: (i: number) => [0x20, ...uleb(i)],
-  set: (i: number) => [0x21, ...uleb(i)],
-  tee: (i: number) => [0x22, ...uleb(i)],
-  i32Load: (offset = 0) => [0x28, 2, ...uleb(offset)],
-  f32Load: (offset = 0) => [0x2a, 2, ...uleb(offset)],
-  f64Load: (offset = 0) => [0x2b, 3, ...uleb(offset)],
-  i32Store: (offset = 0) => [0x36, 2, ...uleb(offset)],
-  f32Store: (offset = 0) => [0x38, 2, ...uleb(offset)],
-  f64Store: (offset = 0) => [0x39, 3, ...uleb(offset)],
-  i32Const: (v: number) => [0x41, ...sleb(v)],
-  f32Const: (v: number) => {
-    const b = new Uint8Array(4);
-    new DataView(b.buffer).setFloat32(0, v, true);
-    return [0x43, ...b];
-  },
-  f64Const: (v: number) => {
-    const b = new Uint8Array(8);
-    new DataView(b.buffer).setFloat64(0, v, true);
-    return [0x44, ...b];
-  },
-  i32Eqz: [0x45],
-  i32Ne: [0x47],
-  i32LtU: [0x49],
-  i32GeU: [0x4f],
-  f32Eq: [0x5b],
-  f32Gt: [0x5e],
-  f32Ge: [0x60],
-  f64Gt: [0x64],
-  f64Le: [0x65],
-  f64Ge: [0x66],
-  i32Add: [0x6a],
-  i32Sub: [0x6b],
-  i32Mul: [0x6c],
-  i32And: [0x71],
-  i32Or: [0x72],
-  i32Shl: [0x74],
-  f32Add: [0x92],
-  f64Mul: [0xa2],
-  f64Div: [0xa3],
-  f64Add: [0xa0],
-  f64Sub: [0xa1],
-  f64Max: [0xa5],
-  f64Sqrt: [0x9f],
-  f32DemoteF64: [0xb6],
-  i32Eq: [0x46],
-  select: [0x1b],
-  f64PromoteF32: [0xbb],
-  memoryCopy: [0xfc, ...uleb(10), 0x00, 0x00],
-  v128Load: (offset = 0) => [0xfd, ...uleb(0), 4, ...uleb(offset)],
-  v128Zero: [0xfd, ...uleb(12), ...new Array<number>(16).fill(0)],
-  f32x4ExtractLane: (lane: number) => [0xfd, ...uleb(31), lane],
-  f64x2ExtractLane: (lane: number) => [0xfd, ...uleb(33), lane],
-  f64x2Add: [0xfd, ...uleb(240)],
-  f64x2Mul: [0xfd, ...uleb(242)],
-  f64Load0: [0x2b, 3, 0],
-  f32x4Add: [0xfd, ...uleb(228)],
-  f32x4Sub: [0xfd, ...uleb(229)],
-  f32x4Mul: [0xfd, ...uleb(230)],
-};
-
-/** One function under construction: parameters first, then locals added on demand. */
-class Fn {
-  readonly params: ValType[];
-  readonly results: ValType[];
-  private readonly locals: ValType[] = [];
-  readonly code: number[] = [];
-
-  constructor(params: ValType[], results: ValType[]) {
-    this.params = params;
-    this.results = results;
-  }
-
-  local(type: ValType): number {
-    this.locals.push(type);
-    return this.params.length + this.locals.length - 1;
-  }
-
-  emit(...parts: number[][]): void {
-    for (const p of parts) for (const b of p) this.code.push(b);
-  }
-
-  body(): number[] {
-    const groups: number[][] = this.locals.map((t) => [1, t]);
-    const bytes = [...vec(groups), ...this.code, ...op.end];
-    return [...uleb(bytes.length), ...bytes];
-  }
-
-  type(): number[] {
-    return [0x60, ...vec(this.params.map((p) => [p])), ...vec(this.results.map((r) => [r]))];
-  }
-}
+export type { KernelMemory } from './wasm-encoder.js';
 
 // ---- kernel building blocks (inline code emitters) ----
 
@@ -527,17 +372,7 @@ const EXPORTS: Array<[string, () => Fn]> = [
 
 /** The module's bytes: imports env.memory (shared, up to 4 GiB), exports the kernels. */
 export function kernelModuleBytes(): Uint8Array {
-  const fns = EXPORTS.map(([, build]) => build());
-  const bytes = [
-    0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
-    ...section(1, vec(fns.map((f) => f.type()))),
-    // import "env" "memory": memory, limits flag 3 = shared with maximum, min 1, max 65536 pages.
-    ...section(2, vec([[...utf8('env'), ...utf8('memory'), 0x02, 0x03, ...uleb(1), ...uleb(65536)]])),
-    ...section(3, vec(fns.map((_, i) => uleb(i)))),
-    ...section(7, vec(EXPORTS.map(([name], i) => [...utf8(name), 0x00, ...uleb(i)]))),
-    ...section(10, vec(fns.map((f) => f.body()))),
-  ];
-  return Uint8Array.from(bytes);
+  return assembleModule(EXPORTS.map(([name, build]) => [name, build()]), 'shared');
 }
 
 /** The kernels, bound to one memory. Pointers are byte offsets into that memory. */

@@ -15,6 +15,8 @@
  * place: the result equals cropping the box first and resizing the crop.
  */
 
+import { forEachResizedRowRgb } from './resize-kernel.js';
+
 /** Resampling taps of one axis: output i reads `count[i]` inputs from `start[i]`. */
 export interface AxisCoefficients {
   inSize: number;
@@ -150,6 +152,11 @@ export function forEachResizedRow(
   assertBoxInside(b, width, height, 'resize');
   const h = axisCoefficients(b.width, outWidth);
   const v = axisCoefficients(b.height, outHeight);
+  if (C === 3 && !(b.width === outWidth && b.height === outHeight)) {
+    // The hot case (RGB frames and slots): the same sums from the WebAssembly kernels.
+    forEachResizedRowRgb(data, width, b, h, v, onRow);
+    return;
+  }
   const rowLen = outWidth * C;
   if (rowScratch.length !== rowLen) rowScratch = new Float64Array(rowLen);
   const row = rowScratch;
@@ -208,33 +215,6 @@ function horizontalPass(
   tmp: Float64Array,
 ): void {
   const { start, count, weights, stride, outSize } = h;
-  if (C === 3) {
-    // The hot case (RGB): three accumulators in registers.
-    for (let r = 0; r < rows; r++) {
-      const rowBase = ((y0 + r) * width + x0) * 3;
-      let o = r * outSize * 3;
-      for (let i = 0; i < outSize; i++) {
-        let p = rowBase + start[i] * 3;
-        const wb = i * stride;
-        const n = count[i];
-        let a0 = 0;
-        let a1 = 0;
-        let a2 = 0;
-        for (let k = 0; k < n; k++) {
-          const w = weights[wb + k];
-          a0 += w * data[p];
-          a1 += w * data[p + 1];
-          a2 += w * data[p + 2];
-          p += 3;
-        }
-        tmp[o] = a0;
-        tmp[o + 1] = a1;
-        tmp[o + 2] = a2;
-        o += 3;
-      }
-    }
-    return;
-  }
   for (let r = 0; r < rows; r++) {
     const rowBase = ((y0 + r) * width + x0) * C;
     let o = r * outSize * C;

@@ -402,7 +402,7 @@ test('compiled build: the worker runs as plain JS under node (no tsx) and select
   try {
     mkdirSync(join(out, 'models'));
     writeFileSync(join(out, 'package.json'), '{"type":"module"}');
-    for (const name of ['coreset', 'coreset-worker', 'distance-kernel', 'projection', 'random', 'worker-module']) {
+    for (const name of ['coreset', 'coreset-worker', 'distance-kernel', 'projection', 'random', 'wasm-encoder', 'worker-module']) {
       const source = readFileSync(resolve(repoRoot, 'models', `${name}.ts`), 'utf8');
       const js = ts.transpileModule(source, { compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022 } }).outputText;
       writeFileSync(join(out, 'models', `${name}.js`), js);

@@ -153,15 +153,29 @@ test('resizeTriangle: enlarging a 2×1 RGB image interpolates each channel', (t)
   expected.forEach((v, i) => t.true(Math.abs(out[i] - v) < 1e-12, `value ${i}: ${out[i]} vs ${v}`));
 });
 
-test('resizeTriangle: the RGB fast path equals the generic per-channel path', (t) => {
-  const w = 57;
-  const h = 41;
-  const rgb = new Uint8Array(noise(w, h, 3));
-  const out = resizeTriangle({ data: rgb, width: w, height: h, channels: 3 }, 23, 64);
-  for (let c = 0; c < 3; c++) {
-    const plane = new Uint8Array(w * h).map((_, p) => rgb[p * 3 + c]);
-    const one = resizeTriangle({ data: plane, width: w, height: h, channels: 1 }, 23, 64);
-    for (let p = 0; p < one.length; p++) if (one[p] !== out[p * 3 + c]) return t.fail(`channel ${c} pixel ${p}`);
+test('resizeTriangle: the RGB WebAssembly kernels equal the per-channel JS path bit for bit', (t) => {
+  // Shrinking, enlarging, one axis unchanged, odd row lengths, boxes of a larger image, and a
+  // 1500×1100 image that grows the kernel's memory.
+  const cases: Array<{ w: number; h: number; ow: number; oh: number; box?: { x: number; y: number; width: number; height: number } }> = [
+    { w: 57, h: 41, ow: 23, oh: 64 },
+    { w: 900, h: 900, ow: 224, oh: 224 },
+    { w: 31, h: 17, ow: 31, oh: 5 },
+    { w: 31, h: 17, ow: 9, oh: 17 },
+    { w: 5, h: 3, ow: 37, oh: 29 },
+    { w: 120, h: 90, ow: 33, oh: 47, box: { x: 7, y: 11, width: 101, height: 61 } },
+    { w: 120, h: 90, ow: 101, oh: 20, box: { x: 19, y: 3, width: 101, height: 86 } },
+    { w: 1500, h: 1100, ow: 224, oh: 224, box: { x: 1, y: 0, width: 1499, height: 1100 } },
+  ];
+  for (const { w, h, ow, oh, box } of cases) {
+    const rgb = new Uint8Array(noise(w, h, 3));
+    const out = resizeTriangle({ data: rgb, width: w, height: h, channels: 3 }, ow, oh, { box });
+    for (let c = 0; c < 3; c++) {
+      const plane = new Uint8Array(w * h).map((_, p) => rgb[p * 3 + c]);
+      const one = resizeTriangle({ data: plane, width: w, height: h, channels: 1 }, ow, oh, { box });
+      for (let p = 0; p < one.length; p++) {
+        if (!Object.is(one[p], out[p * 3 + c])) return t.fail(`${w}×${h} → ${ow}×${oh}: channel ${c} pixel ${p}: ${out[p * 3 + c]} ≠ ${one[p]}`);
+      }
+    }
   }
   t.pass();
 });
