@@ -5,7 +5,7 @@
  */
 import test from 'ava';
 import { execFile } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -164,4 +164,38 @@ test.serial('a missing ffmpeg binary fails the source with a clear error', async
   const src = new FfmpegStreamSource('nocam', { type: 'stream', input: video }, { ffmpegPath: join(workDir, 'no-ffmpeg') });
   await t.throwsAsync(firstValueFrom(src.frames$), { message: /camera nocam: cannot run ffmpeg \(.*no-ffmpeg\): spawn .* ENOENT; install ffmpeg or set its path/ });
   t.is(src.status().state, 'failed');
+});
+
+test.serial('a video file whose ffmpeg dies part-way resumes after the frames sent: none twice, none skipped', async (t) => {
+  // 6 s whose brightness rises with time: frame means must keep rising if nothing is replayed.
+  const ramp = join(workDir, 'ramp.mp4');
+  await run('ffmpeg', ['-hide_banner', '-loglevel', 'error', '-y', '-f', 'lavfi', '-i', 'color=c=black:s=64x48:r=10:d=6', '-vf', "geq=lum='clip(16+T*35,0,255)':cb=128:cr=128", '-c:v', 'mpeg4', '-q:v', '2', ramp]);
+  // The first ffmpeg run is killed after 1.5 s of real-time reading; later runs finish.
+  const marker = join(workDir, 'killed-once');
+  const argsLog = join(workDir, 'ffmpeg-args.log');
+  const wrapper = join(workDir, 'ffmpeg-dies-once.sh');
+  await writeFile(wrapper, `#!/bin/sh\necho "$*" >> '${argsLog}'\nif [ ! -e '${marker}' ]; then touch '${marker}'; exec timeout -s KILL 1.5 ffmpeg "$@"; fi\nexec ffmpeg "$@"\n`);
+  await chmod(wrapper, 0o755);
+  const src = new FfmpegStreamSource('ramp', { type: 'stream', input: ramp, fps: 2, realtime: true }, { ffmpegPath: wrapper, backoff: { initialMs: 100, maxMs: 100, jitter: 0 } });
+  const frames: Frame[] = await firstValueFrom(src.frames$.pipe(toArray(), timeout(30_000)));
+  const runs = (await readFile(argsLog, 'utf8')).trim().split('\n');
+  t.is(runs.length, 2, runs.join('\n'));
+  t.false(runs[0]!.includes('-ss'));
+  t.regex(runs[1]!, /-ss \d+\.\d{3} -i /);
+  t.true(frames.length >= 11 && frames.length <= 13, `${frames.length} frames (a replay from the start would give ~15)`);
+  const means: number[] = [];
+  for (const f of frames) means.push((await sharp(f.data).greyscale().stats()).channels[0]!.mean);
+  for (let i = 1; i < means.length; i++) t.true(means[i]! > means[i - 1]! + 5, `frame ${i} mean ${means[i]!.toFixed(1)} after ${means[i - 1]!.toFixed(1)}: ${means.map((m) => m.toFixed(0)).join(' ')}`);
+  t.like(src.status(), { state: 'stopped', reconnects: 1, errors: 1 });
+});
+
+test.serial('a video file ffmpeg keeps failing on without a new frame fails the source with ffmpeg\'s words', async (t) => {
+  const wrapper = join(workDir, 'ffmpeg-broken-file.sh');
+  await writeFile(wrapper, '#!/bin/sh\necho "[mov,mp4] moov atom not found" >&2\nexit 1\n');
+  await chmod(wrapper, 0o755);
+  const src = new FfmpegStreamSource('broken', { type: 'stream', input: join(workDir, 'broken.mp4'), fps: 2 }, { ffmpegPath: wrapper, backoff: { initialMs: 50, maxMs: 50, jitter: 0 } });
+  const err = await t.throwsAsync(firstValueFrom(src.frames$.pipe(toArray(), timeout(15_000))));
+  t.regex(err!.message, /camera broken: ffmpeg failed 3 times in a row reading the video file ffmpeg:.*broken\.mp4 without a new frame \(after 0 frame\(s\)\); giving up: \[mov,mp4\] moov atom not found/);
+  // Three failed runs, each an error, and the giving-up itself.
+  t.like(src.status(), { state: 'failed', reconnects: 2, errors: 4 });
 });

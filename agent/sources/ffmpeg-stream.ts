@@ -5,6 +5,9 @@
  *
  * When ffmpeg exits — the camera rebooted, the network dropped, RTSP timed out — the source goes
  * `reconnecting` and restarts it with backoff; a finite file without `loop` completes instead.
+ * A finite file whose ffmpeg fails part-way resumes after the frames already sent (`-ss`), so
+ * no frame is sent twice; after FILE_ATTEMPTS failures in a row without a new frame the source
+ * fails with ffmpeg's last words rather than retrying a broken file forever.
  * A watchdog restarts an ffmpeg that is alive but silent. The last stderr lines are kept for the
  * error message, bounded and with the input's password masked (ffmpeg echoes its input URL).
  * Images the splitter drops (over maxFrameBytes, broken) are counted errors, not silent.
@@ -37,6 +40,9 @@ export interface FfmpegStreamOptions extends SourceOptions {
 
 type Child = ChildProcessByStdio<null, Readable, Readable>;
 
+/** Failed ffmpeg runs in a row, none sending a frame, after which a finite video file is given up. */
+export const FILE_ATTEMPTS = 3;
+
 /** Longest stderr line kept: status and logs carry it, a garbage line must not make them huge. */
 const MAX_STDERR_LINE = 1000;
 
@@ -48,8 +54,11 @@ export function classifyInput(input: string): StreamInputKind {
   return 'file';
 }
 
-/** The ffmpeg command line for a stream spec (without the binary). */
-export function ffmpegArgs(spec: StreamSpec): string[] {
+/**
+ * The ffmpeg command line for a stream spec (without the binary). `seekSeconds` (video files
+ * only) starts reading that far into the file.
+ */
+export function ffmpegArgs(spec: StreamSpec, seekSeconds = 0): string[] {
   // spawn() throws on a NUL byte; from a restart timer that would crash the process.
   if (typeof spec.input !== 'string' || spec.input.trim() === '' || spec.input.includes('\0')) {
     throw new Error(`stream input must be a non-empty file path, device or URL without NUL bytes, got ${JSON.stringify(typeof spec.input === 'string' ? redactUrl(spec.input) : spec.input)}`);
@@ -76,6 +85,7 @@ export function ffmpegArgs(spec: StreamSpec): string[] {
     case 'file':
       if (spec.realtime ?? spec.loop ?? false) input.push('-re');
       if (spec.loop) input.push('-stream_loop', '-1');
+      if (seekSeconds > 0) input.push('-ss', seekSeconds.toFixed(3));
       break;
     case 'url':
       break;
@@ -137,6 +147,9 @@ export class FfmpegStreamSource implements PushSource {
     const stallMs = Math.max(opts.stallTimeoutMs ?? 30_000, 3000 / fps);
     const keepLines = opts.stderrLines ?? 20;
     const finite = this.inputKind === 'file' && !this.spec.loop;
+    // Frames sent from a finite file (where a restart resumes) and failed runs since the last frame.
+    let sent = 0;
+    let failuresWithoutFrame = 0;
     let closed = false;
     let restart: NodeJS.Timeout | undefined;
     let stall: NodeJS.Timeout | undefined;
@@ -164,9 +177,11 @@ export class FfmpegStreamSource implements PushSource {
       this.stderr = [];
       let partial = '';
       let spawnFailed = false;
-      const child = spawn(opts.ffmpegPath ?? 'ffmpeg', this.args, { stdio: ['ignore', 'pipe', 'pipe'] });
+      // The fps filter sends frame k at k / fps: resuming at sent / fps continues the sequence.
+      const args = finite && sent > 0 ? ffmpegArgs(this.spec, sent / fps) : this.args;
+      const child = spawn(opts.ffmpegPath ?? 'ffmpeg', args, { stdio: ['ignore', 'pipe', 'pipe'] });
       this.child = child;
-      this.tracker.log('debug', 'ffmpeg started', { pid: child.pid, args: this.args.map((a) => (a === input ? safeInput : a)).join(' ') });
+      this.tracker.log('debug', 'ffmpeg started', { pid: child.pid, args: args.map((a) => (a === input ? safeInput : a)).join(' ') });
       armStall(child);
       let dropped = { oversized: 0, corrupt: 0 };
 
@@ -186,6 +201,8 @@ export class FfmpegStreamSource implements PushSource {
         for (const jpeg of jpegs) {
           backoff.reset();
           armStall(child);
+          sent++;
+          failuresWithoutFrame = 0;
           subscriber.next(this.tracker.frame(jpeg, this.origin));
         }
       });
@@ -231,6 +248,13 @@ export class FfmpegStreamSource implements PushSource {
           signal,
           stderr: this.stderr.slice(-5),
         });
+        if (finite && ++failuresWithoutFrame >= FILE_ATTEMPTS) {
+          const message = `camera ${this.camera}: ffmpeg failed ${FILE_ATTEMPTS} times in a row reading the video file ${this.origin} without a new frame (after ${sent} frame(s)); giving up${last ? `: ${last}` : ''}`;
+          this.tracker.error(message, { input: this.origin }, 'error');
+          this.tracker.setState('failed');
+          subscriber.error(new Error(message));
+          return;
+        }
         const delay = backoff.next();
         this.tracker.reconnecting(delay);
         restart = setTimeout(start, delay);
