@@ -28,6 +28,7 @@ import { dirname, extname, resolve } from 'node:path';
 import { validateDetailed } from 'node-cron';
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node } from 'yaml';
 import { z } from 'zod';
+import { isSecretKey, redactUrl } from './redact.js';
 import type { Box } from '../pipelines/types.js';
 import { substituteEnv, type ConfigPath } from './config-env.js';
 import { formatBytes, formatDurationMs, parseByteSize, parseDurationMs } from './duration.js';
@@ -604,11 +605,6 @@ export function formatPath(path: ConfigPath): string {
 }
 
 /** Keys whose values are never printed: password, token, secret, anything ending in 'key', ... */
-const SECRET_KEY_RE = /(pass(word|wd|phrase)?$|secret|token|key$|credential|authorization|cookie|signature)/i;
-
-export function isSecretKey(key: string): boolean {
-  return SECRET_KEY_RE.test(key);
-}
 
 const REDACTED = '<redacted>';
 
@@ -654,29 +650,6 @@ class Redactor {
     for (const s of this.secrets) out = out.split(s).join(REDACTED);
     return out;
   }
-}
-
-/** Hides `user:password@` and secret-looking query parameters of URL-like strings. */
-export function redactUrl(text: string): string {
-  if (!/^[a-z][a-z0-9+.-]*:\/\//i.test(text)) return text;
-  let u: URL;
-  try {
-    u = new URL(text);
-  } catch {
-    return text.replace(/\/\/[^/@]*@/, '//<redacted>@');
-  }
-  let changed = false;
-  if (u.password) {
-    u.password = 'redacted';
-    changed = true;
-  }
-  for (const k of [...u.searchParams.keys()]) {
-    if (isSecretKey(k) || /^(auth|sig|pwd|pw|apikey|access_token)$/i.test(k)) {
-      u.searchParams.set(k, 'redacted');
-      changed = true;
-    }
-  }
-  return changed ? u.toString() : text;
 }
 
 function truncate(s: string, max: number): string {

@@ -3,12 +3,13 @@
  * a level filter, child loggers with bound fields, and secret hygiene:
  *  - fields under secret-looking keys (password, token, …key, authorization — config.ts'
  *    isSecretKey) are replaced by "<redacted>", at any depth;
- *  - URLs lose their user-info and secret query parameters (config.ts' redactUrl);
+ *  - URLs lose their user-info and secret query parameters (redact.ts);
  *  - every string registered as a secret (the MQTT password, HTTP header values) is scrubbed
  *    from messages and field values, whatever produced them.
  * Errors become `{ name, message }` (plus `stack` at trace level). Writing never throws.
  */
-import { isSecretKey, redactUrl, type LogLevel } from './config.js';
+import type { LogLevel } from './config.js';
+import { isSecretKey, redactUrl } from './redact.js';
 
 export type { LogLevel } from './config.js';
 

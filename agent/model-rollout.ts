@@ -42,7 +42,7 @@ import { loadInferenceModel, type InferenceModel } from '../models/load-model.js
 import { issueLines } from '../models/zod-issues.js';
 import type { BatchModel } from '../pipelines/inference-batcher.js';
 import { restorePreviousModel, previousModelPath } from './commands/model-rollback.js';
-import { redactUrl } from './config.js';
+import { redactUrl } from './redact.js';
 import { DownloadError, downloadVerified } from './download.js';
 import type { Logger } from './logger.js';
 import type { ModelRegistry } from './model-registry.js';

@@ -226,7 +226,7 @@ serial('command/model: malformed payloads and bad downloads are refused with the
   // Downloads and files that fail: each refused, counted, with the URL and the reason.
   const refusals: Array<[string, string, string, RegExp]> = [
     ['a 404', '/missing.onnx', b, /missing\.onnx.*HTTP 404/],
-    ['a 404 from a URL with a password', '/missing.onnx', b, /http:\/\/user:redacted@127\.0\.0\.1:\d+\/missing\.onnx: HTTP 404/],
+    ['a 404 from a URL with a password', '/missing.onnx', b, /http:\/\/user:\*\*\*@127\.0\.0\.1:\d+\/missing\.onnx: HTTP 404/],
     ['an HTML page', '/page.html', b, /page\.html.*sha256 mismatch.*the server sent text\/html/],
     ['a 600 MiB body', '/huge.onnx', b, /huge\.onnx.*too large: server announces 629145600 bytes/],
     ['another hash', '/c.onnx', b, /c\.onnx.*sha256 mismatch: expected [0-9a-f]{64}, got [0-9a-f]{64}/],

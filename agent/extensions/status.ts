@@ -7,7 +7,7 @@
  * `publish`), so the retained message always names the digests that are serving.
  */
 import { auditTime, combineLatest, distinctUntilChanged, map, type Subscription } from 'rxjs';
-import { redactUrl } from '../config.js';
+import { redactUrl } from '../redact.js';
 import type { ModelStatus } from '../model-registry.js';
 import type { ModelRolloutStats } from '../model-rollout.js';
 import type { SourceStatus } from '../sources/types.js';

@@ -21,6 +21,7 @@ import { readFileSync } from 'node:fs';
 import { connect as mqttConnect, type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
 import { Outbox, type EnqueueResult, type OutboxCounters, type OutboxDepth, type OutboxLimits, type OutboxMessage, type OutboxRecord } from './outbox.js';
 import type { AgentTopics } from './topics.js';
+import { redactUrl } from '../redact.js';
 
 export type ConnectionState = 'connecting' | 'connected' | 'reconnecting' | 'offline';
 
@@ -526,20 +527,6 @@ export function loadTlsFiles(tls: MqttTlsFiles | undefined): Pick<IClientOptions
   if (tls.rejectUnauthorized !== undefined) out.rejectUnauthorized = tls.rejectUnauthorized;
   if (tls.servername !== undefined) out.servername = tls.servername;
   return out;
-}
-
-/** The URL without user-info, for logs. */
-export function redactUrl(url: string): string {
-  try {
-    const parsed = new URL(url);
-    if (parsed.username || parsed.password) {
-      parsed.username = '';
-      parsed.password = '';
-    }
-    return parsed.toString().replace(/\/$/, '');
-  } catch {
-    return '<invalid url>';
-  }
 }
 
 /** Refills on the monotonic clock: a wall clock stepped back must not starve it for that long. */

@@ -19,7 +19,7 @@ import { Observable, type Subscriber } from 'rxjs';
 import type { Frame } from '../../pipelines/types.js';
 import { Backoff } from './backoff.js';
 import { JpegSplitter } from './jpeg-splitter.js';
-import { redactText, redactUrl } from './redact.js';
+import { redactText, redactUrl } from '../redact.js';
 import { SourceTracker } from './status.js';
 import { silentLogger, type PushSource, type SourceOptions, type SourceStatus, type StreamSpec } from './types.js';
 

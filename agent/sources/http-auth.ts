@@ -5,7 +5,7 @@
  * require by default.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { redactUrl } from './redact.js';
+import { redactUrl } from '../redact.js';
 
 export interface Credentials {
   username: string;

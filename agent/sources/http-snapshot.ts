@@ -13,7 +13,7 @@ import { Backoff, MAX_TIMER_MS } from './backoff.js';
 import { basicAuthorization, DigestAuth, parseChallenge, splitCredentials, type Credentials } from './http-auth.js';
 import { headerProblem } from './http-headers.js';
 import { checkImage } from './image-magic.js';
-import { redactUrl } from './redact.js';
+import { redactUrl } from '../redact.js';
 import { SourceTracker } from './status.js';
 import { silentLogger, type HttpSnapshotSpec, type PullSource, type SourceOptions, type SourceStatus } from './types.js';
 

@@ -1,5 +1,6 @@
 /**
- * Keep camera passwords out of logs, status and frame origins.
+ * The one URL redactor: keeps passwords out of logs, status, config errors and frame origins
+ * (camera, broker and model-download URLs alike).
  *
  * Cameras take credentials in the userinfo (`rtsp://admin:pw@cam/…`) and, on many models, in the
  * query (`/snapshot.cgi?user=admin&pwd=…`). The userinfo is cut the way ffmpeg cuts it — the
@@ -7,6 +8,12 @@
  * password with an unencoded `@` is hidden whole, not half.
  */
 const SECRET_PARAM = /^(pass(word|wd|phrase)?|pwd|pw|secret|token|access_token|auth|sig|signature|api[_-]?key|key)$/i;
+/** Secret-looking config keys and query parameter names (config.ts uses it for its keys too). */
+const SECRET_KEY = /(pass(word|wd|phrase)?$|secret|token|key$|credential|authorization|cookie|signature)/i;
+
+export function isSecretKey(key: string): boolean {
+  return SECRET_KEY.test(key);
+}
 const URL_IN_TEXT = /[a-z][a-z0-9+.-]*:\/\/[^\s"'<>]+/gi;
 
 /** A URL (or a device/file path, returned as is) with its password and secret query values masked. */
@@ -25,7 +32,7 @@ export function redactUrl(input: string): string {
     hostPart = `${colon >= 0 ? `${userinfo.slice(0, colon)}:***` : userinfo}@${authority.slice(at + 1)}`;
   }
   tail = tail.replace(/([?&;])([^=&;#]+)=([^&;#]*)/g, (all, sep: string, key: string) =>
-    SECRET_PARAM.test(safeDecode(key)) ? `${sep}${key}=***` : all,
+    SECRET_PARAM.test(safeDecode(key)) || isSecretKey(safeDecode(key)) ? `${sep}${key}=***` : all,
   );
   return scheme + hostPart + tail;
 }
