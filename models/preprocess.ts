@@ -6,7 +6,8 @@
  * "Preprocessing") to float32 rounding.
  */
 import { decodeImage, type RawImage } from './image-decode.js';
-import { assertBoxInside, forEachResizedRow, type PixelBox } from './resize.js';
+import { assertBoxInside, axisCoefficients, type PixelBox } from './resize.js';
+import { resizeRgbIntoPlanes } from './resize-kernel.js';
 import type { Normalization, PreprocessedImage } from './types.js';
 
 export type { PixelBox } from './resize.js';
@@ -32,7 +33,7 @@ export interface ModelInputOptions {
  *
  * Hot in the agent (every slot of every frame), hence two shapes of the same maths: a box already
  * at the model's size maps each 8-bit value through a 256-entry table per channel; any other box
- * is resized row by row and each row normalised straight into the three planes.
+ * is resized and normalised into the three planes by the WebAssembly kernels (resize-kernel.ts).
  */
 export function toModelInput(img: RawImage, opts: ModelInputOptions, out?: Float32Array, outOffset = 0): Float32Array {
   const { size, normalization } = opts;
@@ -49,9 +50,6 @@ export function toModelInput(img: RawImage, opts: ModelInputOptions, out?: Float
   if (!Number.isInteger(outOffset) || outOffset < 0 || outOffset + 3 * plane > target.length) {
     throw new RangeError(`${where}: output offset ${outOffset} + ${3 * plane} values does not fit a buffer of ${target.length}`);
   }
-  const r = outOffset;
-  const g = outOffset + plane;
-  const b = outOffset + 2 * plane;
 
   if (box.width === size && box.height === size) {
     lookupInto(img, box, size, normalizationTable(normalization), target, outOffset);
@@ -60,20 +58,9 @@ export function toModelInput(img: RawImage, opts: ModelInputOptions, out?: Float
 
   // (v / 255 − mean) / std as one multiply-add per value, in float64 until the final store.
   const { mean, std } = normalization;
-  const s0 = 1 / (255 * std[0]);
-  const s1 = 1 / (255 * std[1]);
-  const s2 = 1 / (255 * std[2]);
-  const o0 = -mean[0] / std[0];
-  const o1 = -mean[1] / std[1];
-  const o2 = -mean[2] / std[2];
-  forEachResizedRow(img, size, size, box, (y, row) => {
-    const o = y * size;
-    for (let x = 0, q = 0; x < size; x++, q += 3) {
-      target[r + o + x] = row[q] * s0 + o0;
-      target[g + o + x] = row[q + 1] * s1 + o1;
-      target[b + o + x] = row[q + 2] * s2 + o2;
-    }
-  });
+  const scale = [1 / (255 * std[0]), 1 / (255 * std[1]), 1 / (255 * std[2])] as const;
+  const offset = [-mean[0] / std[0], -mean[1] / std[1], -mean[2] / std[2]] as const;
+  resizeRgbIntoPlanes(img.data, img.width, box, axisCoefficients(box.width, size), axisCoefficients(box.height, size), scale, offset, target, outOffset);
   return target;
 }
 

@@ -104,22 +104,54 @@ function buildVertical(): Fn {
   return f;
 }
 
+/**
+ * planes(rows, rowBytes, height, width, dst, s0, o0, s1, o1, s2, o2): each interleaved f64 RGB
+ * value v of the height rows (rowBytes apart) becomes f32(v·s_c + o_c) in channel c's plane at
+ * dst (planes of width·height f32, one after another): the normalisation JavaScript does with
+ * `plane[i] = v * s + o` (f64 arithmetic, rounded once to f32 on the store).
+ */
+function buildPlanes(): Fn {
+  const f = new Fn([I32, I32, I32, I32, I32, F64, F64, F64, F64, F64, F64], []);
+  const [rows, rowBytes, height, width, dst, s0, o0, s1, o1, s2, o2] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+  const y = f.local(I32);
+  const x = f.local(I32);
+  const p = f.local(I32);
+  const q = f.local(I32);
+  const planeBytes = f.local(I32);
+  f.emit(op.get(width), op.get(height), op.i32Mul, op.i32Const(2), op.i32Shl, op.set(planeBytes), op.get(dst), op.set(q));
+  f.emit(op.block, op.loop, op.get(y), op.get(height), op.i32GeU, op.brIf(1));
+  f.emit(op.get(rows), op.get(y), op.get(rowBytes), op.i32Mul, op.i32Add, op.set(p), op.i32Const(0), op.set(x));
+  f.emit(op.block, op.loop, op.get(x), op.get(width), op.i32GeU, op.brIf(1));
+  const channels: Array<[number, number, number]> = [[0, s0, o0], [1, s1, o1], [2, s2, o2]];
+  for (const [c, sc, oc] of channels) {
+    f.emit(op.get(q));
+    if (c > 0) f.emit(op.get(planeBytes), ...(c === 2 ? [op.i32Const(1), op.i32Shl] : []), op.i32Add);
+    f.emit(op.get(p), op.f64Load(8 * c), op.get(sc), op.f64Mul, op.get(oc), op.f64Add, op.f32DemoteF64, op.f32Store());
+  }
+  f.emit(op.get(p), op.i32Const(24), op.i32Add, op.set(p), op.get(q), op.i32Const(4), op.i32Add, op.set(q));
+  f.emit(op.get(x), op.i32Const(1), op.i32Add, op.set(x), op.br(0), op.end, op.end);
+  f.emit(op.get(y), op.i32Const(1), op.i32Add, op.set(y), op.br(0), op.end, op.end);
+  return f;
+}
+
 type Pass = (a: number, b: number, c: number, d: number, e: number, f: number, g: number, h: number, i: number, j: number) => void;
+type Planes = (rows: number, rowBytes: number, height: number, width: number, dst: number, s0: number, o0: number, s1: number, o1: number, s2: number, o2: number) => void;
 
 interface Kernel {
   memory: GrowableMemory;
   horizontal3: Pass;
   vertical: Pass;
+  planes: Planes;
 }
 
 let kernel: Kernel | undefined;
 
 function getKernel(): Kernel {
   if (!kernel) {
-    const bytes = assembleModule([['horizontal3', buildHorizontal3()], ['vertical', buildVertical()]], 'private');
+    const bytes = assembleModule([['horizontal3', buildHorizontal3()], ['vertical', buildVertical()], ['planes', buildPlanes()]], 'private');
     const memory = new wasm.Memory({ initial: 16 });
     const instance = new wasm.Instance(new wasm.Module(bytes), { env: { memory } });
-    kernel = { memory, ...(instance.exports as unknown as { horizontal3: Pass; vertical: Pass }) };
+    kernel = { memory, ...(instance.exports as unknown as Omit<Kernel, 'memory'>) };
   }
   return kernel;
 }
@@ -149,19 +181,18 @@ function placeCoefficients(buf: ArrayBuffer, at: number, c: AxisCoefficients): {
 
 const coefficientBytes = (c: AxisCoefficients): number => 2 * align16(4 * c.outSize) + align16(8 * c.weights.length);
 
-/**
- * forEachResizedRow for 3-channel pixels whose box changes width, height or both (resize.ts
- * handles the identity): the same rows, bit for bit, from the kernels. `h` and `v` are the
- * coefficients of box.width → outWidth and box.height → outHeight.
- */
-export function forEachResizedRowRgb(
-  data: Uint8Array,
-  width: number,
-  box: PixelBox,
-  h: AxisCoefficients,
-  v: AxisCoefficients,
-  onRow: (y: number, row: Float64Array) => void,
-): void {
+/** Where the passes left the output rows: `height` rows of width·3 f64, `rowBytes` apart. */
+interface ResizedRows {
+  k: Kernel;
+  buf: ArrayBuffer;
+  rowsAt: number;
+  rowBytes: number;
+  /** First free byte after the rows (scratch for callers). */
+  end: number;
+}
+
+/** Runs the passes of box → h.outSize × v.outSize (not both axes unchanged) into kernel memory. */
+function resizeRgb(data: Uint8Array, width: number, box: PixelBox, h: AxisCoefficients, v: AxisCoefficients, extraBytes: number): ResizedRows {
   const outWidth = h.outSize;
   const outHeight = v.outSize;
   const sameWidth = box.width === outWidth;
@@ -179,7 +210,8 @@ export function forEachResizedRowRgb(
   const srcAt = vAt + coefficientBytes(v);
   const tmpAt = align16(srcAt + rows * srcRowBytes + 8);
   const outAt = tmpAt + rows * rowBytes;
-  const buf = reserve(k, outAt + (sameHeight ? 0 : outHeight * rowBytes));
+  const end = outAt + (sameHeight ? 0 : outHeight * rowBytes);
+  const buf = reserve(k, end + extraBytes);
 
   // The box's rows, contiguous, then 8 bytes of zero padding for the kernel's 8-byte pixel reads.
   const src = new Uint8Array(buf, srcAt, rows * srcRowBytes + 8);
@@ -201,11 +233,50 @@ export function forEachResizedRowRgb(
     const hc = placeCoefficients(buf, hAt, h);
     k.horizontal3(srcAt, srcRowBytes, rows, hc.start, hc.count, hc.weights, h.stride * 8, outWidth, tmpAt, rowBytes);
   }
-  const rowsAt = sameHeight ? tmpAt : outAt;
   if (!sameHeight) {
     const vc = placeCoefficients(buf, vAt, v);
     k.vertical(tmpAt, rowBytes, outHeight, vc.start, vc.count, vc.weights, v.stride * 8, firstRow, outAt, rowBytes);
   }
-  const all = new Float64Array(buf, rowsAt, (outHeight * rowBytes) / 8);
-  for (let y = 0; y < outHeight; y++) onRow(y, all.subarray((y * rowBytes) / 8, (y * rowBytes) / 8 + rowLen));
+  return { k, buf, rowsAt: sameHeight ? tmpAt : outAt, rowBytes, end: align16(end) };
+}
+
+/**
+ * forEachResizedRow for 3-channel pixels whose box changes width, height or both (resize.ts
+ * handles the identity): the same rows, bit for bit, from the kernels. `h` and `v` are the
+ * coefficients of box.width → outWidth and box.height → outHeight.
+ */
+export function forEachResizedRowRgb(
+  data: Uint8Array,
+  width: number,
+  box: PixelBox,
+  h: AxisCoefficients,
+  v: AxisCoefficients,
+  onRow: (y: number, row: Float64Array) => void,
+): void {
+  const { buf, rowsAt, rowBytes } = resizeRgb(data, width, box, h, v, 0);
+  const rowLen = h.outSize * 3;
+  const all = new Float64Array(buf, rowsAt, (v.outSize * rowBytes) / 8);
+  for (let y = 0; y < v.outSize; y++) onRow(y, all.subarray((y * rowBytes) / 8, (y * rowBytes) / 8 + rowLen));
+}
+
+/**
+ * The resize followed by `plane_c[i] = v·scale[c] + offset[c]` into three f32 planes of
+ * outWidth × outHeight at target[offset…]: toModelInput's normalisation, bit-identical to doing
+ * it in JavaScript on forEachResizedRowRgb's rows, without a JavaScript loop over the values.
+ */
+export function resizeRgbIntoPlanes(
+  data: Uint8Array,
+  width: number,
+  box: PixelBox,
+  h: AxisCoefficients,
+  v: AxisCoefficients,
+  scale: readonly [number, number, number],
+  offset: readonly [number, number, number],
+  target: Float32Array,
+  targetOffset: number,
+): void {
+  const values = 3 * h.outSize * v.outSize;
+  const { k, buf, rowsAt, rowBytes, end } = resizeRgb(data, width, box, h, v, values * 4);
+  k.planes(rowsAt, rowBytes, v.outSize, h.outSize, end, scale[0], offset[0], scale[1], offset[1], scale[2], offset[2]);
+  target.set(new Float32Array(buf, end, values), targetOffset);
 }

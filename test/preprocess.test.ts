@@ -449,6 +449,31 @@ test('toModelInput: the table path reads any row alignment and any size (words o
   }
 });
 
+test('toModelInput: the normalising kernel is bit-identical to v·(1/(255·std)) + (−mean/std) in f64, stored as f32', (t) => {
+  const w = 700;
+  const h = 530;
+  const img = { data: new Uint8Array(noise(w, h, 3)), width: w, height: h, channels: 3 as const, origin: 'noise', sourceWidth: w, sourceHeight: h, shrink: 1 };
+  const odd = { mean: [0.3, 0.5, 0.7] as [number, number, number], std: [0.2, 0.31, 0.17] as [number, number, number] };
+  const cases = [
+    { size: 224, box: { x: 0, y: 0, width: w, height: h }, n: norm },
+    { size: 37, box: { x: 13, y: 29, width: 301, height: 97 }, n: odd },
+    { size: 224, box: { x: 100, y: 3, width: 224, height: 500 }, n: norm },
+  ];
+  for (const { size, box, n } of cases) {
+    const got = toModelInput(img, { size, normalization: n, box });
+    const hwc = resizeTriangle(img, size, size, { box });
+    for (let c = 0; c < 3; c++) {
+      const s = 1 / (255 * n.std[c]!);
+      const o = -n.mean[c]! / n.std[c]!;
+      for (let p = 0; p < size * size; p++) {
+        const want = Math.fround(hwc[p * 3 + c]! * s + o);
+        if (!Object.is(got[c * size * size + p], want)) return t.fail(`size ${size}, channel ${c}, pixel ${p}: ${got[c * size * size + p]} ≠ ${want}`);
+      }
+    }
+  }
+  t.pass();
+});
+
 test('toModelInput: the copy paths (box at the model size on one or both axes) equal the filtered maths', async (t) => {
   const w = 120;
   const h = 90;
