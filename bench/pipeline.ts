@@ -1,12 +1,12 @@
 /**
  * End-to-end agent throughput and latency against the bare model, measured in the same run.
  *
- *   npx tsx bench/pipeline.ts [--seconds=12] [--rounds=3] [--slots=1,4,16] [--modes=replicas,worker,main]
+ *   npx tsx bench/pipeline.ts [--seconds=12] [--rounds=3] [--slots=1,4,16] [--modes=replicas,worker,main] [--tile=224]
  *   npx tsx bench/pipeline.ts --soak [minutes, default 2]      memory flatness at the maximum rate
  *
  * Setup: a PatchCore model with a 1 % coreset on the MobileNetV2 int8 backbone (fitted on
  * magnetic_tile by the test helper, cached), CPU provider. Frames: S magnetic_tile pictures of
- * 224×224 in a grid on a white shelf; every other frame has a dark blotch on slot 0, and the
+ * 224×224 (`--tile=N`: N×N, so every slot crop is resized to the model's 224) in a grid on a white shelf; every other frame has a dark blotch on slot 0, and the
  * debounce raises/clears on every scan, so each frame makes one event (new with thumbnail + mask,
  * or end) besides the retained states — a busy but realistic load. The real Agent runs them:
  * replay source → drop-oldest queue → decode → crops → batches (batchSize = min(S, 8)) →
@@ -49,6 +49,7 @@ function arg(name: string): string | undefined {
 const SECONDS = Number(arg('seconds') ?? 12);
 const ROUNDS = Number(arg('rounds') ?? 3);
 const SLOT_COUNTS = (arg('slots') ?? '1,4,16').split(',').map(Number);
+const TILE = Number(arg('tile') ?? 224);
 /** How the agent runs the model: one session in a worker thread (the default), on the main thread, or two single-threaded replicas. */
 const MODE_SETTINGS = {
   replicas: { workerThread: true, replicas: 2, intraOpThreads: Math.max(1, Math.floor(cpus().length / 2)) },
@@ -60,7 +61,7 @@ const MODES = (arg('modes') ?? 'replicas,worker,main').split(',') as Mode[];
 if (MODES.some((m) => !(m in MODE_SETTINGS))) throw new Error(`--modes takes ${Object.keys(MODE_SETTINGS).join(', ')}, got ${MODES.join(',')}`);
 const soakArg = arg('soak');
 const SOAK_MINUTES = soakArg === undefined ? null : soakArg === '' ? 2 : Number(soakArg);
-for (const [name, v] of [['seconds', SECONDS], ['rounds', ROUNDS], ['soak', SOAK_MINUTES ?? 1], ...SLOT_COUNTS.map((s) => ['slots', s] as const)] as const) {
+for (const [name, v] of [['seconds', SECONDS], ['rounds', ROUNDS], ['soak', SOAK_MINUTES ?? 1], ['tile', TILE], ...SLOT_COUNTS.map((s) => ['slots', s] as const)] as const) {
   if (!(Number.isFinite(v) && v > 0)) throw new Error(`--${name} must be a positive number, got ${String(v)}`);
 }
 
@@ -140,8 +141,8 @@ async function scenario(slots: number): Promise<Scenario> {
   await mkdir(dir, { recursive: true });
   const tiles = await unseenTiles(slots);
   const columns = Math.ceil(Math.sqrt(slots));
-  const normal = await tileFrame(tiles, { columns, tileSize: 224 });
-  const anomalous = await tileFrame(tiles, { columns, tileSize: 224, blotch: [0] });
+  const normal = await tileFrame(tiles, { columns, tileSize: TILE });
+  const anomalous = await tileFrame(tiles, { columns, tileSize: TILE, blotch: [0] });
   await writeFile(join(dir, 'frame000.jpg'), normal.jpeg);
   await writeFile(join(dir, 'frame001.jpg'), anomalous.jpeg);
   await writeFile(join(dir, 'boxes.json'), JSON.stringify(normal.boxes));
@@ -322,7 +323,7 @@ if (SOAK_MINUTES !== null) {
   const header = ['slots', 'inference', 'batch', 'bare crops/s', 'pipeline crops/s', 'wall overhead', 'paired overhead (range)', 'bare replicas crops/s → overhead', 'CPU ms/crop bare / pipeline', 'CPU overhead', 'model busy', 'frames/s', 'dropped', 'latency p50/p95 ms (saturated)', 'latency p50/p95 ms (half load)'];
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (cells: string[]) => cells.map((c, i) => c.padStart(widths[i]!)).join('  ');
-  console.log(`\nCPU (${cpus().length} cores), MobileNetV2 int8, 1 % coreset; medians of ${ROUNDS} alternating rounds of ${SECONDS} s; ${broker ? 'mosquitto' : 'embedded broker'}; outbox with fsync`);
+  console.log(`\nCPU (${cpus().length} cores), MobileNetV2 int8, 1 % coreset; medians of ${ROUNDS} alternating rounds of ${SECONDS} s; ${broker ? 'mosquitto' : 'embedded broker'}; outbox with fsync; slot boxes ${TILE}×${TILE}${TILE === 224 ? ' (the model size: no resize)' : ', resized to 224×224'}`);
   console.log(line(header));
   for (const r of rows) console.log(line(r));
   console.log('wall overhead = 1 − pipeline crops/s ÷ bare-model crops/s at the same batch size (goal ≤ 15 % at 16 slots);');
