@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { BUILTIN_BACKBONES, loadBackbone, readDescriptor, BackboneError, type LoadedBackbone } from '../models/backbone.js';
 import type { BackboneDescriptor } from '../models/types.js';
 import { cacheDir } from './cache-dir.js';
-import { downloadVerified } from './download.js';
+import { DownloadError, downloadVerified } from './download.js';
 
 export const DEFAULT_BACKBONE = 'mobilenetv2-12-int8';
 
@@ -50,7 +50,17 @@ export async function selectBackbone(sel: BackboneSelection = {}): Promise<Loade
   const cached = cachedBackbonePath(d, env);
   if (!existsSync(cached)) {
     if (sel.fetch === false) throw new BackboneError(`backbone ${d.id} is not in the cache (${cached}): run \`shelfwatch backbone fetch\``);
-    await fetchBackbone(d, { env, onProgress: sel.onDownloadProgress });
+    try {
+      await fetchBackbone(d, { env, onProgress: sel.onDownloadProgress });
+    } catch (err) {
+      if (!(err instanceof DownloadError)) throw err;
+      // A box without internet access (or behind a proxy) needs the file brought in by hand.
+      throw new BackboneError(
+        `${err.message}\nwithout access to those URLs, copy ${d.id}.onnx (sha256 ${d.sha256}) onto this machine and ` +
+          `pass --backbone <file>, set SHELFWATCH_BACKBONE=<file>, or place it at ${cached}`,
+        { cause: err },
+      );
+    }
   }
   return loadBackbone(cached, d);
 }

@@ -62,8 +62,8 @@ const descriptorSchema = z.strictObject({
 });
 
 export class BackboneError extends Error {
-  constructor(message: string) {
-    super(message);
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
     this.name = 'BackboneError';
   }
 }

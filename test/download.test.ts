@@ -8,6 +8,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { cacheDir, resolveCacheDir } from '../agent/cache-dir.js';
 import { DownloadError, downloadVerified, sha256File } from '../agent/download.js';
+import { selectBackbone } from '../agent/backbones.js';
+import { BackboneError, MOBILENETV2_INT8 } from '../models/backbone.js';
 
 const payload = randomBytes(256 * 1024 + 123);
 const payloadSha = createHash('sha256').update(payload).digest('hex');
@@ -395,4 +397,17 @@ test('cacheDir: SHELFWATCH_CACHE, then absolute XDG_CACHE_HOME, then ~/.cache', 
   t.is(made, join(dir, 'xdg', 'shelfwatch'));
   t.true(statSync(made).isDirectory(), 'created on demand');
   t.is(cacheDir({ env: { XDG_CACHE_HOME: join(dir, 'xdg') } }), made, 'idempotent');
+});
+
+test('selectBackbone: a failed download says how to bring the file in by hand, and caches nothing', async (t) => {
+  const { base } = await startServer(t);
+  const dir = await tempDir(t);
+  const descriptorFile = join(dir, 'mine.json');
+  await writeFile(descriptorFile, JSON.stringify({ ...MOBILENETV2_INT8, id: 'mine', fileName: 'mine.onnx', urls: [`${base}/missing`] }));
+  const cache = join(dir, 'cache');
+  const err = await t.throwsAsync(selectBackbone({ descriptor: descriptorFile, env: { SHELFWATCH_CACHE: cache } }), { instanceOf: BackboneError });
+  t.regex(err!.message, new RegExp(`download of .*mine\\.onnx failed from every URL:\\n  - ${base}/missing: HTTP 404`));
+  t.true(err!.message.includes(`copy mine.onnx (sha256 ${MOBILENETV2_INT8.sha256}) onto this machine and pass --backbone <file>, set SHELFWATCH_BACKBONE=<file>, or place it at ${join(cache, 'backbones', 'mine.onnx')}`), err!.message);
+  t.true(err!.cause instanceof DownloadError);
+  t.false(existsSync(join(cache, 'backbones', 'mine.onnx')));
 });
