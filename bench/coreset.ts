@@ -9,9 +9,10 @@
  * back to a seeded Gaussian mixture (said so in the output). Every run is its own child process,
  * so "peak RSS" is that run's own.
  *
- * Prints, per size, the median (and the runs) of k-center on one thread and on the default thread
- * count, with the 'jl' projection as `selectCoreset` runs it, plus a same-run baseline: the naive
- * algorithm on the first 50k rows, checked to give the same indices as the pruned one. The machine
+ * Prints, per size, the median (and the runs) of the lazy k-center (what `selectCoreset` runs) and
+ * of the pushing one (coreset.ts) on one thread and on the default thread count, with the 'jl'
+ * projection as `selectCoreset` runs it, plus a same-run baseline: the naive algorithm on the
+ * first 50k rows, checked to give the same indices as the lazy one. The machine
  * may be shared: the 1-minute load average is printed with every run.
  */
 import { spawnSync } from 'node:child_process';
@@ -20,6 +21,7 @@ import { availableParallelism, loadavg } from 'node:os';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { kCenterGreedy, kCenterGreedyNaive, prepareCoresetInput, type KCenterResult } from '../models/coreset.js';
+import { kCenterGreedyLazy } from '../models/coreset-lazy.js';
 import { Random } from '../models/random.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -127,8 +129,10 @@ interface CaseSpec {
   n: number;
   projection: 'jl' | 'none';
   ratio: number;
-  /** k-center threads (undefined = the default). */
+  /** k-center threads of the pushing algorithm (undefined = the default). */
   threads?: number;
+  /** 'lazy' (what selectCoreset runs, one thread) or 'pushed' (coreset.ts' kCenterGreedy); default lazy. */
+  algorithm?: 'lazy' | 'pushed';
 }
 
 interface CaseResult {
@@ -179,9 +183,12 @@ function runCase(spec: CaseSpec): void {
   const input = prepareCoresetInput(features, spec.n, DIM, opts);
   const prepMs = performance.now() - t;
   t = performance.now();
-  const pruned = kCenterGreedy(input.points, spec.n, input.dim, input.m, input.startIndex, { threads: spec.threads });
+  const lazy = (spec.algorithm ?? 'lazy') === 'lazy';
+  const pruned = lazy
+    ? kCenterGreedyLazy(input.points, spec.n, input.dim, input.m, input.startIndex)
+    : kCenterGreedy(input.points, spec.n, input.dim, input.m, input.startIndex, { threads: spec.threads });
   const selMs = performance.now() - t;
-  const label = `${spec.kind} N=${spec.n} m=${input.m} ${spec.projection}(${input.dim}d) threads=${pruned.threads}`;
+  const label = `${spec.kind} N=${spec.n} m=${input.m} ${spec.projection}(${input.dim}d) ${lazy ? 'lazy' : 'pushed'} threads=${pruned.threads}`;
   if (spec.kind === 'baseline') {
     t = performance.now();
     const naive = kCenterGreedyNaive(input.points, spec.n, input.dim, input.m, input.startIndex);
@@ -253,15 +260,20 @@ function main(): void {
     const r = runChild(spec);
     if (r) console.log(`${r.label} ${r.detail}: project ${fmtMs(r.prepMs)}, select ${fmtMs(r.selMs)}; peak RSS ${r.rssMiB.toFixed(0)} MiB`);
   }
-  runChild({ kind: 'baseline', n: 50_000, projection: 'jl', ratio: 0.01, threads: 1 });
+  runChild({ kind: 'baseline', n: 50_000, projection: 'jl', ratio: 0.01 });
   for (const n of sizes) {
-    const configs = defaultThreads > 1 ? [1, defaultThreads] : [1];
-    const medians = new Map<number, number>();
+    // The lazy algorithm (what fit runs) against the pushing one on one thread and on the default count.
+    const configs: Array<{ key: string; algorithm: 'lazy' | 'pushed'; threads: number }> = [
+      { key: 'lazy', algorithm: 'lazy', threads: 1 },
+      { key: 'pushed/1', algorithm: 'pushed', threads: 1 },
+      ...(defaultThreads > 1 ? [{ key: `pushed/${defaultThreads}`, algorithm: 'pushed' as const, threads: defaultThreads }] : []),
+    ];
+    const medians = new Map<string, number>();
     const hashes = new Set<number>();
-    for (const threads of configs) {
+    for (const { key, algorithm, threads } of configs) {
       const runs: CaseResult[] = [];
       for (let i = 0; i < repeat; i++) {
-        const r = runChild({ kind: 'pruned', n, projection: 'jl', ratio: 0.01, threads });
+        const r = runChild({ kind: 'pruned', n, projection: 'jl', ratio: 0.01, threads, algorithm });
         if (r) {
           runs.push(r);
           hashes.add(r.hash);
@@ -269,7 +281,7 @@ function main(): void {
       }
       if (runs.length === 0) continue;
       const med = median(runs.map((r) => r.selMs));
-      medians.set(threads, med);
+      medians.set(key, med);
       const last = runs[runs.length - 1];
       console.log(
         `${last.label}: select median ${fmtMs(med)} (runs ${runs.map((r) => fmtMs(r.selMs)).join(', ')}; ` +
@@ -277,12 +289,12 @@ function main(): void {
           `workers scanned ${(100 * last.workerShare).toFixed(0)} % of shared chunks; peak RSS ${Math.max(...runs.map((r) => r.rssMiB)).toFixed(0)} MiB; ${last.detail}`,
       );
     }
-    const one = medians.get(1);
-    const par = medians.get(defaultThreads);
-    if (one !== undefined && par !== undefined && defaultThreads > 1) {
-      console.log(`N=${n}: ${defaultThreads} threads vs 1: ${(one / par).toFixed(2)}× (medians)`);
+    const lazyMs = medians.get('lazy');
+    const best = Math.min(...[...medians].filter(([k]) => k !== 'lazy').map(([, v]) => v));
+    if (lazyMs !== undefined && Number.isFinite(best)) {
+      console.log(`N=${n}: lazy (1 thread) vs the faster pushing run: ${(best / lazyMs).toFixed(2)}× (medians)`);
     }
-    console.log(`N=${n}: identical selection in every run and thread count: ${hashes.size === 1 ? 'yes' : 'NO'}`);
+    console.log(`N=${n}: identical selection in every run, algorithm and thread count: ${hashes.size === 1 ? 'yes' : 'NO'}`);
     if (hashes.size > 1) process.exitCode = 1;
   }
 }

@@ -5,8 +5,8 @@
  * JPEGs (mirrored copies beyond the 762 originals), written once to the OS temp dir.
  *
  * Baseline in the same run: on the patches of the first `--baseline-images` images (default 200,
- * about the reference's 164 k patches), the pruned greedy k-center against the naive one (checked
- * to select the same points), to show what the pruning buys.
+ * about the reference's 164 k patches), the lazy greedy k-center that fit runs against the pushing
+ * one and the naive one (all checked to select the same points).
  */
 import { existsSync } from 'node:fs';
 import { mkdir, readdir } from 'node:fs/promises';
@@ -16,6 +16,7 @@ import sharp from 'sharp';
 import { runFit } from '../agent/commands/fit.js';
 import { selectBackbone } from '../agent/backbones.js';
 import { kCenterGreedy, kCenterGreedyNaive, prepareCoresetInput } from '../models/coreset.js';
+import { kCenterGreedyLazy } from '../models/coreset-lazy.js';
 import { extractFeatures } from '../models/fit.js';
 import { preprocessedBatches } from '../pipelines/image-files.js';
 import { BACKBONE_PATH, MAGNETIC_TILE, sharedAvailable } from '../test/helpers/fitted-model.js';
@@ -65,14 +66,20 @@ async function naiveBaseline(dir: string, images: number): Promise<void> {
   const embedded = await extractFeatures(backbone, preprocessedBatches(files, { size: d.inputSize, normalization: d.normalization, batchSize: 8 }), files.length);
   const n = embedded.images * embedded.patchesPerImage;
   const input = prepareCoresetInput(embedded.features, n, embedded.dim, { ratio: 0.01, seed: 0, projection: 'jl' });
-  let t = performance.now();
-  const pruned = kCenterGreedy(input.points, n, input.dim, input.m, input.startIndex);
-  const prunedMs = performance.now() - t;
-  t = performance.now();
-  const naive = kCenterGreedyNaive(input.points, n, input.dim, input.m, input.startIndex);
-  const naiveMs = performance.now() - t;
-  const same = pruned.selected.every((v, i) => v === naive.selected[i]);
-  console.log(`baseline, ${images} images (${n} patches → ${input.m}): pruned k-center ${(prunedMs / 1000).toFixed(2)} s vs naive ${(naiveMs / 1000).toFixed(2)} s (${(naiveMs / prunedMs).toFixed(1)}× faster; same selection: ${same})`);
+  const time = <T,>(f: () => T): [T, number] => {
+    const t = performance.now();
+    const r = f();
+    return [r, performance.now() - t];
+  };
+  const [lazy, lazyMs] = time(() => kCenterGreedyLazy(input.points, n, input.dim, input.m, input.startIndex));
+  const [pushed, pushedMs] = time(() => kCenterGreedy(input.points, n, input.dim, input.m, input.startIndex));
+  const [naive, naiveMs] = time(() => kCenterGreedyNaive(input.points, n, input.dim, input.m, input.startIndex));
+  const same = [lazy, pushed].every((r) => r.selected.every((v, i) => v === naive.selected[i]));
+  const s = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
+  console.log(
+    `baseline, ${images} images (${n} patches → ${input.m}): lazy k-center (what fit runs) ${s(lazyMs)}, ` +
+      `pushing k-center (${pushed.threads} threads) ${s(pushedMs)}, naive ${s(naiveMs)} (lazy ${(naiveMs / lazyMs).toFixed(1)}× faster than naive; same selection: ${same})`,
+  );
 }
 
 main().catch((e) => {

@@ -360,6 +360,54 @@ function buildMatRows(): Fn {
   return f;
 }
 
+/**
+ * pull(x, zx, centreRows, centreZ, from, to, v, stopBelow, lo, hi, abs, dimBytes, kBytes, stats) → f32
+ * The lazy k-center's refresh of one point (coreset-lazy.ts): its minimum squared distance v
+ * (over the centres before `from`) lowered by the centres from … to − 1, in order, until it
+ * falls below `stopBelow` (the point then leaves the top of the heap; the rest can wait).
+ * Centre j is skipped, unevaluated, when the subspace bound proves d(x, c_j)² ≥ v
+ * (b̃·lo − abs > v·hi, see kCenterMargins); otherwise its distance is computed, stopping early
+ * once the partial sum reaches v. Returns the new minimum, exact over the centres before
+ * stats[2] (where it stopped); stats[0] += distances, stats[1] += bounds (i32 each).
+ */
+function buildPull(): Fn {
+  const f = new Fn([I32, I32, I32, I32, I32, I32, F32, F32, F64, F64, F64, I32, I32, I32], [F32]);
+  const [x, zx, centreRows, centreZ, from, to, v0, stopBelow, lo, hi, abs, dimBytes, kBytes, stats] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13];
+  const j = f.local(I32);
+  const v = f.local(F32);
+  const thr = f.local(F64);
+  const limit = f.local(F64);
+  const zc = f.local(I32);
+  const c = f.local(I32);
+  const b = f.local(F32);
+  const d = f.local(F32);
+  const evals = f.local(I32);
+  const bounds = f.local(I32);
+  f.emit(op.get(v0), op.set(v), op.get(v), op.f64PromoteF32, op.get(hi), op.f64Mul, op.set(thr), op.get(from), op.set(j));
+  f.emit(op.block, op.loop, op.get(j), op.get(to), op.i32GeU, op.brIf(1));
+  f.emit(op.block); // $next
+  f.emit(op.get(kBytes), op.if);
+  f.emit(op.get(centreZ), op.get(j), op.get(kBytes), op.i32Mul, op.i32Add, op.set(zc));
+  emitBound(f, zx, zc, kBytes, b);
+  f.emit(op.get(bounds), op.i32Const(1), op.i32Add, op.set(bounds));
+  f.emit(op.get(b), op.f64PromoteF32, op.get(lo), op.f64Mul, op.get(abs), op.f64Sub, op.get(thr), op.f64Gt, op.brIf(1));
+  f.emit(op.end);
+  f.emit(op.get(evals), op.i32Const(1), op.i32Add, op.set(evals));
+  f.emit(op.get(centreRows), op.get(j), op.get(dimBytes), op.i32Mul, op.i32Add, op.set(c));
+  f.emit(op.get(v), op.f64PromoteF32, op.set(limit));
+  emitDistance(f, x, c, dimBytes, d, limit);
+  f.emit(op.get(d), op.get(v), op.f32Ge, op.brIf(0));
+  f.emit(op.get(d), op.set(v), op.get(v), op.f64PromoteF32, op.get(hi), op.f64Mul, op.set(thr));
+  f.emit(op.get(v), op.get(stopBelow), op.f32Lt, op.if, op.get(j), op.i32Const(1), op.i32Add, op.set(j), op.br(3), op.end);
+  f.emit(op.end); // $next
+  f.emit(op.get(j), op.i32Const(1), op.i32Add, op.set(j), op.br(0), op.end, op.end);
+  f.emit(op.get(stats), op.get(j), op.i32Store(8));
+  f.emit(op.get(stats), op.get(stats), op.i32Load(0), op.get(evals), op.i32Add, op.i32Store(0));
+  f.emit(op.get(stats), op.get(stats), op.i32Load(4), op.get(bounds), op.i32Add, op.i32Store(4));
+  f.emit(op.get(v));
+  return f;
+}
+
 const EXPORTS: Array<[string, () => Fn]> = [
   ['sqdist', buildSqdist],
   ['minUpdate', buildMinUpdate],
@@ -368,6 +416,7 @@ const EXPORTS: Array<[string, () => Fn]> = [
   ['scan', buildScan],
   ['takeMovers', buildTakeMovers],
   ['matRows', buildMatRows],
+  ['pull', buildPull],
 ];
 
 /** The module's bytes: imports env.memory (shared, up to 4 GiB), exports the kernels. */
@@ -399,6 +448,10 @@ export interface DistanceKernel {
   matRows(
     w: number, outDim: number, inPad: number, tri: number, bias: number, x: number, xStride: number, n: number,
     inDim: number, xs: number, out: number, outStride: number,
+  ): number;
+  pull(
+    x: number, zx: number, centreRows: number, centreZ: number, from: number, to: number, v: number, stopBelow: number,
+    lo: number, hi: number, abs: number, dimBytes: number, kBytes: number, stats: number,
   ): number;
 }
 

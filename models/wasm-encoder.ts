@@ -103,6 +103,7 @@ export const op = {
   i32LtU: [0x49],
   i32GeU: [0x4f],
   f32Eq: [0x5b],
+  f32Lt: [0x5d],
   f32Gt: [0x5e],
   f32Ge: [0x60],
   f64Gt: [0x64],

@@ -13,6 +13,7 @@ import {
   principalBasis,
   selectCoreset,
 } from '../models/coreset.js';
+import { kCenterGreedyLazy } from '../models/coreset-lazy.js';
 import { createKernel, createSharedMemory, paddedDim, squaredDistanceF32, transformRows } from '../models/distance-kernel.js';
 import { compactProjection, jlMinDim, makeSparseProjection, projectRows, projectRowsDense } from '../models/projection.js';
 import { Random } from '../models/random.js';
@@ -146,7 +147,7 @@ test('kCenterGreedy reproduces the reference fixture (embedding_train0, start 0,
     kcenter_fixture: { start_index: number; M: number; selected: number[]; min_distance_at_selection: number[] };
   }).kcenter_fixture;
   const points = readF32(resolve(referenceDir, 'embedding_train0.bin'));
-  for (const algorithm of [kCenterGreedy, kCenterGreedyNaive]) {
+  for (const algorithm of [kCenterGreedyLazy, kCenterGreedy, kCenterGreedyNaive]) {
     const r = algorithm(points, 784, 128, fixture.M, fixture.start_index);
     t.deepEqual(Array.from(r.selected), fixture.selected, algorithm.name);
     fixture.min_distance_at_selection.forEach((d, i) => {
@@ -176,6 +177,57 @@ test('pruned k-center equals the naive one on clustered data of several sizes', 
       if (c.m < c.n) t.true(pruned.distanceEvaluations < naive.distanceEvaluations);
     }
   }
+});
+
+test('lazy k-center equals the naive one: clustered data, bounds on and off, m = n', (t) => {
+  const cases = [
+    { n: 500, dim: 8, modes: 5, m: 60 },
+    { n: 3000, dim: 64, modes: 40, m: 120 },
+    { n: 4000, dim: 128, modes: 200, m: 400 },
+    { n: 2000, dim: 33, modes: 1, m: 2000 }, // m = n: runs into zero distances at the end
+    { n: 12000, dim: 48, modes: 3, m: 40 },
+  ];
+  for (const c of cases) {
+    const points = clustered(c.n, c.dim, c.modes, c.n);
+    const naive = kCenterGreedyNaive(points, c.n, c.dim, c.m, 7);
+    for (const lowerBoundDims of [undefined, 0, 4, 16]) {
+      if (lowerBoundDims !== undefined && lowerBoundDims > c.dim) continue;
+      const lazy = kCenterGreedyLazy(points, c.n, c.dim, c.m, 7, { lowerBoundDims });
+      t.deepEqual(lazy.selected, naive.selected, `n=${c.n} dim=${c.dim} bound=${String(lowerBoundDims)}`);
+      t.deepEqual(lazy.minDistanceAtSelection, naive.minDistanceAtSelection);
+      if (c.m < c.n / 10) t.true(lazy.distanceEvaluations < naive.distanceEvaluations / 2, `${lazy.distanceEvaluations} of ${naive.distanceEvaluations}`);
+    }
+  }
+  t.deepEqual(kCenterGreedyLazy(clustered(50, 4, 2, 1), 50, 4, 0, 3).selected, new Uint32Array(0));
+});
+
+test('lazy k-center: exact ties go to the lowest index, and duplicates are selected again once every distance is 0, as in the naive one', (t) => {
+  // An integer grid with duplicates: many equal distances.
+  const rng = new Random(11);
+  const n = 1500;
+  const dim = 6;
+  const grid = new Float32Array(n * dim);
+  for (let i = 0; i < grid.length; i++) grid[i] = rng.nextInt(3);
+  for (const lowerBoundDims of [0, 3]) {
+    t.deepEqual(kCenterGreedyLazy(grid, n, dim, 300, 0, { lowerBoundDims }).selected, kCenterGreedyNaive(grid, n, dim, 300, 0).selected);
+  }
+  // 4 distinct points among 40: after those 4, every minimum distance is 0 and the naive
+  // algorithm picks index 0 again and again.
+  const few = new Float32Array(40 * 5);
+  for (let i = 0; i < 40; i++) for (let j = 0; j < 5; j++) few[i * 5 + j] = (i % 4) * (j + 1);
+  const naive = kCenterGreedyNaive(few, 40, 5, 10, 2);
+  t.deepEqual(kCenterGreedyLazy(few, 40, 5, 10, 2).selected, naive.selected);
+  t.deepEqual(Array.from(naive.selected).slice(3), [0, 0, 0, 0, 0, 0, 0]);
+});
+
+test('lazy k-center: bad input is named like the pushing one', (t) => {
+  const points = clustered(30, 4, 2, 1);
+  t.throws(() => kCenterGreedyLazy(points, 30, 4, 31, 0), { message: /m must be an integer in \[0, n = 30\]/ });
+  t.throws(() => kCenterGreedyLazy(points, 30, 4, 3, 30), { message: /startIndex.*got 30/ });
+  t.throws(() => kCenterGreedyLazy(points, 30, 4, 3, 0, { lowerBoundDims: 5 }), { message: /lowerBoundDims must be an integer in \[0, dim = 4\], got 5/ });
+  const bad = points.slice();
+  bad[7] = Number.POSITIVE_INFINITY;
+  t.throws(() => kCenterGreedyLazy(bad, 30, 4, 3, 0), { message: /point 1, dimension 3 is Infinity/ });
 });
 
 test('pruned k-center breaks exact ties like the naive one (lowest index)', (t) => {
@@ -402,7 +454,7 @@ test('compiled build: the worker runs as plain JS under node (no tsx) and select
   try {
     mkdirSync(join(out, 'models'));
     writeFileSync(join(out, 'package.json'), '{"type":"module"}');
-    for (const name of ['coreset', 'coreset-worker', 'distance-kernel', 'projection', 'random', 'wasm-encoder', 'worker-module']) {
+    for (const name of ['coreset', 'coreset-lazy', 'coreset-worker', 'distance-kernel', 'projection', 'random', 'wasm-encoder', 'worker-module']) {
       const source = readFileSync(resolve(repoRoot, 'models', `${name}.ts`), 'utf8');
       const js = ts.transpileModule(source, { compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022 } }).outputText;
       writeFileSync(join(out, 'models', `${name}.js`), js);
