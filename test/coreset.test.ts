@@ -158,7 +158,7 @@ test('kCenterGreedy reproduces the reference fixture (embedding_train0, start 0,
   t.not(kCenterGreedy(points, 784, 128, 1, 0).selected[0], 0);
 });
 
-test('pruned k-center equals the naive one on clustered data of several sizes', (t) => {
+test('pruned k-centers (pushing and lazy) equal the naive one on clustered data of several sizes', (t) => {
   const cases = [
     { n: 500, dim: 8, modes: 5, m: 60 },
     { n: 3000, dim: 64, modes: 40, m: 120 },
@@ -171,34 +171,14 @@ test('pruned k-center equals the naive one on clustered data of several sizes', 
     const naive = kCenterGreedyNaive(points, c.n, c.dim, c.m, 7);
     for (const lowerBoundDims of [undefined, 0, 4, 16]) {
       if (lowerBoundDims !== undefined && lowerBoundDims > c.dim) continue;
-      const pruned = kCenterGreedy(points, c.n, c.dim, c.m, 7, { lowerBoundDims });
-      t.deepEqual(pruned.selected, naive.selected, `n=${c.n} dim=${c.dim} bound=${String(lowerBoundDims)}`);
-      t.deepEqual(pruned.minDistanceAtSelection, naive.minDistanceAtSelection);
-      if (c.m < c.n) t.true(pruned.distanceEvaluations < naive.distanceEvaluations);
+      for (const algorithm of [kCenterGreedy, kCenterGreedyLazy]) {
+        const pruned = algorithm(points, c.n, c.dim, c.m, 7, { lowerBoundDims });
+        t.deepEqual(pruned.selected, naive.selected, `${algorithm.name} n=${c.n} dim=${c.dim} bound=${String(lowerBoundDims)}`);
+        t.deepEqual(pruned.minDistanceAtSelection, naive.minDistanceAtSelection);
+        if (c.m < c.n) t.true(pruned.distanceEvaluations < naive.distanceEvaluations);
+      }
     }
   }
-});
-
-test('lazy k-center equals the naive one: clustered data, bounds on and off, m = n', (t) => {
-  const cases = [
-    { n: 500, dim: 8, modes: 5, m: 60 },
-    { n: 3000, dim: 64, modes: 40, m: 120 },
-    { n: 4000, dim: 128, modes: 200, m: 400 },
-    { n: 2000, dim: 33, modes: 1, m: 2000 }, // m = n: runs into zero distances at the end
-    { n: 12000, dim: 48, modes: 3, m: 40 },
-  ];
-  for (const c of cases) {
-    const points = clustered(c.n, c.dim, c.modes, c.n);
-    const naive = kCenterGreedyNaive(points, c.n, c.dim, c.m, 7);
-    for (const lowerBoundDims of [undefined, 0, 4, 16]) {
-      if (lowerBoundDims !== undefined && lowerBoundDims > c.dim) continue;
-      const lazy = kCenterGreedyLazy(points, c.n, c.dim, c.m, 7, { lowerBoundDims });
-      t.deepEqual(lazy.selected, naive.selected, `n=${c.n} dim=${c.dim} bound=${String(lowerBoundDims)}`);
-      t.deepEqual(lazy.minDistanceAtSelection, naive.minDistanceAtSelection);
-      if (c.m < c.n / 10) t.true(lazy.distanceEvaluations < naive.distanceEvaluations / 2, `${lazy.distanceEvaluations} of ${naive.distanceEvaluations}`);
-    }
-  }
-  t.deepEqual(kCenterGreedyLazy(clustered(50, 4, 2, 1), 50, 4, 0, 3).selected, new Uint32Array(0));
 });
 
 test('lazy k-center: exact ties go to the lowest index, and duplicates are selected again once every distance is 0, as in the naive one', (t) => {
@@ -220,8 +200,9 @@ test('lazy k-center: exact ties go to the lowest index, and duplicates are selec
   t.deepEqual(Array.from(naive.selected).slice(3), [0, 0, 0, 0, 0, 0, 0]);
 });
 
-test('lazy k-center: bad input is named like the pushing one', (t) => {
+test('lazy k-center: m = 0 selects nothing; bad input is named like the pushing one', (t) => {
   const points = clustered(30, 4, 2, 1);
+  t.deepEqual(kCenterGreedyLazy(points, 30, 4, 0, 3).selected, new Uint32Array(0));
   t.throws(() => kCenterGreedyLazy(points, 30, 4, 31, 0), { message: /m must be an integer in \[0, n = 30\]/ });
   t.throws(() => kCenterGreedyLazy(points, 30, 4, 3, 30), { message: /startIndex.*got 30/ });
   t.throws(() => kCenterGreedyLazy(points, 30, 4, 3, 0, { lowerBoundDims: 5 }), { message: /lowerBoundDims must be an integer in \[0, dim = 4\], got 5/ });
