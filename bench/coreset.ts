@@ -12,7 +12,8 @@
  * Prints, per size, the median (and the runs) of the lazy k-center (what `selectCoreset` runs) and
  * of the pushing one (coreset.ts) on one thread and on the default thread count, with the 'jl'
  * projection as `selectCoreset` runs it, plus a same-run baseline: the naive algorithm on the
- * first 50k rows, checked to give the same indices as the lazy one. The machine
+ * first 50k rows, checked to give the same indices as the lazy one; and all three on 50k points
+ * uniform in the unit cube (no structure to prune), checked to agree. The machine
  * may be shared: the 1-minute load average is printed with every run.
  */
 import { spawnSync } from 'node:child_process';
@@ -215,6 +216,30 @@ function runCase(spec: CaseSpec): void {
   console.log(`@result ${JSON.stringify(result)}`);
 }
 
+/**
+ * Pruning's worst case: points uniform in the unit cube (no structure, every distance close to
+ * every other). All three algorithms on the same points, checked to agree.
+ */
+function uniformCase(n: number, m: number): void {
+  const rng = new Random(3);
+  const points = new Float32Array(n * DIM);
+  for (let i = 0; i < points.length; i++) points[i] = rng.nextFloat();
+  const times: string[] = [];
+  const selections: Uint32Array[] = [];
+  for (const [name, run] of [
+    ['lazy', () => kCenterGreedyLazy(points, n, DIM, m, 0)],
+    ['pushing (default threads)', () => kCenterGreedy(points, n, DIM, m, 0)],
+    ['naive', () => kCenterGreedyNaive(points, n, DIM, m, 0)],
+  ] as const) {
+    const t = performance.now();
+    selections.push(run().selected);
+    times.push(`${name} ${fmtMs(performance.now() - t)}`);
+  }
+  const same = selections.every((sel) => sel.every((v, i) => v === selections[0]![i]));
+  console.log(`uniform N=${n} m=${m} (no structure to prune): ${times.join(', ')}; identical indices: ${same ? 'yes' : 'NO'}`);
+  if (!same) process.exitCode = 1;
+}
+
 function runChild(spec: CaseSpec): CaseResult | null {
   const child = spawnSync(process.execPath, [...process.execArgv, fileURLToPath(import.meta.url), '--case', JSON.stringify(spec)], {
     encoding: 'utf8',
@@ -261,6 +286,7 @@ function main(): void {
     if (r) console.log(`${r.label} ${r.detail}: project ${fmtMs(r.prepMs)}, select ${fmtMs(r.selMs)}; peak RSS ${r.rssMiB.toFixed(0)} MiB`);
   }
   runChild({ kind: 'baseline', n: 50_000, projection: 'jl', ratio: 0.01 });
+  uniformCase(50_000, 1_000);
   for (const n of sizes) {
     // The lazy algorithm (what fit runs) against the pushing one on one thread and on the default count.
     const configs: Array<{ key: string; algorithm: 'lazy' | 'pushed'; threads: number }> = [
