@@ -604,8 +604,6 @@ export function formatPath(path: ConfigPath): string {
   return out;
 }
 
-/** Keys whose values are never printed: password, token, secret, anything ending in 'key', ... */
-
 const REDACTED = '<redacted>';
 
 /** Decides which paths must not be printed: secret-looking keys, HTTP headers, ${ENV} values. */

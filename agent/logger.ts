@@ -1,7 +1,7 @@
 /**
  * The agent's logger: one JSON object per line (`{"time":…,"level":"info","msg":…,…fields}`),
  * a level filter, child loggers with bound fields, and secret hygiene:
- *  - fields under secret-looking keys (password, token, …key, authorization — config.ts'
+ *  - fields under secret-looking keys (password, token, …key, authorization — redact.ts'
  *    isSecretKey) are replaced by "<redacted>", at any depth;
  *  - URLs lose their user-info and secret query parameters (redact.ts);
  *  - every string registered as a secret (the MQTT password, HTTP header values) is scrubbed

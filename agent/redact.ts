@@ -7,13 +7,16 @@
  * authority ends at the first `/`, `?` or `#`, the userinfo at the LAST `@` before that — so a
  * password with an unencoded `@` is hidden whole, not half.
  */
-const SECRET_PARAM = /^(pass(word|wd|phrase)?|pwd|pw|secret|token|access_token|auth|sig|signature|api[_-]?key|key)$/i;
-/** Secret-looking config keys and query parameter names (config.ts uses it for its keys too). */
+/** Keys whose values are never printed: password, token, secret, anything ending in 'key', ... */
 const SECRET_KEY = /(pass(word|wd|phrase)?$|secret|token|key$|credential|authorization|cookie|signature)/i;
+/** Query parameter names cameras use for secrets that `isSecretKey` alone does not catch. */
+const SECRET_PARAM_SHORTHAND = /^(pwd|pw|auth|sig)$/i;
 
+/** Secret-looking config keys and query parameter names (config.ts and the logger use it too). */
 export function isSecretKey(key: string): boolean {
   return SECRET_KEY.test(key);
 }
+
 const URL_IN_TEXT = /[a-z][a-z0-9+.-]*:\/\/[^\s"'<>]+/gi;
 
 /** A URL (or a device/file path, returned as is) with its password and secret query values masked. */
@@ -32,7 +35,7 @@ export function redactUrl(input: string): string {
     hostPart = `${colon >= 0 ? `${userinfo.slice(0, colon)}:***` : userinfo}@${authority.slice(at + 1)}`;
   }
   tail = tail.replace(/([?&;])([^=&;#]+)=([^&;#]*)/g, (all, sep: string, key: string) =>
-    SECRET_PARAM.test(safeDecode(key)) || isSecretKey(safeDecode(key)) ? `${sep}${key}=***` : all,
+    isSecretKey(safeDecode(key)) || SECRET_PARAM_SHORTHAND.test(safeDecode(key)) ? `${sep}${key}=***` : all,
   );
   return scheme + hostPart + tail;
 }

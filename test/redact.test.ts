@@ -12,6 +12,7 @@ test('redactUrl: secret query values, by name, whatever the case or encoding', (
   t.is(redactUrl('http://cam/snapshot.cgi?user=admin&pwd=abc&chn=1'), 'http://cam/snapshot.cgi?user=admin&pwd=***&chn=1');
   t.is(redactUrl('https://models.example/m.onnx?X-Amz-Signature=f00&token=t0k&api_key=k&Password=x'), 'https://models.example/m.onnx?X-Amz-Signature=***&token=***&api_key=***&Password=***');
   t.is(redactUrl('https://s/x?access%5Ftoken=z#frag'), 'https://s/x?access%5Ftoken=***#frag');
+  t.is(redactUrl('http://cam/a.cgi?auth=1&sig=2&pw=3&user=u'), 'http://cam/a.cgi?auth=***&sig=***&pw=***&user=u');
 });
 
 test('redactUrl: paths, devices and plain text pass unchanged', (t) => {
