@@ -181,23 +181,26 @@ test('pruned k-centers (pushing and lazy) equal the naive one on clustered data 
   }
 });
 
-test('lazy k-center: exact ties go to the lowest index, and duplicates are selected again once every distance is 0, as in the naive one', (t) => {
-  // An integer grid with duplicates: many equal distances.
+test('pruned k-centers (pushing and lazy) break exact ties like the naive one (lowest index) and select duplicates again once every distance is 0', (t) => {
+  // An integer grid with duplicates: many exactly equal distances.
   const rng = new Random(11);
   const n = 1500;
   const dim = 6;
   const grid = new Float32Array(n * dim);
   for (let i = 0; i < grid.length; i++) grid[i] = rng.nextInt(3);
-  for (const lowerBoundDims of [0, 3]) {
-    t.deepEqual(kCenterGreedyLazy(grid, n, dim, 300, 0, { lowerBoundDims }).selected, kCenterGreedyNaive(grid, n, dim, 300, 0).selected);
-  }
+  const naiveGrid = kCenterGreedyNaive(grid, n, dim, 300, 0);
   // 4 distinct points among 40: after those 4, every minimum distance is 0 and the naive
   // algorithm picks index 0 again and again.
   const few = new Float32Array(40 * 5);
   for (let i = 0; i < 40; i++) for (let j = 0; j < 5; j++) few[i * 5 + j] = (i % 4) * (j + 1);
-  const naive = kCenterGreedyNaive(few, 40, 5, 10, 2);
-  t.deepEqual(kCenterGreedyLazy(few, 40, 5, 10, 2).selected, naive.selected);
-  t.deepEqual(Array.from(naive.selected).slice(3), [0, 0, 0, 0, 0, 0, 0]);
+  const naiveFew = kCenterGreedyNaive(few, 40, 5, 10, 2);
+  t.deepEqual(Array.from(naiveFew.selected).slice(3), [0, 0, 0, 0, 0, 0, 0]);
+  for (const algorithm of [kCenterGreedy, kCenterGreedyLazy]) {
+    for (const lowerBoundDims of [0, 3]) {
+      t.deepEqual(algorithm(grid, n, dim, 300, 0, { lowerBoundDims }).selected, naiveGrid.selected, `${algorithm.name} bound=${lowerBoundDims}`);
+    }
+    t.deepEqual(algorithm(few, 40, 5, 10, 2).selected, naiveFew.selected, algorithm.name);
+  }
 });
 
 test('lazy k-center: m = 0 selects nothing; bad input is named like the pushing one', (t) => {
@@ -209,20 +212,6 @@ test('lazy k-center: m = 0 selects nothing; bad input is named like the pushing 
   const bad = points.slice();
   bad[7] = Number.POSITIVE_INFINITY;
   t.throws(() => kCenterGreedyLazy(bad, 30, 4, 3, 0), { message: /point 1, dimension 3 is Infinity/ });
-});
-
-test('pruned k-center breaks exact ties like the naive one (lowest index)', (t) => {
-  // Points on an integer grid with duplicates: many exactly equal distances.
-  const rng = new Random(11);
-  const n = 1500;
-  const dim = 6;
-  const points = new Float32Array(n * dim);
-  for (let i = 0; i < points.length; i++) points[i] = rng.nextInt(3);
-  for (const lowerBoundDims of [0, 3]) {
-    const naive = kCenterGreedyNaive(points, n, dim, 300, 0);
-    const pruned = kCenterGreedy(points, n, dim, 300, 0, { lowerBoundDims });
-    t.deepEqual(pruned.selected, naive.selected);
-  }
 });
 
 test('selectCoreset: seeded, deterministic, jl projection, pruned = naive', (t) => {
