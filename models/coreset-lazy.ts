@@ -29,6 +29,7 @@ import {
   type KCenterOptions,
   type KCenterResult,
 } from './coreset.js';
+import { memoryPlanner } from './coreset-worker.js';
 import { createKernel, createSharedMemory, paddedDim } from './distance-kernel.js';
 
 /**
@@ -59,12 +60,7 @@ export function kCenterGreedyLazy(
   const kPad = Math.ceil(K / 4) * 4;
   const dimBytes = dimPad * 4;
   const kBytes = kPad * 4;
-  let at = 0;
-  const take = (bytes: number): number => {
-    const start = at;
-    at += Math.ceil(bytes / 16) * 16;
-    return start;
-  };
+  const { take, end } = memoryPlanner();
   const L = {
     dimPad,
     kPad,
@@ -78,7 +74,7 @@ export function kCenterGreedyLazy(
     basisBias: take(kPad * 8),
     rowF64: take(dimPad * 8),
   };
-  const kernel = createKernel(createSharedMemory(at, 'kCenterGreedyLazy'));
+  const kernel = createKernel(createSharedMemory(end(), 'kCenterGreedyLazy'));
   const buf = kernel.memory.buffer;
   const rows = new Float32Array(buf, L.rows, n * dimPad);
   const z = new Float32Array(buf, L.z, n * kPad);

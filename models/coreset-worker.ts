@@ -63,17 +63,25 @@ export interface KCenterLayout {
 export const CTL = { SEQ: 0, STOP: 1, CHUNKS: 2, DONE: 3, ERROR: 4, C_PTR: 5, CZ_PTR: 6, WORKER_CHUNKS: 7, ALL_CHUNKS: 8, READY: 9 } as const;
 const ERROR_TEXT_BYTES = 4096;
 
+/** Hands out consecutive 16-byte-aligned byte ranges of a kernel memory; `end()` is the total. */
+export function memoryPlanner(): { take: (bytes: number) => number; end: () => number } {
+  let at = 0;
+  return {
+    take: (bytes) => {
+      const start = at;
+      at += Math.ceil(bytes / 16) * 16;
+      return start;
+    },
+    end: () => at,
+  };
+}
+
 /**
  * Plans the memory of one k-center run: an arena of 2n slots (n live, new clusters appended
  * behind them until it is packed again) and mover lists for n points.
  */
 export function planLayout(n: number, dimPad: number, kPad: number, m: number, threads: number): KCenterLayout {
-  let at = 0;
-  const take = (bytes: number): number => {
-    const start = at;
-    at += Math.ceil(bytes / 16) * 16;
-    return start;
-  };
+  const { take, end } = memoryPlanner();
   const cap = 2 * n;
   const maxClusters = m + 1;
   const dimBytes = dimPad * 4;
@@ -119,7 +127,7 @@ export function planLayout(n: number, dimPad: number, kPad: number, m: number, t
     rowF64: take(dimPad * 8),
     total: 0,
   };
-  layout.total = at;
+  layout.total = end();
   return layout;
 }
 
