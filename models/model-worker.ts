@@ -1,6 +1,6 @@
 /**
  * The worker-thread side of WorkerPatchcoreModel (worker-model.ts): owns one PatchcoreModel
- * (one onnxruntime session) and answers predict requests from the main thread.
+ * (one onnxruntime session) and answers predict and scan requests from the main thread.
  *
  * Why a worker: onnxruntime-node's `session.run` is synchronous on the calling thread, so on the
  * main thread every inference call stops the event loop — no preprocessing of the next batch,
@@ -9,7 +9,7 @@
 import { parentPort } from 'node:worker_threads';
 import type { ProviderChoice } from './execution-provider.js';
 import { PatchcoreModel } from './runtime.js';
-import type { Prediction } from './types.js';
+import { hasMaps, type ImageThresholds, type Prediction, type ScanPrediction } from './types.js';
 
 export interface ModelWorkerData {
   kind: 'shelfwatch-model';
@@ -25,14 +25,14 @@ export interface ModelWorkerData {
 
 /** Main thread → worker. */
 export type ModelWorkerRequest =
-  | { type: 'predict'; id: number; batch: Float32Array; n: number; thresholds: Array<{ image?: number; pixel?: number }> }
+  | { type: 'predict' | 'scan'; id: number; batch: Float32Array; n: number; thresholds: ImageThresholds[] }
   | { type: 'release' };
 
 /** Worker → main thread. */
 export type ModelWorkerReply =
   | { type: 'loaded'; manifest: PatchcoreModel['manifest']; digest: string; provider: PatchcoreModel['provider']; fallbacks: PatchcoreModel['fallbacks'] }
   | { type: 'load-failed'; name: string; message: string }
-  | { type: 'predicted'; id: number; predictions: Prediction[] }
+  | { type: 'predicted'; id: number; predictions: Prediction[] | ScanPrediction[] }
   | { type: 'failed'; id: number; message: string }
   | { type: 'released' };
 
@@ -75,9 +75,9 @@ export async function serveModelWorker(data: ModelWorkerData): Promise<void> {
           input.set(batch.subarray(0, values));
           x = input;
         }
-        const predictions = await model.predict(x, n, thresholds);
-        // The batch's maps and masks are views of two buffers: hand them over without copying.
-        const transfer = [...new Set(predictions.flatMap((p) => [p.anomalyMap.buffer as ArrayBuffer, p.mask.buffer as ArrayBuffer]))];
+        const predictions = request.type === 'scan' ? await model.scan(x, n, thresholds) : await model.predict(x, n, thresholds);
+        // The batch's maps and masks are views of (at most) two buffers: hand them over without copying.
+        const transfer = [...new Set(predictions.flatMap((p) => (hasMaps(p) ? [p.anomalyMap.buffer as ArrayBuffer, p.mask.buffer as ArrayBuffer] : [])))];
         port.postMessage({ type: 'predicted', id, predictions } satisfies ModelWorkerReply, transfer);
       } catch (e) {
         port.postMessage({ type: 'failed', id, message: (e as Error).message } satisfies ModelWorkerReply);

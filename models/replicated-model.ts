@@ -8,7 +8,7 @@
 import type { ProviderName, SessionResult } from './execution-provider.js';
 import type { ModelManifest } from './manifest.js';
 import { readModelSource, type LoadModelOptions } from './runtime.js';
-import type { Prediction } from './types.js';
+import type { ImageThresholds, Prediction, ScanPrediction } from './types.js';
 import { WorkerPatchcoreModel } from './worker-model.js';
 
 export class ReplicatedModel {
@@ -63,12 +63,21 @@ export class ReplicatedModel {
     return this.replicas[0]!.allocateBatch(values);
   }
 
-  async predict(batch: Float32Array, n: number, thresholds: Array<{ image?: number; pixel?: number }> = []): Promise<Prediction[]> {
+  predict(batch: Float32Array, n: number, thresholds: ImageThresholds[] = []): Promise<Prediction[]> {
+    return this.onLeastBusy((r) => r.predict(batch, n, thresholds));
+  }
+
+  scan(batch: Float32Array, n: number, thresholds: ImageThresholds[] = []): Promise<ScanPrediction[]> {
+    return this.onLeastBusy((r) => r.scan(batch, n, thresholds));
+  }
+
+  /** Runs `call` on the replica with the fewest batches in flight. */
+  private async onLeastBusy<T>(call: (replica: WorkerPatchcoreModel) => Promise<T>): Promise<T> {
     let pick = 0;
     for (let i = 1; i < this.replicas.length; i++) if (this.inFlight[i]! < this.inFlight[pick]!) pick = i;
     this.inFlight[pick]!++;
     try {
-      return await this.replicas[pick]!.predict(batch, n, thresholds);
+      return await call(this.replicas[pick]!);
     } finally {
       this.inFlight[pick]!--;
     }

@@ -12,7 +12,7 @@ import { decodeModel, encodeModel, OnnxFormatError } from './onnx/proto.js';
 import { buildFeatureGraph, buildTapProbeGraph, geometry, OUTPUT_EMBEDDING, OUTPUT_MAP, OUTPUT_MAX, OUTPUT_SCORE } from './patchcore-graph.js';
 import type { LoadedBackbone } from './backbone.js';
 import { BackboneError } from './backbone.js';
-import type { Prediction } from './types.js';
+import type { ImageThresholds, Prediction, ScanPrediction } from './types.js';
 
 export interface RawOutputs {
   scores: Float32Array;
@@ -98,31 +98,57 @@ export class PatchcoreModel {
    * allocation: a batch allocates two buffers, not two per image (the agent runs this many times
    * a second, and V8 collects garbage by the bytes allocated).
    */
-  async predict(batch: Float32Array, n: number, thresholds: Array<{ image?: number; pixel?: number }> = []): Promise<Prediction[]> {
+  async predict(batch: Float32Array, n: number, thresholds: ImageThresholds[] = []): Promise<Prediction[]> {
     const raw = await this.run(batch, n);
-    const size = this.inputSize;
-    const plane = size * size;
+    const plane = this.inputSize * this.inputSize;
     const masks = new Uint8Array(n * plane);
-    const out: Prediction[] = [];
-    for (let i = 0; i < n; i++) {
-      const imageThreshold = thresholds[i]?.image ?? this.manifest.thresholds.image;
-      const pixelThreshold = thresholds[i]?.pixel ?? this.manifest.thresholds.pixel;
+    return this.decide(raw.scores, thresholds).map((d, i) => {
       const map = raw.maps.subarray(i * plane, (i + 1) * plane);
       const mask = masks.subarray(i * plane, (i + 1) * plane);
-      for (let j = 0; j < plane; j++) mask[j] = map[j]! > pixelThreshold ? 1 : 0;
-      const score = raw.scores[i]!;
-      out.push({
-        score,
-        normalizedScore: normalizeScore(score, imageThreshold, this.manifest.normalizationRange),
-        anomalyMap: map,
-        mapSize: size,
-        mask,
-        threshold: imageThreshold,
-        isAnomalous: score > imageThreshold,
-        modelDigest: this.digest,
-      });
-    }
-    return out;
+      fillMask(map, mask, d.pixelThreshold);
+      return { ...d.prediction, anomalyMap: map, mask };
+    });
+  }
+
+  /**
+   * As predict, but only anomalous images keep their map and mask (copied out of onnxruntime's
+   * output into one buffer each for the batch); a batch of normal images allocates nothing.
+   */
+  async scan(batch: Float32Array, n: number, thresholds: ImageThresholds[] = []): Promise<ScanPrediction[]> {
+    const raw = await this.run(batch, n);
+    const plane = this.inputSize * this.inputSize;
+    const decided = this.decide(raw.scores, thresholds);
+    const anomalous = decided.filter((d) => d.prediction.isAnomalous).length;
+    const maps = anomalous > 0 ? new Float32Array(anomalous * plane) : null;
+    const masks = anomalous > 0 ? new Uint8Array(anomalous * plane) : null;
+    let k = 0;
+    return decided.map((d, i) => {
+      if (!d.prediction.isAnomalous || !maps || !masks) return { ...d.prediction, anomalyMap: null, mask: null };
+      const map = maps.subarray(k * plane, (k + 1) * plane);
+      const mask = masks.subarray(k * plane, (k + 1) * plane);
+      k++;
+      map.set(raw.maps.subarray(i * plane, (i + 1) * plane));
+      fillMask(map, mask, d.pixelThreshold);
+      return { ...d.prediction, anomalyMap: map, mask };
+    });
+  }
+
+  /** Per image: everything of a Prediction but the map and mask, and the pixel threshold for the mask. */
+  private decide(scores: Float32Array, thresholds: ImageThresholds[]): Array<{ prediction: Omit<Prediction, 'anomalyMap' | 'mask'>; pixelThreshold: number }> {
+    return Array.from(scores, (score, i) => {
+      const imageThreshold = thresholds[i]?.image ?? this.manifest.thresholds.image;
+      return {
+        prediction: {
+          score,
+          normalizedScore: normalizeScore(score, imageThreshold, this.manifest.normalizationRange),
+          mapSize: this.inputSize,
+          threshold: imageThreshold,
+          isAnomalous: score > imageThreshold,
+          modelDigest: this.digest,
+        },
+        pixelThreshold: thresholds[i]?.pixel ?? this.manifest.thresholds.pixel,
+      };
+    });
   }
 
   async release(): Promise<void> {
@@ -196,4 +222,9 @@ export async function verifyTapStrides(backbone: LoadedBackbone, inputSize: numb
   } finally {
     await session.release();
   }
+}
+
+/** mask[j] = 1 where the anomaly map is over the pixel threshold, else 0. */
+function fillMask(map: Float32Array, mask: Uint8Array, pixelThreshold: number): void {
+  for (let j = 0; j < map.length; j++) mask[j] = map[j]! > pixelThreshold ? 1 : 0;
 }

@@ -14,7 +14,7 @@ import type { ProviderName, SessionResult } from './execution-provider.js';
 import type { ModelManifest } from './manifest.js';
 import type { ModelWorkerData, ModelWorkerReply, ModelWorkerRequest } from './model-worker.js';
 import { ModelLoadError, readModelSource, type LoadModelOptions } from './runtime.js';
-import type { Prediction } from './types.js';
+import type { ImageThresholds, Prediction, ScanPrediction } from './types.js';
 import { resolveWorkerModule } from './worker-module.js';
 
 // Dynamic imports only: eval'd worker code is CommonJS or ESM depending on the parent's flags
@@ -40,7 +40,7 @@ interface Loaded {
 }
 
 interface InFlight {
-  resolve: (p: Prediction[]) => void;
+  resolve: (p: Prediction[] | ScanPrediction[]) => void;
   reject: (e: Error) => void;
 }
 
@@ -143,7 +143,16 @@ export class WorkerPatchcoreModel {
   }
 
   /** Run a batch ([n,3,S,S] float32) and build one Prediction per image, as PatchcoreModel.predict. */
-  async predict(batch: Float32Array, n: number, thresholds: Array<{ image?: number; pixel?: number }> = []): Promise<Prediction[]> {
+  predict(batch: Float32Array, n: number, thresholds: ImageThresholds[] = []): Promise<Prediction[]> {
+    return this.call('predict', batch, n, thresholds) as Promise<Prediction[]>;
+  }
+
+  /** As PatchcoreModel.scan: only anomalous images come back with a map and mask. */
+  scan(batch: Float32Array, n: number, thresholds: ImageThresholds[] = []): Promise<ScanPrediction[]> {
+    return this.call('scan', batch, n, thresholds);
+  }
+
+  private async call(type: 'predict' | 'scan', batch: Float32Array, n: number, thresholds: ImageThresholds[]): Promise<Prediction[] | ScanPrediction[]> {
     if (this.released) throw new Error(`model ${this.origin}: released`);
     const s = this.inputSize;
     if (!Number.isInteger(n) || n < 1 || batch.length < n * 3 * s * s) {
@@ -153,10 +162,10 @@ export class WorkerPatchcoreModel {
     const worker = this.worker!;
     const id = this.nextId++;
     const view = batch.subarray(0, n * 3 * s * s);
-    return new Promise<Prediction[]>((resolve, reject) => {
+    return new Promise<Prediction[] | ScanPrediction[]>((resolve, reject) => {
       this.inFlight.set(id, { resolve, reject });
       if (this.inFlight.size === 1) worker.ref();
-      worker.postMessage({ type: 'predict', id, batch: view, n, thresholds } satisfies ModelWorkerRequest);
+      worker.postMessage({ type, id, batch: view, n, thresholds } satisfies ModelWorkerRequest);
     });
   }
 

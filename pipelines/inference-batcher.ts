@@ -22,14 +22,15 @@
  */
 import { toModelInput } from '../models/preprocess.js';
 import type { RawImage } from '../models/image-decode.js';
-import type { Normalization, Prediction } from '../models/types.js';
+import type { ImageThresholds, Normalization, ScanPrediction } from '../models/types.js';
 import type { Box } from './types.js';
 
 /** The part of PatchcoreModel the pipeline uses (structural, so tests can wrap a real model). */
 export interface BatchModel {
   readonly manifest: { readonly inputSize: number; readonly normalization: Normalization; readonly thresholds: { readonly image: number } };
   readonly digest: string;
-  predict(batch: Float32Array, n: number, thresholds: Array<{ image?: number; pixel?: number }>): Promise<Prediction[]>;
+  /** Scores a batch; maps and masks come back for anomalous crops only (PatchcoreModel.scan). */
+  scan(batch: Float32Array, n: number, thresholds: ImageThresholds[]): Promise<ScanPrediction[]>;
   /** A batch buffer of `values` floats suited to this model (a worker model shares it without a copy). */
   allocateBatch?(values: number): Float32Array;
   /** Batches the model can run at once (session replicas); default 1. */
@@ -58,7 +59,7 @@ export interface CropRequest {
 }
 
 interface Pending extends CropRequest {
-  resolve: (p: Prediction) => void;
+  resolve: (p: ScanPrediction) => void;
   reject: (e: Error) => void;
 }
 
@@ -152,9 +153,9 @@ export class InferenceBatcher {
    * Preprocesses the crop into the batch being filled (or queues it when no buffer is free) and
    * resolves with its prediction. Rejects when preprocessing or the inference call fails.
    */
-  submit(request: CropRequest): Promise<Prediction> {
+  submit(request: CropRequest): Promise<ScanPrediction> {
     if (this.closed) return Promise.reject(new Error(`model ${this.options.name}: the inference batcher is closed`));
-    return new Promise<Prediction>((resolve, reject) => {
+    return new Promise<ScanPrediction>((resolve, reject) => {
       const pending: Pending = { ...request, resolve, reject };
       if (this.waiting.length > 0 || !this.place(pending)) this.waiting.push(pending);
     });
@@ -258,7 +259,7 @@ export class InferenceBatcher {
     // Read once: a swap during this call must not change the model this batch runs on.
     const model = this.current;
     try {
-      const predictions = await model.predict(buffer.data, n, items.map((p) => ({ image: p.threshold })));
+      const predictions = await model.scan(buffer.data, n, items.map((p) => ({ image: p.threshold })));
       if (predictions.length !== n) throw new Error(`model ${this.options.name} returned ${predictions.length} predictions for a batch of ${n}`);
       const ms = performance.now() - started;
       const normalRow = predictions.findIndex((p) => !p.isAnomalous);

@@ -21,7 +21,7 @@ export interface ToRegionsOptions {
  * `area` is the number of mask cells times sx·sy, rounded. Sorted by peak descending
  * (ties: larger area first, then top-left first).
  */
-export function toRegions(prediction: Prediction, box: Box, options: ToRegionsOptions = {}): Region[] {
+export function toRegions(prediction: Pick<Prediction, 'mask' | 'anomalyMap' | 'mapSize'>, box: Box, options: ToRegionsOptions = {}): Region[] {
   const { mask, anomalyMap, mapSize } = prediction;
   const cells = mapSize * mapSize;
   if (!Number.isInteger(mapSize) || mapSize < 1) throw new RangeError(`toRegions: mapSize must be an integer ≥ 1, got ${mapSize}`);

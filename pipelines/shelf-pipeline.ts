@@ -26,7 +26,7 @@
  */
 import { catchError, defer, EMPTY, from, merge, mergeMap, Observable, tap } from 'rxjs';
 import { decodeImage, type RawImage } from '../models/image-decode.js';
-import type { Prediction } from '../models/types.js';
+import { hasMaps, type ScanPrediction } from '../models/types.js';
 import { dropOldestWhileBusy } from './bounded-queue.js';
 import { step, slotKey, validateDebounceOptions, type DebounceOptions, type DebounceState } from './debounce.js';
 import { EventBuilder, slotStatePayload, type AnomalyEvent, type SlotOutput } from './events.js';
@@ -157,7 +157,7 @@ export interface ShelfPipeline {
 
 interface ScannedSlot {
   crop: Crop;
-  prediction: Prediction;
+  prediction: ScanPrediction;
 }
 
 interface FrameScan {
@@ -305,7 +305,7 @@ export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipelin
       const finishFrame = async (scan: FrameScan): Promise<ShelfOutput[]> => {
         const outputs: ShelfOutput[] = [];
         for (const { crop, prediction } of scan.slots) {
-          const regions = prediction.isAnomalous ? toRegions(prediction, crop.box, { minAreaFraction }) : [];
+          const regions = prediction.isAnomalous && hasMaps(prediction) ? toRegions(prediction, crop.box, { minAreaFraction }) : [];
           const item: SlotPrediction = { crop, prediction, regions };
           const key = slotKey(cam.id, crop.slot);
           const previous = states.get(key);
@@ -322,7 +322,8 @@ export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipelin
           const event = events.build({ item, decision, previous, state, transition });
           const open = events.openEvent(cam.id, crop.slot);
           let thumbnail: Thumbnail | null = null;
-          if (event && event.type !== 'end' && thumbs.enabled) {
+          // A raise or update comes only from an anomalous scan (debounce), which keeps its mask.
+          if (event && event.type !== 'end' && thumbs.enabled && hasMaps(prediction)) {
             try {
               thumbnail = await renderThumbnail({ frame: scan.raw, box: crop.box }, prediction, { maxSize: thumbs.maxSize, quality: thumbs.quality });
             } catch (err) {

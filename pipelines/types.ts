@@ -3,7 +3,7 @@
  * Sources make Frames, the planogram cropper makes Crops, the runtime makes Predictions,
  * the debouncer keeps SlotStates and the event builder makes AnomalyEvents.
  */
-import type { Prediction } from '../models/types.js';
+import type { ScanPrediction } from '../models/types.js';
 
 /** Axis-aligned box in pixel coordinates of the full-resolution frame. */
 export interface Box {
@@ -50,7 +50,8 @@ export interface Region {
 
 export interface SlotPrediction {
   crop: Crop;
-  prediction: Prediction;
+  /** Map and mask may be absent for a normal crop (the agent's scans keep them only when anomalous). */
+  prediction: ScanPrediction;
   regions: Region[];
 }
 

@@ -23,7 +23,7 @@ function scriptedModel(delayMs = 0, fail = false): BatchModel & { batches: numbe
     batches,
     manifest: { inputSize: SIZE, normalization: norm, thresholds: { image: 0.5 } },
     digest: 'd',
-    async predict(batch, n, thresholds) {
+    async scan(batch, n, thresholds) {
       batches.push(n);
       await new Promise((r) => setTimeout(r, delayMs));
       if (fail) throw new Error('device lost');
@@ -102,12 +102,12 @@ test('a model with concurrency 2 runs two batches at once; a swap waits for both
   const model: BatchModel & { batches: number[] } = {
     ...base,
     concurrency: 2,
-    async predict(batch, n, thresholds) {
+    async scan(batch, n, thresholds) {
       inModel++;
       most = Math.max(most, inModel);
       await new Promise((r) => setTimeout(r, 30));
       inModel--;
-      return base.predict(batch, n, thresholds);
+      return base.scan(batch, n, thresholds);
     },
   };
   const batcher = new InferenceBatcher(model, { name: 'm', batchSize: 2, batchWaitMs: 1 });

@@ -72,6 +72,12 @@ maybe('a blotch raises new → end with regions in frame coordinates, thumbnails
   t.deepEqual(bySlot('S0').map((o) => o.item.prediction.isAnomalous), Array(seq.length).fill(false));
   const s1 = bySlot('S1');
   t.deepEqual(s1.map((o) => o.item.prediction.isAnomalous), [false, true, true, true, false, false, false]);
+  // Maps and masks travel only with anomalous crops (the agent never needs a normal crop's).
+  for (const o of outputs) {
+    const { anomalyMap, mask, isAnomalous } = o.item.prediction;
+    t.is(anomalyMap?.length, isAnomalous ? 224 * 224 : undefined);
+    t.is(mask?.length, isAnomalous ? 224 * 224 : undefined);
+  }
   t.deepEqual(s1.map((o) => o.event?.type ?? null), [null, null, 'new', null, null, 'end', null]);
   t.deepEqual(s1.map((o) => o.state.state), ['ok', 'ok', 'anomalous', 'anomalous', 'anomalous', 'ok', 'ok']);
 
@@ -147,10 +153,10 @@ maybe('drop-oldest: with a slow model only the frame in flight and the newest pe
   const slow: BatchModel = {
     manifest: model.manifest,
     digest: model.digest,
-    async predict(batch, n, thresholds) {
+    async scan(batch, n, thresholds) {
       calls++;
       await new Promise((r) => setTimeout(r, 300));
-      return model.predict(batch, n, thresholds);
+      return model.scan(batch, n, thresholds);
     },
   };
   const frames$ = new Subject<Frame>();
@@ -178,9 +184,9 @@ maybe('frames in flight default to the model concurrency + 1: replicas stay busy
     manifest: model.manifest,
     digest: model.digest,
     concurrency,
-    async predict(batch, n, thresholds) {
+    async scan(batch, n, thresholds) {
       await new Promise((r) => setTimeout(r, 400));
-      return model.predict(batch, n, thresholds);
+      return model.scan(batch, n, thresholds);
     },
   });
   t.is(defaultFramesInFlight(new Map([['tile', { model }]])), 2);

@@ -60,6 +60,43 @@ maybe('a worker model predicts exactly what the in-thread model does, from a sha
   await t.throwsAsync(remote.predict(batch.data, 1), { message: /released/ });
 });
 
+maybe('scan: only anomalous images keep a map and mask (predict\'s, in one buffer per batch): in-thread, worker, replicas', async (t) => {
+  const { path, batch } = await setup();
+  const local = await PatchcoreModel.load(path, { provider: 'cpu' });
+  const remote = await WorkerPatchcoreModel.load(path, { provider: 'cpu' });
+  const replicated = await ReplicatedModel.load(path, 2, { provider: 'cpu', intraOpThreads: 1 });
+  const plane = 224 * 224;
+  try {
+    // Images 0 and 3 over their threshold, 1 and 2 under it.
+    const thresholds = [{ image: 0 }, { image: 1e9 }, { image: 1e9, pixel: 0 }, { image: 0, pixel: 0 }];
+    const want = await local.predict(batch.data, batch.count, thresholds);
+    for (const m of [local, remote, replicated]) {
+      const got = await m.scan(batch.data, batch.count, thresholds);
+      t.deepEqual(got.map((p) => p.isAnomalous), [true, false, false, true]);
+      for (let i = 0; i < batch.count; i++) {
+        const { anomalyMap, mask, ...rest } = got[i]!;
+        const { anomalyMap: wantMap, mask: wantMask, ...wantRest } = want[i]!;
+        t.deepEqual(rest, wantRest);
+        if (got[i]!.isAnomalous) {
+          t.deepEqual(anomalyMap, wantMap);
+          t.deepEqual(mask, wantMask);
+          // The two anomalous maps share one buffer of their own, not the whole batch's output.
+          t.is(anomalyMap!.buffer.byteLength, 2 * plane * 4);
+          t.is(mask!.buffer.byteLength, 2 * plane);
+        } else {
+          t.is(anomalyMap, null);
+          t.is(mask, null);
+        }
+      }
+      t.true(want[3]!.mask.every((v) => v === 1), 'pixel threshold 0 masks every pixel');
+      const quiet = await m.scan(batch.data, batch.count, thresholds.map(() => ({ image: 1e9 })));
+      t.true(quiet.every((p) => p.anomalyMap === null && p.mask === null && !p.isAnomalous));
+    }
+  } finally {
+    await Promise.all([local.release(), remote.release(), replicated.release()]);
+  }
+});
+
 maybe('a worker model refuses bad files with the in-thread loader\'s errors', async (t) => {
   const { path } = await setup();
   await t.throwsAsync(WorkerPatchcoreModel.load('/nonexistent/model.onnx'), { message: /model \/nonexistent\/model\.onnx: cannot read \(ENOENT\)/ });
