@@ -9,11 +9,10 @@
  * back to a seeded Gaussian mixture (said so in the output). Every run is its own child process,
  * so "peak RSS" is that run's own.
  *
- * Prints, per size, the median (and the runs) of the lazy k-center (what `selectCoreset` runs) and
- * of the pushing one (coreset.ts) on one thread and on the default thread count, with the 'jl'
- * projection as `selectCoreset` runs it, plus a same-run baseline: the naive algorithm on the
- * first 50k rows, checked to give the same indices as the lazy one; and all three on 50k points
- * uniform in the unit cube (no structure to prune), checked to agree. The machine
+ * Prints, per size, the median (and the runs) of the lazy k-center (what `selectCoreset` runs),
+ * with the 'jl' projection as `selectCoreset` runs it, plus a same-run baseline: the naive
+ * algorithm on the first 50k rows, checked to give the same indices as the lazy one; and both on
+ * 50k points uniform in the unit cube (no structure to prune), checked to agree. The machine
  * may be shared: the 1-minute load average is printed with every run.
  */
 import { spawnSync } from 'node:child_process';
@@ -21,7 +20,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { availableParallelism, loadavg } from 'node:os';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { kCenterGreedy, kCenterGreedyNaive, prepareCoresetInput, type KCenterResult } from '../models/coreset.js';
+import { kCenterGreedyNaive, prepareCoresetInput, type KCenterResult } from '../models/coreset.js';
 import { kCenterGreedyLazy } from '../models/coreset-lazy.js';
 import { Random } from '../models/random.js';
 
@@ -130,18 +129,12 @@ interface CaseSpec {
   n: number;
   projection: 'jl' | 'none';
   ratio: number;
-  /** k-center threads of the pushing algorithm (undefined = the default). */
-  threads?: number;
-  /** 'lazy' (what selectCoreset runs, one thread) or 'pushed' (coreset.ts' kCenterGreedy); default lazy. */
-  algorithm?: 'lazy' | 'pushed';
 }
 
 interface CaseResult {
   label: string;
   prepMs: number;
   selMs: number;
-  threads: number;
-  workerShare: number;
   rssMiB: number;
   load: number;
   detail: string;
@@ -154,7 +147,7 @@ function fmtMs(ms: number): string {
 
 function describe(r: KCenterResult, n: number, m: number): string {
   const naive = n * (m + 1);
-  return `evals ${(r.distanceEvaluations / 1e6).toFixed(2)}M = 1/${(naive / r.distanceEvaluations).toFixed(1)} of naive ${(naive / 1e6).toFixed(0)}M, centre-centre ${(r.centreDistanceEvaluations / 1e6).toFixed(2)}M, bound ${(r.boundEvaluations / 1e6).toFixed(1)}M`;
+  return `evals ${(r.distanceEvaluations / 1e6).toFixed(2)}M = 1/${(naive / r.distanceEvaluations).toFixed(1)} of naive ${(naive / 1e6).toFixed(0)}M, bound ${(r.boundEvaluations / 1e6).toFixed(1)}M`;
 }
 
 function selectionHash(selected: Uint32Array): number {
@@ -184,19 +177,16 @@ function runCase(spec: CaseSpec): void {
   const input = prepareCoresetInput(features, spec.n, DIM, opts);
   const prepMs = performance.now() - t;
   t = performance.now();
-  const lazy = (spec.algorithm ?? 'lazy') === 'lazy';
-  const pruned = lazy
-    ? kCenterGreedyLazy(input.points, spec.n, input.dim, input.m, input.startIndex)
-    : kCenterGreedy(input.points, spec.n, input.dim, input.m, input.startIndex, { threads: spec.threads });
+  const pruned = kCenterGreedyLazy(input.points, spec.n, input.dim, input.m, input.startIndex);
   const selMs = performance.now() - t;
-  const label = `${spec.kind} N=${spec.n} m=${input.m} ${spec.projection}(${input.dim}d) ${lazy ? 'lazy' : 'pushed'} threads=${pruned.threads}`;
+  const label = `${spec.kind} N=${spec.n} m=${input.m} ${spec.projection}(${input.dim}d) lazy`;
   if (spec.kind === 'baseline') {
     t = performance.now();
     const naive = kCenterGreedyNaive(input.points, spec.n, input.dim, input.m, input.startIndex);
     const naiveMs = performance.now() - t;
     const same = naive.selected.every((v, i) => v === pruned.selected[i]);
     console.log(
-      `${label} [${source}]: naive ${fmtMs(naiveMs)} vs pruned ${fmtMs(selMs)} → ${(naiveMs / selMs).toFixed(1)}× faster; ` +
+      `${label} [${source}]: naive ${fmtMs(naiveMs)} vs lazy ${fmtMs(selMs)} → ${(naiveMs / selMs).toFixed(1)}× faster; ` +
         `identical indices: ${same ? 'yes' : 'NO'}; ${describe(pruned, spec.n, input.m)}; load ${loadavg()[0].toFixed(1)}`,
     );
     if (!same) process.exitCode = 1;
@@ -206,8 +196,6 @@ function runCase(spec: CaseSpec): void {
     label,
     prepMs,
     selMs,
-    threads: pruned.threads,
-    workerShare: pruned.workerShare,
     rssMiB: process.resourceUsage().maxRSS / 1024,
     load: loadavg()[0],
     detail: `[${source}] ${describe(pruned, spec.n, input.m)}`,
@@ -218,7 +206,7 @@ function runCase(spec: CaseSpec): void {
 
 /**
  * Pruning's worst case: points uniform in the unit cube (no structure, every distance close to
- * every other). All three algorithms on the same points, checked to agree.
+ * every other). Both algorithms on the same points, checked to agree.
  */
 function uniformCase(n: number, m: number): void {
   const rng = new Random(3);
@@ -228,7 +216,6 @@ function uniformCase(n: number, m: number): void {
   const selections: Uint32Array[] = [];
   for (const [name, run] of [
     ['lazy', () => kCenterGreedyLazy(points, n, DIM, m, 0)],
-    ['pushing (default threads)', () => kCenterGreedy(points, n, DIM, m, 0)],
     ['naive', () => kCenterGreedyNaive(points, n, DIM, m, 0)],
   ] as const) {
     const t = performance.now();
@@ -273,10 +260,9 @@ function main(): void {
   const quick = process.argv.includes('--quick');
   const repeat = Number(argValue('--repeat') ?? (quick ? 1 : 3));
   const sizes = (argValue('--sizes') ?? (quick ? '164640' : '164640,627200')).split(',').map(Number);
-  const defaultThreads = Math.max(1, Math.min(availableParallelism(), 4));
   console.log(
-    `coreset bench: node ${process.version}, ${availableParallelism()} CPUs (default k-center threads ${defaultThreads}), ` +
-      `1 % coreset unless noted, ${repeat} run(s) per configuration, load average now ${loadavg().map((l) => l.toFixed(1)).join(' ')}`,
+    `coreset bench: node ${process.version}, ${availableParallelism()} CPUs, ` +
+      `1 % coreset unless noted, ${repeat} run(s) per size, load average now ${loadavg().map((l) => l.toFixed(1)).join(' ')}`,
   );
   for (const spec of [
     { kind: 'real', n: 18_816, projection: 'none', ratio: 0.01 },
@@ -288,39 +274,23 @@ function main(): void {
   runChild({ kind: 'baseline', n: 50_000, projection: 'jl', ratio: 0.01 });
   uniformCase(50_000, 1_000);
   for (const n of sizes) {
-    // The lazy algorithm (what fit runs) against the pushing one on one thread and on the default count.
-    const configs: Array<{ key: string; algorithm: 'lazy' | 'pushed'; threads: number }> = [
-      { key: 'lazy', algorithm: 'lazy', threads: 1 },
-      { key: 'pushed/1', algorithm: 'pushed', threads: 1 },
-      ...(defaultThreads > 1 ? [{ key: `pushed/${defaultThreads}`, algorithm: 'pushed' as const, threads: defaultThreads }] : []),
-    ];
-    const medians = new Map<string, number>();
+    const runs: CaseResult[] = [];
     const hashes = new Set<number>();
-    for (const { key, algorithm, threads } of configs) {
-      const runs: CaseResult[] = [];
-      for (let i = 0; i < repeat; i++) {
-        const r = runChild({ kind: 'pruned', n, projection: 'jl', ratio: 0.01, threads, algorithm });
-        if (r) {
-          runs.push(r);
-          hashes.add(r.hash);
-        }
+    for (let i = 0; i < repeat; i++) {
+      const r = runChild({ kind: 'pruned', n, projection: 'jl', ratio: 0.01 });
+      if (r) {
+        runs.push(r);
+        hashes.add(r.hash);
       }
-      if (runs.length === 0) continue;
-      const med = median(runs.map((r) => r.selMs));
-      medians.set(key, med);
-      const last = runs[runs.length - 1];
-      console.log(
-        `${last.label}: select median ${fmtMs(med)} (runs ${runs.map((r) => fmtMs(r.selMs)).join(', ')}; ` +
-          `load ${runs.map((r) => r.load.toFixed(1)).join(', ')}), project ${fmtMs(median(runs.map((r) => r.prepMs)))}, ` +
-          `workers scanned ${(100 * last.workerShare).toFixed(0)} % of shared chunks; peak RSS ${Math.max(...runs.map((r) => r.rssMiB)).toFixed(0)} MiB; ${last.detail}`,
-      );
     }
-    const lazyMs = medians.get('lazy');
-    const best = Math.min(...[...medians].filter(([k]) => k !== 'lazy').map(([, v]) => v));
-    if (lazyMs !== undefined && Number.isFinite(best)) {
-      console.log(`N=${n}: lazy (1 thread) vs the faster pushing run: ${(best / lazyMs).toFixed(2)}× (medians)`);
-    }
-    console.log(`N=${n}: identical selection in every run, algorithm and thread count: ${hashes.size === 1 ? 'yes' : 'NO'}`);
+    if (runs.length === 0) continue;
+    const last = runs[runs.length - 1];
+    console.log(
+      `${last.label}: select median ${fmtMs(median(runs.map((r) => r.selMs)))} (runs ${runs.map((r) => fmtMs(r.selMs)).join(', ')}; ` +
+        `load ${runs.map((r) => r.load.toFixed(1)).join(', ')}), project ${fmtMs(median(runs.map((r) => r.prepMs)))}, ` +
+        `peak RSS ${Math.max(...runs.map((r) => r.rssMiB)).toFixed(0)} MiB; ${last.detail}`,
+    );
+    console.log(`N=${n}: identical selection in every run: ${hashes.size === 1 ? 'yes' : 'NO'}`);
     if (hashes.size > 1) process.exitCode = 1;
   }
 }

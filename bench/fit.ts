@@ -5,8 +5,8 @@
  * JPEGs (mirrored copies beyond the 762 originals), written once to the OS temp dir.
  *
  * Baseline in the same run: on the patches of the first `--baseline-images` images (default 200,
- * about the reference's 164 k patches), the lazy greedy k-center that fit runs against the pushing
- * one and the naive one (all checked to select the same points).
+ * about the reference's 164 k patches), the lazy greedy k-center that fit runs against the naive
+ * one (checked to select the same points).
  */
 import { existsSync } from 'node:fs';
 import { mkdir, readdir } from 'node:fs/promises';
@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import sharp from 'sharp';
 import { runFit } from '../agent/commands/fit.js';
 import { selectBackbone } from '../agent/backbones.js';
-import { kCenterGreedy, kCenterGreedyNaive, prepareCoresetInput } from '../models/coreset.js';
+import { kCenterGreedyNaive, prepareCoresetInput } from '../models/coreset.js';
 import { kCenterGreedyLazy } from '../models/coreset-lazy.js';
 import { extractFeatures } from '../models/fit.js';
 import { preprocessedBatches } from '../pipelines/image-files.js';
@@ -58,7 +58,7 @@ async function main() {
   await naiveBaseline(dir, arg('baseline-images', 200));
 }
 
-/** Pruned vs naive k-center on the patches of the first `images` images (same projection and seed as the fit). */
+/** Lazy vs naive k-center on the patches of the first `images` images (same projection and seed as the fit). */
 async function naiveBaseline(dir: string, images: number): Promise<void> {
   const backbone = await selectBackbone({ file: BACKBONE_PATH });
   const files = (await readdir(dir)).sort().slice(0, images).map((f) => join(dir, f));
@@ -72,13 +72,12 @@ async function naiveBaseline(dir: string, images: number): Promise<void> {
     return [r, performance.now() - t];
   };
   const [lazy, lazyMs] = time(() => kCenterGreedyLazy(input.points, n, input.dim, input.m, input.startIndex));
-  const [pushed, pushedMs] = time(() => kCenterGreedy(input.points, n, input.dim, input.m, input.startIndex));
   const [naive, naiveMs] = time(() => kCenterGreedyNaive(input.points, n, input.dim, input.m, input.startIndex));
-  const same = [lazy, pushed].every((r) => r.selected.every((v, i) => v === naive.selected[i]));
+  const same = lazy.selected.every((v, i) => v === naive.selected[i]);
   const s = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
   console.log(
     `baseline, ${images} images (${n} patches → ${input.m}): lazy k-center (what fit runs) ${s(lazyMs)}, ` +
-      `pushing k-center (${pushed.threads} threads) ${s(pushedMs)}, naive ${s(naiveMs)} (lazy ${(naiveMs / lazyMs).toFixed(1)}× faster than naive; same selection: ${same})`,
+      `naive ${s(naiveMs)} (lazy ${(naiveMs / lazyMs).toFixed(1)}× faster than naive; same selection: ${same})`,
   );
 }
 

@@ -3,49 +3,15 @@
  * semantics, after an optional seeded sparse random projection.
  *
  * Distances are the WebAssembly SIMD kernel's (distance-kernel.ts): f32 rows, f32x4 lanes, one
- * fixed summation order, so the naive reference and the pruned algorithms see bit-identical values.
+ * fixed summation order, so the naive reference and the lazy algorithm see bit-identical values.
  *
- * Three exact algorithms with one result: `kCenterGreedyNaive` (the reference), the lazy one that
- * `selectCoreset` runs (coreset-lazy.ts: only points that could be the next centre are refreshed;
- * about 3× faster on one thread than the pushing one on two, on 564 k real patches), and the pushing
- * one here (`kCenterGreedy`, kept as the benchmarks' baseline), where each new centre pushes its
- * distance to the points it might take. The pushing step is exact but pruned, so it touches far
- * fewer than n·m distances:
- * - every point remembers the centre it is closest to (its cluster) and its squared distance to
- *   it; when a new centre c arrives, a cluster around centre a can only contain points that get
- *   closer to c when d(c, a) < 2·radius(a), and a point x in it only when d(c, a) < 2·d(x, a)
- *   (triangle inequality);
- * - the survivors are screened by a lower bound built on the leading 16-dimensional principal
- *   subspace P: d(x,c)² = ‖P(x − c)‖² + ‖P⊥(x − c)‖², the first term computed from 16 stored
- *   coordinates, the second bounded below by (q − ρ)₊², with ρ ≥ ‖P⊥(x − a)‖ stored per point and
- *   q ≤ ‖P⊥(c − a)‖ per cluster (triangle inequality outside the subspace); (q − ρ)₊² alone
- *   screens without reading the coordinates. The full distance stops early once its partial
- *   sum shows the point stays.
- * Every skip holds with a margin above the kernel's float rounding (see `kCenterMargins`), so
- * skipped points provably keep their distance and the selection is identical, step for step and
- * tie for tie, to `kCenterGreedyNaive`.
- *
- * Each cluster's members sit contiguously in one shared WebAssembly memory (rows, bound
- * coordinates, distances, indices), and the clusters one step must scan are independent: worker
- * threads (coreset-worker.ts) share them with the main thread. The result does not depend on the
- * number of threads.
+ * Two exact algorithms with one result: `kCenterGreedyNaive` here (the reference, O(n·m·dim)) and
+ * the lazy one that `selectCoreset` runs (coreset-lazy.ts: only points that could be the next
+ * centre are refreshed, screened by a 16-dimensional principal-subspace bound). This file also
+ * holds what both need: argument checks, the subspace basis and coordinates, the rounding margins
+ * that keep every skip exact, and the projection step.
  */
-import { availableParallelism } from 'node:os';
-import { Worker } from 'node:worker_threads';
-import {
-  CTL,
-  openShared,
-  planLayout,
-  processChunk,
-  readFailure,
-  runChunks,
-  type CoresetWorkerData,
-  type KCenterLayout,
-  type KCenterMargins,
-  type KCenterShared,
-} from './coreset-worker.js';
-import { resolveWorkerModule, type WorkerModule } from './worker-module.js';
-import { createKernel, createSharedMemory, paddedDim, transformRows, type DistanceKernel, type KernelMemory } from './distance-kernel.js';
+import { createKernel, createSharedMemory, paddedDim, transformRows, type DistanceKernel } from './distance-kernel.js';
 import { kCenterGreedyLazy } from './coreset-lazy.js';
 import { compactProjection, jlMinDim, makeSparseProjection, projectRows } from './projection.js';
 import { Random, validateSeed } from './random.js';
@@ -54,22 +20,10 @@ export interface KCenterOptions {
   /** Called now and then with the number of centres selected so far and the total. */
   onProgress?: (done: number, total: number) => void;
   /**
-   * kCenterGreedy only: dimensions of the principal-subspace lower bound that screens distance
+   * kCenterGreedyLazy only: dimensions of the principal-subspace lower bound that screens distance
    * evaluations (0 = off). Default 16 when dim ≥ 48, else off. Changes speed, never the result.
    */
   lowerBoundDims?: number;
-  /**
-   * kCenterGreedy only: threads that scan clusters, this one included (1 = no workers). Default
-   * min(os.availableParallelism(), 4). Changes speed, never the result.
-   */
-  threads?: number;
-  /**
-   * kCenterGreedy only: a step is shared with the workers only when it scans at least this many
-   * points (default 32,768), and workers start only for n ≥ 2× this. 0 shares every step (tests).
-   */
-  parallelMinMembers?: number;
-  /** Tests only: a worker throws on this many-th chunk it takes (−1: while starting). */
-  failWorkerAtChunk?: number;
 }
 
 export interface KCenterResult {
@@ -79,14 +33,17 @@ export interface KCenterResult {
   minDistanceAtSelection: Float32Array;
   /** Point-to-centre distance evaluations (the naive algorithm does n·(m + 1)). */
   distanceEvaluations: number;
-  /** Centre-to-centre distance evaluations spent deciding which clusters to skip. */
-  centreDistanceEvaluations: number;
-  /** Lower-bound evaluations (lowerBoundDims-dimensional) that screened the two kinds above. */
+  /** Lower-bound evaluations (lowerBoundDims-dimensional) that screened them. */
   boundEvaluations: number;
-  /** Threads that took part (1 + workers started). */
-  threads: number;
-  /** Share of the chunks of shared steps that workers scanned (0 without workers). */
-  workerShare: number;
+}
+
+/** Margins of the pruning tests (see `kCenterMargins`). */
+export interface KCenterMargins {
+  /** 1 ∓ 2ε: turn a computed squared distance into a lower / upper bound of the true one. */
+  lo: number;
+  hi: number;
+  /** Absolute error bound of the subspace bound (its coordinates' f32 rounding), doubled. */
+  abs: number;
 }
 
 export interface SelectCoresetOptions {
@@ -105,16 +62,14 @@ const UNIT_ROUNDOFF_F32 = 2 ** -24;
  * Margins of the pruning tests. The kernel's squared distance over dimPad floats carries a
  * relative error below ε = (dimPad/8 + 8)·2⁻²⁴ (8 lanes of dimPad/8 terms, 3 more additions,
  * rounded differences and squares), for values far above f32's subnormal range; so d̃·(1 − 2ε)
- * and d̃·(1 + 2ε) bound the true squared distance from below and above (lo, hi). With
- * slack = 1 + 4ε, d̃(c,a)² ≥ 4·slack·d̃(x,a)² implies the true d(c,a) ≥ 2·d(x,a)/√(1 − ε), so
- * d(x,c)² ≥ d̃(x,a)²/(1 − ε) and the computed d̃(x,c)² ≥ d̃(x,a)²: the point provably stays;
- * every other test asks a lower bound of d(x,c)² to exceed d̃(x,a)²·hi for the same reason. The
- * subspace bound's coordinates are rounded to f32 (|z̃ − z| ≤ 2⁻²⁴·|z| per coordinate), which
+ * and d̃·(1 + 2ε) bound the true squared distance from below and above (lo, hi): a centre is
+ * skipped only when a lower bound of d(x,c)² exceeds the point's computed minimum times hi, so
+ * its computed distance could not have lowered that minimum. The subspace bound's coordinates are rounded to f32 (|z̃ − z| ≤ 2⁻²⁴·|z| per coordinate), which
  * moves it by at most 8·2⁻²⁴·R² (R the largest coordinate norm): abs is 2.5 times that.
  */
 export function kCenterMargins(dimPad: number, maxBoundNorm2: number): KCenterMargins {
   const eps = (dimPad / 8 + 8) * UNIT_ROUNDOFF_F32;
-  return { slack: 1 + 4 * eps, lo: 1 - 2 * eps, hi: 1 + 2 * eps, abs: 20 * UNIT_ROUNDOFF_F32 * maxBoundNorm2 };
+  return { lo: 1 - 2 * eps, hi: 1 + 2 * eps, abs: 20 * UNIT_ROUNDOFF_F32 * maxBoundNorm2 };
 }
 
 /** `Math.trunc(n * ratio)`, the float64 product truncated toward zero (anomalib's int(N·ratio)). */
@@ -246,13 +201,14 @@ function orthonormaliseColumns(q: Float64Array, dim: number, k: number): void {
 }
 
 /**
- * Writes every arena row's bound coordinates Uᵀ(x − mean) as f32 (stride kPad, zero-padded) with
+ * Writes every point row's bound coordinates Uᵀ(x − mean) as f32 (stride kPad, zero-padded) with
  * the kernel's f64 transform, and returns the largest squared coordinate norm (before rounding),
  * which sizes the bound's margin.
  */
 export function computeBoundCoordinates(
   kernel: DistanceKernel,
-  L: Pick<KCenterLayout, 'basisT' | 'basisBias' | 'rows' | 'rowF64' | 'z' | 'dimPad' | 'kPad'>,
+  /** Byte offsets in the kernel's memory (rows at stride dimPad floats, z at stride kPad) and the strides. */
+  L: { basisT: number; basisBias: number; rows: number; rowF64: number; z: number; dimPad: number; kPad: number },
   points: Float32Array,
   n: number,
   dim: number,
@@ -291,7 +247,7 @@ export function copyRowsPadded(points: Float32Array, n: number, dim: number, dst
  * The reference algorithm, O(n·m·dim): anomalib's greedy k-center. The start index only
  * initialises the minimum distances; then m times the point with the largest minimum distance
  * (lowest index on ties) is selected and all minimum distances are lowered with it. Distances are
- * the kernel's (see the file comment), as in `kCenterGreedy`.
+ * the kernel's (see the file comment), as in `kCenterGreedyLazy`.
  */
 export function kCenterGreedyNaive(
   points: Float32Array,
@@ -327,396 +283,9 @@ export function kCenterGreedyNaive(
     kernel.minUpdate(rowsAt, n, dimBytes, centreAt, distAt);
     if (opts.onProgress && ((s + 1) % stride === 0 || s + 1 === m)) opts.onProgress(s + 1, m);
   }
-  return { selected, minDistanceAtSelection, distanceEvaluations: n * (m + 1), centreDistanceEvaluations: 0, boundEvaluations: 0, threads: 1, workerShare: 0 };
+  return { selected, minDistanceAtSelection, distanceEvaluations: n * (m + 1), boundEvaluations: 0 };
 }
 
-const DEFAULT_PARALLEL_MIN_MEMBERS = 32_768;
-/** A worker that has taken a chunk and shows no progress for this long is declared stuck. */
-const WORKER_STALL_MS = 120_000;
-
-function resolveThreads(threads: number | undefined): number {
-  if (threads === undefined) return Math.max(1, Math.min(availableParallelism(), 4));
-  if (!Number.isSafeInteger(threads) || threads < 1 || threads > 64) {
-    throw new RangeError(`kCenterGreedy: threads must be an integer in [1, 64], got ${String(threads)}`);
-  }
-  return threads;
-}
-
-function workerModule(): WorkerModule {
-  return resolveWorkerModule('coreset-worker', import.meta.url, 'kCenterGreedy');
-}
-
-/**
- * The worker's first code (dynamic imports only, so it runs as CommonJS or ESM): registers tsx if needed, imports the worker module and
- * serves; a module that fails to load is reported through the shared error slot (the main thread
- * is blocked in Atomics.wait and would never see a Worker 'error' event).
- */
-const WORKER_BOOTSTRAP = `
-import('node:worker_threads').then(({ workerData }) => {
-const loader = workerData.loaderUrl ? import(workerData.loaderUrl).then((api) => api.register()) : Promise.resolve();
-return loader.then(() => import(workerData.moduleUrl)).then(
-  (m) => m.serveCoresetWorker(workerData),
-  (error) => {
-    const L = workerData.layout;
-    const buf = workerData.memory.buffer;
-    const ctl = new Int32Array(buf, L.control, 16);
-    if (Atomics.compareExchange(ctl, ${CTL.ERROR}, 0, -1) === 0) {
-      const text = 'could not load ' + workerData.moduleUrl + ': ' + ((error && error.stack) || error);
-      const bytes = new TextEncoder().encode(text).subarray(0, 4000);
-      new DataView(buf, L.errorText, 4).setUint32(0, bytes.length, true);
-      new Uint8Array(buf, L.errorText + 4, bytes.length).set(bytes);
-      Atomics.store(ctl, ${CTL.ERROR}, workerData.thread);
-      Atomics.notify(ctl, ${CTL.ERROR});
-    }
-    Atomics.notify(ctl, ${CTL.DONE});
-  },
-);
-});
-`;
-
-/** The worker threads of one run and the means to stop them and to surface their failures. */
-class WorkerPool {
-  private readonly workers: Worker[] = [];
-  private readonly memory: KernelMemory;
-  private readonly layout: KCenterLayout;
-  private readonly ctl: Int32Array;
-  private ready = false;
-
-  constructor(count: number, memory: KernelMemory, layout: KCenterLayout, margins: KCenterMargins, failAtChunk: number) {
-    this.memory = memory;
-    this.layout = layout;
-    this.ctl = new Int32Array(memory.buffer, layout.control, 16);
-    const { moduleUrl, loaderUrl } = workerModule();
-    try {
-      for (let thread = 1; thread <= count; thread++) {
-        const workerData: CoresetWorkerData = { kind: 'shelfwatch-coreset', memory, layout, margins, thread, moduleUrl, loaderUrl, failAtChunk };
-        const worker = new Worker(WORKER_BOOTSTRAP, { eval: true, workerData });
-        // The main thread blocks in Atomics.wait, so these events are only seen afterwards, if ever;
-        // failures are reported through the shared error slot instead.
-        worker.on('error', () => {});
-        worker.unref();
-        this.workers.push(worker);
-      }
-    } catch (error) {
-      this.stop();
-      throw error;
-    }
-  }
-
-  get size(): number {
-    return this.workers.length;
-  }
-
-  /** Throws the first failure any worker reported. */
-  check(): void {
-    const state = Atomics.load(this.ctl, CTL.ERROR);
-    if (state === 0) return;
-    // −1: a worker has claimed the slot and is still writing its error text.
-    if (state < 0) Atomics.wait(this.ctl, CTL.ERROR, state, 5000);
-    const failure = readFailure(this.memory, this.layout);
-    const where = failure ? `coreset worker ${failure.thread}` : 'a coreset worker';
-    throw new Error(`kCenterGreedy: ${where} failed: ${failure?.text ?? 'unknown error'}`);
-  }
-
-  /**
-   * Blocks until every worker has started (once): from then on each shared step is really
-   * shared, which makes the split reproducible enough to test and to measure.
-   */
-  waitReady(): void {
-    if (this.ready) return;
-    const since = performance.now();
-    for (;;) {
-      this.check();
-      if (Atomics.load(this.ctl, CTL.READY) >= this.workers.length) break;
-      if (performance.now() - since > WORKER_STALL_MS) {
-        throw new Error(`kCenterGreedy: coreset workers did not start within ${WORKER_STALL_MS / 1000} s`);
-      }
-      Atomics.wait(this.ctl, CTL.DONE, Atomics.load(this.ctl, CTL.DONE), 20);
-    }
-    this.ready = true;
-  }
-
-  /** Publishes step `seq` with `chunks` chunks and wakes the workers. */
-  publish(seq: number, chunks: number): void {
-    this.waitReady();
-    Atomics.store(this.ctl, CTL.DONE, 0);
-    Atomics.store(this.ctl, CTL.CHUNKS, chunks);
-    this.ctl[CTL.ALL_CHUNKS] += chunks;
-    Atomics.store(new BigInt64Array(this.memory.buffer, this.layout.ticket, 1), 0, BigInt(seq) << 32n);
-    Atomics.store(this.ctl, CTL.SEQ, seq);
-    Atomics.notify(this.ctl, CTL.SEQ);
-  }
-
-  /** Blocks until `chunks` chunks are done; throws a worker's failure or a stall. */
-  waitDone(chunks: number): void {
-    let last = -1;
-    let since = performance.now();
-    for (;;) {
-      this.check();
-      const done = Atomics.load(this.ctl, CTL.DONE);
-      if (done >= chunks) return;
-      if (done !== last) {
-        last = done;
-        since = performance.now();
-      } else if (performance.now() - since > WORKER_STALL_MS) {
-        throw new Error(`kCenterGreedy: coreset workers made no progress for ${WORKER_STALL_MS / 1000} s (${done} of ${chunks} chunks done)`);
-      }
-      Atomics.wait(this.ctl, CTL.DONE, done, 50);
-    }
-  }
-
-  /** Tells the workers to leave and terminates them (idempotent). */
-  stop(): void {
-    Atomics.store(this.ctl, CTL.STOP, 1);
-    Atomics.add(this.ctl, CTL.SEQ, 1);
-    Atomics.notify(this.ctl, CTL.SEQ);
-    for (const worker of this.workers.splice(0)) void worker.terminate();
-  }
-}
-
-/**
- * ρ of every point for cluster 0: an upper bound of its distance to the start point outside the
- * bound's subspace, √(d̃·hi − (B − abs)) with B the subspace bound computed here in f64 from the
- * stored coordinates (its own rounding, ~1e-16 relative, is far inside abs).
- */
-function initialResiduals(sh: KCenterShared, n: number, kPad: number, startIndex: number, margins: KCenterMargins): void {
-  const { hi, abs } = margins;
-  const zc = sh.z.slice(startIndex * kPad, startIndex * kPad + kPad);
-  for (let i = 0; i < n; i++) {
-    let b = 0;
-    for (let j = 0; j < kPad; j++) {
-      const d = sh.z[i * kPad + j] - zc[j];
-      b += d * d;
-    }
-    const r2 = sh.dist[i] * hi - (b * (1 - 1e-12) - abs);
-    sh.rho[i] = Math.sqrt(Math.max(0, r2)) * (1 + 2 ** -20);
-  }
-}
-
-/**
- * Greedy k-center with anomalib semantics, exact and pruned (see the file comment). Gives the same
- * selection as `kCenterGreedyNaive`, including ties (lowest index wins), for any thread count.
- *
- * @param points n × dim row-major float32 (not modified)
- * @param m number of centres to select (0 ≤ m ≤ n)
- * @param startIndex initialises the minimum distances; it is not itself selected
- */
-export function kCenterGreedy(
-  points: Float32Array,
-  n: number,
-  dim: number,
-  m: number,
-  startIndex: number,
-  opts: KCenterOptions = {},
-): KCenterResult {
-  checkKCenterArgs(points, n, dim, m, startIndex);
-  const boundDims = opts.lowerBoundDims ?? (dim >= 3 * BOUND_DIMS ? BOUND_DIMS : 0);
-  if (!Number.isSafeInteger(boundDims) || boundDims < 0 || boundDims > dim) {
-    throw new RangeError(`kCenterGreedy: lowerBoundDims must be an integer in [0, dim = ${dim}], got ${String(opts.lowerBoundDims)}`);
-  }
-  const threads = resolveThreads(opts.threads);
-  const parallelMin = opts.parallelMinMembers ?? DEFAULT_PARALLEL_MIN_MEMBERS;
-  if (!Number.isSafeInteger(parallelMin) || parallelMin < 0) {
-    throw new RangeError(`kCenterGreedy: parallelMinMembers must be a non-negative integer, got ${String(parallelMin)}`);
-  }
-  const selected = new Uint32Array(m);
-  const minDistanceAtSelection = new Float32Array(m);
-  const stride = progressStride(m);
-  if (m === 0) {
-    return { selected, minDistanceAtSelection, distanceEvaluations: 0, centreDistanceEvaluations: 0, boundEvaluations: 0, threads: 1, workerShare: 0 };
-  }
-
-  const K = boundDims;
-  const dimPad = paddedDim(dim);
-  const kPad = Math.ceil(K / 4) * 4;
-  const workerCount = threads > 1 && n >= 2 * parallelMin ? threads - 1 : 0;
-  const L = planLayout(n, dimPad, kPad, m, 1 + workerCount);
-  const memory = createSharedMemory(L.total, 'kCenterGreedy');
-  // Rows and bound coordinates first: the margins depend on the coordinates' size.
-  const sh = openShared(memory, L, kCenterMargins(dimPad, 0));
-  copyRowsPadded(points, n, dim, sh.rows, dimPad);
-  if (K > 0) sh.margins = kCenterMargins(dimPad, computeBoundCoordinates(sh.kernel, L, points, n, dim, K));
-  const margins = sh.margins;
-  const { kernel } = sh;
-  const { dimBytes, kBytes } = L;
-
-  // Cluster 0: every point, measured against the start index; its centre row is kept apart
-  // (slot 0 of the centre arrays) because arena slots move.
-  for (let i = 0; i < n; i++) sh.idx[i] = i;
-  sh.centreRows.set(sh.rows.subarray(startIndex * dimPad, startIndex * dimPad + dimPad), 0);
-  sh.centreZ.set(sh.z.subarray(startIndex * kPad, startIndex * kPad + kPad), 0);
-  sh.dist.fill(Infinity, 0, n);
-  kernel.minUpdate(L.rows, n, dimBytes, L.centreRows, L.dist);
-  initialResiduals(sh, n, kPad, startIndex, margins);
-  const arg0 = kernel.argmax(L.dist, n);
-  sh.cStart[0] = 0;
-  sh.cLen[0] = n;
-  sh.cMax[0] = sh.dist[arg0];
-  sh.cArg[0] = arg0;
-  sh.cArgPos[0] = arg0;
-  let clusters = 1;
-  let bump = n; // first free arena slot
-  let evaluations = n;
-  let centreEvaluations = 0;
-  let boundEvaluations = 0;
-  let seq = 0;
-
-  /** Packs the live clusters to the front of the arena, in cluster (= address) order. */
-  const compact = (): void => {
-    let write = 0;
-    for (let k = 0; k < clusters; k++) {
-      const len = sh.cLen[k];
-      if (len === 0) continue;
-      const src = sh.cStart[k];
-      if (src !== write) {
-        sh.rows.copyWithin(write * dimPad, src * dimPad, (src + len) * dimPad);
-        if (kPad > 0) sh.z.copyWithin(write * kPad, src * kPad, (src + len) * kPad);
-        sh.dist.copyWithin(write, src, src + len);
-        sh.idx.copyWithin(write, src, src + len);
-        sh.rho.copyWithin(write, src, src + len);
-        sh.cStart[k] = write;
-      }
-      write += len;
-    }
-    bump = write;
-  };
-
-  const pool = workerCount > 0 ? new WorkerPool(workerCount, memory, L, margins, opts.failWorkerAtChunk ?? 0) : null;
-  const outArgPos = new Uint32Array(memory.buffer, L.out, 1);
-  try {
-    for (let s = 0; s < m; s++) {
-      pool?.check();
-      // The farthest point overall: the best of the cluster maxima, lowest index on ties.
-      let best = -1;
-      let bestIdx = 0;
-      let bestCluster = 0;
-      for (let k = 0; k < clusters; k++) {
-        if (sh.cLen[k] === 0) continue;
-        const v = sh.cMax[k];
-        if (v > best || (v === best && sh.cArg[k] < bestIdx)) {
-          best = v;
-          bestIdx = sh.cArg[k];
-          bestCluster = k;
-        }
-      }
-      selected[s] = bestIdx;
-      minDistanceAtSelection[s] = Math.sqrt(best);
-      const from = sh.cStart[bestCluster] + sh.cArgPos[bestCluster];
-      sh.centreRows.set(sh.rows.subarray(from * dimPad, from * dimPad + dimPad), clusters * dimPad);
-      if (kPad > 0) sh.centreZ.set(sh.z.subarray(from * kPad, from * kPad + kPad), clusters * kPad);
-      const cPtr = L.centreRows + clusters * dimBytes;
-      const czPtr = L.centreZ + clusters * kBytes;
-
-      // Phase 1: which clusters can lose members to c (and below which distance their members
-      // stay), then their scans, shared with the workers when big enough. Clusters only read.
-      sh.filterStats[0] = 0;
-      sh.filterStats[1] = 0;
-      const tasks = kernel.filter(
-        clusters, L.cLen, L.cMax, L.centreRows, L.centreZ, cPtr, czPtr, dimBytes, kBytes,
-        margins.slack, margins.lo, margins.hi, margins.abs, L.taskK, L.taskKeep, L.taskQ, L.filterStats,
-      );
-      centreEvaluations += sh.filterStats[0];
-      boundEvaluations += sh.filterStats[1];
-      let scanned = 0;
-      for (let t = 0; t < tasks; t++) {
-        sh.taskMvOffset[t] = scanned; // room for every member: distinct clusters, n in all
-        scanned += sh.cLen[sh.taskK[t]];
-      }
-      sh.ctl[CTL.C_PTR] = cPtr;
-      sh.ctl[CTL.CZ_PTR] = czPtr;
-      if (pool && scanned >= Math.max(1, parallelMin)) {
-        const chunks = planChunks(sh, tasks, scanned, pool.size + 1);
-        pool.publish(++seq, chunks);
-        runChunks(sh, seq, 0);
-        pool.waitDone(chunks);
-      } else {
-        sh.chunkStart[0] = 0;
-        sh.chunkStart[1] = tasks;
-        processChunk(sh, 0, 0);
-      }
-
-      // Phase 2 (this thread): the movers leave their clusters for the new one, appended to
-      // the arena behind the live clusters.
-      let movers = 0;
-      for (let t = 0; t < tasks; t++) {
-        movers += sh.taskMovers[t];
-        evaluations += sh.taskEvals[t];
-        boundEvaluations += sh.taskBounds[t];
-      }
-      if (bump + movers > L.cap) compact();
-      let cursor = bump;
-      for (let t = 0; t < tasks; t++) {
-        const count = sh.taskMovers[t];
-        if (count === 0) continue;
-        const k = sh.taskK[t];
-        const st = sh.cStart[k];
-        const mv = sh.taskMvOffset[t] * 4;
-        sh.cLen[k] = kernel.takeMovers(
-          L.dist + st * 4, L.idx + st * 4, L.z + st * kBytes, L.rho + st * 4, L.rows + st * dimBytes, sh.cLen[k],
-          L.mvPos + mv, L.mvDist + mv, L.mvRho + mv, count,
-          L.dist + cursor * 4, L.idx + cursor * 4, L.z + cursor * kBytes, L.rho + cursor * 4, L.rows + cursor * dimBytes,
-          dimBytes, kBytes, sh.cArgPos[k], L.out,
-        );
-        sh.cArgPos[k] = outArgPos[0];
-        cursor += count;
-      }
-      let mx = -1;
-      let arg = 0;
-      let argPos = 0;
-      for (let p = bump; p < cursor; p++) {
-        const dx = sh.dist[p];
-        const x = sh.idx[p];
-        if (dx > mx || (dx === mx && x < arg)) {
-          mx = dx;
-          arg = x;
-          argPos = p - bump;
-        }
-      }
-      sh.cStart[clusters] = bump;
-      sh.cLen[clusters] = cursor - bump;
-      sh.cMax[clusters] = mx;
-      sh.cArg[clusters] = arg;
-      sh.cArgPos[clusters] = argPos;
-      clusters++;
-      bump = cursor;
-
-      if (opts.onProgress && ((s + 1) % stride === 0 || s + 1 === m)) opts.onProgress(s + 1, m);
-    }
-  } finally {
-    pool?.stop();
-  }
-  const allChunks = sh.ctl[CTL.ALL_CHUNKS];
-  return {
-    selected,
-    minDistanceAtSelection,
-    distanceEvaluations: evaluations,
-    centreDistanceEvaluations: centreEvaluations,
-    boundEvaluations,
-    threads: 1 + workerCount,
-    workerShare: allChunks > 0 ? Atomics.load(sh.ctl, CTL.WORKER_CHUNKS) / allChunks : 0,
-  };
-}
-
-/**
- * Splits the task list (in cluster order) into chunks of about equal member counts, several per
- * thread so that a thread slowed by other load leaves its share to the others.
- */
-function planChunks(sh: KCenterShared, tasks: number, scanned: number, threads: number): number {
-  const target = Math.max(2048, Math.ceil(scanned / (threads * 6)));
-  let chunks = 0;
-  let acc = 0;
-  sh.chunkStart[0] = 0;
-  for (let t = 0; t < tasks; t++) {
-    acc += sh.cLen[sh.taskK[t]];
-    if (acc >= target || t === tasks - 1) {
-      sh.chunkStart[++chunks] = t + 1;
-      acc = 0;
-    }
-  }
-  return chunks;
-}
-
-/** The points k-center runs on and where it starts, as `selectCoreset` derives them. */
 export interface CoresetInput {
   points: Float32Array;
   dim: number;

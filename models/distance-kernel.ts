@@ -1,7 +1,8 @@
 /**
  * The WebAssembly SIMD kernels of greedy k-center (see coreset.ts): squared distances and the
- * subspace lower bound in f32x4 lanes, and the whole member scan of one cluster, so the hot loops
- * run as straight SIMD code over rows kept in one (shared) WebAssembly memory.
+ * subspace lower bound in f32x4 lanes, the naive algorithm's minimum update and argmax, and the
+ * lazy algorithm's refresh of one point (`pull`), so the hot loops run as straight SIMD code over
+ * rows kept in one (shared) WebAssembly memory.
  *
  * The module is assembled at load time (wasm-encoder.ts): every function below is a list of
  * opcodes whose shape is written out next to it.
@@ -10,7 +11,7 @@
  * of 32, rows zero-padded) accumulates element i into lane i mod 4 of accumulator A when
  * ⌊i/4⌋ is even and of accumulator B otherwise, in f32, then returns ((s₀ + s₁) + (s₂ + s₃)) of
  * S = A + B. `squaredDistanceF32` is the same computation in plain JS (for tests). Every caller —
- * the naive reference and the pruned algorithm — gets bit-identical values for the same two rows.
+ * the naive reference and the lazy algorithm — gets bit-identical values for the same two rows.
  */
 
 import { assembleModule, F32, F64, Fn, I32, op, V128, wasm, type KernelMemory } from './wasm-encoder.js';
@@ -116,189 +117,6 @@ function buildArgmax(): Fn {
   f.emit(op.get(dist), op.get(i), op.i32Const(2), op.i32Shl, op.i32Add, op.f32Load(), op.tee(v), op.get(best), op.f32Gt);
   f.emit(op.if, op.get(v), op.set(best), op.get(i), op.set(bi), op.end);
   f.emit(op.get(i), op.i32Const(1), op.i32Add, op.set(i), op.br(0), op.end, op.end, op.get(bi));
-  return f;
-}
-
-/**
- * filter(clusters, cLen, cMax, centreRows, centreZ, c, cz, dimBytes, kBytes, slack, lo, hi, abs,
- *        outK, outKeep, outQ, stats) → count
- * Lists the clusters whose members the new centre c might take. Cluster k (len > 0, max > 0) is
- * skipped when a lower bound of d(c, centre k)² reaches limit = 4·max·slack: first the subspace
- * bound b̃·lo − abs, then the distance itself. Otherwise outK[count] = k, outKeep[count] =
- * d̃(c, a)² / (4·slack) (members at or below it stay) and outQ[count] = a lower bound of the
- * distance between c and centre k outside the subspace, √(d̃·lo − b̃·hi − abs)₊ (f64 both).
- * stats[0] += centre distances, stats[1] += bounds.
- */
-function buildFilter(): Fn {
-  const f = new Fn([I32, I32, I32, I32, I32, I32, I32, I32, I32, F64, F64, F64, F64, I32, I32, I32, I32], [I32]);
-  const [clusters, cLen, cMax, centreRows, centreZ, c, cz, dimBytes, kBytes, slack, lo, hi, abs, outK, outKeep, outQ, stats] = [
-    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
-  ];
-  const k = f.local(I32);
-  const count = f.local(I32);
-  const cevals = f.local(I32);
-  const bounds = f.local(I32);
-  const mx = f.local(F32);
-  const limit = f.local(F64);
-  const b = f.local(F32);
-  const d = f.local(F32);
-  const q2 = f.local(F64);
-  const ptr = f.local(I32);
-  f.emit(op.block, op.loop, op.get(k), op.get(clusters), op.i32GeU, op.brIf(1));
-  f.emit(op.block); // $next
-  f.emit(op.get(cLen), op.get(k), op.i32Const(2), op.i32Shl, op.i32Add, op.i32Load(), op.i32Eqz, op.brIf(0));
-  f.emit(op.get(cMax), op.get(k), op.i32Const(2), op.i32Shl, op.i32Add, op.f32Load(), op.tee(mx), op.f32Const(0), op.f32Eq, op.brIf(0));
-  f.emit(op.f64Const(4), op.get(mx), op.f64PromoteF32, op.f64Mul, op.get(slack), op.f64Mul, op.set(limit));
-  f.emit(op.f32Const(0), op.set(b));
-  f.emit(op.get(kBytes), op.if);
-  f.emit(op.get(bounds), op.i32Const(1), op.i32Add, op.set(bounds));
-  f.emit(op.get(centreZ), op.get(k), op.get(kBytes), op.i32Mul, op.i32Add, op.set(ptr));
-  emitBound(f, ptr, cz, kBytes, b);
-  f.emit(op.get(b), op.f64PromoteF32, op.get(lo), op.f64Mul, op.get(abs), op.f64Sub, op.get(limit), op.f64Gt, op.brIf(1));
-  f.emit(op.end);
-  f.emit(op.get(cevals), op.i32Const(1), op.i32Add, op.set(cevals));
-  f.emit(op.get(centreRows), op.get(k), op.get(dimBytes), op.i32Mul, op.i32Add, op.set(ptr));
-  emitDistance(f, ptr, c, dimBytes, d, limit);
-  f.emit(op.get(d), op.f64PromoteF32, op.get(limit), op.f64Ge, op.brIf(0));
-  f.emit(op.get(outK), op.get(count), op.i32Const(2), op.i32Shl, op.i32Add, op.get(k), op.i32Store());
-  f.emit(op.get(outKeep), op.get(count), op.i32Const(3), op.i32Shl, op.i32Add);
-  f.emit(op.get(d), op.f64PromoteF32, op.f64Const(4), op.get(slack), op.f64Mul, op.f64Div, op.f64Store());
-  // q = √max(0, d̃·lo − b̃·hi − abs), 0 without a bound (b̃ = 0 then, and q is not used).
-  f.emit(op.get(d), op.f64PromoteF32, op.get(lo), op.f64Mul, op.get(b), op.f64PromoteF32, op.get(hi), op.f64Mul, op.f64Sub);
-  f.emit(op.get(abs), op.f64Sub, op.f64Const(0), op.f64Max, op.set(q2));
-  f.emit(op.get(outQ), op.get(count), op.i32Const(3), op.i32Shl, op.i32Add, op.get(q2), op.f64Sqrt, op.f64Store());
-  f.emit(op.get(count), op.i32Const(1), op.i32Add, op.set(count));
-  f.emit(op.end); // $next
-  f.emit(op.get(k), op.i32Const(1), op.i32Add, op.set(k), op.br(0), op.end, op.end);
-  f.emit(op.get(stats), op.get(stats), op.i32Load(0), op.get(cevals), op.i32Add, op.i32Store(0));
-  f.emit(op.get(stats), op.get(stats), op.i32Load(4), op.get(bounds), op.i32Add, op.i32Store(4));
-  f.emit(op.get(count));
-  return f;
-}
-
-/**
- * scan(dist, idx, z, rho, rows, len, c, cz, keepBelow, q, lo, hi, abs, dimBytes, kBytes,
- *      mvPos, mvDist, mvRho, out) → movers
- * One cluster's members (parallel arrays: f32 distance to their centre a, u32 point index, bound
- * coordinates, ρ ≥ their distance to a outside the subspace, row) against the new centre c; the
- * cluster itself is not changed. Member x stays, unevaluated, when
- *   dist ≤ keepBelow (triangle inequality), or
- *   (q − ρ)₊² > dist·hi, or b̃·lo − abs + (q − ρ)₊² > dist·hi
- * (q ≤ distance of c and a outside the subspace, b̃ the subspace bound: lower bounds of d(x, c)²);
- * otherwise its distance to c is computed, and when smaller x moves: its position, new distance
- * and new ρ = √(d̃·hi − b̃·lo + abs) go to the mover lists, in increasing position.
- * out ← [movers i32, arg u32, argPos u32, max f32, evals i32, bounds i32] over the members that
- * stay (lowest index on ties; max −1 if none).
- */
-function buildScan(): Fn {
-  const f = new Fn([I32, I32, I32, I32, I32, I32, I32, I32, F64, F64, F64, F64, F64, I32, I32, I32, I32, I32, I32], [I32]);
-  const [dist, idx, z, rho, rows, len, c, cz, keepBelow, q, lo, hi, abs, dimBytes, kBytes, mvPos, mvDist, mvRho, out] = [
-    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18,
-  ];
-  const r = f.local(I32);
-  const x = f.local(I32);
-  const movers = f.local(I32);
-  const arg = f.local(I32);
-  const argPos = f.local(I32);
-  const evals = f.local(I32);
-  const bounds = f.local(I32);
-  const zPtr = f.local(I32);
-  const rowPtr = f.local(I32);
-  const dx = f.local(F32);
-  const dx64 = f.local(F64);
-  const thr = f.local(F64);
-  const g = f.local(F64);
-  const mx = f.local(F32);
-  const d = f.local(F32);
-  const b = f.local(F32);
-  const at = (base: number, index: number, shift: number): number[] => [
-    ...op.get(base), ...op.get(index), ...op.i32Const(shift), ...op.i32Shl, ...op.i32Add,
-  ];
-  f.emit(op.f32Const(-1), op.set(mx));
-  f.emit(op.block, op.loop); // $exit, $L
-  f.emit(op.get(r), op.get(len), op.i32GeU, op.brIf(1));
-  f.emit(at(dist, r, 2), op.f32Load(), op.tee(dx), op.f64PromoteF32, op.tee(dx64), op.get(hi), op.f64Mul, op.set(thr));
-  f.emit(op.block); // $keep
-  f.emit(op.get(dx64), op.get(keepBelow), op.f64Le, op.brIf(0));
-  f.emit(op.f32Const(0), op.set(b));
-  f.emit(op.get(kBytes), op.if);
-  // g = (q − ρ)₊², ρ read back from f32 with a nudge up.
-  f.emit(op.get(q), at(rho, r, 2), op.f32Load(), op.f64PromoteF32, op.f64Const(1 + 2 ** -20), op.f64Mul, op.f64Sub);
-  f.emit(op.f64Const(0), op.f64Max, op.tee(g), op.get(g), op.f64Mul, op.tee(g), op.get(thr), op.f64Gt, op.brIf(1));
-  f.emit(op.get(bounds), op.i32Const(1), op.i32Add, op.set(bounds));
-  f.emit(op.get(z), op.get(r), op.get(kBytes), op.i32Mul, op.i32Add, op.set(zPtr));
-  emitBound(f, zPtr, cz, kBytes, b);
-  f.emit(op.get(b), op.f64PromoteF32, op.get(lo), op.f64Mul, op.get(abs), op.f64Sub, op.f64Const(0), op.f64Max, op.get(g), op.f64Add);
-  f.emit(op.get(thr), op.f64Gt, op.brIf(1));
-  f.emit(op.end);
-  f.emit(op.get(evals), op.i32Const(1), op.i32Add, op.set(evals));
-  f.emit(op.get(rows), op.get(r), op.get(dimBytes), op.i32Mul, op.i32Add, op.set(rowPtr));
-  emitDistance(f, rowPtr, c, dimBytes, d, dx64);
-  f.emit(op.get(d), op.get(dx), op.f32Ge, op.brIf(0));
-  // x moves to c.
-  f.emit(at(mvPos, movers, 2), op.get(r), op.i32Store());
-  f.emit(at(mvDist, movers, 2), op.get(d), op.f32Store());
-  f.emit(at(mvRho, movers, 2));
-  f.emit(op.get(d), op.f64PromoteF32, op.get(hi), op.f64Mul, op.get(b), op.f64PromoteF32, op.get(lo), op.f64Mul, op.f64Sub);
-  f.emit(op.get(abs), op.f64Add, op.f64Const(0), op.f64Max, op.f64Sqrt, op.f64Const(1 + 2 ** -20), op.f64Mul, op.f32DemoteF64, op.f32Store());
-  f.emit(op.get(movers), op.i32Const(1), op.i32Add, op.set(movers));
-  f.emit(op.get(r), op.i32Const(1), op.i32Add, op.set(r), op.br(1));
-  f.emit(op.end); // $keep
-  f.emit(at(idx, r, 2), op.i32Load(), op.set(x));
-  f.emit(op.get(dx), op.get(mx), op.f32Gt, op.get(dx), op.get(mx), op.f32Eq, op.get(x), op.get(arg), op.i32LtU, op.i32And, op.i32Or);
-  f.emit(op.if, op.get(dx), op.set(mx), op.get(x), op.set(arg), op.get(r), op.set(argPos), op.end);
-  f.emit(op.get(r), op.i32Const(1), op.i32Add, op.set(r), op.br(0));
-  f.emit(op.end, op.end);
-  f.emit(op.get(out), op.get(movers), op.i32Store(0), op.get(out), op.get(arg), op.i32Store(4));
-  f.emit(op.get(out), op.get(argPos), op.i32Store(8), op.get(out), op.get(mx), op.f32Store(12));
-  f.emit(op.get(out), op.get(evals), op.i32Store(16), op.get(out), op.get(bounds), op.i32Store(20));
-  f.emit(op.get(movers));
-  return f;
-}
-
-/**
- * takeMovers(dist, idx, z, rho, rows, len, mvPos, mvDist, mvRho, count, dDist, dIdx, dZ, dRho,
- *            dRows, dimBytes, kBytes, argPos, out) → new len
- * After a scan: copies the `count` movers (positions ascending) of one cluster to the
- * destination slots (with their new distance and ρ), then closes the holes, last member first
- * into the highest hole. out[0] ← the new position of the member at argPos.
- */
-function buildTakeMovers(): Fn {
-  const f = new Fn([I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32], [I32]);
-  const [dist, idx, z, rho, rows, len, mvPos, mvDist, mvRho, count, dDist, dIdx, dZ, dRho, dRows, dimBytes, kBytes, argPos, out] = [
-    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18,
-  ];
-  const j = f.local(I32);
-  const r = f.local(I32);
-  const w = f.local(I32);
-  const at = (base: number, index: number, shift: number): number[] => [
-    ...op.get(base), ...op.get(index), ...op.i32Const(shift), ...op.i32Shl, ...op.i32Add,
-  ];
-  const atStride = (base: number, index: number, stride: number): number[] => [
-    ...op.get(base), ...op.get(index), ...op.get(stride), ...op.i32Mul, ...op.i32Add,
-  ];
-  f.emit(op.block, op.loop, op.get(j), op.get(count), op.i32GeU, op.brIf(1));
-  f.emit(at(mvPos, j, 2), op.i32Load(), op.set(r));
-  f.emit(at(dDist, j, 2), at(mvDist, j, 2), op.f32Load(), op.f32Store());
-  f.emit(at(dRho, j, 2), at(mvRho, j, 2), op.f32Load(), op.f32Store());
-  f.emit(at(dIdx, j, 2), at(idx, r, 2), op.i32Load(), op.i32Store());
-  f.emit(atStride(dZ, j, kBytes), atStride(z, r, kBytes), op.get(kBytes), op.memoryCopy);
-  f.emit(atStride(dRows, j, dimBytes), atStride(rows, r, dimBytes), op.get(dimBytes), op.memoryCopy);
-  f.emit(op.get(j), op.i32Const(1), op.i32Add, op.set(j), op.br(0), op.end, op.end);
-  f.emit(op.get(len), op.set(w));
-  f.emit(op.block, op.loop, op.get(j), op.i32Eqz, op.brIf(1));
-  f.emit(op.get(j), op.i32Const(1), op.i32Sub, op.set(j));
-  f.emit(at(mvPos, j, 2), op.i32Load(), op.set(r));
-  f.emit(op.get(w), op.i32Const(1), op.i32Sub, op.set(w));
-  f.emit(op.get(r), op.get(w), op.i32Ne, op.if);
-  f.emit(at(dist, r, 2), at(dist, w, 2), op.f32Load(), op.f32Store());
-  f.emit(at(rho, r, 2), at(rho, w, 2), op.f32Load(), op.f32Store());
-  f.emit(at(idx, r, 2), at(idx, w, 2), op.i32Load(), op.i32Store());
-  f.emit(atStride(z, r, kBytes), atStride(z, w, kBytes), op.get(kBytes), op.memoryCopy);
-  f.emit(atStride(rows, r, dimBytes), atStride(rows, w, dimBytes), op.get(dimBytes), op.memoryCopy);
-  f.emit(op.get(argPos), op.get(w), op.i32Eq, op.if, op.get(r), op.set(argPos), op.end);
-  f.emit(op.end, op.br(0), op.end, op.end);
-  f.emit(op.get(out), op.get(argPos), op.i32Store(0), op.get(w));
   return f;
 }
 
@@ -412,9 +230,6 @@ const EXPORTS: Array<[string, () => Fn]> = [
   ['sqdist', buildSqdist],
   ['minUpdate', buildMinUpdate],
   ['argmax', buildArgmax],
-  ['filter', buildFilter],
-  ['scan', buildScan],
-  ['takeMovers', buildTakeMovers],
   ['matRows', buildMatRows],
   ['pull', buildPull],
 ];
@@ -430,21 +245,6 @@ export interface DistanceKernel {
   sqdist(x: number, c: number, dimBytes: number): number;
   minUpdate(rows: number, n: number, dimBytes: number, c: number, dist: number): number;
   argmax(dist: number, n: number): number;
-  filter(
-    clusters: number, cLen: number, cMax: number, centreRows: number, centreZ: number, c: number, cz: number,
-    dimBytes: number, kBytes: number, slack: number, lo: number, hi: number, abs: number,
-    outK: number, outKeep: number, outQ: number, stats: number,
-  ): number;
-  scan(
-    dist: number, idx: number, z: number, rho: number, rows: number, len: number, c: number, cz: number,
-    keepBelow: number, q: number, lo: number, hi: number, abs: number, dimBytes: number, kBytes: number,
-    mvPos: number, mvDist: number, mvRho: number, out: number,
-  ): number;
-  takeMovers(
-    dist: number, idx: number, z: number, rho: number, rows: number, len: number,
-    mvPos: number, mvDist: number, mvRho: number, count: number,
-    dDist: number, dIdx: number, dZ: number, dRho: number, dRows: number, dimBytes: number, kBytes: number, argPos: number, out: number,
-  ): number;
   matRows(
     w: number, outDim: number, inPad: number, tri: number, bias: number, x: number, xStride: number, n: number,
     inDim: number, xs: number, out: number, outStride: number,

@@ -1,13 +1,9 @@
 import test from 'ava';
-import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import ts from 'typescript';
 import {
   coresetSize,
-  kCenterGreedy,
   kCenterGreedyNaive,
   prepareCoresetInput,
   principalBasis,
@@ -142,12 +138,12 @@ test('coresetSize: reference sizes, ratio 1, and clear errors', (t) => {
   t.throws(() => coresetSize(50, 0.01), { message: /ratio 0\.01 of n = 50/ });
 });
 
-test('kCenterGreedy reproduces the reference fixture (embedding_train0, start 0, M = 78)', (t) => {
+test('k-center (lazy and naive) reproduces the reference fixture (embedding_train0, start 0, M = 78)', (t) => {
   const fixture = (JSON.parse(readFileSync(resolve(referenceDir, 'coreset.json'), 'utf8')) as {
     kcenter_fixture: { start_index: number; M: number; selected: number[]; min_distance_at_selection: number[] };
   }).kcenter_fixture;
   const points = readF32(resolve(referenceDir, 'embedding_train0.bin'));
-  for (const algorithm of [kCenterGreedyLazy, kCenterGreedy, kCenterGreedyNaive]) {
+  for (const algorithm of [kCenterGreedyLazy, kCenterGreedyNaive]) {
     const r = algorithm(points, 784, 128, fixture.M, fixture.start_index);
     t.deepEqual(Array.from(r.selected), fixture.selected, algorithm.name);
     fixture.min_distance_at_selection.forEach((d, i) => {
@@ -155,33 +151,31 @@ test('kCenterGreedy reproduces the reference fixture (embedding_train0, start 0,
     });
   }
   // The start index only initialises the distances: it is not selected first.
-  t.not(kCenterGreedy(points, 784, 128, 1, 0).selected[0], 0);
+  t.not(kCenterGreedyLazy(points, 784, 128, 1, 0).selected[0], 0);
 });
 
-test('pruned k-centers (pushing and lazy) equal the naive one on clustered data of several sizes', (t) => {
+test('lazy k-center equals the naive one on clustered data of several sizes', (t) => {
   const cases = [
     { n: 500, dim: 8, modes: 5, m: 60 },
     { n: 3000, dim: 64, modes: 40, m: 120 },
     { n: 4000, dim: 128, modes: 200, m: 400 },
     { n: 2000, dim: 33, modes: 1, m: 2000 }, // m = n: runs into zero distances at the end
-    { n: 12000, dim: 48, modes: 3, m: 40 }, // big early clusters take over the mover scratch
+    { n: 12000, dim: 48, modes: 3, m: 40 }, // a few big clusters
   ];
   for (const c of cases) {
     const points = clustered(c.n, c.dim, c.modes, c.n);
     const naive = kCenterGreedyNaive(points, c.n, c.dim, c.m, 7);
     for (const lowerBoundDims of [undefined, 0, 4, 16]) {
       if (lowerBoundDims !== undefined && lowerBoundDims > c.dim) continue;
-      for (const algorithm of [kCenterGreedy, kCenterGreedyLazy]) {
-        const pruned = algorithm(points, c.n, c.dim, c.m, 7, { lowerBoundDims });
-        t.deepEqual(pruned.selected, naive.selected, `${algorithm.name} n=${c.n} dim=${c.dim} bound=${String(lowerBoundDims)}`);
-        t.deepEqual(pruned.minDistanceAtSelection, naive.minDistanceAtSelection);
-        if (c.m < c.n) t.true(pruned.distanceEvaluations < naive.distanceEvaluations);
-      }
+      const lazy = kCenterGreedyLazy(points, c.n, c.dim, c.m, 7, { lowerBoundDims });
+      t.deepEqual(lazy.selected, naive.selected, `n=${c.n} dim=${c.dim} bound=${String(lowerBoundDims)}`);
+      t.deepEqual(lazy.minDistanceAtSelection, naive.minDistanceAtSelection);
+      if (c.m < c.n) t.true(lazy.distanceEvaluations < naive.distanceEvaluations);
     }
   }
 });
 
-test('pruned k-centers (pushing and lazy) break exact ties like the naive one (lowest index) and select duplicates again once every distance is 0', (t) => {
+test('lazy k-center breaks exact ties like the naive one (lowest index) and select duplicates again once every distance is 0', (t) => {
   // An integer grid with duplicates: many exactly equal distances.
   const rng = new Random(11);
   const n = 1500;
@@ -195,15 +189,13 @@ test('pruned k-centers (pushing and lazy) break exact ties like the naive one (l
   for (let i = 0; i < 40; i++) for (let j = 0; j < 5; j++) few[i * 5 + j] = (i % 4) * (j + 1);
   const naiveFew = kCenterGreedyNaive(few, 40, 5, 10, 2);
   t.deepEqual(Array.from(naiveFew.selected).slice(3), [0, 0, 0, 0, 0, 0, 0]);
-  for (const algorithm of [kCenterGreedy, kCenterGreedyLazy]) {
-    for (const lowerBoundDims of [0, 3]) {
-      t.deepEqual(algorithm(grid, n, dim, 300, 0, { lowerBoundDims }).selected, naiveGrid.selected, `${algorithm.name} bound=${lowerBoundDims}`);
-    }
-    t.deepEqual(algorithm(few, 40, 5, 10, 2).selected, naiveFew.selected, algorithm.name);
+  for (const lowerBoundDims of [0, 3]) {
+    t.deepEqual(kCenterGreedyLazy(grid, n, dim, 300, 0, { lowerBoundDims }).selected, naiveGrid.selected, `bound=${lowerBoundDims}`);
   }
+  t.deepEqual(kCenterGreedyLazy(few, 40, 5, 10, 2).selected, naiveFew.selected);
 });
 
-test('lazy k-center: m = 0 selects nothing; bad input is named like the pushing one', (t) => {
+test('lazy k-center: m = 0 selects nothing; bad input is named', (t) => {
   const points = clustered(30, 4, 2, 1);
   t.deepEqual(kCenterGreedyLazy(points, 30, 4, 0, 3).selected, new Uint32Array(0));
   t.throws(() => kCenterGreedyLazy(points, 30, 4, 31, 0), { message: /m must be an integer in \[0, n = 30\]/ });
@@ -243,7 +235,7 @@ test('selectCoreset: seeded, deterministic, jl projection, pruned = naive', (t) 
   t.deepEqual(features, before);
   const input = prepareCoresetInput(features, n, dim, { ratio: 0.02, seed: 1, projection: 'jl' });
   const pointsBefore = input.points.slice();
-  kCenterGreedy(input.points, n, input.dim, input.m, input.startIndex);
+  kCenterGreedyLazy(input.points, n, input.dim, input.m, input.startIndex);
   t.deepEqual(input.points, pointsBefore);
   // Same seed → same start index with and without projection.
   t.is(
@@ -269,7 +261,7 @@ test('selectCoreset: ratio 1 keeps everything, progress reaches the total, bad i
   const bad = features.slice();
   bad[5 * 16 + 2] = Number.NaN;
   t.throws(() => selectCoreset(bad, 300, 16, { ratio: 0.5, seed: 0, projection: 'none' }), { message: /point 5, dimension 2 is NaN/ });
-  t.throws(() => kCenterGreedy(features, 300, 16, 10, 300), { message: /startIndex.*got 300/ });
+  t.throws(() => kCenterGreedyNaive(features, 300, 16, 10, 300), { message: /startIndex.*got 300/ });
 });
 
 test('principalBasis is orthonormal, also for rank-deficient data', (t) => {
@@ -381,76 +373,4 @@ test('distance kernel: transformRows matches the plain f64 product, in blocks, t
     }
   }
   t.throws(() => transformRows(w, 5, d, x, 3, false), { message: /5×37 matrix and 3 rows of 37 values/ });
-});
-
-// ---- parallel k-center (coreset-worker.ts) ----
-
-test('parallel k-center: the same selection for 1, 2 and 3 threads, workers take part, equal to naive', (t) => {
-  const n = 8000;
-  const dim = 128;
-  const m = 160;
-  const points = clustered(n, dim, 300, 4);
-  const naive = kCenterGreedyNaive(points, n, dim, m, 11);
-  for (const threads of [1, 2, 3]) {
-    const r = kCenterGreedy(points, n, dim, m, 11, { threads, parallelMinMembers: 0 });
-    t.deepEqual(r.selected, naive.selected, `threads ${threads}`);
-    t.deepEqual(r.minDistanceAtSelection, naive.minDistanceAtSelection);
-    t.is(r.threads, threads);
-    if (threads > 1) t.true(r.workerShare > 0, `workers scanned ${r.workerShare} of the chunks`);
-  }
-  // Small inputs do not start workers at the default threshold.
-  t.is(kCenterGreedy(points, n, dim, 20, 11, { threads: 2 }).threads, 1);
-  t.throws(() => kCenterGreedy(points, n, dim, 20, 11, { threads: 0 }), { message: /threads must be an integer in \[1, 64\], got 0/ });
-});
-
-test('parallel k-center: a failing worker fails the call with its error, and nothing hangs', (t) => {
-  const n = 6000;
-  const dim = 64;
-  const points = clustered(n, dim, 100, 5);
-  t.throws(() => kCenterGreedy(points, n, dim, 100, 0, { threads: 2, parallelMinMembers: 0, failWorkerAtChunk: 3 }), {
-    message: /coreset worker 1 failed: Error: injected failure on chunk \d+ of step \d+/,
-  });
-  t.throws(() => kCenterGreedy(points, n, dim, 100, 0, { threads: 3, parallelMinMembers: 0, failWorkerAtChunk: -1 }), {
-    message: /coreset worker [12] failed: Error: injected failure while starting/,
-  });
-  // The next call starts afresh and works.
-  const ok = kCenterGreedy(points, n, dim, 100, 0, { threads: 2, parallelMinMembers: 0 });
-  t.deepEqual(ok.selected, kCenterGreedyNaive(points, n, dim, 100, 0).selected);
-});
-
-test('compiled build: the worker runs as plain JS under node (no tsx) and selects the same points', (t) => {
-  // Transpile the k-center modules as tsc would emit them, then run them in a child without tsx.
-  const out = mkdtempSync(join(tmpdir(), 'coreset-compiled-'));
-  try {
-    mkdirSync(join(out, 'models'));
-    writeFileSync(join(out, 'package.json'), '{"type":"module"}');
-    for (const name of ['coreset', 'coreset-lazy', 'coreset-worker', 'distance-kernel', 'projection', 'random', 'wasm-encoder', 'worker-module']) {
-      const source = readFileSync(resolve(repoRoot, 'models', `${name}.ts`), 'utf8');
-      const js = ts.transpileModule(source, { compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022 } }).outputText;
-      writeFileSync(join(out, 'models', `${name}.js`), js);
-    }
-    const n = 5000;
-    const dim = 128;
-    const points = clustered(n, dim, 200, 6);
-    writeFileSync(join(out, 'points.bin'), Buffer.from(points.buffer));
-    writeFileSync(
-      join(out, 'run.mjs'),
-      `import { readFileSync } from 'node:fs';
-import { kCenterGreedy } from './models/coreset.js';
-const b = readFileSync(new URL('./points.bin', import.meta.url));
-const points = new Float32Array(b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength));
-const r = kCenterGreedy(points, ${n}, ${dim}, 100, 3, { threads: 2, parallelMinMembers: 0 });
-console.log(JSON.stringify({ selected: Array.from(r.selected), threads: r.threads, workerShare: r.workerShare }));
-`,
-    );
-    // Plain node: no tsx loader flags, so only the transpiled .js worker can load.
-    const child = spawnSync(process.execPath, [join(out, 'run.mjs')], { encoding: 'utf8', timeout: 60_000 });
-    t.is(child.status, 0, child.stderr);
-    const result = JSON.parse(child.stdout) as { selected: number[]; threads: number; workerShare: number };
-    t.is(result.threads, 2);
-    t.true(result.workerShare > 0);
-    t.deepEqual(result.selected, Array.from(kCenterGreedy(points, n, dim, 100, 3, { threads: 1 }).selected));
-  } finally {
-    rmSync(out, { recursive: true, force: true });
-  }
 });
