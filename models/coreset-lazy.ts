@@ -99,8 +99,7 @@ export function kCenterGreedyLazy(
 
   // Max-heap of point indices by (v descending, index ascending).
   const heap = new Int32Array(n);
-  const pos = new Int32Array(n);
-  for (let i = 0; i < n; i++) heap[i] = pos[i] = i;
+  for (let i = 0; i < n; i++) heap[i] = i;
   const above = (a: number, b: number): boolean => v[a]! > v[b]! || (v[a] === v[b] && a < b);
   const siftDown = (i: number): void => {
     const x = heap[i]!;
@@ -111,11 +110,9 @@ export function kCenterGreedyLazy(
       const c = r < n && above(heap[r]!, heap[l]!) ? r : l;
       if (!above(heap[c]!, x)) break;
       heap[i] = heap[c]!;
-      pos[heap[i]!] = i;
       i = c;
     }
     heap[i] = x;
-    pos[x] = i;
   };
   for (let i = (n >> 1) - 1; i >= 0; i--) siftDown(i);
 
