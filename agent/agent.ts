@@ -399,17 +399,17 @@ export class Agent extends EventEmitter<AgentEvents> {
     };
   }
 
+  /** Publishes the retained status again (after a model swap or a refused model). */
+  private republishStatus(): void {
+    this.started.find((e): e is StatusPublisher => e instanceof StatusPublisher)?.publish('running');
+  }
+
   /**
    * One line per model: the execution provider it got and why each earlier candidate was not
    * used, e.g. `model tile: provider cpu (cuda skipped: no NVIDIA GPU device found; webgpu
    * skipped: …)`. A warning when the model ended on the CPU although a GPU was asked for or a
    * GPU device is present (a driver or library problem, not a CPU-only box).
    */
-  /** Publishes the retained status again (after a model swap or a refused model). */
-  private republishStatus(): void {
-    this.started.find((e): e is StatusPublisher => e instanceof StatusPublisher)?.publish('running');
-  }
-
   private logProvider(m: ModelStatus): void {
     const fields = { model: m.name, provider: m.provider, fallbacks: m.fallbacks, requested: this.config.inference.provider };
     const gpuExpected = this.config.inference.provider === 'cuda' || this.config.inference.provider === 'webgpu' || (this.config.inference.provider === 'auto' && (nvidiaGpuPresent() || renderNodePresent()));
