@@ -34,9 +34,10 @@ export function redactUrl(input: string): string {
     const colon = userinfo.indexOf(':');
     hostPart = `${colon >= 0 ? `${userinfo.slice(0, colon)}:***` : userinfo}@${authority.slice(at + 1)}`;
   }
-  tail = tail.replace(/([?&;])([^=&;#]+)=([^&;#]*)/g, (all, sep: string, key: string) =>
-    isSecretKey(safeDecode(key)) || SECRET_PARAM_SHORTHAND.test(safeDecode(key)) ? `${sep}${key}=***` : all,
-  );
+  tail = tail.replace(/([?&;])([^=&;#]+)=([^&;#]*)/g, (all, sep: string, key: string) => {
+    const name = safeDecode(key);
+    return isSecretKey(name) || SECRET_PARAM_SHORTHAND.test(name) ? `${sep}${key}=***` : all;
+  });
   return scheme + hostPart + tail;
 }
 
