@@ -7,7 +7,7 @@
  */
 import { decodeImage, type RawImage } from './image-decode.js';
 import { assertBoxInside, axisCoefficients, type PixelBox } from './resize.js';
-import { resizeRgbIntoPlanes } from './resize-kernel.js';
+import { lookupRgbIntoPlanes, resizeRgbIntoPlanes } from './resize-kernel.js';
 import type { Normalization, PreprocessedImage } from './types.js';
 
 export type { PixelBox } from './resize.js';
@@ -31,9 +31,10 @@ export interface ModelInputOptions {
  * Writes into `out` at `outOffset` when given (fill a batch without copies) and returns `out`;
  * otherwise returns a new array of 3 · size² values.
  *
- * Hot in the agent (every slot of every frame), hence two shapes of the same maths: a box already
- * at the model's size maps each 8-bit value through a 256-entry table per channel; any other box
- * is resized and normalised into the three planes by the WebAssembly kernels (resize-kernel.ts).
+ * Hot in the agent (every slot of every frame), hence two shapes of the same maths, both
+ * WebAssembly kernels (resize-kernel.ts): a box already at the model's size maps each 8-bit value
+ * through a 256-entry table per channel; any other box is resized and normalised into the three
+ * planes.
  */
 export function toModelInput(img: RawImage, opts: ModelInputOptions, out?: Float32Array, outOffset = 0): Float32Array {
   const { size, normalization } = opts;
@@ -52,7 +53,7 @@ export function toModelInput(img: RawImage, opts: ModelInputOptions, out?: Float
   }
 
   if (box.width === size && box.height === size) {
-    lookupInto(img, box, size, normalizationTable(normalization), target, outOffset);
+    lookupRgbIntoPlanes(img.data, img.width, box, size, normalizationTable(normalization), target, outOffset);
     return target;
   }
 
@@ -62,74 +63,6 @@ export function toModelInput(img: RawImage, opts: ModelInputOptions, out?: Float
   const offset = [-mean[0] / std[0], -mean[1] / std[1], -mean[2] / std[2]] as const;
   resizeRgbIntoPlanes(img.data, img.width, box, axisCoefficients(box.width, size), axisCoefficients(box.height, size), scale, offset, target, outOffset);
   return target;
-}
-
-/** Four RGB pixels are three 32-bit words; reading words is only valid byte-for-byte on little-endian hosts. */
-const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
-/** Row copy for rows whose first byte is not 4-byte aligned in memory (grown on demand, never shrunk). */
-let rowWords = new Uint32Array(0);
-
-/**
- * The table path of toModelInput: each 8-bit value of a size×size box mapped through its
- * channel's 256-entry table into the three planes at `offset`. Reads the interleaved pixels
- * four at a time as three 32-bit words (twice as fast as byte reads in V8); a row that does not
- * start on a 4-byte boundary is copied to an aligned scratch row first.
- */
-function lookupInto(img: RawImage, box: PixelBox, size: number, lut: Float32Array, target: Float32Array, offset: number): void {
-  const data = img.data;
-  const plane = size * size;
-  const r = offset;
-  const g = offset + plane;
-  const b = offset + 2 * plane;
-  const rowBytes = size * 3;
-  // Pixels read as words; the rest of a row (and every pixel on a big-endian host) byte by byte.
-  const quads = LITTLE_ENDIAN ? size & ~3 : 0;
-  const scratchWords = Math.ceil(rowBytes / 4);
-  if (rowWords.length < scratchWords) rowWords = new Uint32Array(scratchWords);
-  const scratch = rowWords;
-  const scratchBytes = new Uint8Array(scratch.buffer, 0, scratchWords * 4);
-  const all = new Uint32Array(data.buffer, 0, data.buffer.byteLength >>> 2);
-  for (let y = 0; y < size; y++) {
-    const start = ((box.y + y) * img.width + box.x) * 3;
-    let words = all;
-    let w = 0;
-    if (quads > 0) {
-      const address = data.byteOffset + start;
-      if ((address & 3) === 0) w = address >>> 2;
-      else {
-        scratchBytes.set(data.subarray(start, start + rowBytes));
-        words = scratch;
-      }
-    }
-    const o = y * size;
-    let x = 0;
-    for (; x < quads; x += 4, w += 3) {
-      // Bytes, low to high: r0 g0 b0 r1 | g1 b1 r2 g2 | b2 r3 g3 b3.
-      const w0 = words[w];
-      const w1 = words[w + 1];
-      const w2 = words[w + 2];
-      const i = r + o + x;
-      const j = g + o + x;
-      const k = b + o + x;
-      target[i] = lut[w0 & 255];
-      target[j] = lut[256 + ((w0 >>> 8) & 255)];
-      target[k] = lut[512 + ((w0 >>> 16) & 255)];
-      target[i + 1] = lut[w0 >>> 24];
-      target[j + 1] = lut[256 + (w1 & 255)];
-      target[k + 1] = lut[512 + ((w1 >>> 8) & 255)];
-      target[i + 2] = lut[(w1 >>> 16) & 255];
-      target[j + 2] = lut[256 + (w1 >>> 24)];
-      target[k + 2] = lut[512 + (w2 & 255)];
-      target[i + 3] = lut[(w2 >>> 8) & 255];
-      target[j + 3] = lut[256 + ((w2 >>> 16) & 255)];
-      target[k + 3] = lut[512 + (w2 >>> 24)];
-    }
-    for (let q = start + x * 3; x < size; x++, q += 3) {
-      target[r + o + x] = lut[data[q]];
-      target[g + o + x] = lut[256 + data[q + 1]];
-      target[b + o + x] = lut[512 + data[q + 2]];
-    }
-  }
 }
 
 let lastTable: { mean: number[]; std: number[]; table: Float32Array } | null = null;

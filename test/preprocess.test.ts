@@ -421,30 +421,37 @@ test('a 20000×20000 image is refused from its header, before any pixel is decod
   await rejects(t, await raw(300, 200, 3, texture(300, 200)).png().toBuffer(), 'small-limit.png', 'too-large', { maxPixels: 50_000 });
 });
 
-test('toModelInput: the table path reads any row alignment and any size (words of four pixels plus a tail)', (t) => {
-  // Pixels placed at every byte offset 0–3 of their buffer, with boxes at odd x and sizes that
-  // are not multiples of 4, so both the aligned word reads, the copied rows and the tail run.
-  const w = 53;
-  const h = 41;
-  const pixels = noise(w, h, 3);
-  for (let shift = 0; shift < 4; shift++) {
-    const backing = new Uint8Array(pixels.length + 8);
-    const data = backing.subarray(shift, shift + pixels.length);
-    data.set(pixels);
-    const img: RawImage = { data, width: w, height: h, channels: 3, origin: `shift-${shift}`, sourceWidth: w, sourceHeight: h, shrink: 1 };
-    for (const [size, x, y] of [[37, 0, 0], [37, 5, 3], [16, 1, 24], [3, 50, 38], [41, 12, 0]] as const) {
-      const got = toModelInput(img, { size, normalization: norm, box: { x, y, width: size, height: size } });
-      const plane = size * size;
-      let wrong = 0;
-      for (let c = 0; c < 3; c++) {
-        for (let yy = 0; yy < size; yy++) {
-          for (let xx = 0; xx < size; xx++) {
-            const v = pixels[((y + yy) * w + x + xx) * 3 + c]!;
-            if (got[c * plane + yy * size + xx] !== Math.fround((v / 255 - norm.mean[c]!) / norm.std[c]!)) wrong++;
+test('toModelInput: the table path reads any row alignment, any size and any box position', (t) => {
+  // Pixels placed at every byte offset 0–3 of their buffer, boxes at odd x and sizes that are not
+  // multiples of 4; a square image whose box is the whole image (its rows are copied in one piece).
+  for (const [w, h, boxes] of [
+    [53, 41, [[37, 0, 0], [37, 5, 3], [16, 1, 24], [3, 50, 38], [41, 12, 0]]],
+    [29, 29, [[29, 0, 0]]],
+  ] as const) {
+    const pixels = noise(w, h, 3);
+    for (let shift = 0; shift < 4; shift++) {
+      const backing = new Uint8Array(pixels.length + 8);
+      const data = backing.subarray(shift, shift + pixels.length);
+      data.set(pixels);
+      const img: RawImage = { data, width: w, height: h, channels: 3, origin: `shift-${shift}`, sourceWidth: w, sourceHeight: h, shrink: 1 };
+      for (const [size, x, y] of boxes) {
+        // Written into a bigger buffer at an offset, as the agent fills a batch.
+        const out = new Float32Array(5 + 3 * size * size + 7).fill(-99);
+        toModelInput(img, { size, normalization: norm, box: { x, y, width: size, height: size } }, out, 5);
+        const got = out.subarray(5, 5 + 3 * size * size);
+        const plane = size * size;
+        let wrong = 0;
+        for (let c = 0; c < 3; c++) {
+          for (let yy = 0; yy < size; yy++) {
+            for (let xx = 0; xx < size; xx++) {
+              const v = pixels[((y + yy) * w + x + xx) * 3 + c]!;
+              if (got[c * plane + yy * size + xx] !== Math.fround((v / 255 - norm.mean[c]!) / norm.std[c]!)) wrong++;
+            }
           }
         }
+        t.is(wrong, 0, `${w}×${h} image at byte offset ${shift}, ${size}×${size} box at (${x}, ${y})`);
+        t.true(out.subarray(0, 5).every((v) => v === -99) && out.subarray(5 + 3 * plane).every((v) => v === -99), 'nothing written outside the slot');
       }
-      t.is(wrong, 0, `byte offset ${shift}, ${size}×${size} box at (${x}, ${y})`);
     }
   }
 });
