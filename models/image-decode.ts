@@ -81,7 +81,33 @@ export async function decodeImage(input: Buffer, opts: DecodeOptions): Promise<R
   }
   if (input.length === 0) throw new ImageDecodeError(origin, 'empty', 'the buffer holds 0 bytes');
 
-  // Header first: refuse absurd sizes before a single pixel is allocated.
+  if (opts.targetSize === undefined) {
+    // No shrink-on-load to plan, so nothing needs the header first: one libvips call (the agent
+    // decodes every frame this way), and the header is read only to explain a failure.
+    let decoded: { data: Buffer; info: OutputInfo };
+    try {
+      decoded = await decodePixels(input, failOn, maxPixels, null);
+    } catch (err) {
+      const meta = await readHeader(input, origin, failOn, maxPixels);
+      throw classify(origin, input, meta.format, err);
+    }
+    return toRawImage(decoded, origin, decoded.info, 1);
+  }
+
+  const meta = await readHeader(input, origin, failOn, maxPixels);
+  const upright = meta.autoOrient ?? { width: meta.width!, height: meta.height! };
+  const shrink = shrinkFactor(meta.format, upright.width, upright.height, opts.targetSize);
+  let decoded: { data: Buffer; info: OutputInfo };
+  try {
+    decoded = await decodePixels(input, failOn, maxPixels, shrink > 1 ? { width: Math.ceil(upright.width / shrink), height: Math.ceil(upright.height / shrink) } : null);
+  } catch (err) {
+    throw classify(origin, input, meta.format, err);
+  }
+  return toRawImage(decoded, origin, upright, shrink);
+}
+
+/** The header, checked: dimensions present and within maxPixels (no pixel is decoded). */
+async function readHeader(input: Buffer, origin: string, failOn: 'warning' | 'error', maxPixels: number): Promise<Metadata> {
   let meta: Metadata;
   try {
     meta = await sharp(input, { failOn, limitInputPixels: false }).metadata();
@@ -97,29 +123,18 @@ export async function decodeImage(input: Buffer, opts: DecodeOptions): Promise<R
       `${width}×${height} = ${(width * height / 1e6).toFixed(1)} megapixels exceeds the limit of ${(maxPixels / 1e6).toFixed(1)} megapixels`,
     );
   }
-  const upright = meta.autoOrient ?? { width, height };
-  const shrink = shrinkFactor(meta.format, upright.width, upright.height, opts.targetSize);
+  return meta;
+}
 
+/** Upright 8-bit RGB pixels, alpha over white, optionally shrunk on load to `size`. */
+function decodePixels(input: Buffer, failOn: 'warning' | 'error', maxPixels: number, size: { width: number; height: number } | null): Promise<{ data: Buffer; info: OutputInfo }> {
   let pipeline = sharp(input, { failOn, limitInputPixels: maxPixels, autoOrient: true });
-  if (shrink > 1) {
-    pipeline = pipeline.resize(Math.ceil(upright.width / shrink), Math.ceil(upright.height / shrink), {
-      fit: 'fill',
-      kernel: 'linear',
-      fastShrinkOnLoad: true,
-    });
-  }
-  // toColourspace('srgb') replicates grey, maps 16-bit to 8-bit and CMYK to sRGB; flatten drops alpha.
-  pipeline = pipeline.flatten({ background: WHITE }).toColourspace('srgb').removeAlpha();
+  if (size) pipeline = pipeline.resize(size.width, size.height, { fit: 'fill', kernel: 'linear', fastShrinkOnLoad: true });
+  return pipeline.flatten({ background: WHITE }).toColourspace('srgb').removeAlpha().raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
+}
 
-  let decoded: { data: Buffer; info: OutputInfo };
-  try {
-    decoded = await pipeline.raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
-  } catch (err) {
-    throw classify(origin, input, meta.format, err);
-  }
-  const { info, data } = decoded;
+function toRawImage({ data, info }: { data: Buffer; info: OutputInfo }, origin: string, upright: { width: number; height: number }, shrink: number): RawImage {
   if (info.channels !== 3 || data.length !== info.width * info.height * 3) {
-    // Guard against a pipeline surprise rather than hand the model mis-strided pixels.
     throw new ImageDecodeError(
       origin,
       'unsupported',

@@ -38,13 +38,21 @@ function noise(w: number, h: number, channels: number): Buffer {
 const raw = (w: number, h: number, channels: 1 | 2 | 3 | 4, data: Buffer) => sharp(data, { raw: { width: w, height: h, channels } });
 const pixel = (img: RawImage, x: number, y: number) => [...img.data.subarray((y * img.width + x) * 3, (y * img.width + x) * 3 + 3)];
 
+/**
+ * Both decode paths refuse the input with the same reason: the one-call path (no target size, as
+ * the agent decodes frames) and the header-first path (a target size, shrink-on-load planned).
+ */
 async function rejects(t: import('ava').ExecutionContext, input: Buffer, origin: string, reason: ImageDecodeReason, opts: { maxPixels?: number } = {}) {
-  const err = await t.throwsAsync(decodeImage(input, { origin, ...opts }), { instanceOf: ImageDecodeError });
-  t.is(err?.reason, reason, err?.message);
-  t.is(err?.origin, origin);
-  t.true(err?.message.includes(origin), err?.message);
-  t.true(err?.message.includes(reason), err?.message);
-  return err;
+  let first: ImageDecodeError | undefined;
+  for (const targetSize of [undefined, 224]) {
+    const err = await t.throwsAsync(decodeImage(input, { origin, ...opts, targetSize }), { instanceOf: ImageDecodeError });
+    t.is(err?.reason, reason, `targetSize ${targetSize}: ${err?.message}`);
+    t.is(err?.origin, origin);
+    t.true(err?.message.includes(origin), err?.message);
+    t.true(err?.message.includes(reason), err?.message);
+    first ??= err;
+  }
+  return first;
 }
 
 // ---------------------------------------------------------------- reference
