@@ -16,7 +16,7 @@
  * (about 45 MB after resizing a whole 3000×3000 photo, under 2 MB for slot crops) for the next one.
  */
 import type { AxisCoefficients, PixelBox } from './resize.js';
-import { assembleModule, F64, Fn, I32, op, V128, wasm, type GrowableMemory } from './wasm-encoder.js';
+import { assembleModule, F64, Fn, I32, op, V128, wasm, type GrowableMemory, type ValType } from './wasm-encoder.js';
 
 /**
  * horizontal3(src, srcRowBytes, rows, start, count, weights, strideBytes, outSize, tmp, tmpRowBytes):
@@ -112,14 +112,15 @@ function buildVertical(): Fn {
 }
 
 /**
- * planes(rows, rowBytes, height, width, dst, s0, o0, s1, o1, s2, o2): each interleaved f64 RGB
- * value v of the height rows (rowBytes apart) becomes f32(v·s_c + o_c) in channel c's plane at
- * dst (planes of width·height f32, one after another): the normalisation JavaScript does with
- * `plane[i] = v * s + o` (f64 arithmetic, rounded once to f32 on the store).
+ * A kernel (src, srcRowBytes, height, width, dst, ...extra) that writes each pixel of `height`
+ * rows (srcRowBytes apart, pixelBytes per pixel) as three f32 values, channel c's into plane c at
+ * dst (planes of width·height f32, one after another). `value` leaves channel c's f32 on the
+ * stack, given the local holding the pixel's address and the indices of the extra parameters.
  */
-function buildPlanes(): Fn {
-  const f = new Fn([I32, I32, I32, I32, I32, F64, F64, F64, F64, F64, F64], []);
-  const [rows, rowBytes, height, width, dst, s0, o0, s1, o1, s2, o2] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+function buildPlaneWriter(extra: ValType[], pixelBytes: number, value: (c: number, pixel: number, extraParams: number[]) => number[][]): Fn {
+  const f = new Fn([I32, I32, I32, I32, I32, ...extra], []);
+  const [src, srcRowBytes, height, width, dst] = [0, 1, 2, 3, 4];
+  const extraParams = extra.map((_, i) => 5 + i);
   const y = f.local(I32);
   const x = f.local(I32);
   const p = f.local(I32);
@@ -127,52 +128,44 @@ function buildPlanes(): Fn {
   const planeBytes = f.local(I32);
   f.emit(op.get(width), op.get(height), op.i32Mul, op.i32Const(2), op.i32Shl, op.set(planeBytes), op.get(dst), op.set(q));
   f.emit(op.block, op.loop, op.get(y), op.get(height), op.i32GeU, op.brIf(1));
-  f.emit(op.get(rows), op.get(y), op.get(rowBytes), op.i32Mul, op.i32Add, op.set(p), op.i32Const(0), op.set(x));
+  f.emit(op.get(src), op.get(y), op.get(srcRowBytes), op.i32Mul, op.i32Add, op.set(p), op.i32Const(0), op.set(x));
   f.emit(op.block, op.loop, op.get(x), op.get(width), op.i32GeU, op.brIf(1));
-  const channels: Array<[number, number, number]> = [[0, s0, o0], [1, s1, o1], [2, s2, o2]];
-  for (const [c, sc, oc] of channels) {
+  for (let c = 0; c < 3; c++) {
     f.emit(op.get(q));
     if (c > 0) f.emit(op.get(planeBytes), ...(c === 2 ? [op.i32Const(1), op.i32Shl] : []), op.i32Add);
-    f.emit(op.get(p), op.f64Load(8 * c), op.get(sc), op.f64Mul, op.get(oc), op.f64Add, op.f32DemoteF64, op.f32Store());
+    f.emit(...value(c, p, extraParams), op.f32Store());
   }
-  f.emit(op.get(p), op.i32Const(24), op.i32Add, op.set(p), op.get(q), op.i32Const(4), op.i32Add, op.set(q));
+  f.emit(op.get(p), op.i32Const(pixelBytes), op.i32Add, op.set(p), op.get(q), op.i32Const(4), op.i32Add, op.set(q));
   f.emit(op.get(x), op.i32Const(1), op.i32Add, op.set(x), op.br(0), op.end, op.end);
   f.emit(op.get(y), op.i32Const(1), op.i32Add, op.set(y), op.br(0), op.end, op.end);
   return f;
 }
 
 /**
- * lookup3(src, srcRowBytes, size, table, dst): for each of `size` rows of `size` 8-bit RGB pixels
- * at src (srcRowBytes apart), the f32 at table + 4·value (+ 1024 for G, + 2048 for B) stored in
- * channel c's plane at dst (planes of size² f32, one after another).
+ * planes(rows, rowBytes, height, width, dst, s0, o0, s1, o1, s2, o2): each interleaved f64 RGB
+ * value v of the height rows (rowBytes apart) becomes f32(v·s_c + o_c) in channel c's plane: the
+ * normalisation JavaScript does with `plane[i] = v * s + o` (f64 arithmetic, rounded once to f32
+ * on the store).
+ */
+function buildPlanes(): Fn {
+  return buildPlaneWriter([F64, F64, F64, F64, F64, F64], 24, (c, pixel, so) => [
+    op.get(pixel), op.f64Load(8 * c), op.get(so[2 * c]!), op.f64Mul, op.get(so[2 * c + 1]!), op.f64Add, op.f32DemoteF64,
+  ]);
+}
+
+/**
+ * lookup3(src, srcRowBytes, height, width, dst, table): each 8-bit value v of channel c of the
+ * RGB pixels becomes the f32 at table + 1024·c + 4·v in channel c's plane.
  */
 function buildLookup3(): Fn {
-  const f = new Fn([I32, I32, I32, I32, I32], []);
-  const [src, srcRowBytes, size, table, dst] = [0, 1, 2, 3, 4];
-  const y = f.local(I32);
-  const p = f.local(I32);
-  const q = f.local(I32);
-  const rowEnd = f.local(I32);
-  const planeBytes = f.local(I32);
-  f.emit(op.get(size), op.get(size), op.i32Mul, op.i32Const(2), op.i32Shl, op.set(planeBytes), op.get(dst), op.set(q));
-  f.emit(op.block, op.loop, op.get(y), op.get(size), op.i32GeU, op.brIf(1));
-  f.emit(op.get(src), op.get(y), op.get(srcRowBytes), op.i32Mul, op.i32Add, op.set(p));
-  f.emit(op.get(q), op.get(size), op.i32Const(2), op.i32Shl, op.i32Add, op.set(rowEnd));
-  f.emit(op.block, op.loop, op.get(q), op.get(rowEnd), op.i32GeU, op.brIf(1));
-  for (let c = 0; c < 3; c++) {
-    // plane_c[q] = table[c·256 + src[p + c]]
-    f.emit(op.get(q));
-    if (c > 0) f.emit(op.get(planeBytes), ...(c === 2 ? [op.i32Const(1), op.i32Shl] : []), op.i32Add);
-    f.emit(op.get(p), op.i32Load8U(c), op.i32Const(2), op.i32Shl, op.get(table), op.i32Add, op.f32Load(1024 * c), op.f32Store());
-  }
-  f.emit(op.get(p), op.i32Const(3), op.i32Add, op.set(p), op.get(q), op.i32Const(4), op.i32Add, op.set(q), op.br(0), op.end, op.end);
-  f.emit(op.get(y), op.i32Const(1), op.i32Add, op.set(y), op.br(0), op.end, op.end);
-  return f;
+  return buildPlaneWriter([I32], 3, (c, pixel, [table]) => [
+    op.get(pixel), op.i32Load8U(c), op.i32Const(2), op.i32Shl, op.get(table!), op.i32Add, op.f32Load(1024 * c),
+  ]);
 }
 
 type Pass = (a: number, b: number, c: number, d: number, e: number, f: number, g: number, h: number, i: number, j: number) => void;
 type Planes = (rows: number, rowBytes: number, height: number, width: number, dst: number, s0: number, o0: number, s1: number, o1: number, s2: number, o2: number) => void;
-type Lookup = (src: number, srcRowBytes: number, size: number, table: number, dst: number) => void;
+type Lookup = (src: number, srcRowBytes: number, height: number, width: number, dst: number, table: number) => void;
 
 interface Kernel {
   memory: GrowableMemory;
@@ -345,6 +338,6 @@ export function lookupRgbIntoPlanes(
   const from = (box.y * width + box.x) * 3;
   if (box.x === 0 && size === width) src.set(data.subarray(from, from + size * srcRowBytes));
   else for (let r = 0; r < size; r++) src.set(data.subarray(from + r * width * 3, from + r * width * 3 + srcRowBytes), r * srcRowBytes);
-  k.lookup3(srcAt, srcRowBytes, size, tableAt, dstAt);
+  k.lookup3(srcAt, srcRowBytes, size, size, dstAt, tableAt);
   target.set(new Float32Array(buf, dstAt, values), targetOffset);
 }
