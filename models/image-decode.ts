@@ -94,6 +94,7 @@ export async function decodeImage(input: Buffer, opts: DecodeOptions): Promise<R
     return toRawImage(decoded, origin, decoded.info, 1);
   }
 
+  // Header first: refuse absurd sizes before a single pixel is allocated, and plan the shrink.
   const meta = await readHeader(input, origin, failOn, maxPixels);
   const upright = meta.autoOrient ?? { width: meta.width!, height: meta.height! };
   const shrink = shrinkFactor(meta.format, upright.width, upright.height, opts.targetSize);
@@ -130,11 +131,13 @@ async function readHeader(input: Buffer, origin: string, failOn: 'warning' | 'er
 function decodePixels(input: Buffer, failOn: 'warning' | 'error', maxPixels: number, size: { width: number; height: number } | null): Promise<{ data: Buffer; info: OutputInfo }> {
   let pipeline = sharp(input, { failOn, limitInputPixels: maxPixels, autoOrient: true });
   if (size) pipeline = pipeline.resize(size.width, size.height, { fit: 'fill', kernel: 'linear', fastShrinkOnLoad: true });
+  // toColourspace('srgb') replicates grey, maps 16-bit to 8-bit and CMYK to sRGB; flatten drops alpha.
   return pipeline.flatten({ background: WHITE }).toColourspace('srgb').removeAlpha().raw({ depth: 'uchar' }).toBuffer({ resolveWithObject: true });
 }
 
 function toRawImage({ data, info }: { data: Buffer; info: OutputInfo }, origin: string, upright: { width: number; height: number }, shrink: number): RawImage {
   if (info.channels !== 3 || data.length !== info.width * info.height * 3) {
+    // Guard against a pipeline surprise rather than hand the model mis-strided pixels.
     throw new ImageDecodeError(
       origin,
       'unsupported',
