@@ -8,7 +8,6 @@
  * image, 18 ms decode) and the bare backbone classifier measured in this same run.
  */
 import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import ort from 'onnxruntime-node';
 import sharp from 'sharp';
 import { MOBILENETV2_INT8 } from '../models/backbone.js';

@@ -663,7 +663,6 @@ function polygonBounds(s: Scene, poly: number[]): Bounds {
 }
 
 const isProduct = (s: Scene, x: number, y: number): boolean => s.part[Math.floor(y) * s.w + Math.floor(x)]! !== PART_NONE;
-const isBody = (s: Scene, x: number, y: number): boolean => s.part[Math.floor(y) * s.w + Math.floor(x)]! === PART_BODY;
 
 /** Background colour with noise, for pixels where the product is no longer in front. */
 function backgroundPainter(s: Scene): Painter {

@@ -84,7 +84,7 @@ async function tempDir(t: { teardown(fn: () => Promise<void>): void }): Promise<
 
 test('http-snapshot: a password in the query string appears nowhere: not in errors, status, logs or frame origins', async (t) => {
   let fail = true;
-  const srv = await listen((req, res) => {
+  const srv = await listen((_req, res) => {
     if (fail) res.writeHead(500, 'Internal Server Error').end();
     else res.writeHead(200, { 'content-type': 'image/jpeg' }).end(jpeg);
   });
@@ -134,7 +134,7 @@ test('http-snapshot: redirects are followed on the same host only; another host,
 });
 
 test('http-snapshot: a truncated PNG body is an error, not a frame', async (t) => {
-  const srv = await listen((req, res) => {
+  const srv = await listen((_req, res) => {
     const cut = png.subarray(0, png.length - 40); // a camera that closed early, Content-Length of what it sent
     res.writeHead(200, { 'content-type': 'image/png', 'content-length': String(cut.length) }).end(cut);
   });
