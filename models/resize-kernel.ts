@@ -212,6 +212,17 @@ function placeCoefficients(buf: ArrayBuffer, at: number, c: AxisCoefficients): {
 
 const coefficientBytes = (c: AxisCoefficients): number => 2 * align16(4 * c.outSize) + align16(8 * c.weights.length);
 
+/**
+ * Copies `rows` rows of `boxWidth` RGB pixels from (x, y) of `data` (rows of `width` pixels) to
+ * `dst`, contiguous: in one piece when the box spans whole rows.
+ */
+function copyBoxRows(data: Uint8Array, width: number, x: number, y: number, boxWidth: number, rows: number, dst: Uint8Array): void {
+  const rowBytes = boxWidth * 3;
+  const from = (y * width + x) * 3;
+  if (x === 0 && boxWidth === width) dst.set(data.subarray(from, from + rows * rowBytes));
+  else for (let r = 0; r < rows; r++) dst.set(data.subarray(from + r * width * 3, from + r * width * 3 + rowBytes), r * rowBytes);
+}
+
 /** Where the passes left the output rows: `height` rows of width·3 f64, `rowBytes` apart. */
 interface ResizedRows {
   k: Kernel;
@@ -246,9 +257,7 @@ function resizeRgb(data: Uint8Array, width: number, box: PixelBox, h: AxisCoeffi
 
   // The box's rows, contiguous, then 8 bytes of zero padding for the kernel's 8-byte pixel reads.
   const src = new Uint8Array(buf, srcAt, rows * srcRowBytes + 8);
-  const from = ((box.y + firstRow) * width + box.x) * 3;
-  if (box.x === 0 && box.width === width) src.set(data.subarray(from, from + rows * srcRowBytes));
-  else for (let r = 0; r < rows; r++) src.set(data.subarray(from + r * width * 3, from + r * width * 3 + srcRowBytes), r * srcRowBytes);
+  copyBoxRows(data, width, box.x, box.y + firstRow, box.width, rows, src);
   src.fill(0, rows * srcRowBytes);
 
   if (sameWidth) {
@@ -334,10 +343,7 @@ export function lookupRgbIntoPlanes(
   const k = getKernel();
   const buf = reserve(k, dstAt + values * 4);
   new Float32Array(buf, tableAt, 768).set(table);
-  const src = new Uint8Array(buf, srcAt, size * srcRowBytes);
-  const from = (box.y * width + box.x) * 3;
-  if (box.x === 0 && size === width) src.set(data.subarray(from, from + size * srcRowBytes));
-  else for (let r = 0; r < size; r++) src.set(data.subarray(from + r * width * 3, from + r * width * 3 + srcRowBytes), r * srcRowBytes);
+  copyBoxRows(data, width, box.x, box.y, size, size, new Uint8Array(buf, srcAt, size * srcRowBytes));
   k.lookup3(srcAt, srcRowBytes, size, size, dstAt, tableAt);
   target.set(new Float32Array(buf, dstAt, values), targetOffset);
 }
