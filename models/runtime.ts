@@ -112,7 +112,8 @@ export class PatchcoreModel {
 
   /**
    * As predict, but only anomalous images keep their map and mask (copied out of onnxruntime's
-   * output into one buffer each for the batch); a batch of normal images allocates nothing.
+   * output into one buffer each for the batch); a batch of normal images allocates no map or mask
+   * of its own (onnxruntime's output buffers are still allocated per run, by the binding).
    */
   async scan(batch: Float32Array, n: number, thresholds: ImageThresholds[] = []): Promise<ScanPrediction[]> {
     const raw = await this.run(batch, n);
