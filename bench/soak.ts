@@ -5,9 +5,7 @@
  * for events raised while the broker was up (the baseline) and overall, and events raised vs
  * delivered (deduplicated) at the end.
  *
- *   node --initial-old-space-size=96 --import tsx bench/soak.ts [minutes=30] [restartEverySeconds=180]
- *
- * (the V8 heap floor the agent is deployed with: agent/v8-heap.ts)
+ *   npx tsx bench/soak.ts [minutes=30] [restartEverySeconds=180]
  */
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
