@@ -18,6 +18,8 @@ export const OUTPUT_EMBEDDING = 'embedding';
 export const OUTPUT_SCORE = 'score';
 export const OUTPUT_MAX = 'max_distance';
 export const OUTPUT_MAP = 'anomaly_map';
+/** [N, grid, grid]: each patch's distance to its nearest memory entry (what the map is built from). */
+export const OUTPUT_PATCH_DISTANCES = 'patch_distances';
 /** Symbolic batch dimension of every graph input and output. */
 export const BATCH = 'batch';
 /** Memory entries searched per MatMul: bounds the [N, patches, entries] distance block. */
@@ -222,7 +224,7 @@ export interface CompileOptions {
 
 /**
  * The full model: image [batch,3,S,S] → score [batch], max_distance [batch],
- * anomaly_map [batch,1,S,S].
+ * anomaly_map [batch,1,S,S], patch_distances [batch,grid,grid].
  */
 export function buildModelGraph(backbone: ModelProto, d: BackboneDescriptor, opts: CompileOptions): ModelProto {
   const inputSize = opts.inputSize ?? d.inputSize;
@@ -293,6 +295,7 @@ export function buildModelGraph(backbone: ModelProto, d: BackboneDescriptor, opt
     [score, OUTPUT_SCORE, [BATCH]],
     [sStar, OUTPUT_MAX, [BATCH]],
     [map, OUTPUT_MAP, [BATCH, 1, inputSize, inputSize]],
+    [ops.reshape(dist, [-1, g.grid, g.grid]), OUTPUT_PATCH_DISTANCES, [BATCH, g.grid, g.grid]],
   ];
   for (const [from, to, shape] of named) {
     graph.node!.push({ opType: 'Identity', name: `sw/${to}_out`, input: [from], output: [to], attribute: [] });

@@ -9,7 +9,8 @@ import ort from 'onnxruntime-node';
 import { createSession, type ProviderChoice, type ProviderName, type SessionResult } from './execution-provider.js';
 import { normalizeScore, readManifest, type ModelManifest } from './manifest.js';
 import { decodeModel, encodeModel, OnnxFormatError } from './onnx/proto.js';
-import { buildFeatureGraph, buildTapProbeGraph, geometry, OUTPUT_EMBEDDING, OUTPUT_MAP, OUTPUT_MAX, OUTPUT_SCORE } from './patchcore-graph.js';
+import { AnomalyMapBuilder } from './anomaly-map.js';
+import { buildFeatureGraph, buildTapProbeGraph, geometry, OUTPUT_EMBEDDING, OUTPUT_MAP, OUTPUT_MAX, OUTPUT_PATCH_DISTANCES, OUTPUT_SCORE } from './patchcore-graph.js';
 import type { LoadedBackbone } from './backbone.js';
 import { BackboneError } from './backbone.js';
 import type { ImageThresholds, Prediction, ScanPrediction } from './types.js';
@@ -38,6 +39,9 @@ export class ModelLoadError extends Error {
 }
 
 export class PatchcoreModel {
+  /** Builds maps from patch distances in scan; null for model files without that output. */
+  private readonly mapBuilder: AnomalyMapBuilder | null;
+
   private constructor(
     readonly manifest: ModelManifest,
     /** sha256 of the model file: the identity events and statuses carry. */
@@ -46,7 +50,12 @@ export class PatchcoreModel {
     readonly provider: ProviderName,
     readonly fallbacks: SessionResult['fallbacks'],
     readonly origin: string,
-  ) {}
+  ) {
+    const tap = manifest.backbone.taps[0];
+    this.mapBuilder = session.outputNames.includes(OUTPUT_PATCH_DISTANCES) && tap
+      ? new AnomalyMapBuilder(Math.ceil(manifest.inputSize / tap.stride), manifest.inputSize)
+      : null;
+  }
 
   get inputSize(): number {
     return this.manifest.inputSize;
@@ -79,17 +88,21 @@ export class PatchcoreModel {
 
   /** Run n preprocessed images ([n,3,S,S] float32) through the model. */
   async run(batch: Float32Array, n: number): Promise<RawOutputs> {
-    const s = this.inputSize;
-    if (n < 1 || batch.length < n * 3 * s * s) {
-      throw new RangeError(`batch of ${n} needs ${n * 3 * s * s} values, got ${batch.length}`);
-    }
-    const input = new ort.Tensor('float32', batch.length === n * 3 * s * s ? batch : batch.subarray(0, n * 3 * s * s), [n, 3, s, s]);
-    const out = await this.session.run({ [this.session.inputNames[0]!]: input });
+    const out = await this.session.run(this.feeds(batch, n));
     return {
       scores: out[OUTPUT_SCORE]!.data as Float32Array,
       maxDistances: out[OUTPUT_MAX]!.data as Float32Array,
       maps: out[OUTPUT_MAP]!.data as Float32Array,
     };
+  }
+
+  private feeds(batch: Float32Array, n: number): ort.InferenceSession.FeedsType {
+    const s = this.inputSize;
+    if (n < 1 || batch.length < n * 3 * s * s) {
+      throw new RangeError(`batch of ${n} needs ${n * 3 * s * s} values, got ${batch.length}`);
+    }
+    const input = new ort.Tensor('float32', batch.length === n * 3 * s * s ? batch : batch.subarray(0, n * 3 * s * s), [n, 3, s, s]);
+    return { [this.session.inputNames[0]!]: input };
   }
 
   /**
@@ -111,14 +124,34 @@ export class PatchcoreModel {
   }
 
   /**
-   * As predict, but only anomalous images keep their map and mask (copied out of onnxruntime's
-   * output into one buffer each for the batch); a batch of normal images allocates no map or mask
-   * of its own (onnxruntime's output buffers are still allocated per run, by the binding).
+   * As predict, but only anomalous images get a map and mask (one buffer each for the batch), and
+   * a batch of normal images allocates none. The model's full-size maps are not fetched: scan takes
+   * the patch distances (3 KB a crop, not 200 KB) and builds the few maps it needs on the CPU.
+   * Model files from before that output existed take the maps from the graph.
    */
   async scan(batch: Float32Array, n: number, thresholds: ImageThresholds[] = []): Promise<ScanPrediction[]> {
+    if (!this.mapBuilder) return this.scanGraphMaps(batch, n, thresholds);
+    const out = await this.session.run(this.feeds(batch, n), [OUTPUT_SCORE, OUTPUT_PATCH_DISTANCES]);
+    const distances = out[OUTPUT_PATCH_DISTANCES]!.data as Float32Array;
+    const cells = this.mapBuilder.grid * this.mapBuilder.grid;
+    if (distances.length !== n * cells) {
+      throw new Error(`${this.origin}: '${OUTPUT_PATCH_DISTANCES}' has ${distances.length} values for ${n} images, expected ${n * cells}`);
+    }
+    return this.withMaps(out[OUTPUT_SCORE]!.data as Float32Array, thresholds, (i, map) => {
+      this.mapBuilder!.build(distances.subarray(i * cells, (i + 1) * cells), map);
+    });
+  }
+
+  private async scanGraphMaps(batch: Float32Array, n: number, thresholds: ImageThresholds[]): Promise<ScanPrediction[]> {
     const raw = await this.run(batch, n);
     const plane = this.inputSize * this.inputSize;
-    const decided = this.decide(raw.scores, thresholds);
+    return this.withMaps(raw.scores, thresholds, (i, map) => map.set(raw.maps.subarray(i * plane, (i + 1) * plane)));
+  }
+
+  /** ScanPredictions for a batch's scores; fillMap writes image i's map for the anomalous ones. */
+  private withMaps(scores: Float32Array, thresholds: ImageThresholds[], fillMap: (i: number, map: Float32Array) => void): ScanPrediction[] {
+    const plane = this.inputSize * this.inputSize;
+    const decided = this.decide(scores, thresholds);
     const anomalous = decided.filter((d) => d.prediction.isAnomalous).length;
     const maps = anomalous > 0 ? new Float32Array(anomalous * plane) : null;
     const masks = anomalous > 0 ? new Uint8Array(anomalous * plane) : null;
@@ -128,7 +161,7 @@ export class PatchcoreModel {
       const map = maps.subarray(k * plane, (k + 1) * plane);
       const mask = masks.subarray(k * plane, (k + 1) * plane);
       k++;
-      map.set(raw.maps.subarray(i * plane, (i + 1) * plane));
+      fillMap(i, map);
       fillMask(map, mask, d.pixelThreshold);
       return { ...d.prediction, anomalyMap: map, mask };
     });

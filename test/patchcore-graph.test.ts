@@ -6,6 +6,7 @@ import test from 'ava';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import ort from 'onnxruntime-node';
+import { AnomalyMapBuilder } from '../models/anomaly-map.js';
 import { MOBILENETV2_INT8 } from '../models/backbone.js';
 import { encodeModel } from '../models/onnx/proto.js';
 import { buildModelGraph, TAP_INPUTS } from '../models/patchcore-graph.js';
@@ -85,6 +86,16 @@ async function compareOnRandomData(t: import('ava').ExecutionContext, entries: n
     let worst = 0;
     for (let j = 0; j < map.length; j++) worst = Math.max(worst, Math.abs(maps[i * 50176 + j]! - map[j]!));
     t.true(worst <= 1e-4, `map max abs diff ${worst}`);
+    // patch_distances: the per-patch nearest distances; the CPU map builder turns them into the graph's map.
+    const dist = (out.patch_distances!.data as Float32Array).subarray(i * 784, (i + 1) * 784);
+    t.deepEqual(out.patch_distances!.dims, [n, 28, 28]);
+    let worstDist = 0;
+    for (let p = 0; p < 784; p++) worstDist = Math.max(worstDist, Math.abs(dist[p]! - nn.distance[p]!));
+    t.true(worstDist <= 1e-4, `patch distance max abs diff ${worstDist}`);
+    const built = new AnomalyMapBuilder(28, 224).build(dist);
+    let worstBuilt = 0;
+    for (let j = 0; j < built.length; j++) worstBuilt = Math.max(worstBuilt, Math.abs(maps[i * 50176 + j]! - built[j]!));
+    t.true(worstBuilt <= 1e-5 * Math.max(1, s.max), `built map vs graph map max abs diff ${worstBuilt}`);
   }
   await session.release();
 }

@@ -1,4 +1,4 @@
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
@@ -8,6 +8,8 @@ import { fileURLToPath } from 'node:url';
 import ts from 'typescript';
 import { MOBILENETV2_INT8 } from '../models/backbone.js';
 import { PatchcoreModel } from '../models/runtime.js';
+import { decodeModel, encodeModel } from '../models/onnx/proto.js';
+import { OUTPUT_PATCH_DISTANCES } from '../models/patchcore-graph.js';
 import { WorkerPatchcoreModel } from '../models/worker-model.js';
 import { ReplicatedModel } from '../models/replicated-model.js';
 import { loadInferenceModel } from '../models/load-model.js';
@@ -60,7 +62,24 @@ maybe('a worker model predicts exactly what the in-thread model does, from a sha
   await t.throwsAsync(remote.predict(batch.data, 1), { message: /released/ });
 });
 
-maybe('scan: only anomalous images keep a map and mask (predict\'s, in one buffer per batch): in-thread, worker, replicas', async (t) => {
+/**
+ * scan builds maps from patch distances on the CPU (float64), predict takes the graph's (float32
+ * MatMuls): equal to float rounding, and masks equal except for pixels that close to the threshold.
+ */
+function sameMap(t: ExecutionContext, got: Float32Array, want: Float32Array, gotMask: Uint8Array, wantMask: Uint8Array, pixelThreshold: number): void {
+  t.is(got.length, want.length);
+  const peak = want.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+  let worst = 0;
+  let maskDiff = 0;
+  for (let j = 0; j < want.length; j++) {
+    worst = Math.max(worst, Math.abs(got[j]! - want[j]!));
+    if (gotMask[j] !== wantMask[j] && Math.abs(want[j]! - pixelThreshold) > 1e-5 * peak) maskDiff++;
+  }
+  t.true(worst <= 1e-5 * peak, `map max abs diff ${worst} (peak ${peak})`);
+  t.is(maskDiff, 0, 'masks differ away from the threshold');
+}
+
+maybe('scan: only anomalous images get a map and mask (predict\'s, in one buffer per batch): in-thread, worker, replicas', async (t) => {
   const { path, batch } = await setup();
   const local = await PatchcoreModel.load(path, { provider: 'cpu' });
   const remote = await WorkerPatchcoreModel.load(path, { provider: 'cpu' });
@@ -78,8 +97,7 @@ maybe('scan: only anomalous images keep a map and mask (predict\'s, in one buffe
         const { anomalyMap: wantMap, mask: wantMask, ...wantRest } = want[i]!;
         t.deepEqual(rest, wantRest);
         if (got[i]!.isAnomalous) {
-          t.deepEqual(anomalyMap, wantMap);
-          t.deepEqual(mask, wantMask);
+          sameMap(t, anomalyMap!, wantMap, mask!, wantMask, thresholds[i]!.pixel ?? local.manifest.thresholds.pixel);
           // The two anomalous maps share one buffer of their own, not the whole batch's output.
           t.is(anomalyMap!.buffer.byteLength, 2 * plane * 4);
           t.is(mask!.buffer.byteLength, 2 * plane);
@@ -94,6 +112,27 @@ maybe('scan: only anomalous images keep a map and mask (predict\'s, in one buffe
     }
   } finally {
     await Promise.all([local.release(), remote.release(), replicated.release()]);
+  }
+});
+
+maybe('scan on a model file without patch_distances takes the graph\'s maps (older model files)', async (t) => {
+  const { path, batch } = await setup();
+  const model = decodeModel(await readFile(path), path);
+  const graph = model.graph!;
+  graph.output = graph.output!.filter((o) => o.name !== OUTPUT_PATCH_DISTANCES);
+  graph.node = graph.node!.filter((n) => !n.output!.includes(OUTPUT_PATCH_DISTANCES));
+  const old = await PatchcoreModel.load(encodeModel(model), { provider: 'cpu' }, 'old.onnx');
+  try {
+    const thresholds = [{ image: 0 }, { image: 1e9 }, { image: 0 }, { image: 1e9 }];
+    const want = await old.predict(batch.data, batch.count, thresholds);
+    const got = await old.scan(batch.data, batch.count, thresholds);
+    t.deepEqual(got.map((p) => p.isAnomalous), [true, false, true, false]);
+    for (const i of [0, 2]) {
+      t.deepEqual(got[i]!.anomalyMap, want[i]!.anomalyMap);
+      t.deepEqual(got[i]!.mask, want[i]!.mask);
+    }
+  } finally {
+    await old.release();
   }
 });
 
