@@ -51,6 +51,7 @@ import { startEmbeddedBroker, type EmbeddedBroker } from './mqtt/embedded-broker
 import type { OutboxMessage } from './mqtt/outbox.js';
 import { agentTopics, type AgentTopics } from './mqtt/topics.js';
 import { createCameraFeed } from './sources/index.js';
+import { isSlowerThanCpu } from '../models/provider-speed.js';
 
 export type AgentState = 'idle' | 'starting' | 'running' | 'stopping' | 'stopped';
 
@@ -412,9 +413,8 @@ export class Agent extends EventEmitter<AgentEvents> {
    */
   private logProvider(m: ModelStatus): void {
     const fields = { model: m.name, provider: m.provider, fallbacks: m.fallbacks, requested: this.config.inference.provider };
-    const gpuExpected = this.config.inference.provider === 'cuda' || this.config.inference.provider === 'webgpu' || (this.config.inference.provider === 'auto' && (nvidiaGpuPresent() || renderNodePresent()));
-    if (m.provider === 'cpu' && m.fallbacks.length > 0 && gpuExpected) this.logger.warn(providerLine(m), fields);
-    else this.logger.info(providerLine(m), fields);
+    const level = providerLogLevel(this.config.inference.provider, m, nvidiaGpuPresent() || renderNodePresent());
+    this.logger[level](providerLine(m), fields);
   }
 
   private setState(state: AgentState): void {
@@ -450,6 +450,17 @@ export class Agent extends EventEmitter<AgentEvents> {
       cameraEnded: (camera) => log.info('camera frame stream ended', { camera }),
     };
   }
+}
+
+/**
+ * `warn` when a model ended on the CPU although a GPU was asked for, or (auto) a GPU device is
+ * present: a driver or library problem. Not when auto measured the GPU slower for this model
+ * (models/provider-speed.ts): that is a choice. Otherwise `info`.
+ */
+export function providerLogLevel(requested: string, m: Pick<ModelStatus, 'provider' | 'fallbacks'>, gpuPresent: boolean): 'info' | 'warn' {
+  const gpuExpected = requested === 'cuda' || requested === 'webgpu' || (requested === 'auto' && gpuPresent);
+  const chosenCpu = m.fallbacks.some((f) => isSlowerThanCpu(f.reason));
+  return m.provider === 'cpu' && m.fallbacks.length > 0 && gpuExpected && !chosenCpu ? 'warn' : 'info';
 }
 
 /** `model tile: provider cpu (cuda skipped: no NVIDIA GPU device found; webgpu skipped: …)`. */

@@ -111,6 +111,19 @@ check_node() {
   step "node $version at $NODE_BIN"
 }
 
+# WebGPU (the provider after CUDA) reaches an NVIDIA GPU through Dawn → Vulkan, and NVIDIA's
+# Vulkan driver (libGLX_nvidia.so.0) loads through GLVND. Minimal hosts and containers lack these;
+# this set made WebGPU work on an NVIDIA H200 box where it had found no adapter (deploy/GPU.md).
+WEBGPU_LIBS=(libvulkan.so.1 libGLdispatch.so.0 libGLX.so.0 libEGL.so.1)
+check_webgpu_libs() {
+  local have missing=() lib
+  have=$(ldconfig -p 2>/dev/null || true)
+  for lib in "${WEBGPU_LIBS[@]}"; do grep -q "^[[:space:]]*$lib " <<<"$have" || missing+=("$lib"); done
+  if ((${#missing[@]})); then
+    warn "WebGPU needs ${missing[*]} to reach the NVIDIA GPU (Vulkan loader and GLVND): apt-get install libvulkan1 libglvnd0 libglx0 libegl1"
+  fi
+}
+
 # Sets ORT_INSTALL: the value of ONNXRUNTIME_NODE_INSTALL for onnxruntime-node's install script.
 choose_gpu() {
   local arch found=false
@@ -125,6 +138,7 @@ choose_gpu() {
     warn "$why"
     want=none
   fi
+  $found && check_webgpu_libs
   if [[ $want == cuda ]]; then
     ORT_INSTALL=cuda12
     step "GPU: installing onnxruntime's CUDA 12 provider (needs CUDA 12.x + cuDNN 9.x libraries at run time; deploy/GPU.md)"

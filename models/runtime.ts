@@ -6,6 +6,7 @@
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import ort from 'onnxruntime-node';
+import { keepFasterThanCpu, msPerImage } from './provider-speed.js';
 import { createSession, type ProviderChoice, type ProviderName, type SessionResult } from './execution-provider.js';
 import { normalizeScore, readManifest, type ModelManifest } from './manifest.js';
 import { decodeModel, encodeModel, OnnxFormatError } from './onnx/proto.js';
@@ -79,7 +80,11 @@ export class PatchcoreModel {
     const digest = createHash('sha256').update(bytes).digest('hex');
     let created: SessionResult;
     try {
-      created = await createSession(bytes, { provider: opts.provider, intraOpThreads: opts.intraOpThreads, allowSpinning: opts.allowSpinning });
+      const sessionOpts = { provider: opts.provider, intraOpThreads: opts.intraOpThreads, allowSpinning: opts.allowSpinning };
+      created = await createSession(bytes, sessionOpts);
+      if ((opts.provider ?? 'auto') === 'auto' && created.provider !== 'cpu') {
+        created = await keepFasterThanCpu(created, bytes, sessionOpts, (session) => msPerImage(session, manifest.inputSize));
+      }
     } catch (e) {
       throw new ModelLoadError(`${origin}: ${(e as Error).message}`);
     }

@@ -7,6 +7,7 @@
 import test, { type ExecutionContext } from 'ava';
 import { execFile } from 'node:child_process';
 import { chmod, lstat, mkdir, mkdtemp, readFile, readdir, readlink, rm, stat, writeFile, appendFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
 import { arch as osArch, tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -226,6 +227,35 @@ test('--gpu cuda asks onnxruntime-node for its CUDA 12 provider (x64) or refuses
   }
 });
 
+test('an NVIDIA box missing the Vulkan loader or GLVND is told what WebGPU needs; one that has them, or has no GPU, is not', async (t) => {
+  const box = await sandbox(t);
+  const bin = join(box.dir, 'bin');
+  await mkdir(bin);
+  // Stand-ins: a visible NVIDIA GPU (nvidia-smi) and the loader cache listing (ldconfig -p).
+  await writeFile(join(bin, 'nvidia-smi'), '#!/bin/sh\nexit 0\n');
+  await writeFile(join(bin, 'ldconfig'), '#!/bin/sh\ncat "$LDCONFIG_LISTING"\n');
+  await Promise.all(['nvidia-smi', 'ldconfig'].map((f) => chmod(join(bin, f), 0o755)));
+  const listing = join(box.dir, 'ld.so.cache.txt');
+  const line = (lib: string) => `\t${lib} (libc6,x86-64) => /usr/lib/x86_64-linux-gnu/${lib}\n`;
+  const env = { PATH: `${bin}:${process.env.PATH}`, LDCONFIG_LISTING: listing };
+
+  await writeFile(listing, `4 libs found in cache\n${line('libvulkan.so.1')}${line('libGLX.so.0')}${line('libc.so.6')}`);
+  const partial = await install(box, ['--dry-run', '--gpu', 'none'], env);
+  t.is(partial.code, 0, partial.stderr);
+  t.regex(partial.stderr, /warning: WebGPU needs libGLdispatch\.so\.0 libEGL\.so\.1 to reach the NVIDIA GPU .*apt-get install libvulkan1 libglvnd0 libglx0 libegl1/);
+
+  await writeFile(listing, ['libvulkan.so.1', 'libGLdispatch.so.0', 'libGLX.so.0', 'libEGL.so.1'].map(line).join(''));
+  const complete = await install(box, ['--dry-run', '--gpu', 'none'], env);
+  t.is(complete.code, 0, complete.stderr);
+  t.notRegex(complete.stderr, /WebGPU needs/);
+
+  await rm(join(bin, 'nvidia-smi'));
+  await writeFile(listing, '');
+  const noGpu = await install(box, ['--dry-run'], env);
+  t.is(noGpu.code, 0, noGpu.stderr);
+  if (!existsSyncNvidia()) t.notRegex(noGpu.stderr, /WebGPU needs/, 'no GPU: nothing to say');
+});
+
 test('bad arguments and an old node are refused with a clear message', async (t) => {
   const box = await sandbox(t);
   const cases: Array<[string[], RegExp]> = [
@@ -248,3 +278,7 @@ test('bad arguments and an old node are refused with a clear message', async (t)
   t.regex(r.stderr, /Node\.js >= 20 needed, .*node18 is 18\.19\.0/);
   t.false(await exists(fresh.root), 'refused before changing anything');
 });
+
+function existsSyncNvidia(): boolean {
+  return ['/dev/nvidia0', '/dev/nvgpu', '/dev/nvhost-gpu'].some((d) => existsSync(d));
+}

@@ -2,7 +2,7 @@ import test from 'ava';
 import { writeFile, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { agreementOf, formatModelCheck, machineFacts, runModelCheck, SCORE_TOLERANCE } from '../agent/commands/model-check.js';
+import { agreementOf, formatModelCheck, gpuSetupHints, machineFacts, runModelCheck, SCORE_TOLERANCE } from '../agent/commands/model-check.js';
 import type { Prediction } from '../models/types.js';
 import { fittedModel, magneticTileTrain, sharedAvailable } from './helpers/fitted-model.js';
 
@@ -79,4 +79,15 @@ test('agreementOf: relative score difference, map difference and decisions again
   const far = [pred(2, [0, 1, 2, 3], true), pred(0.5 * (1 + 2 * SCORE_TOLERANCE), [0, 0, 0, 0], true)];
   t.like(agreementOf(far, cpu), { withinTolerance: false, sameDecisions: false });
   t.throws(() => agreementOf(cpu.slice(1), cpu), { message: /1 predictions against 2/ });
+});
+
+test('GPU setup hints: the CUDA provider library, and what WebGPU needs when it finds no adapter on an NVIDIA box', (t) => {
+  const adapter = { provider: 'webgpu', reason: 'webgpu_context.cc:136 … Failed to get a WebGPU adapter: No supported adapters' };
+  t.deepEqual(gpuSetupHints({ nvidiaDevices: [], cudaProviderLibrary: null }, [adapter]), [], 'no NVIDIA device: nothing to install');
+  const both = gpuSetupHints({ nvidiaDevices: ['/dev/nvidia0'], cudaProviderLibrary: null }, [{ provider: 'cuda', reason: 'Failed to load shared library' }, adapter]);
+  t.is(both.length, 2);
+  t.regex(both[0]!, /no CUDA provider library: reinstall with ONNXRUNTIME_NODE_INSTALL=cuda12/);
+  t.regex(both[1]!, /WebGPU found no GPU adapter: .*apt-get install libvulkan1 libglvnd0 libglx0 libegl1/);
+  const lib = '/opt/shelfwatch/node_modules/onnxruntime-node/bin/napi-v6/linux/x64/libonnxruntime_providers_cuda.so';
+  t.deepEqual(gpuSetupHints({ nvidiaDevices: ['/dev/nvidia0'], cudaProviderLibrary: lib }, [{ provider: 'webgpu', reason: 'no GPU render node (/dev/dri/renderD*) found' }]), []);
 });

@@ -15,6 +15,7 @@ import { arch } from 'node:os';
 import { dirname, join } from 'node:path';
 import { nvidiaDeviceNodes, renderNodes, type ProviderChoice } from '../../models/execution-provider.js';
 import { PatchcoreModel } from '../../models/runtime.js';
+import { isSlowerThanCpu } from '../../models/provider-speed.js';
 import type { Prediction } from '../../models/types.js';
 import { listImages, preprocessedBatches, type SkippedFile } from '../../pipelines/image-files.js';
 
@@ -146,13 +147,11 @@ export async function runModelCheck(o: { model: string; provider: ProviderChoice
         if (!withinTolerance) warnings.push(`${provider} scores differ from the CPU's by up to ${(maxScoreRelDiff * 100).toFixed(1)} % (tolerance ${SCORE_TOLERANCE * 100} %): re-check the thresholds on this box (shelfwatch eval) before going live`);
         if (!sameDecisions) warnings.push(`${provider} and the CPU disagree on which inputs are anomalous at the model's threshold`);
         if (run.ms >= cpu.ms) warnings.push(`${provider} is not faster than the CPU for this model (${run.ms.toFixed(2)} vs ${cpu.ms.toFixed(2)} ms/image at batch ${count})`);
-      } else if (o.provider !== 'auto' || machine.nvidiaDevices.length || machine.renderNodes.length) {
+      } else if (o.provider !== 'auto' || ((machine.nvidiaDevices.length || machine.renderNodes.length) && !fallbacks.some((f) => isSlowerThanCpu(f.reason)))) {
         warnings.push(`asked for ${o.provider} but the model runs on the CPU: ${fallbacks.map((f) => `${f.provider}: ${f.reason}`).join('; ')}`);
       }
     }
-    if (machine.nvidiaDevices.length && !machine.cudaProviderLibrary) {
-      warnings.push('an NVIDIA GPU is present but onnxruntime-node has no CUDA provider library: reinstall with ONNXRUNTIME_NODE_INSTALL=cuda12 (deploy/GPU.md)');
-    }
+    warnings.push(...gpuSetupHints(machine, fallbacks));
     return {
       model: o.model,
       digest: cpuModel.digest,
@@ -170,6 +169,24 @@ export async function runModelCheck(o: { model: string; provider: ProviderChoice
     await cpuModel.release();
     await chosenModel?.release();
   }
+}
+
+/**
+ * What to install, when the machine shows an NVIDIA GPU that a provider could not use:
+ * the CUDA provider library, or (WebGPU found no adapter) NVIDIA's Vulkan driver's own needs.
+ */
+export function gpuSetupHints(machine: Pick<MachineFacts, 'nvidiaDevices' | 'cudaProviderLibrary'>, fallbacks: ReadonlyArray<{ provider: string; reason: string }>): string[] {
+  if (machine.nvidiaDevices.length === 0) return [];
+  const hints: string[] = [];
+  if (!machine.cudaProviderLibrary) {
+    hints.push('an NVIDIA GPU is present but onnxruntime-node has no CUDA provider library: reinstall with ONNXRUNTIME_NODE_INSTALL=cuda12 (deploy/GPU.md)');
+  }
+  // Dawn's words when Vulkan lists no device. On an NVIDIA box that is most often a missing
+  // Vulkan loader or GLVND (NVIDIA's Vulkan driver is libGLX_nvidia.so.0): seen on an H200 box.
+  if (fallbacks.some((f) => f.provider === 'webgpu' && /adapter/i.test(f.reason))) {
+    hints.push('WebGPU found no GPU adapter: NVIDIA\'s Vulkan driver needs the Vulkan loader and GLVND (apt-get install libvulkan1 libglvnd0 libglx0 libegl1; deploy/GPU.md)');
+  }
+  return hints;
 }
 
 /** How far a provider's predictions are from the CPU's for the same inputs. */
