@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --initial-old-space-size=96
 /**
  * The `shelfwatch` command line. Each subcommand lives in agent/commands/; this file only
  * parses arguments, prints results (tables for people, JSON with --json) and sets exit codes.

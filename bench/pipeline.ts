@@ -1,8 +1,11 @@
 /**
  * End-to-end agent throughput and latency against the bare model, measured in the same run.
  *
- *   npx tsx bench/pipeline.ts [--seconds=12] [--rounds=3] [--slots=1,4,16] [--modes=replicas,worker,main] [--tile=224]
- *   npx tsx bench/pipeline.ts --soak [minutes, default 2]      memory flatness at the maximum rate
+ *   npm run bench:pipeline -- [--seconds=12] [--rounds=3] [--slots=1,4,16] [--modes=replicas,worker,main] [--tile=224]
+ *   npm run bench:pipeline -- --soak [minutes, default 2]      memory flatness at the maximum rate
+ *
+ * The npm script starts node with the agent's V8 heap floor (agent/v8-heap.ts), as the systemd
+ * unit does; `npx tsx bench/pipeline.ts` runs without it, which shows what the floor is worth.
  *
  * Setup: a PatchCore model with a 1 % coreset on the MobileNetV2 int8 backbone (fitted on
  * magnetic_tile by the test helper, cached), CPU provider. Frames: S magnetic_tile pictures of
@@ -32,6 +35,7 @@ import { Logger } from '../agent/logger.js';
 import { ReplicatedModel } from '../models/replicated-model.js';
 import { PatchcoreModel } from '../models/runtime.js';
 import type { AnomalyEvent } from '../pipelines/events.js';
+import { heapFloorMb } from '../agent/v8-heap.js';
 import { fittedModel, magneticTileTrain } from '../test/helpers/fitted-model.js';
 import { startMosquitto, type MosquittoBroker } from '../test/helpers/mosquitto.js';
 import { tileFrame, unseenTiles } from '../test/helpers/shelf-frames.js';
@@ -71,6 +75,8 @@ const mb = (bytes: number) => (bytes / 1048576).toFixed(1);
 
 // ---- shared setup -----------------------------------------------------------------------------
 const work = await mkdtemp(join(tmpdir(), 'shelfwatch-bench-pipeline-'));
+const floor = heapFloorMb();
+console.log(`V8 old-generation floor: ${floor === null ? 'none (the agent is deployed with one: npm run bench:pipeline)' : `${floor} MB`}`);
 console.log('fitting (or reusing) the 1 % coreset model …');
 const modelPath = await fittedModel(await magneticTileTrain(40), { name: 'bench-1pct', coreset: 0.01 });
 const hasMosquitto = spawnSync('mosquitto', ['-h'], { stdio: 'ignore' }).error === undefined;
@@ -328,7 +334,7 @@ if (SOAK_MINUTES !== null) {
   const header = ['slots', 'inference', 'batch', 'bare crops/s', 'pipeline crops/s', 'wall overhead', 'paired overhead (range)', 'bare replicas crops/s → overhead', 'CPU ms/crop bare / pipeline', 'CPU overhead', 'model busy', 'frames/s', 'dropped', 'latency p50/p95 ms (saturated)', 'latency p50/p95 ms (half load)'];
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
   const line = (cells: string[]) => cells.map((c, i) => c.padStart(widths[i]!)).join('  ');
-  console.log(`\nCPU (${cpus().length} cores), MobileNetV2 int8, 1 % coreset; medians of ${ROUNDS} alternating rounds of ${SECONDS} s; ${broker ? 'mosquitto' : 'embedded broker'}; outbox with fsync; slot boxes ${TILE}×${TILE}${TILE === 224 ? ' (the model size: no resize)' : ', resized to 224×224'}`);
+  console.log(`\nCPU (${cpus().length} cores), MobileNetV2 int8, 1 % coreset; medians of ${ROUNDS} alternating rounds of ${SECONDS} s; ${broker ? 'mosquitto' : 'embedded broker'}; outbox with fsync; V8 old-generation floor ${floor === null ? 'none' : `${floor} MB`}; slot boxes ${TILE}×${TILE}${TILE === 224 ? ' (the model size: no resize)' : ', resized to 224×224'}`);
   console.log(line(header));
   for (const r of rows) console.log(line(r));
   console.log('wall overhead = 1 − pipeline crops/s ÷ bare-model crops/s at the same batch size (goal ≤ 15 % at 16 slots);');

@@ -5,7 +5,9 @@
  * for events raised while the broker was up (the baseline) and overall, and events raised vs
  * delivered (deduplicated) at the end.
  *
- *   npx tsx bench/soak.ts [minutes=30] [restartEverySeconds=180]
+ *   node --initial-old-space-size=96 --import tsx bench/soak.ts [minutes=30] [restartEverySeconds=180]
+ *
+ * (the V8 heap floor the agent is deployed with: agent/v8-heap.ts)
  */
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';

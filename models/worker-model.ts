@@ -9,6 +9,7 @@
  * out-of-memory kill of the thread) fails the batches it held with a clear error and is started
  * again from the same model bytes on the next batch; `restarts` counts that.
  */
+import { setFlagsFromString } from 'node:v8';
 import { Worker } from 'node:worker_threads';
 import type { ProviderName, SessionResult } from './execution-provider.js';
 import type { ModelManifest } from './manifest.js';
@@ -44,9 +45,20 @@ interface InFlight {
   reject: (e: Error) => void;
 }
 
+/**
+ * Worker isolates read V8's heap flags when they start, so a floor under the old generation
+ * meant for the main thread (`--initial-old-space-size`, agent/v8-heap.ts) would also hold each
+ * model worker's heap up to it, and the worker's promoted buffers with it (measured: RSS crept
+ * ~10 MB a minute). The main isolate is configured by now; this leaves the workers at V8's defaults.
+ */
+export function workersAtDefaultHeap(): void {
+  if (process.execArgv.some((a) => /^--initial[-_]old[-_]space[-_]size=/.test(a))) setFlagsFromString('--initial-old-space-size=0');
+}
+
 /** Starts a worker and waits for its model to load; rejects with the load error. */
 function spawn(data: ModelWorkerData, onReply: (reply: ModelWorkerReply) => void, onGone: (reason: string) => void): Promise<{ worker: Worker; loaded: Loaded }> {
   return new Promise((resolve, reject) => {
+    workersAtDefaultHeap();
     const worker = new Worker(BOOTSTRAP, { eval: true, workerData: data, name: `shelfwatch model ${data.origin}` });
     let settled = false;
     let serving = false;

@@ -8,12 +8,13 @@
  */
 import test from 'ava';
 import { execFile } from 'node:child_process';
-import { cp, mkdtemp, readFile, rm, stat, symlink } from 'node:fs/promises';
+import { chmod, cp, mkdtemp, readFile, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { configFromObject } from '../agent/config.js';
+import { HEAP_FLOOR_FLAG } from '../agent/v8-heap.js';
 
 const exec = promisify(execFile);
 const repo = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -66,6 +67,16 @@ test('the agent builds from exactly the files install.sh and the Dockerfiles shi
   const { stdout } = await exec(process.execPath, [cli, '--help'], { cwd: dir });
   t.regex(stdout, /\brun\b/);
   t.regex(stdout, /\bmodel\b/);
+
+  // Run as a command (npm links the bin with its exec bit), its shebang starts node with the
+  // agent's V8 heap floor: a preload prints the flags node got.
+  await chmod(cli, 0o755);
+  const preload = join(dir, 'print-exec-argv.cjs');
+  await writeFile(preload, "process.stderr.write('EXEC_ARGV ' + JSON.stringify(process.execArgv) + '\\n');\n");
+  const direct = await exec(cli, ['--version'], { cwd: dir, env: { ...process.env, NODE_OPTIONS: `--require ${preload}` } });
+  const execArgv = JSON.parse(/^EXEC_ARGV (.*)$/m.exec(direct.stderr)?.[1] ?? 'null') as string[] | null;
+  t.deepEqual(execArgv, [HEAP_FLOOR_FLAG], direct.stderr);
+  t.regex(direct.stdout, /^\d+\.\d+\.\d+/);
 });
 
 test('the paths and ports the Dockerfiles hard-code match the code', async (t) => {

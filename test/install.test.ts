@@ -127,7 +127,7 @@ test('install, re-install (idempotent upgrade), uninstall, purge — in a temp p
   }
   const unitText = await readFile(unit, 'utf8');
   t.is(await mode(unit), '644');
-  t.true(unitText.includes(`\nExecStart=${process.execPath} /opt/shelfwatch/dist/agent/cli.js run --config /etc/shelfwatch/shelfwatch.yaml\n`), 'unit runs the node it was given, real paths');
+  t.true(unitText.includes(`\nExecStart=${process.execPath} --initial-old-space-size=96 /opt/shelfwatch/dist/agent/cli.js run --config /etc/shelfwatch/shelfwatch.yaml\n`), 'unit runs the node it was given, real paths');
   t.is(unitText.replace(`ExecStart=${process.execPath} `, 'ExecStart=/usr/bin/node '), await readFile(join(repo, 'systemd/shelfwatch.service'), 'utf8'));
   t.deepEqual(await npmCalls(box), ['ci --no-audit --no-fund | ORT=skip', 'run build | ORT=', 'prune --omit=dev --no-audit --no-fund | ORT=']);
   t.regex(first.stdout, /still the example: edit it/);

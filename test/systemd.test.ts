@@ -107,7 +107,7 @@ test('the unit runs unprivileged, notify-type with a watchdog, hardened, logging
   t.is(one('NotifyAccess'), 'all', 'messages come from the systemd-notify child process');
   t.is(one('Restart'), 'on-failure');
   t.regex(one('WatchdogSec') ?? '', /^\d+(s|min)$/);
-  t.is(one('ExecStart'), '/usr/bin/node /opt/shelfwatch/dist/agent/cli.js run --config /etc/shelfwatch/shelfwatch.yaml');
+  t.is(one('ExecStart'), '/usr/bin/node --initial-old-space-size=96 /opt/shelfwatch/dist/agent/cli.js run --config /etc/shelfwatch/shelfwatch.yaml');
   t.is(one('EnvironmentFile'), '-/etc/shelfwatch/shelfwatch.env');
   t.is(one('StandardOutput'), 'journal');
   for (const [key, value] of [

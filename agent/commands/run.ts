@@ -10,6 +10,7 @@
 import { assertRunnable, checkConfigFiles, loadConfig, type AgentConfig } from '../config.js';
 import { Agent, type AgentOptions } from '../agent.js';
 import { ProgressGauge, SystemdNotifier, Watchdog } from '../systemd-notify.js';
+import { HEAP_FLOOR_FLAG, heapFloorWarning } from '../v8-heap.js';
 
 export interface RunAgentOptions {
   /** Stop when this aborts (library use, tests); signals still work. */
@@ -47,6 +48,8 @@ export async function runAgent(configPath: string, options: RunAgentOptions = {}
     },
   });
   const log = agent.logger;
+  const heapWarning = heapFloorWarning();
+  if (heapWarning) log.warn(heapWarning, { flag: HEAP_FLOOR_FLAG });
   const notifier = new SystemdNotifier({ env: options.env ?? process.env });
   const watchdog = new Watchdog({
     notifier,
