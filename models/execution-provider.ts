@@ -5,6 +5,9 @@
  * is used, and the caller is told which one it got and why the others were skipped.
  */
 import { existsSync, readdirSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { arch } from 'node:os';
+import { dirname, join } from 'node:path';
 import ort from 'onnxruntime-node';
 
 export type ProviderName = 'cuda' | 'webgpu' | 'cpu';
@@ -41,6 +44,32 @@ export function renderNodePresent(): boolean {
   return renderNodes().length > 0;
 }
 
+/**
+ * onnxruntime-node's CUDA provider library, or null when it is not installed (npm ci with
+ * ONNXRUNTIME_NODE_INSTALL=skip, or a download that failed). onnxruntime loads it from beside
+ * its own library.
+ */
+export function cudaProviderLibrary(): string | null {
+  try {
+    const pkg = createRequire(import.meta.url).resolve('onnxruntime-node/package.json');
+    const lib = join(dirname(pkg), 'bin', 'napi-v6', process.platform, arch(), 'libonnxruntime_providers_cuda.so');
+    return existsSync(lib) ? lib : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Why the CUDA provider cannot be tried here, or null when it can. Checked before asking
+ * onnxruntime, whose own failure ("Failed to load shared library", plus an error line on stderr
+ * from every session) says less.
+ */
+export function cudaSkipReason(nvidiaDevices: readonly string[], providerLibrary: string | null): string | null {
+  if (nvidiaDevices.length === 0) return 'no NVIDIA GPU device found';
+  if (!providerLibrary) return "onnxruntime-node's CUDA provider library is not installed (reinstall with ONNXRUNTIME_NODE_INSTALL=cuda12; deploy/GPU.md)";
+  return null;
+}
+
 export function candidates(choice: ProviderChoice): ProviderName[] {
   if (choice === 'auto') return ['cuda', 'webgpu', 'cpu'];
   return choice === 'cpu' ? ['cpu'] : [choice, 'cpu'];
@@ -61,8 +90,9 @@ export interface SessionOptions {
 export async function createSession(model: Uint8Array, opts: SessionOptions = {}): Promise<SessionResult> {
   const fallbacks: SessionResult['fallbacks'] = [];
   for (const provider of candidates(opts.provider ?? 'auto')) {
-    if (provider === 'cuda' && !nvidiaGpuPresent()) {
-      fallbacks.push({ provider, reason: 'no NVIDIA GPU device found' });
+    const cudaSkip = provider === 'cuda' ? cudaSkipReason(nvidiaDeviceNodes(), cudaProviderLibrary()) : null;
+    if (cudaSkip) {
+      fallbacks.push({ provider, reason: cudaSkip });
       continue;
     }
     if (provider === 'webgpu' && !renderNodePresent() && !nvidiaGpuPresent()) {

@@ -9,11 +9,8 @@
  * score and map differences are reported beside the throughput of each. GPU providers round the
  * int8 backbone their own way, so agreement is judged with a tolerance, not bit for bit.
  */
-import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { arch } from 'node:os';
-import { dirname, join } from 'node:path';
-import { nvidiaDeviceNodes, renderNodes, type ProviderChoice } from '../../models/execution-provider.js';
+import { cudaProviderLibrary, nvidiaDeviceNodes, renderNodes, type ProviderChoice } from '../../models/execution-provider.js';
 import { PatchcoreModel } from '../../models/runtime.js';
 import { isSlowerThanCpu } from '../../models/provider-speed.js';
 import type { Prediction } from '../../models/types.js';
@@ -56,23 +53,18 @@ export interface ModelCheckResult {
 }
 
 export function machineFacts(): MachineFacts {
-  const require = createRequire(import.meta.url);
-  let cudaProviderLibrary: string | null = null;
   let onnxruntime = 'unknown';
   try {
-    const pkg = require.resolve('onnxruntime-node/package.json');
-    onnxruntime = (require(pkg) as { version: string }).version;
-    const lib = join(dirname(pkg), 'bin', 'napi-v6', process.platform, arch(), 'libonnxruntime_providers_cuda.so');
-    if (existsSync(lib)) cudaProviderLibrary = lib;
+    onnxruntime = (createRequire(import.meta.url)('onnxruntime-node/package.json') as { version: string }).version;
   } catch {
-    // reported as unknown / missing
+    // reported as unknown
   }
   return {
     node: process.version,
     onnxruntime,
     nvidiaDevices: nvidiaDeviceNodes(),
     renderNodes: renderNodes(),
-    cudaProviderLibrary,
+    cudaProviderLibrary: cudaProviderLibrary(),
   };
 }
 
