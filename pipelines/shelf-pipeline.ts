@@ -255,8 +255,15 @@ export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipelin
       const warned = new Set<string>();
       /** Resolves when the previous frame of this camera has been debounced. */
       let chain: Promise<void> = Promise.resolve();
+      /**
+       * Resolves when the previous frame of this camera has handed its crops to the batchers.
+       * Frames in flight decode concurrently and a later one can finish first; crops still go to
+       * inference in capture order, so a model swapped in between batches scores every frame
+       * captured after the last one the old model scored (no new-old-new flip around a swap).
+       */
+      let submitted: Promise<void> = Promise.resolve();
 
-      const predictFrame = async (frame: Frame): Promise<FrameScan | null> => {
+      const predictFrame = async (frame: Frame, previousSubmitted: Promise<void>, markSubmitted: () => void): Promise<FrameScan | null> => {
         const t0 = performance.now();
         let raw: RawImage;
         try {
@@ -265,9 +272,11 @@ export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipelin
         } catch (err) {
           st.decodeErrors++;
           observer.frameError?.(cam.id, frame, 'decode', asError(err));
+          void previousSubmitted.then(markSubmitted); // nothing to submit: keep the order for the next frame
           return null;
         }
         const decodeMs = performance.now() - t0;
+        await previousSubmitted;
         const jobs: Array<Promise<ScannedSlot | null>> = [];
         for (const slot of cam.slots) {
           let crop: Crop;
@@ -297,6 +306,7 @@ export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipelin
             ),
           );
         }
+        markSubmitted();
         const slots = (await Promise.all(jobs)).filter((s): s is ScannedSlot => s !== null);
         return { frame, raw, slots, decodeMs };
       };
@@ -347,8 +357,11 @@ export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipelin
         const previous = chain;
         let release!: () => void;
         chain = new Promise<void>((resolve) => (release = resolve));
+        const previousSubmitted = submitted;
+        let markSubmitted!: () => void;
+        submitted = new Promise<void>((resolve) => (markSubmitted = resolve));
         try {
-          const scan = await predictFrame(frame);
+          const scan = await predictFrame(frame, previousSubmitted, markSubmitted);
           await previous;
           if (!scan) return [];
           const outputs = await finishFrame(scan);
@@ -361,6 +374,7 @@ export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipelin
           return [];
         } finally {
           st.inFlight--;
+          void previousSubmitted.then(markSubmitted); // if this frame never got to submit (no-op otherwise)
           release();
           observer.frameFinished?.(cam.id, frame);
         }

@@ -247,3 +247,37 @@ maybe('unsubscribing stops the cameras and frees the batchers', async (t) => {
   t.is(out.item.crop.frame.camera, 'c');
   t.false(frames$.observed, 'the camera stream was unsubscribed');
 });
+
+maybe('crops reach inference in capture order even when a later frame decodes first (a model swap splits frames cleanly)', async (t) => {
+  // Frame 0: the normal shelf on a 4000×4000 canvas (slow to decode); frame 1: the blotched shelf
+  // at its own size (fast). One slot, on the blotched tile, so the two crops differ.
+  const meta = await sharp(normal.jpeg).metadata();
+  const big = await sharp(normal.jpeg).extend({ right: 4000 - meta.width!, bottom: 4000 - meta.height!, background: '#ffffff' }).jpeg({ quality: 90 }).toBuffer();
+  const seen: number[] = [];
+  const plane = 3 * 224 * 224;
+  const recording: BatchModel = {
+    manifest: model.manifest,
+    digest: model.digest,
+    async scan(batch, n, thresholds) {
+      for (let i = 0; i < n; i++) seen.push(batch.subarray(i * plane, (i + 1) * plane).reduce((a, v) => a + v, 0));
+      return model.scan(batch, n, thresholds);
+    },
+  };
+  const started: number[] = [];
+  const pipeline = createShelfPipeline(
+    options([camera('c', [frame('c', 0, big), frame('c', 1, anomalous.jpeg)], [normal.boxes[1]!])], { framesInFlight: 2, observer: { frameStarted: (_c, f) => started.push(f.sequence) } }, recording),
+  );
+  const outputs = await lastValueFrom(pipeline.outputs$.pipe(toArray()));
+  t.deepEqual(started, [0, 1], 'both frames were in flight together');
+  t.deepEqual(outputs.map((o) => o.item.crop.frame.id.split('-').at(-1)), ['0', '1']);
+  t.is(seen.length, 2);
+  // Fingerprints of each frame's crop, scanned alone.
+  const alone = async (data: Buffer) => {
+    const before = seen.length;
+    await lastValueFrom(createShelfPipeline(options([camera('c', [frame('c', 0, data)], [normal.boxes[1]!])], {}, recording)).outputs$.pipe(toArray()));
+    return seen[before]!;
+  };
+  const [fp0, fp1] = [await alone(big), await alone(anomalous.jpeg)];
+  t.not(fp0, fp1);
+  t.deepEqual(seen.slice(0, 2), [fp0, fp1], 'frame 0\'s crop went to the model before frame 1\'s');
+});
