@@ -14,13 +14,25 @@ import { createSession, type SessionOptions, type SessionResult } from './execut
 export const SPEED_CHECK_BATCH = 8;
 const TIMED_RUNS = 3;
 
-/** Median ms per image of `runs` timed runs after one warm-up. */
+/** A deterministic batch of smooth, image-like inputs in the model's normalised range. */
+export function syntheticBatch(count: number, size: number): Float32Array {
+  const plane = size * size;
+  const data = new Float32Array(count * 3 * plane);
+  for (let i = 0; i < count; i++) {
+    for (let c = 0; c < 3; c++) {
+      for (let y = 0; y < size; y++) {
+        for (let x = 0; x < size; x++) {
+          data[(i * 3 + c) * plane + y * size + x] = Math.sin((x + 7 * i) / (9 + c)) * Math.cos((y - 5 * i) / 13) * 1.5;
+        }
+      }
+    }
+  }
+  return data;
+}
+
+/** Median ms per image of `runs` timed runs after one warm-up, on a synthetic batch (zeros could take shortcuts). */
 export async function msPerImage(session: ort.InferenceSession, inputSize: number, batch = SPEED_CHECK_BATCH, runs = TIMED_RUNS): Promise<number> {
-  const plane = inputSize * inputSize;
-  const data = new Float32Array(batch * 3 * plane);
-  // Smooth, image-like values in the normalised range (zeros could take shortcuts).
-  for (let i = 0; i < data.length; i++) data[i] = Math.sin(i / 97) * Math.cos(i / plane) * 1.5;
-  const feeds = { [session.inputNames[0]!]: new ort.Tensor('float32', data, [batch, 3, inputSize, inputSize]) };
+  const feeds = { [session.inputNames[0]!]: new ort.Tensor('float32', syntheticBatch(batch, inputSize), [batch, 3, inputSize, inputSize]) };
   await session.run(feeds);
   const times: number[] = [];
   for (let r = 0; r < runs; r++) {
@@ -47,7 +59,13 @@ export type Timer = (session: ort.InferenceSession) => Promise<number>;
  */
 export async function keepFasterThanCpu(gpu: SessionResult, model: Uint8Array, opts: SessionOptions, time: Timer): Promise<SessionResult> {
   if (gpu.provider === 'cpu') return gpu;
-  const cpu = await createSession(model, { ...opts, provider: 'cpu' });
+  let cpu: SessionResult;
+  try {
+    cpu = await createSession(model, { ...opts, provider: 'cpu' });
+  } catch (e) {
+    await gpu.session.release();
+    throw e;
+  }
   let gpuMs: number;
   let cpuMs: number;
   try {

@@ -52,10 +52,7 @@ export class PatchcoreModel {
     readonly fallbacks: SessionResult['fallbacks'],
     readonly origin: string,
   ) {
-    const tap = manifest.backbone.taps[0];
-    this.mapBuilder = session.outputNames.includes(OUTPUT_PATCH_DISTANCES) && tap
-      ? new AnomalyMapBuilder(Math.ceil(manifest.inputSize / tap.stride), manifest.inputSize)
-      : null;
+    this.mapBuilder = session.outputNames.includes(OUTPUT_PATCH_DISTANCES) ? new AnomalyMapBuilder(manifest.patchGrid, manifest.inputSize) : null;
   }
 
   get inputSize(): number {

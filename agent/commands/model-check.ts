@@ -12,7 +12,7 @@
 import { createRequire } from 'node:module';
 import { cudaProviderLibrary, nvidiaDeviceNodes, renderNodes, type ProviderChoice } from '../../models/execution-provider.js';
 import { PatchcoreModel } from '../../models/runtime.js';
-import { isSlowerThanCpu } from '../../models/provider-speed.js';
+import { isSlowerThanCpu, syntheticBatch } from '../../models/provider-speed.js';
 import type { Prediction } from '../../models/types.js';
 import { listImages, preprocessedBatches, type SkippedFile } from '../../pipelines/image-files.js';
 
@@ -66,22 +66,6 @@ export function machineFacts(): MachineFacts {
     renderNodes: renderNodes(),
     cudaProviderLibrary: cudaProviderLibrary(),
   };
-}
-
-/** A deterministic batch of smooth, image-like inputs in the model's normalised range. */
-function syntheticBatch(count: number, size: number): Float32Array {
-  const plane = size * size;
-  const data = new Float32Array(count * 3 * plane);
-  for (let i = 0; i < count; i++) {
-    for (let c = 0; c < 3; c++) {
-      for (let y = 0; y < size; y++) {
-        for (let x = 0; x < size; x++) {
-          data[(i * 3 + c) * plane + y * size + x] = Math.sin((x + 7 * i) / (9 + c)) * Math.cos((y - 5 * i) / 13) * 1.5;
-        }
-      }
-    }
-  }
-  return data;
 }
 
 async function timePerImage(model: PatchcoreModel, batch: Float32Array, n: number): Promise<{ ms: number; predictions: Prediction[] }> {
