@@ -22,6 +22,10 @@
  *                  scanned; overhead = 1 − pipeline/bare (goal ≤ 15 % at 16 slots)
  *   latency        frame captured → its event received from the broker (the broker has
  *                  acknowledged the QoS 1 publish by then), p50/p95, at saturation and at half load
+ *   CPU split      (replicas mode, Linux) CPU per crop of the replicas' threads, the main thread
+ *                  and the rest, from /proc (bench/thread-cpu.ts); the pipeline's non-model CPU
+ *                  over its model CPU in the same window is the overhead figure that the VM
+ *                  changing speed between windows does not move
  */
 import { spawnSync } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
@@ -39,6 +43,7 @@ import { heapFloorMb } from '../agent/v8-heap.js';
 import { fittedModel, magneticTileTrain } from '../test/helpers/fitted-model.js';
 import { startMosquitto, type MosquittoBroker } from '../test/helpers/mosquitto.js';
 import { tileFrame, unseenTiles } from '../test/helpers/shelf-frames.js';
+import { splitCpu, threadSeconds, threadTicks, type CpuSplit } from './thread-cpu.js';
 
 // ---- arguments --------------------------------------------------------------------------------
 const argv = process.argv.slice(2);
@@ -88,6 +93,8 @@ interface BareResult {
   cropsPerSec: number;
   /** Process CPU time (all threads) per crop, ms: less sensitive to other load on the machine. */
   cpuMsPerCrop: number;
+  /** CPU ms per crop by thread group (bare replicas only; null off Linux). */
+  split?: CpuSplit | null;
 }
 
 async function bareModel(batch: number, seconds: number): Promise<BareResult> {
@@ -127,6 +134,7 @@ async function bareReplicas(batch: number, seconds: number): Promise<BareResult>
     await Promise.all([model.scan(data, batch, never), model.scan(data, batch, never)]);
     let crops = 0;
     const cpu0 = process.cpuUsage();
+    const ticks0 = threadTicks();
     const start = performance.now();
     const loop = async () => {
       while (performance.now() - start < seconds * 1000) {
@@ -136,7 +144,9 @@ async function bareReplicas(batch: number, seconds: number): Promise<BareResult>
     };
     await Promise.all(Array.from({ length: settings.replicas }, loop));
     const cpu = process.cpuUsage(cpu0);
-    return { cropsPerSec: (crops / (performance.now() - start)) * 1000, cpuMsPerCrop: (cpu.user + cpu.system) / 1000 / crops };
+    const ticks1 = threadTicks();
+    const split = ticks0 && ticks1 ? perCrop(splitCpu(threadSeconds(ticks0, ticks1), settings.replicas), crops) : null;
+    return { cropsPerSec: (crops / (performance.now() - start)) * 1000, cpuMsPerCrop: (cpu.user + cpu.system) / 1000 / crops, split };
   } finally {
     await model.release();
   }
@@ -171,6 +181,14 @@ interface RunResult {
   latencies: number[];
   rssSamples: Array<{ t: number; rss: number; heap: number; scanned: number; outbox: number }>;
   errors: string[];
+  /** CPU ms per crop by thread group (replicas mode only; null off Linux). */
+  split: CpuSplit | null;
+}
+
+/** A window's CPU seconds by thread group → ms per crop. */
+function perCrop(split: CpuSplit, crops: number): CpuSplit {
+  const ms = (s: number) => (s * 1000) / Math.max(1, crops);
+  return { model: ms(split.model), main: ms(split.main), other: ms(split.other) };
 }
 
 async function runAgent(sc: Scenario, intervalMs: number, seconds: number, opts: { warmupSec?: number; sampleEverySec?: number; label: string; mode?: Mode }): Promise<RunResult> {
@@ -222,6 +240,7 @@ async function runAgent(sc: Scenario, intervalMs: number, seconds: number, opts:
   const before = stats();
   const rssSamples: RunResult['rssSamples'] = [];
   const cpu0 = process.cpuUsage();
+  const ticks0 = threadTicks();
   const start = performance.now();
   measuring = true;
   counting = true;
@@ -240,9 +259,12 @@ async function runAgent(sc: Scenario, intervalMs: number, seconds: number, opts:
   }
   const elapsed = performance.now() - start;
   const cpu = process.cpuUsage(cpu0);
+  const ticks1 = threadTicks();
   measuring = false;
   const after = stats();
   const framesScanned = after.framesScanned - before.framesScanned;
+  const replicas = (opts.mode ?? 'replicas') === 'replicas' ? MODE_SETTINGS.replicas.replicas : 0;
+  const split = replicas && ticks0 && ticks1 ? perCrop(splitCpu(threadSeconds(ticks0, ticks1), replicas), framesScanned * sc.slots) : null;
   await agent.stop();
   sub.end(true);
   return {
@@ -255,6 +277,7 @@ async function runAgent(sc: Scenario, intervalMs: number, seconds: number, opts:
     latencies: latencies.sort((a, b) => a - b),
     rssSamples,
     errors,
+    split,
   };
 }
 
@@ -280,6 +303,7 @@ if (SOAK_MINUTES !== null) {
   // load on the machine hits both sides alike; CPU time per crop is reported beside wall time.
   const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
   const rows: string[][] = [];
+  const splitRows: string[][] = [];
   const modes = MODES;
   for (const slots of SLOT_COUNTS) {
     const sc = await scenario(slots);
@@ -327,6 +351,23 @@ if (SOAK_MINUTES !== null) {
         `${pct(latencies, 0.5)} / ${pct(latencies, 0.95)}`,
         `${pct(half.latencies, 0.5)} / ${pct(half.latencies, 0.95)}`,
       ]);
+      const bareSplits = bareReps.flatMap((b) => (b.split ? [b.split] : []));
+      const pipeSplits = runs.flatMap((r) => (r.split ? [r.split] : []));
+      if (mode === 'replicas' && bareSplits.length && pipeSplits.length) {
+        const m = (xs: CpuSplit[], k: keyof CpuSplit) => median(xs.map((x) => x[k]));
+        const bareModelMs = m(bareSplits, 'model');
+        const [pm, pmain, pother] = [m(pipeSplits, 'model'), m(pipeSplits, 'main'), m(pipeSplits, 'other')];
+        // Same window: the pipeline's non-model CPU against its own model threads (drift-free).
+        const sameWindow = pipeSplits.map((x) => (x.main + x.other) / x.model);
+        splitRows.push([
+          String(slots),
+          `${bareModelMs.toFixed(2)} / ${(m(bareSplits, 'main') + m(bareSplits, 'other')).toFixed(2)}`,
+          `${pm.toFixed(2)} / ${pmain.toFixed(2)} / ${pother.toFixed(2)}`,
+          `${(median(sameWindow) * 100).toFixed(1)} % (${(Math.min(...sameWindow) * 100).toFixed(1)} … ${(Math.max(...sameWindow) * 100).toFixed(1)})`,
+          `${((pm / bareModelMs - 1) * 100).toFixed(1)} %`,
+          `${(((pm + pmain + pother) / bareModelMs - 1) * 100).toFixed(1)} %`,
+        ]);
+      }
       for (const e of [...runs.flatMap((r) => r.errors), ...half.errors].slice(0, 3)) console.log(`  agent error: ${e.trim()}`);
       console.log(`  ${slots} slot(s), ${mode}: bare ${bares.map((b) => b.cropsPerSec.toFixed(1)).join(', ')} crops/s; pipeline ${runs.map((r) => r.cropsPerSec.toFixed(1)).join(', ')} crops/s`);
     }
@@ -347,6 +388,20 @@ if (SOAK_MINUTES !== null) {
   console.log('  with half the cores each, in worker threads), one session in a worker thread, or one on the main thread;');
   console.log('bare = one onnxruntime session at the batch size (the model benchmark\'s figure); bare replicas = the same replicas as');
   console.log('  the agent, fed pre-filled batches directly (its overhead column compares the pipeline with that)');
+  if (splitRows.length) {
+    const splitHeader = ['slots', 'bare replicas: model / rest', 'pipeline: model / main / rest', '(main + rest) ÷ model, same window (range)', 'model threads vs bare', 'total vs bare model'];
+    const sw = splitHeader.map((h, i) => Math.max(h.length, ...splitRows.map((r) => r[i]!.length)));
+    const sline = (cells: string[]) => cells.map((c, i) => c.padStart(sw[i]!)).join('  ');
+    console.log('\nwhere the CPU goes, ms per crop (medians over rounds; per-thread accounting from /proc, replicas mode):');
+    console.log(sline(splitHeader));
+    for (const r of splitRows) console.log(sline(r));
+    console.log('model = the replicas\' threads (the busiest threads besides the main one: onnxruntime plus the worker\'s own JS);');
+    console.log('main = the agent\'s event loop (decode calls, crops, batching, events, MQTT); rest = libvips, libuv\'s pool, V8 helpers;');
+    console.log('(main + rest) ÷ model = the CPU the pipeline adds per unit of model CPU, both measured in the same window, so the');
+    console.log('  machine changing speed between windows cancels out; model threads vs bare = the model\'s own CPU per crop beside the');
+    console.log('  pipeline against the bare replicas (separate windows: cache and preemption effects, but also the machine\'s drift);');
+    console.log('  total = all CPU per crop ÷ the bare replicas\' model CPU − 1');
+  }
 }
 
 await broker?.dispose();
