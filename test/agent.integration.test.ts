@@ -8,13 +8,14 @@
  */
 import test from 'ava';
 import { execFile } from 'node:child_process';
-import { readdir } from 'node:fs/promises';
+import { mkdir, readdir, readFile, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import sharp from 'sharp';
 import { Agent, providerLine } from '../agent/agent.js';
 import { configFromObject, type AgentConfig } from '../agent/config.js';
 import { eventMessageId } from '../agent/extensions/events-publisher.js';
+import { ThumbnailFolder } from '../agent/thumbnail-folder.js';
 import type { AnomalyEvent } from '../pipelines/events.js';
 import type { Box } from '../pipelines/types.js';
 import { captureLogger, registerAgentScene, tileSlots, until } from './helpers/agent-scene.js';
@@ -92,7 +93,19 @@ serial('replay camera: events, thumbnails, retained state, status, stats and met
   const broker = await startMosquitto();
   t.teardown(() => broker.dispose());
   const live = await recordingSubscriber(broker.url, `${ROOT}/#`, t);
-  const config = agentConfig(broker.url, join(scene.work, 'state-replay'), { type: 'replay', dir: scene.framesDir, intervalMs: 150 });
+  const base = agentConfig(broker.url, join(scene.work, 'state-replay'), { type: 'replay', dir: scene.framesDir, intervalMs: 150 });
+  // Thumbnails also go to a folder that keeps the newest 2; it holds two from an earlier run
+  // (the older one must go) and a file of someone else's (it must stay).
+  const thumbDir = join(scene.work, 'thumbs-replay');
+  await mkdir(thumbDir, { recursive: true });
+  const earlier = ['shelf-S1-1700000000000-0123abcd-new.jpg', 'shelf-S1-1700000000000-0123abcd-update-1700000001000.jpg'];
+  for (const [i, name] of earlier.entries()) {
+    await writeFile(join(thumbDir, name), 'earlier run');
+    const when = new Date(Date.now() - (2 - i) * 3_600_000);
+    await utimes(join(thumbDir, name), when, when);
+  }
+  await writeFile(join(thumbDir, 'README.txt'), 'not a thumbnail');
+  const config: AgentConfig = { ...base, thumbnails: { ...base.thumbnails, dir: thumbDir, keep: 2 } };
   const { logger, lines } = captureLogger();
   const agent = new Agent(config, { logger, reconnect: { minDelayMs: 100, maxDelayMs: 500 } });
   const raised: AnomalyEvent[] = [];
@@ -178,6 +191,13 @@ serial('replay camera: events, thumbnails, retained state, status, stats and met
   await until('offline availability', () => late.messages.some((m) => m.topic === `${ROOT}/availability` && m.payload.toString() === 'offline'), 30_000);
   const stopped = late.messages.filter((m) => m.topic === `${ROOT}/status`).map((m) => JSON.parse(m.payload.toString()));
   t.is(stopped.at(-1).state, 'stopped');
+
+  // The thumbnail folder: the newest 2 thumbnails, oldest deleted first (the earlier run's), the
+  // last one byte for byte as published, the foreign file untouched.
+  const names = got.filter((e) => e.type !== 'end').map((e) => ThumbnailFolder.fileName(e.after.id, e.type as 'new' | 'update', e.after.frameTime));
+  const kept = [...earlier, ...names].slice(-2);
+  t.deepEqual((await readdir(thumbDir)).sort(), [...kept, 'README.txt'].sort());
+  t.deepEqual(await readFile(join(thumbDir, names.at(-1)!)), thumbs.at(-1)!.payload);
 });
 
 serial('stream camera: ffmpeg reads a video of the frames; the blotch raises new → end', async (t) => {

@@ -109,7 +109,7 @@ test('defaults are filled in and derived values computed', (t) => {
   t.deepEqual(config.outbox, { dir: '/etc/shelfwatch/.shelfwatch/outbox', maxRecords: 10_000, maxBytes: 268_435_456 });
   t.deepEqual(config.inference, { provider: 'auto', batchSize: 8, batchWaitMs: 25, maxPendingFrames: 4, workerThread: true, intraOpThreads: 0, replicas: 'auto', spinWait: false });
   t.deepEqual(config.debounce, { raiseAfter: 2, window: 3, clearAfter: 3 });
-  t.deepEqual(config.thumbnails, { maxSize: 320, quality: 80, dir: null });
+  t.deepEqual(config.thumbnails, { maxSize: 320, quality: 80, dir: null, keep: 1000 });
   t.deepEqual(config.metrics, { enabled: true, host: '127.0.0.1', port: 9464 });
   t.deepEqual(config.logging, { level: 'info' });
   t.deepEqual(config.models, {});
@@ -615,6 +615,15 @@ test('inference.replicas: auto or a whole number, with a message that says so', 
   t.throws(() => load('x'), { message: /inference\.replicas: expected "auto" or a whole number from 1 to 64; got "x"/ });
   t.throws(() => load(2.5), { message: /inference\.replicas: expected "auto" or a whole number/ });
   t.throws(() => load(0), { message: /inference\.replicas: expected a number >= 1; got 0/ });
+});
+
+test('thumbnails.keep: a whole number of files ≥ 1, default 1000', (t) => {
+  const load = (thumbnails: unknown) => configFromObject({ agent: { id: 'a' }, thumbnails }, { origin: 'x.yaml', env: {} });
+  t.is(load({}).thumbnails.keep, 1000);
+  t.is(load({ keep: '25' }).thumbnails.keep, 25);
+  t.throws(() => load({ keep: 0 }), { message: /thumbnails\.keep: expected a number >= 1; got 0/ });
+  t.throws(() => load({ keep: 2.5 }), { message: /thumbnails\.keep/ });
+  t.throws(() => load({ keep: 'many' }), { message: /thumbnails\.keep/ });
 });
 
 test('mqtt.commands: limits of inbound commands and of model downloads, checked with the key named', (t) => {

@@ -14,13 +14,13 @@
  * must not silence the state for an hour, nor one stepped forward cause a burst.
  *
  * Message ids are stable (`<event id>:<type>:<frame id>` …), so a re-delivery after a restart is
- * recognisable. With `thumbnails.dir` set the thumbnails are also written there (demo, debugging).
+ * recognisable. With `thumbnails.dir` set the thumbnails are also written there, the newest
+ * `thumbnails.keep` of them kept (demo, debugging; agent/thumbnail-folder.ts).
  */
-import { mkdir, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import type { Subscription } from 'rxjs';
 import type { AnomalyEvent } from '../../pipelines/events.js';
 import type { ShelfOutput } from '../../pipelines/shelf-pipeline.js';
+import { ThumbnailFolder } from '../thumbnail-folder.js';
 import type { AgentContext, Extension } from './types.js';
 
 /** A slot's retained state is republished at least this often while it is scanned. */
@@ -70,7 +70,7 @@ export class EventsPublisher implements Extension {
   readonly name = 'events';
   private subscription: Subscription | null = null;
   private readonly lastState = new Map<string, { state: string; at: number }>();
-  private dirReady: Promise<unknown> | null = null;
+  private folder: ThumbnailFolder | null = null;
 
   constructor(
     private readonly ctx: AgentContext,
@@ -82,9 +82,10 @@ export class EventsPublisher implements Extension {
     this.subscription = this.ctx.outputs$.subscribe((output) => this.publish(output));
   }
 
-  stop(): void {
+  async stop(): Promise<void> {
     this.subscription?.unsubscribe();
     this.subscription = null;
+    await this.folder?.idle();
   }
 
   private publish(output: ShelfOutput): void {
@@ -121,13 +122,9 @@ export class EventsPublisher implements Extension {
   }
 
   private writeThumbnail(event: AnomalyEvent, jpeg: Buffer): void {
-    const dir = this.ctx.config.thumbnails.dir;
-    if (!dir) return;
-    this.dirReady ??= mkdir(dir, { recursive: true });
-    const suffix = event.type === 'new' ? 'new' : `update-${event.after.frameTime}`;
-    const file = join(dir, `${event.after.id}-${suffix}.jpg`);
-    this.dirReady
-      .then(() => writeFile(file, jpeg))
-      .catch((err: Error) => this.ctx.logger.warn('could not write thumbnail file', { file, error: err }));
+    const { dir, keep } = this.ctx.config.thumbnails;
+    if (!dir || event.type === 'end') return;
+    this.folder ??= new ThumbnailFolder(dir, keep, (message, fields) => this.ctx.logger.warn(message, fields));
+    void this.folder.write(ThumbnailFolder.fileName(event.after.id, event.type, event.after.frameTime), jpeg);
   }
 }
