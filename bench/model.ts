@@ -12,7 +12,8 @@ import ort from 'onnxruntime-node';
 import sharp from 'sharp';
 import { MOBILENETV2_INT8 } from '../models/backbone.js';
 import { createSession } from '../models/execution-provider.js';
-import { encodeModel } from '../models/onnx/proto.js';
+import { GraphBuilder, valueInfo } from '../models/onnx/builder.js';
+import { DataType, encodeModel, type ModelProto } from '../models/onnx/proto.js';
 import { buildModelGraph } from '../models/patchcore-graph.js';
 import { preprocessImage } from '../models/preprocess.js';
 import { Random } from '../models/random.js';
@@ -34,6 +35,31 @@ async function timeIt(fn: () => Promise<unknown>, minMs = quick ? 500 : 2500, mi
   }
   times.sort((a, b) => a - b);
   return times[Math.floor(times.length / 2)]!; // median
+}
+
+/**
+ * The nearest-neighbour search on its own: the compiled model's [N, P, D + 1] · [D + 1, M] MatMul
+ * and ReduceMin over the bank, nothing else. With `entries` = 0: a square 1024³ MatMul instead,
+ * for this machine's best fp32 GEMM rate. Returns ms per call (median).
+ */
+async function matmulMs(rows: number, inner: number, cols: number, batch: number, reduce: boolean): Promise<number> {
+  const graph: NonNullable<ModelProto['graph']> = { name: 'gemm', node: [], initializer: [], input: [valueInfo('x', DataType.FLOAT, [batch, rows, inner])], output: [] };
+  const b = new GraphBuilder(graph);
+  const w = new Float32Array(inner * cols);
+  for (let i = 0; i < w.length; i++) w[i] = Math.sin(i);
+  let y = b.op1('MatMul', ['x', b.float('w', [inner, cols], w)]);
+  if (reduce) y = b.op1('ReduceMin', [y], { axes: [2], keepdims: 1 });
+  b.output(y, DataType.FLOAT, reduce ? [batch, rows, 1] : [batch, rows, cols]);
+  const model: ModelProto = { irVersion: 8, opsetImport: [{ domain: '', version: 13 }], producerName: 'bench', graph };
+  const { session } = await createSession(encodeModel(model), { provider: 'cpu' });
+  const x = new Float32Array(batch * rows * inner);
+  for (let i = 0; i < x.length; i++) x[i] = Math.cos(i);
+  const feed = { x: new ort.Tensor('float32', x, [batch, rows, inner]) };
+  try {
+    return await timeIt(() => session.run(feed));
+  } finally {
+    await session.release();
+  }
 }
 
 async function main() {
@@ -82,6 +108,20 @@ async function main() {
   const bare8 = (await timeIt(() => bare.run({ input: new ort.Tensor('float32', input8, [8, 3, 224, 224]) }))) / 8;
   console.log(rows.join('\n'));
   console.log(`\nbaseline, same run: bare MobileNetV2 classifier at batch 8: ${bare8.toFixed(2)} ms/image (${(1000 / bare8).toFixed(0)} images/s)`);
+
+  // What this machine allows at batch 8 for the 200-image bank, with exact arithmetic: the
+  // backbone taps + aggregation (the feature graph) and the search's MatMul + ReduceMin, each alone.
+  const entries200 = Math.trunc(200 * 784 * 0.01);
+  const patches = 784;
+  const searchMs = (await matmulMs(patches, 129, entries200, 8, true)) / 8;
+  const searchGflops = (2 * patches * 129 * entries200) / (searchMs * 1e6);
+  const squareMs = await matmulMs(1024, 1024, 1024, 1, false);
+  const peakGflops = (2 * 1024 ** 3) / (squareMs * 1e6);
+  const featMs = (await timeIt(() => fx.embed(input8, 8))) / 8;
+  const floorMs = featMs + searchMs;
+  console.log(`floor, same run, batch 8, 200-image bank (${entries200} entries): backbone taps + aggregation ${featMs.toFixed(2)} ms/image`);
+  console.log(`  + nearest-neighbour MatMul + ReduceMin alone ${searchMs.toFixed(2)} ms/image (${searchGflops.toFixed(0)} GFLOP/s; this machine's`);
+  console.log(`  best fp32 GEMM, 1024³: ${peakGflops.toFixed(0)} GFLOP/s) = ${floorMs.toFixed(2)} ms/image: at most ${(1000 / floorMs).toFixed(0)} images/s before score and map`);
 
   // Decode + preprocess of a 900×900 PNG (the reference spends 18 ms).
   const png = await sharp(readFileSync(files[0]!)).resize(900, 900, { fit: 'fill' }).png().toBuffer();
