@@ -358,7 +358,7 @@ export function configSchema(baseDir: string) {
       maxSize: int(16, 8192).default(320),
       quality: int(1, 100).default(80),
       dir: path().nullable().default(null),
-      keep: int(1, 10_000_000).default(1000),
+      keep: int(1, 100_000).default(1000),
     }).prefault({}),
     metrics: strict({
       enabled: bool.default(true),

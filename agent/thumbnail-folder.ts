@@ -20,6 +20,7 @@ export type ThumbnailFolderError = (message: string, fields: { file: string; err
 export class ThumbnailFolder {
   /** The folder's thumbnails, oldest first; null until the folder has been read. */
   private files: string[] | null = null;
+  private names = new Set<string>();
   private chain: Promise<void> = Promise.resolve();
   private deletedCount = 0;
 
@@ -57,18 +58,22 @@ export class ThumbnailFolder {
   private async writeAndPrune(name: string, jpeg: Buffer): Promise<void> {
     const file = join(this.dir, name);
     try {
-      if (this.files === null) this.files = await this.existing();
+      if (this.files === null) {
+        this.files = await this.existing();
+        this.names = new Set(this.files);
+      }
       await writeFile(file, jpeg);
     } catch (err) {
       this.onError('could not write thumbnail file', { file, error: err as Error });
       return;
     }
     const files = this.files;
-    const at = files.indexOf(name); // an event re-delivered after a restart rewrites its file
-    if (at >= 0) files.splice(at, 1);
+    if (this.names.has(name)) files.splice(files.indexOf(name), 1); // an event re-delivered after a restart rewrites its file
     files.push(name);
+    this.names.add(name);
     while (files.length > this.keep) {
       const oldest = files.shift()!;
+      this.names.delete(oldest);
       try {
         await unlink(join(this.dir, oldest));
         this.deletedCount++;

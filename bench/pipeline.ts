@@ -77,6 +77,11 @@ for (const [name, v] of [['seconds', SECONDS], ['rounds', ROUNDS], ['soak', SOAK
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const pct = (sorted: number[], p: number) => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]! : NaN);
 const mb = (bytes: number) => (bytes / 1048576).toFixed(1);
+/** Right-aligned columns, as wide as their widest cell. */
+function printTable(header: string[], rows: string[][]): void {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+  for (const cells of [header, ...rows]) console.log(cells.map((c, i) => c.padStart(widths[i]!)).join('  '));
+}
 
 // ---- shared setup -----------------------------------------------------------------------------
 const work = await mkdtemp(join(tmpdir(), 'shelfwatch-bench-pipeline-'));
@@ -373,11 +378,8 @@ if (SOAK_MINUTES !== null) {
     }
   }
   const header = ['slots', 'inference', 'batch', 'bare crops/s', 'pipeline crops/s', 'wall overhead', 'paired overhead (range)', 'bare replicas crops/s → overhead', 'CPU ms/crop bare / pipeline', 'CPU overhead', 'model busy', 'frames/s', 'dropped', 'latency p50/p95 ms (saturated)', 'latency p50/p95 ms (half load)'];
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
-  const line = (cells: string[]) => cells.map((c, i) => c.padStart(widths[i]!)).join('  ');
   console.log(`\nCPU (${cpus().length} cores), MobileNetV2 int8, 1 % coreset; medians of ${ROUNDS} alternating rounds of ${SECONDS} s; ${broker ? 'mosquitto' : 'embedded broker'}; outbox with fsync; V8 old-generation floor ${floor === null ? 'none' : `${floor} MB`}; slot boxes ${TILE}×${TILE}${TILE === 224 ? ' (the model size: no resize)' : ', resized to 224×224'}`);
-  console.log(line(header));
-  for (const r of rows) console.log(line(r));
+  printTable(header, rows);
   console.log('wall overhead = 1 − pipeline crops/s ÷ bare-model crops/s at the same batch size (goal ≤ 15 % at 16 slots);');
   console.log('paired overhead = per round, 1 − pipeline crops/s ÷ the faster of that round\'s bare single session and bare replicas;');
   console.log('  median over rounds (min … max): the figure least moved by the machine changing speed between rounds;');
@@ -390,11 +392,8 @@ if (SOAK_MINUTES !== null) {
   console.log('  the agent, fed pre-filled batches directly (its overhead column compares the pipeline with that)');
   if (splitRows.length) {
     const splitHeader = ['slots', 'bare replicas: model / rest', 'pipeline: model / main / rest', '(main + rest) ÷ model, same window (range)', 'model threads vs bare', 'total vs bare model'];
-    const sw = splitHeader.map((h, i) => Math.max(h.length, ...splitRows.map((r) => r[i]!.length)));
-    const sline = (cells: string[]) => cells.map((c, i) => c.padStart(sw[i]!)).join('  ');
     console.log('\nwhere the CPU goes, ms per crop (medians over rounds; per-thread accounting from /proc, replicas mode):');
-    console.log(sline(splitHeader));
-    for (const r of splitRows) console.log(sline(r));
+    printTable(splitHeader, splitRows);
     console.log('model = the replicas\' threads (the busiest threads besides the main one: onnxruntime plus the worker\'s own JS);');
     console.log('main = the agent\'s event loop (decode calls, crops, batching, events, MQTT); rest = libvips, libuv\'s pool, V8 helpers;');
     console.log('(main + rest) ÷ model = the CPU the pipeline adds per unit of model CPU, both measured in the same window, so the');

@@ -624,6 +624,7 @@ test('thumbnails.keep: a whole number of files ≥ 1, default 1000', (t) => {
   t.throws(() => load({ keep: 0 }), { message: /thumbnails\.keep: expected a number >= 1; got 0/ });
   t.throws(() => load({ keep: 2.5 }), { message: /thumbnails\.keep/ });
   t.throws(() => load({ keep: 'many' }), { message: /thumbnails\.keep/ });
+  t.throws(() => load({ keep: 1_000_000 }), { message: /thumbnails\.keep: expected a number <= 100000; got 1000000/ });
 });
 
 test('mqtt.commands: limits of inbound commands and of model downloads, checked with the key named', (t) => {
