@@ -23,6 +23,9 @@ import type { ShelfOutput } from '../../pipelines/shelf-pipeline.js';
 import { ThumbnailFolder } from '../thumbnail-folder.js';
 import type { AgentContext, Extension } from './types.js';
 
+/** How long stop() waits for queued thumbnail files (thumbnails.dir). */
+const THUMBNAIL_FLUSH_MS = 2000;
+
 /** A slot's retained state is republished at least this often while it is scanned. */
 export const STATE_REFRESH_MS = 60_000;
 
@@ -85,7 +88,13 @@ export class EventsPublisher implements Extension {
   async stop(): Promise<void> {
     this.subscription?.unsubscribe();
     this.subscription = null;
-    await this.folder?.idle();
+    // Thumbnail files are a convenience copy: let queued writes finish, but never let a hung
+    // disk hold up the shutdown.
+    if (this.folder) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([this.folder.idle(), new Promise<void>((ok) => (timer = setTimeout(ok, THUMBNAIL_FLUSH_MS)))]);
+      clearTimeout(timer);
+    }
   }
 
   private publish(output: ShelfOutput): void {
