@@ -43,7 +43,7 @@ import { heapFloorMb } from '../agent/v8-heap.js';
 import { fittedModel, magneticTileTrain } from '../test/helpers/fitted-model.js';
 import { startMosquitto, type MosquittoBroker } from '../test/helpers/mosquitto.js';
 import { tileFrame, unseenTiles } from '../test/helpers/shelf-frames.js';
-import { splitCpu, threadSeconds, threadTicks, type CpuSplit } from './thread-cpu.js';
+import { splitCpu, threadSeconds, threadTicks, type CpuSplit, type ThreadTicks } from './thread-cpu.js';
 
 // ---- arguments --------------------------------------------------------------------------------
 const argv = process.argv.slice(2);
@@ -150,7 +150,7 @@ async function bareReplicas(batch: number, seconds: number): Promise<BareResult>
     await Promise.all(Array.from({ length: settings.replicas }, loop));
     const cpu = process.cpuUsage(cpu0);
     const ticks1 = threadTicks();
-    const split = ticks0 && ticks1 ? perCrop(splitCpu(threadSeconds(ticks0, ticks1), settings.replicas), crops) : null;
+    const split = splitPerCrop(ticks0, ticks1, settings.replicas, crops);
     return { cropsPerSec: (crops / (performance.now() - start)) * 1000, cpuMsPerCrop: (cpu.user + cpu.system) / 1000 / crops, split };
   } finally {
     await model.release();
@@ -190,8 +190,10 @@ interface RunResult {
   split: CpuSplit | null;
 }
 
-/** A window's CPU seconds by thread group → ms per crop. */
-function perCrop(split: CpuSplit, crops: number): CpuSplit {
+/** CPU ms per crop by thread group between two /proc readings (null when either is missing). */
+function splitPerCrop(before: ThreadTicks | null, after: ThreadTicks | null, modelThreads: number, crops: number): CpuSplit | null {
+  if (!before || !after) return null;
+  const split = splitCpu(threadSeconds(before, after), modelThreads);
   const ms = (s: number) => (s * 1000) / Math.max(1, crops);
   return { model: ms(split.model), main: ms(split.main), other: ms(split.other) };
 }
@@ -269,7 +271,7 @@ async function runAgent(sc: Scenario, intervalMs: number, seconds: number, opts:
   const after = stats();
   const framesScanned = after.framesScanned - before.framesScanned;
   const replicas = (opts.mode ?? 'replicas') === 'replicas' ? MODE_SETTINGS.replicas.replicas : 0;
-  const split = replicas && ticks0 && ticks1 ? perCrop(splitCpu(threadSeconds(ticks0, ticks1), replicas), framesScanned * sc.slots) : null;
+  const split = replicas ? splitPerCrop(ticks0, ticks1, replicas, framesScanned * sc.slots) : null;
   await agent.stop();
   sub.end(true);
   return {
