@@ -254,7 +254,12 @@ export class Agent extends EventEmitter<AgentEvents> {
         return { config: cam, source: feed.source, scans$: feed.scans$ };
       });
       this.pipeline = createShelfPipeline({
-        cameras: this.cameras.map((cam) => ({ id: cam.config.id, slots: cam.config.slots, frames$: cam.scans$.pipe(takeUntil(this.stopCapture)) })),
+        cameras: this.cameras.map((cam) => ({
+          id: cam.config.id,
+          slots: cam.config.slots,
+          shrinkOnLoad: cam.config.shrinkOnLoad,
+          frames$: cam.scans$.pipe(takeUntil(this.stopCapture)),
+        })),
         models: this.registry.pipelineModels(),
         batchSize: config.inference.batchSize,
         batchWaitMs: config.inference.batchWaitMs,

@@ -280,6 +280,7 @@ export function configSchema(baseDir: string) {
     source,
     schedule: cron.optional(),
     continuous: strict({ maxFps: positive(120).default(DEFAULT_MAX_FPS) }).optional(),
+    shrinkOnLoad: bool.default(true),
     slots: z.array(slot).min(1),
   }).transform((c, ctx) => {
     const { schedule, continuous, ...rest } = c;

@@ -103,7 +103,7 @@ export class AgentMetrics {
     });
     this.decodeSeconds = new Histogram({
       name: 'shelfwatch_decode_seconds',
-      help: 'Full-resolution decode time of one frame',
+      help: 'Decode time of one frame (shrunk on load where the slots allow: shelfwatch_decode_shrink)',
       labelNames: ['camera'],
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
       registers,
@@ -117,6 +117,16 @@ export class AgentMetrics {
       collect() {
         this.reset();
         for (const [camera, s] of Object.entries(self.sources.pipeline()?.cameras ?? {})) this.set({ camera }, s.pending);
+      },
+    });
+    new Gauge({
+      name: 'shelfwatch_decode_shrink',
+      help: 'Shrink-on-load factor of the last decoded frame, per camera (1 = full resolution)',
+      labelNames: ['camera'],
+      registers,
+      collect() {
+        this.reset();
+        for (const [camera, s] of Object.entries(self.sources.pipeline()?.cameras ?? {})) if (s.decodeShrink > 0) this.set({ camera }, s.decodeShrink);
       },
     });
     new Gauge({

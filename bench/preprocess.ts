@@ -14,6 +14,7 @@
  */
 import sharp from 'sharp';
 import { decodeImage } from '../models/image-decode.js';
+import { frameShrinkLimit, pixelBox } from '../pipelines/planogram.js';
 import { IMAGENET_NORMALIZATION, preprocessImage, toModelInput } from '../models/preprocess.js';
 import { axisCoefficients, computeAxisCoefficients, resizeTriangle, type InterleavedImage } from '../models/resize.js';
 
@@ -254,11 +255,24 @@ async function main(): Promise<void> {
   }
   console.log(`shrink-on-load decodes at ${img.width}×${img.height} (factor ${img.shrink}); model input vs full decode: mean |Δ| ${(sum / a.length).toExponential(2)}, max |Δ| ${max.toFixed(3)} (normalised units)`);
 
+  // The agent's frames: slot crops out of one decode, shrunk as far as every slot allows.
+  console.log('\nagent frame: 3000×3000 JPEG, 4 slots of 1450×1450 → four 224×224 model inputs');
+  const slots = [0, 1, 2, 3].map((i) => ({ id: `s${i}`, box: { x: 40 + (i % 2) * 1480, y: 40 + (i >> 1) * 1480, width: 1450, height: 1450 }, model: 'm' }));
+  const maxShrink = frameShrinkLimit(slots, () => SIZE);
+  const agentFrame = async (shrink: number) => {
+    const frame = await decodeImage(jpg3000, { origin: 'frame', maxShrink: shrink });
+    const size = { width: frame.sourceWidth, height: frame.sourceHeight };
+    for (const slot of slots) toModelInput(frame, { size: SIZE, normalization: norm, box: pixelBox(slot.box, size, frame) }, out);
+  };
+  const frameFull = await timeIt('full-resolution decode + 4 crops (shrinkOnLoad: false)', 8, () => agentFrame(1));
+  const frameShrunk = await timeIt(`decode at 1/${maxShrink} + 4 crops (shrinkOnLoad: true)`, 8, () => agentFrame(maxShrink));
+
   console.log('\nsummary');
   console.log(`900×900 PNG: ours ${ours900.toFixed(1)} ms vs sharp-resize baseline ${sharp900.toFixed(1)} ms (reference implementation ~18 ms)`);
   console.log(`resize + normalise: ${resize900.toFixed(2)} ms vs naive resize alone ${naive900.toFixed(2)} ms (${(naive900 / resize900).toFixed(1)}× faster)`);
   console.log(`resize alone: WebAssembly kernels ${kernel900.toFixed(2)} ms vs JavaScript ${js900.toFixed(2)} ms (${(js900 / kernel900).toFixed(1)}× faster, bit-identical: ${same})`);
   console.log(`3000×3000 JPEG: full ${full.toFixed(1)} ms, shrink-on-load ${shrunk.toFixed(1)} ms (${(full / shrunk).toFixed(1)}× faster), sharp-resize baseline ${sharp3000.toFixed(1)} ms`);
+  console.log(`agent frame (3000×3000 JPEG, 4 slots): full ${frameFull.toFixed(1)} ms, shrunk 1/${maxShrink} ${frameShrunk.toFixed(1)} ms (${(frameFull / frameShrunk).toFixed(1)}× faster)`);
 }
 
 await main();

@@ -17,6 +17,10 @@
  * reduces the remainder with a linear (triangle) kernel; libwebp scales directly.
  * Without `targetSize`, for other formats, or for images that are not big enough, the image is
  * decoded at full resolution — the reference comparison requires pixels without DCT scaling.
+ *
+ * `maxShrink` is the same for a caller that crops several boxes out of one image (the agent's
+ * frames): it passes the largest factor that keeps its smallest box at 2× its model input, and
+ * the same format rules decide whether that factor is used.
  */
 import sharp, { type Metadata, type OutputInfo } from 'sharp';
 
@@ -57,6 +61,11 @@ export interface DecodeOptions {
   /** Side of the square model input the image is decoded for; enables shrink-on-load. */
   targetSize?: number;
   /**
+   * The largest integer shrink-on-load factor the caller can use (instead of `targetSize`, for a
+   * caller that crops boxes out of the image); applied only where {@link usableShrink} allows.
+   */
+  maxShrink?: number;
+  /**
    * How picky the decoder is about damaged data. 'warning' (default, sharp's own default) also
    * refuses JPEGs with corrupt entropy data, which libjpeg would otherwise decode into garbage
    * that looks like damage to the detector; 'error' tolerates warnings. Truncated data is refused
@@ -79,9 +88,15 @@ export async function decodeImage(input: Buffer, opts: DecodeOptions): Promise<R
   if (opts.targetSize !== undefined && (!Number.isInteger(opts.targetSize) || opts.targetSize < 1)) {
     throw new RangeError(`decodeImage(${origin}): targetSize must be a positive integer, got ${opts.targetSize}`);
   }
+  if (opts.maxShrink !== undefined) {
+    if (!Number.isInteger(opts.maxShrink) || opts.maxShrink < 1) {
+      throw new RangeError(`decodeImage(${origin}): maxShrink must be a positive integer, got ${opts.maxShrink}`);
+    }
+    if (opts.targetSize !== undefined) throw new RangeError(`decodeImage(${origin}): give targetSize or maxShrink, not both`);
+  }
   if (input.length === 0) throw new ImageDecodeError(origin, 'empty', 'the buffer holds 0 bytes');
 
-  if (opts.targetSize === undefined) {
+  if (opts.targetSize === undefined && (opts.maxShrink ?? 1) < 2) {
     // No shrink-on-load to plan, so nothing needs the header first: one libvips call (the agent
     // decodes every frame this way), and the header is read only to explain a failure.
     let decoded: { data: Buffer; info: OutputInfo };
@@ -97,7 +112,7 @@ export async function decodeImage(input: Buffer, opts: DecodeOptions): Promise<R
   // Header first: refuse absurd sizes before a single pixel is allocated, and plan the shrink.
   const meta = await readHeader(input, origin, failOn, maxPixels);
   const upright = meta.autoOrient ?? { width: meta.width!, height: meta.height! };
-  const shrink = shrinkFactor(meta.format, upright.width, upright.height, opts.targetSize);
+  const shrink = opts.targetSize !== undefined ? shrinkFactor(meta.format, upright.width, upright.height, opts.targetSize) : usableShrink(meta.format, opts.maxShrink!);
   let decoded: { data: Buffer; info: OutputInfo };
   try {
     decoded = await decodePixels(input, failOn, maxPixels, shrink > 1 ? { width: Math.ceil(upright.width / shrink), height: Math.ceil(upright.height / shrink) } : null);
@@ -159,10 +174,14 @@ function toRawImage({ data, info }: { data: Buffer; info: OutputInfo }, origin: 
 /** The integer shrink-on-load factor for an upright w×h image decoded for targetSize (1 = none). */
 export function shrinkFactor(format: string | undefined, w: number, h: number, targetSize: number | undefined): number {
   if (targetSize === undefined) return 1;
+  return usableShrink(format, Math.floor(Math.min(w, h) / (2 * targetSize)));
+}
+
+/** `s` where decoding a `format` image shrunk by s is cheaper than decoding it whole, else 1. */
+export function usableShrink(format: string | undefined, s: number): number {
   // Only formats whose decoder can itself decode at a reduced scale; PNG/TIFF would be fully
   // decoded anyway and then shrunk by a filter that is not the reference one.
   if (format !== 'jpeg' && format !== 'webp') return 1;
-  const s = Math.floor(Math.min(w, h) / (2 * targetSize));
   // s = 2 on a JPEG gives no DCT scaling in sharp (it halves the scale for libjpeg rounding), only
   // a non-reference resize, so start at 3 (short side ≥ 6× the target); WebP scales freely.
   const min = format === 'jpeg' ? 3 : 2;

@@ -9,6 +9,10 @@
  * resolution changed, and clipping would silently scan the wrong thing.
  *
  * Optional refinement (refineBox) tightens a box to the product standing on a white shelf.
+ *
+ * Boxes are always in the frame's full-resolution pixels. A frame decoded at a reduced scale
+ * (shrink-on-load, see frameShrinkLimit) is cropped through pixelBox, and refinement on such a
+ * frame maps its result back to full-resolution pixels.
  */
 import { labelRegions } from '../models/metrics/regions.js';
 import type { Box, Crop, Frame } from './types.js';
@@ -107,7 +111,10 @@ export function boxFromTuple([x, y, width, height]: readonly [number, number, nu
 }
 
 export interface PlanCropsOptions extends CheckBoxOptions {
-  /** The decoded frame; required when any slot has `refine: true`. */
+  /**
+   * The decoded frame; required when any slot has `refine: true`. It may be the frame shrunk on
+   * load (smaller than `size`, same aspect): refinement then works at its scale.
+   */
   raw?: RawLike;
   refine?: RefineOptions;
 }
@@ -136,12 +143,13 @@ export function planCrops(
     let box = checked.box;
     if (slot.refine) {
       if (!options.raw) throw new Error(`camera ${frame.camera} slot ${slot.id}: refine is on but no decoded frame was given to planCrops`);
-      if (options.raw.width !== size.width || options.raw.height !== size.height) {
-        throw new Error(
-          `camera ${frame.camera}: decoded frame is ${options.raw.width}×${options.raw.height} but the frame size given is ${size.width}×${size.height}`,
-        );
+      const { raw } = options;
+      if (raw.width > size.width || raw.height > size.height) {
+        throw new Error(`camera ${frame.camera}: decoded frame is ${raw.width}×${raw.height}, larger than the frame size given (${size.width}×${size.height})`);
       }
-      box = refineBox(options.raw, box, options.refine);
+      const pixels = pixelBox(box, size, raw);
+      // On a shrunk frame, refine at its scale; back in full-resolution pixels, stay in the slot box.
+      box = pixels === box ? refineBox(raw, box, options.refine) : intersect(pixelBox(refineBox(raw, pixels, options.refine), raw, size), box);
     }
     const crop: Crop = { frame: { id: frame.id, camera: frame.camera, capturedAt: frame.capturedAt }, slot: slot.id, box, model: slot.model };
     if (slot.product !== undefined) crop.product = slot.product;
@@ -149,6 +157,46 @@ export function planCrops(
     crops.push(crop);
   }
   return { crops, warnings };
+}
+
+/**
+ * `box` (pixels of an image of size `from`) in the pixels of the same image at size `to`: the
+ * smallest box of whole pixels that covers it, inside `to`. Returns `box` itself when the sizes
+ * are equal.
+ */
+export function pixelBox(box: Box, from: FrameSize, to: FrameSize): Box {
+  if (from.width === to.width && from.height === to.height) return box;
+  const sx = to.width / from.width;
+  const sy = to.height / from.height;
+  const x0 = Math.max(0, Math.floor(box.x * sx));
+  const y0 = Math.max(0, Math.floor(box.y * sy));
+  const x1 = Math.min(to.width, Math.max(x0 + 1, Math.ceil((box.x + box.width) * sx)));
+  const y1 = Math.min(to.height, Math.max(y0 + 1, Math.ceil((box.y + box.height) * sy)));
+  return { x: x0, y: y0, width: x1 - x0, height: y1 - y0 };
+}
+
+function intersect(a: Box, b: Box): Box {
+  const x0 = Math.max(a.x, b.x);
+  const y0 = Math.max(a.y, b.y);
+  return { x: x0, y: y0, width: Math.max(1, Math.min(a.x + a.width, b.x + b.width) - x0), height: Math.max(1, Math.min(a.y + a.height, b.y + b.height) - y0) };
+}
+
+/** refineBox never returns a box narrower or shorter than this fraction of the slot box. */
+export const REFINE_MIN_SIZE_FRACTION = 0.25;
+
+/**
+ * The largest shrink-on-load factor for a camera's frames that keeps every slot crop at least
+ * twice its model's input size on each side (a refined slot counted at the smallest size
+ * refinement can make it), so the model input still comes from an antialiased downscale of
+ * enough pixels. A box clipped at the frame edge can end up smaller; it still covers the input.
+ */
+export function frameShrinkLimit(slots: readonly SlotSpec[], inputSize: (model: string) => number): number {
+  let limit = Infinity;
+  for (const slot of slots) {
+    const side = Math.min(slot.box.width, slot.box.height) * (slot.refine ? REFINE_MIN_SIZE_FRACTION : 1);
+    limit = Math.min(limit, Math.floor(side / (2 * inputSize(slot.model))));
+  }
+  return Number.isFinite(limit) ? Math.max(1, limit) : 1;
 }
 
 export interface RefineOptions {
@@ -181,7 +229,7 @@ export function refineBox(rgb: RawLike, box: Box, options: RefineOptions = {}): 
   const openRadius = options.openRadius ?? 1;
   const minComponentFraction = options.minComponentFraction ?? 0.2;
   const marginFraction = options.marginFraction ?? 0.04;
-  const minSizeFraction = options.minSizeFraction ?? 0.25;
+  const minSizeFraction = options.minSizeFraction ?? REFINE_MIN_SIZE_FRACTION;
   if (rgb.channels < 3) throw new RangeError(`refineBox: image needs at least 3 channels, got ${rgb.channels}`);
   if (rgb.data.length < rgb.width * rgb.height * rgb.channels) {
     throw new RangeError(`refineBox: image data has ${rgb.data.length} bytes, expected ${rgb.width}×${rgb.height}×${rgb.channels}`);

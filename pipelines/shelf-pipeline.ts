@@ -2,7 +2,8 @@
  * The live shelf pipeline: frames from every camera in, one SlotOutput per scanned slot out.
  *
  *   per camera: frames$ ─▶ bounded drop-oldest queue of pending frames (maxPendingFrames)
- *     ─▶ decode once at full resolution ─▶ planogram crops (checked, optionally refined)
+ *     ─▶ decode once (shrunk on load where every slot stays ≥ 2× its model input)
+ *     ─▶ planogram crops (checked, optionally refined; boxes in full-resolution pixels)
  *     ─▶ each crop preprocessed straight into its model's batch buffer (InferenceBatcher,
  *        shared by all cameras: batches across cameras, grouped by model)
  *     ─▶ Prediction (slot threshold > model threshold > manifest) ─▶ regions in frame coords
@@ -31,10 +32,10 @@ import { dropOldestWhileBusy } from './bounded-queue.js';
 import { step, slotKey, validateDebounceOptions, type DebounceOptions, type DebounceState } from './debounce.js';
 import { EventBuilder, slotStatePayload, type AnomalyEvent, type SlotOutput } from './events.js';
 import { InferenceBatcher, type BatchModel, type InferenceBatcherStats } from './inference-batcher.js';
-import { planCrops, type SlotSpec } from './planogram.js';
+import { frameShrinkLimit, pixelBox, planCrops, type SlotSpec } from './planogram.js';
 import { toRegions } from './postprocess.js';
 import { renderThumbnail, type Thumbnail } from './thumbnail.js';
-import type { Crop, Frame, SlotPrediction } from './types.js';
+import type { Box, Crop, Frame, SlotPrediction } from './types.js';
 
 export type { BatchModel } from './inference-batcher.js';
 
@@ -49,6 +50,11 @@ export interface PipelineCamera {
   slots: readonly PipelineSlot[];
   /** The frames to scan (cold: subscribing to the pipeline subscribes to every camera). */
   frames$: Observable<Frame>;
+  /**
+   * Decode big JPEG/WebP frames at a reduced scale when every slot crop stays at least twice its
+   * model's input size (frameShrinkLimit); default true. False: always full resolution.
+   */
+  shrinkOnLoad?: boolean;
 }
 
 export interface PipelineModelEntry {
@@ -129,6 +135,8 @@ export interface CameraPipelineStats {
   /** Frames being worked on right now. */
   inFlight: number;
   crops: number;
+  /** Shrink-on-load factor of the last decoded frame (1 = full resolution; 0 = none yet). */
+  decodeShrink: number;
   events: { new: number; update: number; end: number };
   ended: boolean;
   failed: string | null;
@@ -157,6 +165,8 @@ export interface ShelfPipeline {
 
 interface ScannedSlot {
   crop: Crop;
+  /** The crop's box in the pixels of the decoded frame (crop.box unless it was shrunk on load). */
+  pixels: Box;
   prediction: ScanPrediction;
 }
 
@@ -178,6 +188,7 @@ const emptyCameraStats = (): CameraPipelineStats => ({
   pending: 0,
   inFlight: 0,
   crops: 0,
+  decodeShrink: 0,
   events: { new: 0, update: 0, end: 0 },
   ended: false,
   failed: null,
@@ -253,6 +264,8 @@ export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipelin
     const perCamera = options.cameras.map((cam) => {
       const st = cameraStats[cam.id]!;
       const warned = new Set<string>();
+      // Model input sizes cannot change (swapModel refuses another size), so this holds for the run.
+      const maxShrink = cam.shrinkOnLoad === false ? 1 : frameShrinkLimit(cam.slots, (name) => models.get(name)!.model.manifest.inputSize);
       /** Resolves when the previous frame of this camera has been debounced. */
       let chain: Promise<void> = Promise.resolve();
       /**
@@ -267,8 +280,7 @@ export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipelin
         const t0 = performance.now();
         let raw: RawImage;
         try {
-          // Full resolution: slot boxes are in full-resolution pixels and crops are small.
-          raw = await decodeImage(frame.data, { origin: frame.origin });
+          raw = await decodeImage(frame.data, { origin: frame.origin, maxShrink });
         } catch (err) {
           st.decodeErrors++;
           observer.frameError?.(cam.id, frame, 'decode', asError(err));
@@ -276,12 +288,13 @@ export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipelin
           return null;
         }
         const decodeMs = performance.now() - t0;
+        st.decodeShrink = raw.shrink;
         await previousSubmitted;
         const jobs: Array<Promise<ScannedSlot | null>> = [];
         for (const slot of cam.slots) {
           let crop: Crop;
           try {
-            const planned = planCrops(frame, raw, [slot], { raw });
+            const planned = planCrops(frame, { width: raw.sourceWidth, height: raw.sourceHeight }, [slot], { raw });
             crop = planned.crops[0]!;
             if (planned.warnings.length && !warned.has(slot.id)) {
               warned.add(slot.id);
@@ -295,9 +308,10 @@ export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipelin
           const entry = models.get(slot.model)!;
           const batcher = localBatchers.get(slot.model)!;
           st.crops++;
+          const pixels = pixelBox(crop.box, { width: raw.sourceWidth, height: raw.sourceHeight }, raw);
           jobs.push(
-            batcher.submit({ raw, box: crop.box, threshold: slot.threshold ?? entry.threshold }).then(
-              (prediction) => ({ crop, prediction }),
+            batcher.submit({ raw, box: pixels, threshold: slot.threshold ?? entry.threshold }).then(
+              (prediction) => ({ crop, pixels, prediction }),
               (err: unknown) => {
                 st.inferenceErrors++;
                 observer.frameError?.(cam.id, frame, 'inference', asError(err), slot.id);
@@ -314,7 +328,7 @@ export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipelin
       /** Debounce + events + thumbnails of one scan (called in capture order). */
       const finishFrame = async (scan: FrameScan): Promise<ShelfOutput[]> => {
         const outputs: ShelfOutput[] = [];
-        for (const { crop, prediction } of scan.slots) {
+        for (const { crop, pixels, prediction } of scan.slots) {
           const regions = prediction.isAnomalous && hasMaps(prediction) ? toRegions(prediction, crop.box, { minAreaFraction }) : [];
           const item: SlotPrediction = { crop, prediction, regions };
           const key = slotKey(cam.id, crop.slot);
@@ -335,7 +349,7 @@ export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipelin
           // A raise or update comes only from an anomalous scan (debounce), which keeps its mask.
           if (event && event.type !== 'end' && thumbs.enabled && hasMaps(prediction)) {
             try {
-              thumbnail = await renderThumbnail({ frame: scan.raw, box: crop.box }, prediction, { maxSize: thumbs.maxSize, quality: thumbs.quality });
+              thumbnail = await renderThumbnail({ frame: scan.raw, box: pixels }, prediction, { maxSize: thumbs.maxSize, quality: thumbs.quality });
             } catch (err) {
               st.thumbnailErrors++;
               observer.frameError?.(cam.id, scan.frame, 'thumbnail', asError(err), crop.slot);

@@ -76,6 +76,15 @@ test('the annotated example in deploy/ parses, with env values substituted and d
   t.deepEqual(folder!.continuous, { maxFps: 2 }, 'folder cameras default to continuous');
   t.is(replay!.source.type === 'replay' && replay!.source.dir, join(deployDir, 'frames'));
   t.is(snapshot!.slots[1]!.refine, false);
+  t.true(snapshot!.shrinkOnLoad);
+  t.true(stream!.shrinkOnLoad, 'shrinkOnLoad defaults to true');
+});
+
+test('cameras[].shrinkOnLoad takes a boolean and names the camera when it is not one', (t) => {
+  const off = parseConfig(BASE.replace("schedule: '*/5 * * * *'", "schedule: '*/5 * * * *'\n    shrinkOnLoad: false"), { origin: 'test.yaml', env: {} });
+  t.false(off.cameras[0]!.shrinkOnLoad);
+  const err = configError(t, BASE.replace("schedule: '*/5 * * * *'", "schedule: '*/5 * * * *'\n    shrinkOnLoad: sometimes"));
+  t.regex(issueAt(t, err, 'cameras[0].shrinkOnLoad').message, /sometimes|boolean/);
 });
 
 test('the example names the env variables it needs when they are missing', (t) => {

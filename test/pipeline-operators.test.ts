@@ -6,7 +6,7 @@ import { DropOldestBuffer, dropOldestWhileBusy } from '../pipelines/bounded-queu
 import { debounceSlots, decisionOf, step, type DebounceOptions, type DebounceState, type SlotDecision } from '../pipelines/debounce.js';
 import { EventBuilder, eventId, slotStatePayload, toEvents, toSlotOutputs } from '../pipelines/events.js';
 import { inferInBatches, microBatch } from '../pipelines/micro-batch.js';
-import { SlotBoxError, checkSlotBox, planCrops, refineBox, type RawLike } from '../pipelines/planogram.js';
+import { SlotBoxError, checkSlotBox, frameShrinkLimit, pixelBox, planCrops, refineBox, type RawLike } from '../pipelines/planogram.js';
 import { toRegions, toSlotPrediction } from '../pipelines/postprocess.js';
 import type { Box, Region, SlotPrediction } from '../pipelines/types.js';
 
@@ -279,6 +279,44 @@ test('planCrops checks every slot, refines on request and carries product/catego
   t.is(warnings.length, 1);
   t.regex(warnings[0], /slot A2: .*clipped to \[150, 50, 50, 40\]/);
   t.throws(() => planCrops(frame, { width: 200, height: 100 }, slots), { message: 'camera cam1 slot A1: refine is on but no decoded frame was given to planCrops' });
+});
+
+test('planCrops refines on a frame shrunk on load at its scale and returns full-resolution boxes inside the slot', (t) => {
+  // The same shelf at a third of 600×300: the product 90×120 at (150, 90) becomes 30×40 at (50, 30).
+  const small = shelfImage(200, 100, [{ box: { x: 50, y: 30, width: 30, height: 40 }, rgb: [200, 30, 30] }]);
+  const frame = { id: 'cam1-1000-0', camera: 'cam1', capturedAt: 1000 };
+  const slot = { id: 'A1', box: { x: 60, y: 30, width: 300, height: 240 }, model: 'drinks', refine: true };
+  const { crops } = planCrops(frame, { width: 600, height: 300 }, [slot], { raw: small });
+  // At 1/3 the slot is [20, 10, 100, 80] and refines to [48, 28, 34, 44] (as at full scale above); ×3.
+  t.deepEqual(crops[0]!.box, { x: 144, y: 84, width: 102, height: 132 });
+  t.throws(() => planCrops(frame, { width: 100, height: 50 }, [{ ...slot, box: { x: 0, y: 0, width: 50, height: 50 } }], { raw: small }), {
+    message: 'camera cam1: decoded frame is 200×100, larger than the frame size given (100×50)',
+  });
+});
+
+test('pixelBox maps a full-resolution box to a shrunk frame, covering it with whole pixels', (t) => {
+  const full = { width: 3000, height: 2000 };
+  t.is(pixelBox(slotBox, full, full), slotBox, 'same size: the box itself');
+  // 1/6: x 20/6 = 3.33 → 3, right edge 120/6 = 20; y 10·0.167 = 1.67 → 1, bottom 90·0.167 = 15.03 → 16
+  // (334 rows, ceil(2000/6), are a little more than a sixth)
+  t.deepEqual(pixelBox(slotBox, full, { width: 500, height: 334 }), { x: 3, y: 1, width: 17, height: 15 });
+  // A box at the far edge stays inside the shrunk frame (3000/7 = 428.57 → 429 px wide).
+  t.deepEqual(pixelBox({ x: 2990, y: 1990, width: 10, height: 10 }, full, { width: 429, height: 286 }), { x: 427, y: 284, width: 2, height: 2 });
+  // A box smaller than one shrunk pixel still gets one.
+  t.deepEqual(pixelBox({ x: 7, y: 7, width: 1, height: 1 }, full, { width: 300, height: 200 }), { x: 0, y: 0, width: 1, height: 1 });
+});
+
+test('frameShrinkLimit keeps every slot at ≥ 2× its model input, refined slots counted at a quarter', (t) => {
+  const size = (model: string) => (model === 'big' ? 448 : 224);
+  const slot = (w: number, h: number, extra: object = {}) => ({ id: `s${w}`, box: { x: 0, y: 0, width: w, height: h }, model: 'm', ...extra });
+  t.is(frameShrinkLimit([slot(3000, 3000)], size), 6);
+  t.is(frameShrinkLimit([slot(3000, 1400)], size), 3, 'the short side decides');
+  t.is(frameShrinkLimit([slot(3000, 3000), slot(1000, 1000)], size), 2, 'the smallest slot decides');
+  t.is(frameShrinkLimit([slot(3000, 3000, { model: 'big' })], size), 3, 'the slot\'s own model input size');
+  t.is(frameShrinkLimit([slot(3000, 3000, { refine: true })], size), 1, 'refinement may cut it to 750 px');
+  t.is(frameShrinkLimit([slot(8000, 8000, { refine: true })], size), 4);
+  t.is(frameShrinkLimit([slot(300, 300)], size), 1, 'never below 1');
+  t.is(frameShrinkLimit([], size), 1);
 });
 
 // ---------------------------------------------------------------- postprocess

@@ -2,7 +2,7 @@ import test from 'ava';
 import { readFileSync } from 'node:fs';
 import { crc32, deflateSync } from 'node:zlib';
 import sharp from 'sharp';
-import { decodeImage, ImageDecodeError, shrinkFactor, type ImageDecodeReason, type RawImage } from '../models/image-decode.js';
+import { decodeImage, ImageDecodeError, shrinkFactor, usableShrink, type ImageDecodeReason, type RawImage } from '../models/image-decode.js';
 import { IMAGENET_NORMALIZATION, preprocessImage, toModelInput } from '../models/preprocess.js';
 import { axisCoefficients, computeAxisCoefficients, resizeTriangle } from '../models/resize.js';
 
@@ -350,6 +350,25 @@ test('shrink-on-load only for big JPEG/WebP, with an integer factor that keeps â
     const s = shrinkFactor('jpeg', side, side, 224);
     t.true(Math.ceil(side / s) >= 448, `${side}: ${s}`);
   }
+});
+
+test('maxShrink: a caller-chosen factor, used where the format allows it', async (t) => {
+  const jpeg = await raw(1500, 1200, 3, texture(1500, 1200)).jpeg({ quality: 90 }).toBuffer();
+  const img = await decodeImage(jpeg, { origin: 'frame.jpg', maxShrink: 4 });
+  t.deepEqual([img.width, img.height, img.shrink, img.sourceWidth, img.sourceHeight], [375, 300, 4, 1500, 1200]);
+  // JPEG at 2: no DCT scaling in sharp, so the whole frame; 1: the fast path.
+  for (const maxShrink of [1, 2]) t.like(await decodeImage(jpeg, { origin: 'frame.jpg', maxShrink }), { width: 1500, height: 1200, shrink: 1 });
+  const png = await raw(600, 600, 3, texture(600, 600)).png().toBuffer();
+  t.like(await decodeImage(png, { origin: 'frame.png', maxShrink: 4 }), { width: 600, shrink: 1 }, 'PNG is always decoded whole');
+  const webp = await raw(600, 600, 3, texture(600, 600)).webp().toBuffer();
+  t.like(await decodeImage(webp, { origin: 'frame.webp', maxShrink: 2 }), { width: 300, shrink: 2 });
+  t.deepEqual([usableShrink('jpeg', 2), usableShrink('jpeg', 3), usableShrink('webp', 2), usableShrink('png', 8), usableShrink(undefined, 8)], [1, 3, 2, 1, 1]);
+  await t.throwsAsync(decodeImage(jpeg, { origin: 'frame.jpg', maxShrink: 0 }), { instanceOf: RangeError, message: 'decodeImage(frame.jpg): maxShrink must be a positive integer, got 0' });
+  await t.throwsAsync(decodeImage(jpeg, { origin: 'frame.jpg', maxShrink: 2.5 }), { instanceOf: RangeError, message: /maxShrink must be a positive integer, got 2.5/ });
+  await t.throwsAsync(decodeImage(jpeg, { origin: 'frame.jpg', maxShrink: 3, targetSize: 224 }), { message: 'decodeImage(frame.jpg): give targetSize or maxShrink, not both' });
+  // Bad bytes are still classified on the header path.
+  const err = await t.throwsAsync(decodeImage(jpeg.subarray(0, 500), { origin: 'cut.jpg', maxShrink: 4 }), { instanceOf: ImageDecodeError });
+  t.regex(err!.message, /^cannot decode image cut\.jpg: (truncated|corrupt)/);
 });
 
 test('shrink-on-load follows EXIF orientation', async (t) => {

@@ -109,7 +109,7 @@ maybe('a blotch raises new → end with regions in frame coordinates, thumbnails
   t.like(maskMeta, { format: 'png', width: meta.width, height: meta.height });
 
   const stats = pipeline.stats().cameras.aisle1!;
-  t.like(stats, { framesIn: 7, framesScanned: 7, framesDropped: 0, decodeErrors: 0, crops: 14, pending: 0, inFlight: 0, ended: true });
+  t.like(stats, { framesIn: 7, framesScanned: 7, framesDropped: 0, decodeErrors: 0, crops: 14, pending: 0, inFlight: 0, ended: true, decodeShrink: 1 });
   t.deepEqual(stats.events, { new: 1, update: 0, end: 1 });
 });
 
@@ -280,4 +280,33 @@ maybe('crops reach inference in capture order even when a later frame decodes fi
   const [fp0, fp1] = [await alone(big), await alone(anomalous.jpeg)];
   t.not(fp0, fp1);
   t.deepEqual(seen.slice(0, 2), [fp0, fp1], 'frame 0\'s crop went to the model before frame 1\'s');
+});
+
+maybe('a big frame is decoded shrunk on load when every slot allows it; boxes and regions stay in full-resolution pixels', async (t) => {
+  // 1400 px slots for a 224 px model: floor(1400 / 448) = 3, so a third of each side is decoded.
+  const big = await tileFrame(await unseenTiles(2), { tileSize: 1400, blotch: [1] });
+  const run = async (shrinkOnLoad: boolean | undefined) => {
+    const cam: PipelineCamera = { ...camera('big', [frame('big', 0, big.jpeg)], big.boxes), shrinkOnLoad };
+    const pipeline = createShelfPipeline(options([cam], { debounce: { raiseAfter: 1, window: 1, clearAfter: 1 } }));
+    const outputs = await lastValueFrom(pipeline.outputs$.pipe(toArray()));
+    return { outputs, stats: pipeline.stats().cameras.big! };
+  };
+  const shrunk = await run(undefined);
+  const full = await run(false);
+  t.is(shrunk.stats.decodeShrink, 3, 'shrinkOnLoad defaults to on');
+  t.is(full.stats.decodeShrink, 1);
+  for (const { outputs } of [shrunk, full]) {
+    t.deepEqual(outputs.map((o) => [o.item.crop.slot, o.item.prediction.isAnomalous, o.event?.type ?? null]), [['S0', false, null], ['S1', true, 'new']]);
+    t.deepEqual(outputs.map((o) => o.item.crop.box), big.boxes, 'crop boxes in frame pixels');
+    const ev = outputs[1]!.event!.after;
+    for (const r of ev.regions) t.true(inside(r.box, big.boxes[1]!), `region ${JSON.stringify(r.box)} outside the slot`);
+    t.true(overlaps(ev.regions[0]!.box, big.blotches.get(1)!), 'the strongest region is on the blotch, in full-resolution pixels');
+    const thumb = await sharp(outputs[1]!.thumbnail!.jpeg).metadata();
+    t.is(Math.max(thumb.width!, thumb.height!), 320);
+  }
+  // The model sees nearly the same input either way.
+  for (let i = 0; i < 2; i++) {
+    const [a, b] = [shrunk.outputs[i]!.item.prediction.score, full.outputs[i]!.item.prediction.score];
+    t.true(Math.abs(a - b) < 0.1 * b, `slot ${i}: score ${a} shrunk vs ${b} full`);
+  }
 });
