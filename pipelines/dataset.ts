@@ -4,18 +4,20 @@
  *   <root>/<category>/train/good/*.jpg
  *   <root>/<category>/test/good/*.jpg
  *   <root>/<category>/test/<defect>/*.jpg
- *   <root>/<category>/ground_truth/<defect>/<name>_mask.png   (or <name>.png)
+ *   <root>/<category>/ground_truth/<defect>/<name>_mask.png   (or <name>.png; any image
+ *                                                               extension, in any case)
  *
  * The root may also be one category itself (it holds train/ and test/). The scan validates the
  * whole tree first and reports every problem at once — unpaired images and masks, mask sizes that
- * differ from their image, masks that are not binary, unreadable files, empty splits — so a broken
+ * differ from their image, masks that are not binary, unreadable files, empty splits, folders
+ * nested below the leaf folders (their images would silently drop out) — so a broken
  * copy is fixed in one go rather than one error per run.
  *
  * Order: plain byte order of file names; the test split is ordered by defect-type folder, then
  * file name (the order the reference implementation uses, 'good' sorting among the defects).
  */
 import { readdir, stat } from 'node:fs/promises';
-import { basename, extname, join, resolve } from 'node:path';
+import { basename, extname, join, relative, resolve } from 'node:path';
 import sharp from 'sharp';
 import { isImageFile } from './image-files.js';
 
@@ -177,6 +179,10 @@ export async function readMaskStats(file: string): Promise<MaskStats> {
 
 async function scanCategory(name: string, dir: string, problems: DatasetProblem[]): Promise<DatasetCategory> {
   const report = (path: string, problem: string) => problems.push({ category: name, path, problem });
+  // The layout is flat below each leaf folder; images further down would silently be left out.
+  const reportNested = (parent: string, listing: Listing | null) => {
+    for (const d of listing?.dirs ?? []) report(join(parent, d), `folder inside ${relative(dir, parent)}/: the layout has no nested folders, so its images are not used`);
+  };
   const cat: DatasetCategory = { name, root: dir, train: [], test: [], defects: [] };
 
   // train/: good/ only.
@@ -186,6 +192,7 @@ async function scanCategory(name: string, dir: string, problems: DatasetProblem[
     for (const d of train.dirs) if (d !== 'good') report(join(trainDir, d), "train/ holds only good/ (normal images); this folder is not used");
     for (const f of train.files) if (isImageFile(f)) report(join(trainDir, f), 'image directly in train/ (expected train/good/)');
     const good = await list(join(trainDir, 'good'));
+    reportNested(join(trainDir, 'good'), good);
     for (const f of good?.files ?? []) {
       if (!isImageFile(f)) continue;
       const stem = stemOf(f);
@@ -200,6 +207,7 @@ async function scanCategory(name: string, dir: string, problems: DatasetProblem[
   const masks = new Map<string, Set<string>>();
   for (const d of gt?.dirs ?? []) {
     const l = await list(join(gtDir, d));
+    reportNested(join(gtDir, d), l);
     masks.set(d, new Set((l?.files ?? []).filter(isImageFile)));
   }
   for (const f of gt?.files ?? []) if (isImageFile(f)) report(join(gtDir, f), 'mask directly in ground_truth/ (expected ground_truth/<defect>/)');
@@ -212,12 +220,18 @@ async function scanCategory(name: string, dir: string, problems: DatasetProblem[
   for (const folder of test?.dirs ?? []) {
     const isGood = folder === 'good';
     const l = await list(join(testDir, folder));
+    reportNested(join(testDir, folder), l);
     const images = (l?.files ?? []).filter(isImageFile);
     if (!isGood) {
       cat.defects.push(folder);
       if (images.length === 0) report(join(testDir, folder), 'defect folder holds no image');
     }
-    const folderMasks = masks.get(folder) ?? new Set<string>();
+    // A mask is <stem>_mask.<ext> or <stem>.<ext>, any image extension in any case (MVTec: _mask.png).
+    const masksByStem = new Map<string, string[]>();
+    for (const m of masks.get(folder) ?? []) {
+      const key = stemOf(m);
+      masksByStem.set(key, [...(masksByStem.get(key) ?? []), m].sort(byteOrder));
+    }
     const stems = new Map<string, string>();
     for (const f of images) {
       const stem = stemOf(f);
@@ -225,7 +239,7 @@ async function scanCategory(name: string, dir: string, problems: DatasetProblem[
       const twin = stems.get(stem);
       if (twin !== undefined) report(file, `two test images share the name '${stem}' (${twin} and ${f}): masks cannot be paired`);
       stems.set(stem, f);
-      const candidates = [`${stem}_mask.png`, `${stem}.png`].filter((m) => folderMasks.has(m));
+      const candidates = [...(masksByStem.get(`${stem}_mask`) ?? []), ...(masksByStem.get(stem) ?? [])];
       let mask: string | null = null;
       if (candidates.length > 1) report(join(gtDir, folder, candidates[1]!), `two masks for test/${folder}/${f}: ${candidates.join(' and ')}`);
       if (candidates.length > 0) {

@@ -179,6 +179,7 @@ serial('replay camera: events, thumbnails, retained state, status, stats and met
   t.regex(metrics, /shelfwatch_events_total\{camera="shelf",type="new"\} 1/);
   t.regex(metrics, /shelfwatch_inference_seconds_count\{model="tile"\} \d+/);
   t.regex(metrics, /shelfwatch_mqtt_state\{state="connected"\} 1/);
+  t.regex(metrics, /shelfwatch_decode_shrink\{camera="shelf"\} 1\n/, 'slots at the model size: full-resolution decode');
   t.regex(metrics, /shelfwatch_model_worker_restarts\{model="tile"\} 0\n/);
   t.regex(metrics, /shelfwatch_outbox_records \d+\n/);
   t.regex(metrics, /shelfwatch_outbox_delivered_total \d+\n/);

@@ -2,7 +2,7 @@ import test from 'ava';
 import { existsSync } from 'node:fs';
 import { copyFile, mkdir, mkdtemp, readdir, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { basename, dirname, join, relative, resolve } from 'node:path';
 import sharp from 'sharp';
 import { checkDatasetCommand, generateDatasetCommand } from '../agent/commands/dataset.js';
 import { DatasetLayoutError, goodsIdOf, loadDataset, scanDataset } from '../pipelines/dataset.js';
@@ -176,6 +176,37 @@ test('a broken layout lists every problem at once, each naming its file', async 
   t.is(err!.problems.length, found.length);
   t.regex(err!.message, new RegExp(`^dataset ${root.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: 12 problems\\n`));
   for (const p of err!.problems) t.true(err!.message.includes(`${p.path}: ${p.problem}`), `the message lists ${p.path}`);
+});
+
+test('masks pair whatever their image extension and its case; nested folders are reported, not skipped', async (t) => {
+  const root = await tempDir();
+  const cat = join(root, 'cans');
+  await writeJpeg(join(cat, 'train/good/000.jpg'), 16, 16);
+  await writeJpeg(join(cat, 'test/good/100.jpg'), 16, 16);
+  await writeJpeg(join(cat, 'test/dent/200.jpg'), 16, 16);
+  await writeMask(join(cat, 'ground_truth/dent/200_mask.PNG'), 16, 16, square);
+  await writeJpeg(join(cat, 'test/dent/201.JPG'), 16, 16);
+  await mkdir(join(cat, 'ground_truth/dent'), { recursive: true });
+  await sharp(join(cat, 'ground_truth/dent/200_mask.PNG')).tiff({ compression: 'lzw' }).toFile(join(cat, 'ground_truth/dent/201.tif'));
+  const clean = await scanDataset(root);
+  t.deepEqual(clean.problems, []);
+  t.deepEqual(clean.categories[0]!.test.map((i) => i.mask && basename(i.mask)), ['200_mask.PNG', '201.tif', null]);
+
+  // Two masks for one image, whatever their extensions, is still ambiguous.
+  await writeMask(join(cat, 'ground_truth/dent/200_mask.png'), 16, 16, square);
+  // Images and masks one folder further down would otherwise silently drop out of the metrics.
+  await writeJpeg(join(cat, 'train/good/batch2/001.jpg'), 16, 16);
+  await writeJpeg(join(cat, 'test/good/batch2/101.jpg'), 16, 16);
+  await writeJpeg(join(cat, 'test/dent/batch2/202.jpg'), 16, 16);
+  await writeMask(join(cat, 'ground_truth/dent/batch2/202_mask.png'), 16, 16, square);
+  const { problems } = await scanDataset(root);
+  t.deepEqual(problems.map((p) => `${relative(root, p.path)}: ${p.problem}`).sort(), [
+    'cans/ground_truth/dent/200_mask.png: two masks for test/dent/200.jpg: 200_mask.PNG and 200_mask.png',
+    'cans/ground_truth/dent/batch2: folder inside ground_truth/dent/: the layout has no nested folders, so its images are not used',
+    'cans/test/dent/batch2: folder inside test/dent/: the layout has no nested folders, so its images are not used',
+    'cans/test/good/batch2: folder inside test/good/: the layout has no nested folders, so its images are not used',
+    'cans/train/good/batch2: folder inside train/good/: the layout has no nested folders, so its images are not used',
+  ]);
 });
 
 test('a missing root or a root without categories is reported, not thrown', async (t) => {
