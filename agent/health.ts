@@ -201,6 +201,11 @@ export class AgentMetrics {
       },
     });
     this.mirrorCounter('shelfwatch_outbox_dropped_total', 'Outbox records dropped (oldest first) because the outbox was full', () => self.sources.mqtt()?.outbox.counters.dropped);
+    this.mirrorCounter(
+      'shelfwatch_outbox_dead_lettered_total',
+      'Outbox records set aside in dead/ because the broker dropped the connection on each attempt to send them',
+      () => self.sources.mqtt()?.outbox.counters.deadLettered,
+    );
     this.mirrorCounter('shelfwatch_outbox_delivered_total', 'Outbox records acknowledged by the broker', () => self.sources.mqtt()?.outbox.counters.delivered);
     this.mirrorCounter('shelfwatch_mqtt_connection_losses_total', 'Established broker connections that were lost', () => self.sources.mqtt()?.connectionLosses);
     new Gauge({

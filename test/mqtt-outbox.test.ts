@@ -4,7 +4,9 @@
  * Assistant discovery payloads.
  */
 import test from 'ava';
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { mkdir, mkdtemp, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Outbox, encodeRecord, type OutboxDiskError, type OutboxLimits } from '../agent/mqtt/outbox.js';
@@ -101,18 +103,71 @@ test('outbox: maxBytes drops the oldest; a record larger than maxBytes is refuse
   t.regex(err!.message, /"huge".*larger than outbox\.maxBytes/);
 });
 
-test('outbox: a retained record supersedes the older pending retained record of the same topic', async (t) => {
+test('outbox: a retained record supersedes the older pending retained record of the same topic, never across an event', async (t) => {
   const dir = await tempDir(t);
   const outbox = await Outbox.open(dir, LIMITS);
   t.teardown(() => outbox.close());
   await outbox.enqueue({ id: 's1', topic: 'sw/a/cam/A1/state', payload: '{"state":"ok"}', retain: true });
   await outbox.enqueue({ id: 'ev1', topic: 'sw/a/events', payload: 'event' });
   await outbox.enqueue({ id: 'n1', topic: 'sw/a/cam/A1/state', payload: 'not retained' });
+  // s1 was queued before ev1 and n1: it must still arrive before them, so it stays.
   await outbox.enqueue({ id: 's2', topic: 'sw/a/cam/A1/state', payload: '{"state":"anomalous"}', retain: true });
   await outbox.enqueue({ id: 'other', topic: 'sw/a/cam/A2/state', payload: '{"state":"ok"}', retain: true });
-  t.deepEqual(outbox.pending().map((r) => r.id), ['ev1', 'n1', 's2', 'other']);
+  // Nothing but retained records after s2: s3 replaces it.
+  await outbox.enqueue({ id: 's3', topic: 'sw/a/cam/A1/state', payload: '{"state":"ok"}', retain: true });
+  t.deepEqual(outbox.pending().map((r) => r.id), ['s1', 'ev1', 'n1', 'other', 's3']);
   t.is(outbox.counters().superseded, 1);
-  t.is((await recordFiles(dir)).length, 4);
+  t.is((await recordFiles(dir)).length, 5);
+});
+
+test('outbox: after a backlog, an event still finds its own thumbnail retained (no reorder by supersede)', async (t) => {
+  const dir = await tempDir(t);
+  const first = await Outbox.open(dir, LIMITS);
+  // Queued during an outage: thumbnail + new of frame 1, then thumbnail + update of frame 2.
+  await first.enqueue({ id: 'A:f1:thumbnail', topic: 'sw/a/cam/S1/thumbnail', payload: 'jpeg-f1', retain: true });
+  await first.enqueue({ id: 'A:new:f1', topic: 'sw/a/events', payload: 'new A' });
+  await first.close();
+  // …across a restart too: the order watermark comes back with the records.
+  const outbox = await Outbox.open(dir, LIMITS);
+  t.teardown(() => outbox.close());
+  await outbox.enqueue({ id: 'A:f2:thumbnail', topic: 'sw/a/cam/S1/thumbnail', payload: 'jpeg-f2', retain: true });
+  await outbox.enqueue({ id: 'A:update:f2', topic: 'sw/a/events', payload: 'update A' });
+  // A subscriber replaying the delivery order sees each event after its own thumbnail.
+  const retained = new Map<string, string>();
+  const seen: string[] = [];
+  for (const r of outbox.pending()) {
+    if (r.retain) retained.set(r.topic, r.payload.toString());
+    else seen.push(`${r.payload} with ${retained.get('sw/a/cam/S1/thumbnail')}`);
+  }
+  t.deepEqual(seen, ['new A with jpeg-f1', 'update A with jpeg-f2']);
+  t.is(outbox.counters().superseded, 0);
+});
+
+test('outbox: a superseded record keeps its file until its replacement is on disk', async (t) => {
+  const dir = await tempDir(t);
+  const outbox = await Outbox.open(dir, { ...LIMITS, retryIntervalMs: 50 });
+  t.teardown(() => outbox.close());
+  outbox.on('diskError', () => undefined);
+  await outbox.enqueue({ id: 's1', topic: 'sw/a/cam/A1/state', payload: 'one', retain: true });
+  t.deepEqual(await recordFiles(dir), ['0000000000000001.rec']);
+  // The next write fails (a directory where its temp file would go): s1's file is the last copy.
+  await mkdir(join(dir, '0000000000000002.rec.tmp'));
+  const r2 = await outbox.enqueue({ id: 's2', topic: 'sw/a/cam/A1/state', payload: 'two', retain: true });
+  t.false(r2.persisted);
+  t.deepEqual(outbox.pending().map((r) => r.id), ['s2'], 'only the newest is published');
+  t.deepEqual(await recordFiles(dir), ['0000000000000001.rec'], 'the superseded file stays while s2 is only in memory');
+  // A restart now would still find s1. Once s2 is written, s1's file goes.
+  await rm(join(dir, '0000000000000002.rec.tmp'), { recursive: true });
+  for (let i = 0; i < 100 && outbox.depth().memoryOnly > 0; i++) await new Promise((r) => setTimeout(r, 20));
+  for (let i = 0; i < 50 && (await recordFiles(dir)).length > 1; i++) await new Promise((r) => setTimeout(r, 20));
+  t.deepEqual(await recordFiles(dir), ['0000000000000002.rec']);
+  // And a replacement that is delivered before it ever reached the disk takes the old files with it.
+  await mkdir(join(dir, '0000000000000003.rec.tmp'));
+  const r3 = await outbox.enqueue({ id: 's3', topic: 'sw/a/cam/A1/state', payload: 'three', retain: true });
+  t.false(r3.persisted);
+  t.true(await outbox.ack('s3', r3.seq));
+  await rm(join(dir, '0000000000000003.rec.tmp'), { recursive: true });
+  t.deepEqual(await recordFiles(dir), []);
 });
 
 test('outbox: a record whose id is already pending replaces it', async (t) => {
@@ -182,6 +237,73 @@ test('outbox: one process at a time; a stale lock is taken over', async (t) => {
   const again = await Outbox.open(dir, LIMITS);
   await again.close();
   t.pass();
+});
+
+test('outbox: a lock whose pid now belongs to another process (crash, reboot) is stale; a live holder is not', async (t) => {
+  const dir = await tempDir(t);
+  const lock = join(dir, 'outbox.lock');
+  const stat = readFileSync(`/proc/${process.ppid}/stat`, 'utf8');
+  const parentStart = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19]!;
+  const bootId = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+  const holder = (over: object) => JSON.stringify({ pid: process.ppid, bootId, startTime: parentStart, ...over });
+  const opens = async () => {
+    try {
+      await (await Outbox.open(dir, LIMITS)).close();
+      return 'opened';
+    } catch (err) {
+      return (err as Error).message;
+    }
+  };
+  // The live parent process really holds it: refused, naming the holder.
+  await writeFile(lock, holder({}));
+  t.regex(await opens(), new RegExp(`in use by process ${process.ppid} \\(lock file .*outbox\\.lock\\)`));
+  // Same pid, another process (it started at another time): stale.
+  await writeFile(lock, holder({ startTime: '1' }));
+  t.is(await opens(), 'opened');
+  // Written in another boot (the pid is alive again after a reboot, e.g. 1): stale.
+  await writeFile(lock, holder({ pid: 1, bootId: 'another-boot' }));
+  t.is(await opens(), 'opened');
+  // An old pid-only lock of a live process is taken as held…
+  await writeFile(lock, String(process.ppid));
+  t.regex(await opens(), /in use by process/);
+  // …unless the file is older than the boot.
+  await utimes(lock, new Date(0), new Date(0));
+  t.is(await opens(), 'opened');
+  // What this process writes can be read back the same way.
+  const outbox = await Outbox.open(dir, LIMITS);
+  const mine = JSON.parse(await readFile(lock, 'utf8'));
+  t.like(mine, { pid: process.pid, bootId });
+  t.regex(mine.startTime, /^\d+$/);
+  await outbox.close();
+});
+
+test('outbox: a directory that cannot be written opens degraded: records on disk are delivered, new ones live in memory', async (t) => {
+  const dir = await tempDir(t);
+  // The kernel remounts a failing card read-only; a tmpfs remounted ro is the same to the outbox.
+  const mnt = join(dir, 'mnt');
+  await mkdir(mnt);
+  const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'none', mnt]).status === 0;
+  if (!mounted) {
+    t.log('mount(8) is not permitted here (not root, or no CAP_SYS_ADMIN): read-only case not exercised');
+    t.pass();
+    return;
+  }
+  t.teardown(() => void spawnSync('umount', [mnt]));
+  const obDir = join(mnt, 'outbox');
+  const seed = await Outbox.open(obDir, LIMITS);
+  await seed.enqueue({ id: 'e1', topic: 't/e', payload: 'on disk' });
+  await seed.close();
+  t.is(spawnSync('mount', ['-o', 'remount,ro', mnt]).status, 0);
+  const outbox = await Outbox.open(obDir, { ...LIMITS, retryIntervalMs: 60_000 });
+  t.teardown(() => outbox.close());
+  outbox.on('diskError', () => undefined);
+  t.regex(outbox.degradedReason ?? '', /cannot write .*outbox \(EROFS\)/);
+  t.deepEqual(outbox.pending().map((r) => r.id), ['e1'], 'what was on disk is delivered');
+  const r = await outbox.enqueue({ id: 'e2', topic: 't/e', payload: 'new' });
+  t.false(r.persisted);
+  t.deepEqual(outbox.pending().map((x) => x.id), ['e1', 'e2']);
+  t.true(await outbox.ack('e1'));
+  t.is(outbox.counters().failedRemovals, 1, 'the delivered record cannot be deleted either: counted, not thrown');
 });
 
 test('outbox: invalid messages and limits are refused with a clear error', async (t) => {

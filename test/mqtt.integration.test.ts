@@ -301,3 +301,24 @@ test('embedded broker: a plain mqtt.js client and the agent client both work aga
   refused.end(true);
   t.regex(error.message, /ECONNREFUSED/);
 });
+
+test('a message the broker drops the connection on is set aside after a few tries; everything behind it arrives', async (t) => {
+  // mosquitto drops a client that sends a packet over max_packet_size (as AWS IoT does past 128 KB).
+  const broker = await startMosquitto({ extraConfig: 'max_packet_size 65536' });
+  t.teardown(() => broker.dispose());
+  const topics = agentTopics('shelfwatch', 'poison');
+  const events = await subscriber(broker.url, topics.events, t);
+  const outboxDir = join(await tempDir(t), 'outbox');
+  const client = await agentClient(t, { url: broker.url, topics, poisonAfterLosses: 3, reconnect: { minDelayMs: 50, maxDelayMs: 400, stableMs: 60_000 } }, outboxDir);
+  await client.waitUntilConnected(10_000);
+  const big = await client.publish({ id: 'big-thumbnail', topic: topics.slot('cam', 'S1').thumbnail, payload: Buffer.alloc(100_000, 1), retain: true });
+  for (let i = 0; i < 5; i++) await client.publish({ id: `ev${i}`, topic: topics.events, payload: `event ${i}` });
+  await until('the five events', () => events.messages.length === 5, 30_000);
+  t.deepEqual(events.messages.map((m) => m.payload.toString()), [0, 1, 2, 3, 4].map((i) => `event ${i}`));
+  const m = client.metrics();
+  t.is(m.outbox.counters.deadLettered, 1);
+  t.is(m.connectionLosses, 3, 'three losses with it at the head, then it was set aside');
+  await until('the PUBACKs', () => client.metrics().outbox.depth.records === 0);
+  // Kept for inspection, not deleted.
+  t.deepEqual(await readdir(join(outboxDir, 'dead')), [`${String(big.seq).padStart(16, '0')}.rec`]);
+});

@@ -15,7 +15,7 @@ export interface AgentStats {
   cameras: Record<string, CameraPipelineStats & { source: SourceStatus }>;
   models: Record<string, InferenceBatcherStats>;
   mqtt: { state: string; connects: number; connectionLosses: number; published: number; publishErrors: number; inFlight: number };
-  outbox: { records: number; bytes: number; oldestCreatedAt: number | null; enqueued: number; delivered: number; dropped: number; superseded: number; failedWrites: number };
+  outbox: { records: number; bytes: number; oldestCreatedAt: number | null; enqueued: number; delivered: number; dropped: number; superseded: number; deadLettered: number; failedWrites: number };
   process: { rssBytes: number; heapUsedBytes: number };
 }
 
@@ -42,6 +42,7 @@ export function agentStats(ctx: AgentContext): AgentStats {
       delivered: m.outbox.counters.delivered,
       dropped: m.outbox.counters.dropped,
       superseded: m.outbox.counters.superseded,
+      deadLettered: m.outbox.counters.deadLettered,
       failedWrites: m.outbox.counters.failedWrites,
     },
     process: { rssBytes: mem.rss, heapUsedBytes: mem.heapUsed },

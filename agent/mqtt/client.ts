@@ -67,8 +67,18 @@ export interface MqttClientOptions {
   outbox: { dir: string } & OutboxLimits;
   /** Most unacknowledged publishes at once (default 16). */
   maxInFlight?: number;
-  /** Reconnect backoff: first delay and cap, ms (defaults 1000 and 30000). */
-  reconnect?: { minDelayMs?: number; maxDelayMs?: number };
+  /**
+   * Reconnect backoff: first delay and cap, ms (defaults 1000 and 30000). The backoff starts over
+   * only once a connection proved good: a PUBACK arrived, or it stayed up `stableMs` (default 30000).
+   */
+  reconnect?: { minDelayMs?: number; maxDelayMs?: number; stableMs?: number };
+  /**
+   * A record is set aside (outbox dead/) once the connection was lost this many times in a row
+   * with it as the oldest record in flight and nothing acknowledged (default 5): a broker that
+   * drops the connection on a message (too large, forbidden topic) would otherwise block the
+   * whole queue forever.
+   */
+  poisonAfterLosses?: number;
   commands?: CommandLimits;
   logger?: MqttLogger;
 }
@@ -133,6 +143,10 @@ interface Connection {
   /** Highest seq handed to mqtt.js on this connection. */
   cursor: number;
   inFlight: Map<number, OutboxRecord>;
+  /** A PUBACK arrived on this connection. */
+  acked: boolean;
+  /** Resets the backoff once the connection has stayed up long enough. */
+  stableTimer: NodeJS.Timeout | null;
 }
 
 const NOOP_LOGGER: MqttLogger = { debug() {}, info() {}, warn() {}, error() {} };
@@ -179,6 +193,10 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
   private readonly minDelayMs: number;
   private readonly maxDelayMs: number;
   private readonly maxCommandBytes: number;
+  private readonly stableMs: number;
+  private readonly poisonAfterLosses: number;
+  /** The oldest record in flight at the last connection losses without any PUBACK, and how many. */
+  private suspect: { id: string; seq: number; losses: number } | null = null;
 
   /** Use {@link startMqttClient}. */
   constructor(
@@ -193,10 +211,15 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
     this.minDelayMs = positive(options.reconnect?.minDelayMs ?? 1000, 'reconnect.minDelayMs');
     this.maxDelayMs = Math.max(this.minDelayMs, positive(options.reconnect?.maxDelayMs ?? 30000, 'reconnect.maxDelayMs'));
     this.maxCommandBytes = positive(options.commands?.maxPayloadBytes ?? 65536, 'commands.maxPayloadBytes');
+    this.stableMs = positive(options.reconnect?.stableMs ?? 30000, 'reconnect.stableMs');
+    this.poisonAfterLosses = positive(options.poisonAfterLosses ?? 5, 'poisonAfterLosses');
     this.bucket = new TokenBucket(
       positive(options.commands?.ratePerSecond ?? 5, 'commands.ratePerSecond'),
       positive(options.commands?.burst ?? 10, 'commands.burst'),
     );
+    if (outbox.degradedReason) {
+      this.log.error('outbox directory cannot be written: records on disk are delivered, new ones kept in memory only', { reason: outbox.degradedReason });
+    }
     outbox.on('ready', () => this.drain());
     outbox.on('diskError', (err) => this.log.error('outbox disk error; record kept in memory and retried', { error: err.message }));
     outbox.on('dropped', (record) => this.log.warn('outbox full: dropped oldest record', { id: record.id, topic: record.topic }));
@@ -335,7 +358,7 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
       will: { topic: topics.availability, payload: Buffer.from('offline'), qos: 1, retain: true },
       ...this.tls,
     });
-    const conn: Connection = { client, connected: false, closed: false, cursor: 0, inFlight: new Map() };
+    const conn: Connection = { client, connected: false, closed: false, cursor: 0, inFlight: new Map(), acked: false, stableTimer: null };
     this.current = conn;
     client.on('connect', () => this.onConnected(conn));
     client.on('message', (topic, payload, packet) => this.onMessage(topic, payload, packet));
@@ -347,7 +370,10 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
   private onConnected(conn: Connection): void {
     if (conn !== this.current || this.stopping) return;
     conn.connected = true;
-    this.attempt = 0;
+    // Not yet a fresh backoff: a broker that accepts the connection and then drops it on a
+    // message would otherwise be hammered several times a second.
+    conn.stableTimer = setTimeout(() => (this.attempt = 0), this.stableMs);
+    conn.stableTimer.unref();
     this.stats.connects++;
     this.connectedSince = Date.now();
     this.lastErrorValue = null;
@@ -386,6 +412,8 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
     conn.closed = true;
     const wasConnected = conn.connected;
     conn.connected = false;
+    if (conn.stableTimer) clearTimeout(conn.stableTimer);
+    if (wasConnected && !this.stopping) this.noteLossWithRecordsInFlight(conn);
     // In-flight records stay in the outbox; the next connection publishes them again.
     conn.inFlight.clear();
     conn.client.end(true);
@@ -402,6 +430,29 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
       this.reconnectTimer = null;
       this.connectNow();
     }, delay);
+  }
+
+  /**
+   * A connection lost with records in flight and none acknowledged points at its oldest record;
+   * the same record at the head of `poisonAfterLosses` such losses in a row is set aside.
+   */
+  private noteLossWithRecordsInFlight(conn: Connection): void {
+    if (conn.acked || conn.inFlight.size === 0) {
+      this.suspect = null;
+      return;
+    }
+    const head = [...conn.inFlight.values()].reduce((a, b) => (b.seq < a.seq ? b : a));
+    this.suspect = this.suspect?.seq === head.seq ? { ...this.suspect, losses: this.suspect.losses + 1 } : { id: head.id, seq: head.seq, losses: 1 };
+    if (this.suspect.losses < this.poisonAfterLosses) return;
+    const { losses } = this.suspect;
+    this.suspect = null;
+    this.log.error('the broker dropped the connection every time this message was sent: set aside in the outbox dead/ folder', {
+      id: head.id,
+      topic: head.topic,
+      bytes: head.payload.length,
+      losses,
+    });
+    void this.outbox.deadLetter(head.id, head.seq);
   }
 
   private setState(next: ConnectionState): void {
@@ -434,6 +485,9 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
       this.log.warn('MQTT publish failed', { id: record.id, topic: record.topic, error: err.message });
     } else {
       this.stats.published++;
+      conn.acked = true;
+      this.attempt = 0;
+      this.suspect = null;
       void this.outbox.ack(record.id, record.seq);
     }
     this.drain(this.stopping);

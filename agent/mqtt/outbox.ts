@@ -12,15 +12,25 @@
  * Policies (all counted):
  *  - bounds: when `maxRecords` or `maxBytes` would be exceeded, the OLDEST records are dropped
  *    first (`dropped`) — fresh shelf state is worth more than stale events;
- *  - supersede: a retained record replaces any older pending retained record for the same
- *    topic (a late subscriber only ever sees the newest retained value anyway), and a record
- *    whose id is already pending replaces that older one (`superseded`);
+ *  - supersede: a retained record replaces an older pending retained record for the same topic
+ *    (a late subscriber only ever sees the newest retained value anyway) — but only when no
+ *    non-retained record was enqueued after that older one, so nothing is reordered around an
+ *    event: a thumbnail queued before its `new` event is delivered before it even when the next
+ *    update's thumbnail arrives during an outage. A record whose id is already pending replaces
+ *    that older one (`superseded`). The replaced record's file is deleted only once its
+ *    replacement is on disk, so a crash or a failed write never leaves neither;
  *  - disk errors (ENOSPC, EIO, EROFS, …) never throw out of `enqueue`: the record is kept in
  *    memory (still publishable), the error is emitted as `diskError` and counted
- *    (`failedWrites`), and the write is retried on a timer.
+ *    (`failedWrites`), and the write is retried on a timer. A directory that cannot be written
+ *    at all at open (a card the kernel remounted read-only) opens `degraded`: what can be read
+ *    is loaded and delivered, new records live in memory;
+ *  - single writer: `outbox.lock` names the holder's pid, boot id and process start time, so a
+ *    lock left by a crash is recognised as stale after a reboot even when its pid was reused
+ *    (a lock file older than the boot is stale too, whatever it holds).
  */
 import { EventEmitter } from 'node:events';
-import { mkdir, open, readFile, readdir, rename, unlink, writeFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
+import { mkdir, open, readFile, readdir, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { validatePublishTopic } from './topics.js';
@@ -86,6 +96,8 @@ export interface OutboxCounters {
   failedRemovals: number;
   /** Record files found unreadable on open and moved to `corrupt/`. */
   corrupt: number;
+  /** Records the broker kept refusing (see deadLetter), moved to `dead/`. */
+  deadLettered: number;
 }
 
 export interface EnqueueResult {
@@ -99,7 +111,7 @@ export interface EnqueueResult {
 export class OutboxDiskError extends Error {
   override name = 'OutboxDiskError';
   constructor(
-    readonly operation: 'write' | 'remove' | 'quarantine',
+    readonly operation: 'write' | 'remove' | 'quarantine' | 'dead-letter',
     readonly path: string,
     override readonly cause: unknown,
   ) {
@@ -126,6 +138,10 @@ interface Entry {
   /** A write is in progress. */
   writing: boolean;
   removed: boolean;
+  /** Records this one superseded whose files are deleted once this one is on disk. */
+  superseded: Entry[];
+  /** Removed, but its file is kept until the record that superseded it is on disk. */
+  fileKept: boolean;
 }
 
 const MAGIC = Buffer.from('SWOB');
@@ -143,6 +159,10 @@ export class Outbox extends EventEmitter<OutboxEvents> {
   private readonly byId = new Map<string, Entry>();
   private readonly retainedByTopic = new Map<string, Entry>();
   private nextSeq = 1;
+  /** seq of the newest non-retained record ever enqueued or loaded (see supersedeFor). */
+  private lastNonRetainedSeq = 0;
+  /** Why the directory could not be locked or written at open (null: healthy). */
+  degradedReason: string | null = null;
   private bytes = 0;
   private closed = false;
   private retryTimer: NodeJS.Timeout | null = null;
@@ -160,6 +180,7 @@ export class Outbox extends EventEmitter<OutboxEvents> {
     failedWrites: 0,
     failedRemovals: 0,
     corrupt: 0,
+    deadLettered: 0,
   };
 
   private constructor(
@@ -180,14 +201,23 @@ export class Outbox extends EventEmitter<OutboxEvents> {
   static async open(dir: string, limits: OutboxLimits): Promise<Outbox> {
     checkLimits(limits);
     dir = resolve(dir);
-    await mkdir(dir, { recursive: true, mode: 0o700 });
-    await acquireLock(dir);
     const outbox = new Outbox(dir, limits);
+    try {
+      await mkdir(dir, { recursive: true, mode: 0o700 });
+      await acquireLock(dir);
+    } catch (err) {
+      if (!isDiskFailure(err)) throw err;
+      // Refusing to start would strand the records on disk and every new one: run in memory.
+      outbox.degradedReason = `cannot write ${dir} (${(err as NodeJS.ErrnoException).code}): ${(err as Error).message}`;
+      openDirs.add(dir);
+    }
     try {
       await outbox.load();
     } catch (err) {
-      await releaseLock(dir);
-      throw err;
+      if (!isDiskFailure(err) || !outbox.degradedReason) {
+        await releaseLock(dir, outbox.degradedReason === null);
+        throw err;
+      }
     }
     return outbox;
   }
@@ -204,7 +234,7 @@ export class Outbox extends EventEmitter<OutboxEvents> {
     if (encoded.length > this.limits.maxBytes) {
       throw new RangeError(`outbox record ${JSON.stringify(record.id)} is ${encoded.length} bytes, larger than outbox.maxBytes ${this.limits.maxBytes}`);
     }
-    const entry: Entry = { record, size: encoded.length, settled: false, durable: false, writing: false, removed: false };
+    const entry: Entry = { record, size: encoded.length, settled: false, durable: false, writing: false, removed: false, superseded: [], fileKept: false };
     this.supersedeFor(entry);
     this.insert(entry);
     this.count.enqueued++;
@@ -247,6 +277,33 @@ export class Outbox extends EventEmitter<OutboxEvents> {
     return true;
   }
 
+  /**
+   * Takes a record the broker will not accept (it drops the connection on it: too large for the
+   * broker, a topic its ACL forbids) out of the queue, so it stops blocking every record behind
+   * it. Its file is moved to `<dir>/dead/` for inspection (kept, never deleted) and counted.
+   * Returns false when no pending record matches.
+   */
+  async deadLetter(id: string, seq: number): Promise<boolean> {
+    const entry = this.closed ? undefined : this.byId.get(id);
+    if (!entry || entry.record.seq !== seq) return false;
+    // Kept files of records it superseded are pointless now; its own file moves to dead/.
+    const kept = entry.superseded;
+    entry.superseded = [];
+    entry.fileKept = true;
+    await this.remove(entry, 'deadLettered');
+    await this.deleteFiles(kept);
+    const name = this.recordPath(seq);
+    const deadDir = join(this.dir, 'dead');
+    try {
+      if (!entry.durable) await this.track(this.writeFile(seq, encodeRecord(entry.record)));
+      await mkdir(deadDir, { recursive: true, mode: 0o700 });
+      await this.track(rename(name, join(deadDir, `${String(seq).padStart(16, '0')}${RECORD_SUFFIX}`)));
+    } catch (err) {
+      this.emitDiskError(new OutboxDiskError('dead-letter', name, err));
+    }
+    return true;
+  }
+
   depth(): OutboxDepth {
     let oldest: number | null = null;
     let memoryOnly = 0;
@@ -272,7 +329,7 @@ export class Outbox extends EventEmitter<OutboxEvents> {
     if (this.retryTimer) clearInterval(this.retryTimer);
     this.retryTimer = null;
     while (this.ioInFlight.size > 0) await Promise.allSettled([...this.ioInFlight]);
-    await releaseLock(this.dir);
+    await releaseLock(this.dir, this.degradedReason === null);
   }
 
   // ---- internals ----------------------------------------------------------------------
@@ -297,16 +354,18 @@ export class Outbox extends EventEmitter<OutboxEvents> {
     this.entries.set(entry.record.seq, entry);
     this.byId.set(entry.record.id, entry);
     if (entry.record.retain) this.retainedByTopic.set(entry.record.topic, entry);
+    else this.lastNonRetainedSeq = Math.max(this.lastNonRetainedSeq, entry.record.seq);
     this.bytes += entry.size;
   }
 
   /** Removes older pending records that `entry` makes pointless (same id, or same retained topic). */
   private supersedeFor(entry: Entry): void {
     const sameId = this.byId.get(entry.record.id);
-    if (sameId) void this.remove(sameId, 'superseded');
+    if (sameId) void this.remove(sameId, 'superseded', entry);
     if (entry.record.retain) {
       const sameTopic = this.retainedByTopic.get(entry.record.topic);
-      if (sameTopic && !sameTopic.removed) void this.remove(sameTopic, 'superseded');
+      // Not across an event: what was queued before it must still arrive before it.
+      if (sameTopic && !sameTopic.removed && sameTopic.record.seq > this.lastNonRetainedSeq) void this.remove(sameTopic, 'superseded', entry);
     }
   }
 
@@ -318,7 +377,7 @@ export class Outbox extends EventEmitter<OutboxEvents> {
     }
   }
 
-  private async remove(entry: Entry, reason: 'delivered' | 'dropped' | 'superseded'): Promise<void> {
+  private async remove(entry: Entry, reason: 'delivered' | 'dropped' | 'superseded' | 'deadLettered', successor?: Entry): Promise<void> {
     if (entry.removed) return;
     entry.removed = true;
     const { record } = entry;
@@ -329,8 +388,26 @@ export class Outbox extends EventEmitter<OutboxEvents> {
     this.count[reason]++;
     if (reason === 'dropped') this.emit('dropped', record);
     if (reason === 'superseded') this.emit('superseded', record);
-    // A write in progress deletes the file itself once it finishes (see write()).
-    if (!entry.writing) await this.track(this.deleteFile(record.seq));
+    if (reason === 'deadLettered') return; // deadLetter() moves the file
+    const files = [entry, ...entry.superseded];
+    entry.superseded = [];
+    if (successor && !successor.durable) {
+      // Until the successor is on disk, this file (and those it kept) is the last copy.
+      for (const f of files) f.fileKept = true;
+      successor.superseded.push(...files);
+      return;
+    }
+    await this.deleteFiles(files);
+  }
+
+  /** Deletes the files of removed records; one whose write is in progress deletes its own (write()). */
+  private async deleteFiles(entries: readonly Entry[]): Promise<void> {
+    const deletions: Array<Promise<void>> = [];
+    for (const e of entries) {
+      e.fileKept = false;
+      if (!e.writing) deletions.push(this.deleteFile(e.record.seq));
+    }
+    await this.track(Promise.all(deletions).then(() => undefined));
   }
 
   /** One write attempt (temp + fsync + rename + dir fsync). Never throws. */
@@ -342,6 +419,9 @@ export class Outbox extends EventEmitter<OutboxEvents> {
       await done;
       ok = true;
       entry.durable = true;
+      const kept = entry.superseded;
+      entry.superseded = [];
+      if (kept.length > 0) void this.deleteFiles(kept);
     } catch (err) {
       this.count.failedWrites++;
       this.emitDiskError(new OutboxDiskError('write', this.recordPath(entry.record.seq), err));
@@ -349,7 +429,7 @@ export class Outbox extends EventEmitter<OutboxEvents> {
     } finally {
       entry.writing = false;
     }
-    if (entry.removed) await this.track(this.deleteFile(entry.record.seq));
+    if (entry.removed && !entry.fileKept) await this.track(this.deleteFile(entry.record.seq));
     return ok;
   }
 
@@ -467,7 +547,7 @@ export class Outbox extends EventEmitter<OutboxEvents> {
         const bytes = await readFile(path);
         const record = decodeRecord(bytes);
         if (record.seq !== seqFromName) throw new Error(`file name says seq ${seqFromName}, record says ${record.seq}`);
-        entry = { record, size: bytes.length, settled: true, durable: true, writing: false, removed: false };
+        entry = { record, size: bytes.length, settled: true, durable: true, writing: false, removed: false, superseded: [], fileKept: false };
       } catch {
         await this.quarantine(name);
         continue;
@@ -587,26 +667,86 @@ export function decodeRecord(bytes: Buffer): OutboxRecord {
 
 // ---- single-writer lock ------------------------------------------------------------------
 
+/** What outbox.lock holds: enough to tell a live holder from a pid reused after a crash or reboot. */
+interface LockHolder {
+  pid: number;
+  /** /proc/sys/kernel/random/boot_id (null off Linux). */
+  bootId: string | null;
+  /** Start time of the process in clock ticks since boot, /proc/<pid>/stat field 22 (null off Linux). */
+  startTime: string | null;
+}
+
 async function acquireLock(dir: string): Promise<void> {
   const path = join(dir, LOCK_FILE);
   if (openDirs.has(dir)) throw new Error(`outbox ${dir} is already open in this process`);
+  const me = JSON.stringify({ pid: process.pid, bootId: bootId(), startTime: processStartTime(process.pid) } satisfies LockHolder);
   try {
-    await writeFile(path, String(process.pid), { flag: 'wx', mode: 0o600 });
+    await writeFile(path, me, { flag: 'wx', mode: 0o600 });
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-    const holder = Number((await readFile(path, 'utf8').catch(() => '')).trim());
-    if (Number.isSafeInteger(holder) && holder > 0 && holder !== process.pid && isAlive(holder)) {
-      throw new Error(`outbox ${dir} is in use by process ${holder} (lock file ${path})`);
+    const holder = parseLock(await readFile(path, 'utf8').catch(() => ''));
+    const writtenBeforeBoot = await stat(path).then((st) => st.mtimeMs < (bootTimeMs() ?? 0), () => false);
+    if (holder && holder.pid !== process.pid && !writtenBeforeBoot && holderAlive(holder)) {
+      throw new Error(`outbox ${dir} is in use by process ${holder.pid} (lock file ${path})`);
     }
-    // Stale lock: its process is gone (or it was this process, which no longer holds it open).
-    await writeFile(path, String(process.pid), { mode: 0o600 });
+    // Stale lock: its process is gone, or the pid now belongs to another process (reboot, reuse).
+    await writeFile(path, me, { mode: 0o600 });
   }
   openDirs.add(dir);
 }
 
-async function releaseLock(dir: string): Promise<void> {
+/** A lock file's holder; an older lock holds only the pid. Null when unreadable. */
+function parseLock(text: string): LockHolder | null {
+  const trimmed = text.trim();
+  if (/^\d+$/.test(trimmed)) return { pid: Number(trimmed), bootId: null, startTime: null };
+  try {
+    const v = JSON.parse(trimmed) as Partial<LockHolder>;
+    if (!Number.isSafeInteger(v.pid) || (v.pid as number) < 1) return null;
+    return { pid: v.pid as number, bootId: typeof v.bootId === 'string' ? v.bootId : null, startTime: typeof v.startTime === 'string' ? v.startTime : null };
+  } catch {
+    return null;
+  }
+}
+
+function holderAlive(holder: LockHolder): boolean {
+  const boot = bootId();
+  if (holder.bootId !== null && boot !== null && holder.bootId !== boot) return false; // written before a reboot
+  if (!isAlive(holder.pid)) return false;
+  const start = holder.startTime === null ? null : processStartTime(holder.pid);
+  return start === null || start === holder.startTime;
+}
+
+/** When the system booted (ms since the epoch, from /proc/stat btime), null off Linux. */
+function bootTimeMs(): number | null {
+  try {
+    const line = /^btime (\d+)$/m.exec(readFileSync('/proc/stat', 'utf8'));
+    return line ? Number(line[1]) * 1000 : null;
+  } catch {
+    return null;
+  }
+}
+
+function bootId(): string | null {
+  try {
+    return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim() || null;
+  } catch {
+    return null;
+  }
+}
+
+function processStartTime(pid: number): string | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Fields after "(comm)", which may itself hold spaces and parentheses; starttime is field 22.
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? null;
+  } catch {
+    return null;
+  }
+}
+
+async function releaseLock(dir: string, ownsFile = true): Promise<void> {
   openDirs.delete(dir);
-  await unlink(join(dir, LOCK_FILE)).catch(() => undefined);
+  if (ownsFile) await unlink(join(dir, LOCK_FILE)).catch(() => undefined);
 }
 
 function isAlive(pid: number): boolean {
@@ -616,4 +756,10 @@ function isAlive(pid: number): boolean {
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
+}
+
+/** Errors of a disk that cannot be written (as opposed to a wrong path or a live lock holder). */
+function isDiskFailure(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException | null)?.code;
+  return code === 'EROFS' || code === 'EIO' || code === 'ENOSPC' || code === 'EDQUOT' || code === 'EACCES' || code === 'EPERM';
 }
