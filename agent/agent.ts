@@ -15,6 +15,12 @@
  * While running, the model rollout (model-rollout.ts) watches the model files and hot-swaps a
  * replaced one between batches; the status is re-published after each swap.
  *
+ * The per-slot debounce states survive restarts (debounce-store.ts): start() loads them from
+ * `<stateDir>/debounce-state.json` before the pipeline exists, every scan that makes an event
+ * (new/update/end) asks for a write (coalesced: one in flight, at most one more queued) and stop()
+ * writes them once more after the pipeline has drained. A slot anomalous at the stop therefore
+ * keeps its open event: the next scans update or end it under the same id.
+ *
  * Time: one wall clock (`AgentOptions.clock`, default Date.now) stamps everything the agent
  * publishes — frame capture times, event start/end times, status/stats times, outbox records.
  * It may jump (NTP, an RTC without battery); nothing that measures an interval uses it (timers,
@@ -30,10 +36,12 @@ import { EventEmitter } from 'node:events';
 import { mkdir } from 'node:fs/promises';
 import { Subject, takeUntil, type Observable, type Subscription } from 'rxjs';
 import { TOOL_VERSION } from '../models/version.js';
+import { slotKey, type DebounceState } from '../pipelines/debounce.js';
 import type { AnomalyEvent } from '../pipelines/events.js';
 import type { Frame } from '../pipelines/types.js';
 import { createShelfPipeline, type PipelineObserver, type ShelfOutput, type ShelfPipeline, type ShelfPipelineStats } from '../pipelines/shelf-pipeline.js';
 import type { AgentConfig } from './config.js';
+import { DebounceStore } from './debounce-store.js';
 import { EventsPublisher } from './extensions/events-publisher.js';
 import { HealthHttp } from './extensions/health-http.js';
 import { HomeAssistantDiscovery } from './extensions/home-assistant.js';
@@ -115,6 +123,9 @@ export class Agent extends EventEmitter<AgentEvents> {
   private client: AgentMqttClient | null = null;
   private registry: ModelRegistry | null = null;
   private pipeline: ShelfPipeline | null = null;
+  private debounceStore: DebounceStore | null = null;
+  /** The pipeline's per-slot debounce states (restored at start, updated in place by the pipeline). */
+  private debounceStates = new Map<string, DebounceState>();
   private rollout: ModelRollout | null = null;
   private commandOff: Array<() => void> = [];
   private subscription: Subscription | null = null;
@@ -224,6 +235,15 @@ export class Agent extends EventEmitter<AgentEvents> {
     const { config, logger } = this;
     try {
       await mkdir(config.agent.stateDir, { recursive: true });
+      this.debounceStore = new DebounceStore({
+        dir: config.agent.stateDir,
+        logger: logger.child({ component: 'debounce-store' }),
+        slots: config.cameras.flatMap((cam) => cam.slots.map((slot) => slotKey(cam.id, slot.id))),
+        clock: this.clock,
+      });
+      this.debounceStates = await this.debounceStore.load();
+      const open = [...this.debounceStates.values()].filter((s) => s.state === 'anomalous').map((s) => slotKey(s.camera, s.slot));
+      if (this.debounceStates.size > 0) logger.info('debounce states restored from the previous run', { slots: this.debounceStates.size, anomalous: open });
       this.registry = await ModelRegistry.load(config, logger);
       for (const m of this.registry.status()) this.logProvider(m);
       this.metrics.trackModels(this.registry.names());
@@ -265,6 +285,7 @@ export class Agent extends EventEmitter<AgentEvents> {
         batchWaitMs: config.inference.batchWaitMs,
         maxPendingFrames: config.inference.maxPendingFrames,
         debounce: { ...config.debounce, run: this.runTag },
+        debounceStates: this.debounceStates,
         thumbnails: { enabled: true, maxSize: config.thumbnails.maxSize, quality: config.thumbnails.quality },
         observer: combineObservers(this.metrics.observer(), this.logObserver(), { event: (e) => this.emit('event', e) }, this.options.observer ?? {}),
         clock: this.clock,
@@ -307,6 +328,8 @@ export class Agent extends EventEmitter<AgentEvents> {
         next: (output) => {
           this.outputs.next(output);
           this.emit('output', output);
+          // A transition: keep the states on disk (coalesced, never throws); other scans write nothing.
+          if (output.event) void this.debounceStore?.save(this.debounceStates);
         },
         error: (err: Error) => logger.error('shelf pipeline failed', { error: err }),
         complete: () => {
@@ -358,8 +381,11 @@ export class Agent extends EventEmitter<AgentEvents> {
       ]);
       if (!drained) this.logger.warn('pipeline did not drain in time; frames in flight are dropped');
     }
+    const ran = this.subscription !== null;
     this.subscription?.unsubscribe();
     this.subscription = null;
+    // The pipeline is done with the states: write them once more (the scans since the last event).
+    if (ran && this.debounceStore) await this.debounceStore.save(this.debounceStates);
     for (const ext of [...this.started].reverse()) {
       try {
         await ext.stop();

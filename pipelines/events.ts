@@ -139,10 +139,16 @@ export function snapshotOf(sp: SlotPrediction, period: EventPeriod, thumbnail: b
  *
  * Without a remembered open event (the builder was recreated while the debouncer state was
  * restored), 'updated' becomes a 'new' with the same id (periodOf the restored state), and
- * 'cleared' an 'end' whose `before` is the clearing scan's snapshot with endTime null.
+ * 'cleared' an 'end' whose `before` is the clearing scan's snapshot with endTime null. A scan
+ * without a transition adopts the restored period silently (no event; `openEvent` then names it,
+ * so the retained state carries its id) with a snapshot of that scan (`thumbnail: false`: none
+ * was published for it); one adopted from a normal scan is replaced by the next anomalous one,
+ * so that the 'end' describes an anomalous scan.
  */
 export class EventBuilder {
   private readonly open = new Map<string, AnomalyEventSnapshot>();
+  /** Open events adopted from a normal scan (restored state), replaced by the next anomalous scan. */
+  private readonly provisional = new Set<string>();
   private readonly thumbnail: boolean;
 
   constructor(options: EventBuilderOptions = {}) {
@@ -158,6 +164,7 @@ export class EventBuilder {
     const { camera, slot } = d.decision;
     const key = `${camera}/${slot}`;
     const current = this.open.get(key);
+    const provisional = this.provisional.delete(key);
     switch (d.transition) {
       case 'raised': {
         const after = snapshotOf(d.item, periodOf(d.state), this.thumbnail);
@@ -181,6 +188,15 @@ export class EventBuilder {
         return { type: 'end', before, after: { ...before, endTime: d.state.since } };
       }
       case null: {
+        if (d.state.state === 'anomalous' && (!current || provisional)) {
+          // A period opened before this builder existed (restored debounce state): adopt it.
+          if (!current || d.decision.anomalous) {
+            const topScore = Math.max(current?.topScore ?? -Infinity, d.state.reported?.score ?? -Infinity, d.decision.score);
+            this.open.set(key, snapshotOf(d.item, current ?? periodOf(d.state), false, topScore));
+          }
+          if (!d.decision.anomalous) this.provisional.add(key);
+          return null;
+        }
         // Silent anomalous scans still count towards the event's top score.
         if (current && d.decision.anomalous && d.decision.score > current.topScore) {
           this.open.set(key, { ...current, topScore: d.decision.score });

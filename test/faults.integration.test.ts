@@ -366,8 +366,9 @@ serial('wall clock stepped back 1 h, forward 1 day, then reset: every anomaly ke
   t.is(agent.mqtt!.outbox.depth().records, 0, 'the outbox drained');
   t.log(`phases: ${['start', 'back 1 h', 'forward 1 day', 'reset to start'].map((p) => `${p} ${newsIn(p).length}`).join(', ')}; ${news.length} anomalies, ${raised.length} events`);
 
-  // A reboot with the RTC reset: a new agent (fresh debounce states, raise counters from 1)
-  // re-reads the first run's seconds; its run tag keeps its ids apart from the first run's.
+  // A reboot with the RTC reset: a new agent on the same state dir (debounce states restored, so
+  // it first ends the anomaly the first run left open) re-reads the first run's seconds; its run
+  // tag keeps the ids it raises apart from the first run's.
   const again: AnomalyEvent[] = [];
   const second = startAgent(t, faultConfig(broker.url, join(scene.work, 'state-clock'), looping()), captureLogger().logger, [], { clock });
   second.on('event', (e) => again.push(e));

@@ -1,0 +1,231 @@
+import test from 'ava';
+import { from, lastValueFrom, toArray } from 'rxjs';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DEBOUNCE_STATE_FILE, DEBOUNCE_STATE_VERSION, DebounceStore } from '../agent/debounce-store.js';
+import { Logger } from '../agent/logger.js';
+import { debounceSlots, decisionOf, slotKey, step, type DebounceState } from '../pipelines/debounce.js';
+import { eventId, toSlotOutputs } from '../pipelines/events.js';
+import type { SlotPrediction } from '../pipelines/types.js';
+
+async function tempDir(t: { teardown(fn: () => unknown): void }): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'shelfwatch-debounce-store-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+function capture(): { logger: Logger; lines: () => Array<Record<string, unknown>> } {
+  const raw: string[] = [];
+  const logger = new Logger({ level: 'debug', sink: { write: (l: string) => raw.push(l) } });
+  return { logger, lines: () => raw.map((l) => JSON.parse(l) as Record<string, unknown>) };
+}
+
+const OPTS = { raiseAfter: 2, window: 3, clearAfter: 2, run: 'run-a' };
+
+/** The state of a slot after `scans` (score > 10 is anomalous), through the real reducer. */
+function stateAfter(camera: string, slot: string, scores: number[]): DebounceState {
+  let state: DebounceState | undefined;
+  scores.forEach((score, i) => {
+    const anomalous = score > 10;
+    state = step(state, { camera, slot, anomalous, score, at: 1000 * (i + 1), regions: anomalous ? [{ x: 1, y: 2, width: 3, height: 4 }] : [] }, OPTS).state;
+  });
+  return state!;
+}
+
+function sample(): Map<string, DebounceState> {
+  return new Map([
+    [slotKey('shelf', 'S0'), stateAfter('shelf', 'S0', [1, 2, 3])],
+    [slotKey('shelf', 'S1'), stateAfter('shelf', 'S1', [1, 20, 21, 22])],
+    [slotKey('door', 'D1'), stateAfter('door', 'D1', [20, 20, 1, 1])],
+  ]);
+}
+
+test('round trip: what is saved loads back identical, with the format version in the file', async (t) => {
+  const dir = await tempDir(t);
+  const states = sample();
+  t.is(states.get('shelf/S1')!.state, 'anomalous');
+  t.is(states.get('door/D1')!.raises, 1);
+  const { logger, lines } = capture();
+  const store = new DebounceStore({ dir, logger, clock: () => 1234 });
+  await store.save(states);
+  t.deepEqual(store.stats(), { writes: 1, failedWrites: 0 });
+  const file = JSON.parse(await readFile(join(dir, DEBOUNCE_STATE_FILE), 'utf8'));
+  t.is(file.version, DEBOUNCE_STATE_VERSION);
+  t.is(file.savedAt, 1234);
+  t.deepEqual(Object.keys(file.slots).sort(), ['door/D1', 'shelf/S0', 'shelf/S1']);
+
+  const loaded = await new DebounceStore({ dir, logger }).load();
+  t.deepEqual(loaded, states);
+  t.deepEqual(lines().filter((l) => l.level === 'warn'), []);
+});
+
+test('atomic write: temp file, rename; no temp file left, and a leftover one from a crash is removed on load', async (t) => {
+  const dir = await tempDir(t);
+  const { logger } = capture();
+  const store = new DebounceStore({ dir, logger });
+  await store.save(sample());
+  t.deepEqual(await readdir(dir), [DEBOUNCE_STATE_FILE]);
+  // A write cut short by a crash leaves the temp file beside the last complete file.
+  await writeFile(join(dir, `${DEBOUNCE_STATE_FILE}.tmp`), '{"version":1,"sav');
+  t.deepEqual(await new DebounceStore({ dir, logger }).load(), sample());
+  t.deepEqual(await readdir(dir), [DEBOUNCE_STATE_FILE]);
+});
+
+test('a failed write is a warning, never an exception, and the next save tries again', async (t) => {
+  const dir = await tempDir(t);
+  const notADir = join(dir, 'file');
+  await writeFile(notADir, 'x');
+  const { logger, lines } = capture();
+  const store = new DebounceStore({ dir: notADir, logger });
+  await t.notThrowsAsync(store.save(sample()));
+  t.deepEqual(store.stats(), { writes: 0, failedWrites: 1 });
+  const warn = lines().find((l) => l.level === 'warn')!;
+  t.like(warn, { msg: 'debounce states could not be saved; a restart now would lose open anomalies', file: join(notADir, DEBOUNCE_STATE_FILE) });
+  await t.notThrowsAsync(store.save(sample()));
+  t.deepEqual(store.stats(), { writes: 0, failedWrites: 2 });
+});
+
+test('missing file: an empty map, nothing logged', async (t) => {
+  const dir = await tempDir(t);
+  const { logger, lines } = capture();
+  const loaded = await new DebounceStore({ dir: join(dir, 'not-yet'), logger }).load();
+  t.is(loaded.size, 0);
+  t.deepEqual(lines(), []);
+});
+
+test('corrupt JSON: warned with the file named, moved aside, an empty map', async (t) => {
+  const dir = await tempDir(t);
+  const path = join(dir, DEBOUNCE_STATE_FILE);
+  await writeFile(path, '{"version":1,"savedAt":12,"slots":{"shelf/S1":{"camera":"sh');
+  const { logger, lines } = capture();
+  const loaded = await new DebounceStore({ dir, logger, clock: () => 1700000000000 }).load();
+  t.is(loaded.size, 0);
+  const warns = lines().filter((l) => l.level === 'warn');
+  t.is(warns.length, 1);
+  t.like(warns[0], { msg: 'debounce state file is invalid; moved aside, slots start fresh', file: path, movedTo: `${path}.corrupt-1700000000000` });
+  t.regex((warns[0]!.problems as string[])[0]!, /^not valid JSON: /);
+  t.deepEqual(await readdir(dir), [`${DEBOUNCE_STATE_FILE}.corrupt-1700000000000`]);
+  t.is(await readFile(`${path}.corrupt-1700000000000`, 'utf8'), '{"version":1,"savedAt":12,"slots":{"shelf/S1":{"camera":"sh');
+  // The next save starts a fresh file beside the one moved aside.
+  const store = new DebounceStore({ dir, logger });
+  await store.save(sample());
+  t.deepEqual((await readdir(dir)).sort(), [DEBOUNCE_STATE_FILE, `${DEBOUNCE_STATE_FILE}.corrupt-1700000000000`]);
+});
+
+test('wrong shape: each problem named in the warning (path and what is wrong), moved aside, an empty map', async (t) => {
+  const dir = await tempDir(t);
+  const path = join(dir, DEBOUNCE_STATE_FILE);
+  const good = JSON.parse(JSON.stringify({ version: 1, savedAt: 5, slots: Object.fromEntries(sample()) }));
+  good.slots['shelf/S1'].history[1] = 'yes';
+  delete good.slots['shelf/S0'].raisedIn;
+  good.slots['door/D1'].state = 'broken';
+  good.slots['shelf/S9'] = { ...good.slots['door/D1'], state: 'ok' };
+  good.extra = true;
+  await writeFile(path, JSON.stringify(good));
+  const { logger, lines } = capture();
+  const loaded = await new DebounceStore({ dir, logger, clock: () => 7 }).load();
+  t.is(loaded.size, 0);
+  const warns = lines().filter((l) => l.level === 'warn');
+  t.is(warns.length, 1);
+  t.like(warns[0], { file: path, movedTo: `${path}.corrupt-7` });
+  const problems = (warns[0]!.problems as string[]).join('\n');
+  t.regex(problems, /slots\.shelf\/S1\.history\.1: .*boolean/);
+  t.regex(problems, /slots\.shelf\/S0\.raisedIn: /);
+  t.regex(problems, /slots\.door\/D1\.state: /);
+  t.regex(problems, /\(file\): .*extra/);
+  t.deepEqual(await readdir(dir), [`${DEBOUNCE_STATE_FILE}.corrupt-7`]);
+
+  // A key that does not match its entry, and a file of another format version.
+  await writeFile(path, JSON.stringify({ version: 1, savedAt: 5, slots: { 'shelf/S9': sample().get('shelf/S1') } }));
+  t.is((await new DebounceStore({ dir, logger, clock: () => 8 }).load()).size, 0);
+  t.regex((lines().at(-1)!.problems as string[]).join('\n'), /slots\.shelf\/S9: key does not match camera 'shelf' and slot 'S1'/);
+  await writeFile(path, JSON.stringify({ version: 2, whatever: [] }));
+  t.is((await new DebounceStore({ dir, logger, clock: () => 9 }).load()).size, 0);
+  t.deepEqual(lines().at(-1)!.problems, [`version: unsupported format version 2 (this agent reads ${DEBOUNCE_STATE_VERSION})`]);
+  await writeFile(path, '[1, 2]');
+  t.is((await new DebounceStore({ dir, logger, clock: () => 10 }).load()).size, 0);
+  t.regex((lines().at(-1)!.problems as string[]).join('\n'), /^\(file\): /);
+  t.deepEqual((await readdir(dir)).sort(), [7, 8, 9, 10].map((n) => `${DEBOUNCE_STATE_FILE}.corrupt-${n}`).sort());
+});
+
+test('entries of slots no longer in the config are dropped on load', async (t) => {
+  const dir = await tempDir(t);
+  const { logger, lines } = capture();
+  await new DebounceStore({ dir, logger }).save(sample());
+  const loaded = await new DebounceStore({ dir, logger, slots: ['shelf/S0', 'shelf/S1', 'shelf/S2'] }).load();
+  t.deepEqual([...loaded.keys()].sort(), ['shelf/S0', 'shelf/S1']);
+  t.deepEqual(loaded.get('shelf/S1'), sample().get('shelf/S1'));
+  t.like(lines().find((l) => l.msg === 'debounce states of slots no longer configured dropped'), { level: 'info', slots: ['door/D1'] });
+});
+
+test('coalesced writes: one in flight, a burst of saves meanwhile makes ONE more write of the newest map', async (t) => {
+  const dir = await tempDir(t);
+  const { logger } = capture();
+  const store = new DebounceStore({ dir, logger });
+  const states = sample();
+  const first = store.save(states);
+  // While the first write runs, the pipeline goes on changing the map and asking for saves.
+  const burst: Array<Promise<void>> = [];
+  for (let i = 0; i < 20; i++) {
+    states.set('shelf/S0', { ...states.get('shelf/S0')!, lastScore: i });
+    burst.push(store.save(states));
+  }
+  t.is(new Set(burst).size, 1, 'every save of the burst shares one queued write');
+  await Promise.all([first, ...burst]);
+  t.deepEqual(store.stats(), { writes: 2, failedWrites: 0 });
+  t.deepEqual(await new DebounceStore({ dir, logger }).load(), states, 'the queued write carried the newest map');
+  t.is((await new DebounceStore({ dir, logger }).load()).get('shelf/S0')!.lastScore, 19);
+  // Idle again: the next save writes at once.
+  await store.save(states);
+  await store.idle();
+  t.deepEqual(store.stats(), { writes: 3, failedWrites: 0 });
+  t.deepEqual(await readdir(dir), [DEBOUNCE_STATE_FILE]);
+});
+
+/** A scan of cam1/A1 (threshold 10), anomalous ones with the same region. */
+function scan(at: number, score: number): SlotPrediction {
+  const anomalous = score > 10;
+  return {
+    crop: { frame: { id: `cam1-${at}-0`, camera: 'cam1', capturedAt: at }, slot: 'A1', box: { x: 0, y: 0, width: 100, height: 100 }, model: 'm' },
+    prediction: { score, normalizedScore: score / 20, anomalyMap: new Float32Array(4), mapSize: 2, mask: new Uint8Array(4), threshold: 10, isAnomalous: anomalous, modelDigest: 'd' },
+    regions: anomalous ? [{ box: { x: 10, y: 10, width: 20, height: 20 }, area: 400, peak: 3 }] : [],
+  };
+}
+
+test('restored through the store: the open event keeps its id in the retained state, is ended under it, and a later raise gets a new one', async (t) => {
+  const dir = await tempDir(t);
+  const { logger } = capture();
+  const debounce = { raiseAfter: 2, window: 3, clearAfter: 3 };
+  const run = async (states: Map<string, DebounceState>, tag: string, scans: SlotPrediction[]) =>
+    lastValueFrom(from(scans).pipe(debounceSlots({ ...debounce, run: tag, states }, decisionOf), toSlotOutputs({ thumbnail: true }), toArray()));
+
+  const before = new Map<string, DebounceState>();
+  const first = await run(before, 'run-a', [scan(1000, 20), scan(2000, 22)]);
+  const id = eventId('cam1', 'A1', 2000, { run: 'run-a', raise: 1 });
+  t.deepEqual(first.map((o) => o.event?.type ?? null), [null, 'new']);
+  t.is(first[1]!.event!.after.id, id);
+  await new DebounceStore({ dir, logger }).save(before);
+
+  // Restart: a new builder, the states from disk, another run tag. Normal, anomalous (same
+  // region, same score: no transition), then three normal scans clear it.
+  const restored = await new DebounceStore({ dir, logger, slots: ['cam1/A1'] }).load();
+  const second = await run(restored, 'run-b', [scan(3000, 1), scan(4000, 22), scan(5000, 2), scan(6000, 2), scan(7000, 2), scan(8000, 30), scan(9000, 30)]);
+  t.deepEqual(
+    second.map((o) => [o.event?.type ?? null, o.state.state, o.state.eventId]),
+    [
+      [null, 'anomalous', id],
+      [null, 'anomalous', id],
+      [null, 'anomalous', id],
+      [null, 'anomalous', id],
+      ['end', 'ok', null],
+      [null, 'ok', null],
+      ['new', 'anomalous', eventId('cam1', 'A1', 9000, { run: 'run-b', raise: 2 })],
+    ],
+  );
+  const end = second[4]!.event!;
+  // The end describes the last anomalous scan (the normal one adopted first was only provisional).
+  t.like(end.before, { id, startTime: 2000, score: 22, topScore: 22, frameId: 'cam1-4000-0', endTime: null, thumbnail: false });
+  t.like(end.after, { id, endTime: 7000 });
+  t.not(second[6]!.event!.after.id, id);
+});
