@@ -13,6 +13,14 @@ program
   .version(TOOL_VERSION)
   .showHelpAfterError();
 
+/** A --seed value: digits only and exactly representable ('1e30', '0x10' or 2^53 + 1, which rounds, are refused). */
+function seed(v: string): number {
+  if (!/^\d+$/.test(v) || BigInt(v) > BigInt(Number.MAX_SAFE_INTEGER)) {
+    throw new InvalidArgumentError(`--seed must be a whole number from 0 to ${Number.MAX_SAFE_INTEGER}, got '${v}'`);
+  }
+  return Number(v);
+}
+
 function number(name: string, { integer = false, min = -Infinity, max = Infinity } = {}) {
   return (v: string): number => {
     const n = Number(v);
@@ -39,13 +47,19 @@ program
   .option('--val <images...>', 'separate normal images for thresholds (default: hold out a slice)')
   .option('--holdout <fraction>', 'fraction of the images held out for thresholds', number('--holdout', { min: 0, max: 0.9 }), 0.1)
   .option('--coreset <ratio>', 'memory-bank fraction kept by greedy k-center (1 = no subsampling)', number('--coreset', { min: 1e-9, max: 1 }), 0.01)
-  .option('--seed <n>', 'random seed (same inputs + seed → byte-identical model)', number('--seed', { integer: true, min: 0 }), 0)
+  .option('--seed <n>', 'random seed (same inputs, seed and --provider → byte-identical model)', seed, 0)
   .addOption(new Option('--projection <kind>', 'random projection before k-center').choices(['jl', 'none']).default('jl'))
   .option('--backbone <file>', 'local backbone ONNX file (default: the cached download; env SHELFWATCH_BACKBONE)')
   .option('--backbone-id <id|descriptor.json>', 'built-in backbone id or a descriptor JSON file', 'mobilenetv2-12-int8')
   .option('--input-size <px>', 'model input size (default: the backbone\'s)', number('--input-size', { integer: true, min: 32, max: 2048 }))
   .option('--batch <n>', 'images per backbone call', number('--batch', { integer: true, min: 1, max: 256 }), 8)
-  .addOption(providerOption())
+  .addOption(
+    // CPU by default: a GPU computes the int8 backbone differently, so the same inputs and seed give
+    // byte-identical models per provider only; the CPU gives the same bytes on every machine.
+    new Option('--provider <name>', 'execution provider for features and thresholds; byte-identical models hold per provider (the default CPU gives the same bytes on any machine, a GPU may differ)')
+      .choices(['auto', 'cuda', 'webgpu', 'cpu'])
+      .default('cpu'),
+  )
   .option('--json', 'machine-readable output')
   .action(async (images: string[], o) => {
     const { runFit } = await import('./commands/fit.js');
@@ -162,7 +176,7 @@ program
   .requiredOption('--out <dir>', 'output folder (results.json, results.md, report.html)')
   .option('--category <names...>', 'only these categories')
   .option('--coreset <ratio>', 'memory-bank fraction', number('--coreset', { min: 1e-9, max: 1 }), 0.01)
-  .option('--seed <n>', 'random seed', number('--seed', { integer: true, min: 0 }), 0)
+  .option('--seed <n>', 'random seed', seed, 0)
   .option('--models <dir>', 'reuse fitted models from here when they match (and save new ones)')
   .option('--cache <dir>', 'feature cache folder (default <out>/.cache)')
   .option('--no-cache', 'do not cache features')
@@ -226,7 +240,7 @@ dataset
   .command('generate')
   .description('write a seeded synthetic dataset in the exact GoodsAD layout and naming (tests, demos)')
   .argument('<dir>', 'output folder (must be empty or absent)')
-  .option('--seed <n>', 'random seed', number('--seed', { integer: true, min: 0 }), 0)
+  .option('--seed <n>', 'random seed', seed, 0)
   .option('--categories <list>', 'comma-separated categories (default: all six)')
   .option('--goods <n>', 'goods (products) per category', number('--goods', { integer: true, min: 1, max: 99 }), 2)
   .option('--train <n>', 'normal training images per goods', number('--train', { integer: true, min: 1 }), 10)

@@ -12,6 +12,7 @@ import { attachManifest, MANIFEST_FORMAT, scoreStatistics, type ModelManifest } 
 import { buildModelGraph, geometry } from './patchcore-graph.js';
 import { REWEIGHT_K } from './patchcore-math.js';
 import { createSession, type ProviderChoice } from './execution-provider.js';
+import { validateSeed } from './random.js';
 import { FeatureExtractor, PatchcoreModel } from './runtime.js';
 import type { LoadedBackbone } from './backbone.js';
 import { TOOL_VERSION } from './version.js';
@@ -38,6 +39,10 @@ export interface FitOptions {
   seed: number;
   projection: 'jl' | 'none';
   inputSize?: number;
+  /**
+   * Where the backbone and the threshold scoring run (default 'auto'). Byte-identical output for
+   * the same inputs and seed holds per provider: a GPU computes the int8 backbone differently.
+   */
   provider?: ProviderChoice;
   /** ISO time stamped into the manifest (pass a fixed one for reproducible files). */
   createdAt: string;
@@ -56,6 +61,34 @@ export class FitError extends Error {
     super(message);
     this.name = 'FitError';
   }
+}
+
+/**
+ * What is wrong with a model name for the manifest, or null: it must have a visible character
+ * (the manifest requires a non-empty name) and no control characters (it appears in log lines).
+ */
+export function modelNameProblem(name: string): string | null {
+  if (typeof name !== 'string' || name.trim() === '') return 'must not be empty';
+  const control = /[\u0000-\u001f\u007f-\u009f]/.exec(name);
+  if (control) return `must not contain a control character (U+${control[0].charCodeAt(0).toString(16).toUpperCase().padStart(4, '0')}), got ${JSON.stringify(name)}`;
+  return null;
+}
+
+/**
+ * The values that end up in the manifest, checked before any feature is extracted: a fit must
+ * not spend minutes and then fail on a name, a seed or a time stamp.
+ */
+export function checkFitSettings(opts: Pick<FitOptions, 'name' | 'seed' | 'coresetRatio' | 'projection' | 'createdAt'>): void {
+  const nameProblem = modelNameProblem(opts.name);
+  if (nameProblem) throw new FitError(`model name ${nameProblem}`);
+  try {
+    validateSeed(opts.seed, 'seed');
+  } catch (err) {
+    throw new FitError((err as Error).message);
+  }
+  if (!(opts.coresetRatio > 0 && opts.coresetRatio <= 1)) throw new FitError(`coreset ratio must be in (0, 1], got ${opts.coresetRatio}`);
+  if (opts.projection !== 'jl' && opts.projection !== 'none') throw new FitError(`projection must be 'jl' or 'none', got ${String(opts.projection)}`);
+  if (typeof opts.createdAt !== 'string' || Number.isNaN(Date.parse(opts.createdAt))) throw new FitError(`createdAt must be an ISO date and time, got ${JSON.stringify(opts.createdAt)}`);
 }
 
 /** Patch embeddings of a set of images: [images × patches × dim], contiguous. */
@@ -94,6 +127,7 @@ export async function extractFeatures(
 
 export async function fitPatchcore(opts: FitOptions): Promise<FitResult> {
   if (opts.trainCount < 1) throw new FitError('no training image to fit on');
+  checkFitSettings(opts);
   const t = performance.now();
   const embedded = await extractFeatures(opts.backbone, opts.train, opts.trainCount, {
     inputSize: opts.inputSize,
@@ -112,6 +146,7 @@ export async function fitFromFeatures(embedded: EmbeddedImages, opts: Omit<FitOp
   const inputSize = opts.inputSize ?? d.inputSize;
   const g = geometry(d, inputSize);
   const timings: Record<FitStage, number> = { features: 0, coreset: 0, compile: 0, validation: 0 };
+  checkFitSettings(opts);
   const images = embedded.images;
   if (images === 0) throw new FitError('no usable training image');
   if (embedded.dim !== g.dim || embedded.patchesPerImage !== g.grid * g.grid) {

@@ -15,12 +15,38 @@ export function isImageFile(path: string): boolean {
   return IMAGE_EXTENSIONS.has(extname(path).toLowerCase());
 }
 
+/** Why a listed path is not a regular file (for the skip report), or null when it is one. */
+async function notRegularFile(path: string, s?: { isFile(): boolean; isDirectory(): boolean; isSymbolicLink(): boolean }): Promise<string | null> {
+  if (s && !s.isSymbolicLink()) return s.isFile() ? null : s.isDirectory() ? 'a folder, not an image file' : 'not a regular file';
+  let target;
+  try {
+    target = await stat(path);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ENOTDIR') return 'broken symbolic link (its target does not exist)';
+    if (code === 'ELOOP') return 'symbolic link loop';
+    return `cannot read (${code ?? (err as Error).message})`;
+  }
+  return target.isFile() ? null : target.isDirectory() ? 'symbolic link to a folder, not an image file' : 'not a regular file';
+}
+
 /**
  * Expands folders (non-recursive, image extensions only) and explicit files into a sorted,
  * de-duplicated list. A path that does not exist is an error naming it.
+ *
+ * Only regular files (or symbolic links to one) are images: with `onSkip`, anything else —
+ * a folder named `x.jpg`, a dangling link, a FIFO — is reported there and left out. Without
+ * `onSkip` such entries stay in the list (callers then report them when reading fails).
  */
-export async function listImages(paths: string[]): Promise<string[]> {
+export async function listImages(paths: string[], onSkip?: (s: SkippedFile) => void): Promise<string[]> {
   const out = new Set<string>();
+  const skipped = new Map<string, string>();
+  const consider = async (file: string, s?: Parameters<typeof notRegularFile>[1]) => {
+    if (!onSkip) return void out.add(file);
+    const why = await notRegularFile(file, s);
+    if (why === null) out.add(file);
+    else skipped.set(file, why);
+  };
   for (const p of paths) {
     let s;
     try {
@@ -29,20 +55,76 @@ export async function listImages(paths: string[]): Promise<string[]> {
       throw new Error(`${p}: no such file or folder`);
     }
     if (s.isDirectory()) {
-      for (const name of await readdir(p)) if (isImageFile(name)) out.add(resolve(p, name));
-    } else out.add(resolve(p));
+      let entries;
+      try {
+        entries = await readdir(p, { withFileTypes: true });
+      } catch (err) {
+        throw new Error(`${p}: cannot list the folder (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+      }
+      for (const e of entries) if (isImageFile(e.name)) await consider(resolve(p, e.name), e);
+    } else await consider(resolve(p), s);
   }
+  for (const [file, reason] of [...skipped].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) if (!out.has(file)) onSkip!({ file, reason });
   // Plain byte order, as the reference implementation sorts.
   return [...out].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
 }
 
-/** sha256 over the sorted list of (file name, file sha256): identifies a training set. */
-export async function trainingDigest(files: string[]): Promise<string> {
+/** Files read at once by `trainingDigest` (a large folder must not run out of file handles). */
+const DIGEST_CONCURRENCY = 8;
+
+/** sha256 of one file's bytes, hex. */
+export function sha256Hex(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
+/**
+ * The training-set digest from (file, sha256 of its bytes) pairs: sha256 over the sorted list of
+ * (file name, file sha256). `trainingDigest` reads the files; the fit hashes the bytes it decodes.
+ */
+export function digestOfHashes(entries: Iterable<readonly [file: string, sha256: string]>): string {
   const h = createHash('sha256');
-  const entries = await Promise.all(files.map(async (f) => [basename(f), createHash('sha256').update(await readFile(f)).digest('hex')] as const));
-  entries.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : a[1] < b[1] ? -1 : 1));
-  for (const [name, digest] of entries) h.update(`${name}\0${digest}\n`);
+  const named = [...entries].map(([f, d]) => [basename(f), d] as const);
+  named.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : a[1] < b[1] ? -1 : a[1] > b[1] ? 1 : 0));
+  for (const [name, digest] of named) h.update(`${name}\0${digest}\n`);
   return h.digest('hex');
+}
+
+/**
+ * sha256 over the sorted list of (file name, file sha256): identifies a training set. Reads a
+ * few files at a time; a file that cannot be read is an error naming it.
+ */
+export async function trainingDigest(files: string[]): Promise<string> {
+  const hashes = new Array<readonly [string, string]>(files.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < files.length) {
+      const i = next++;
+      const f = files[i]!;
+      let bytes: Buffer;
+      try {
+        bytes = await readFile(f);
+      } catch (err) {
+        throw new Error(`cannot read image ${f}: ${readFailure(err)}`, { cause: err });
+      }
+      hashes[i] = [f, sha256Hex(bytes)];
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(DIGEST_CONCURRENCY, files.length) }, worker));
+  return digestOfHashes(hashes);
+}
+
+const READ_WHY: Record<string, string> = {
+  ENOENT: 'it does not exist (ENOENT)',
+  EISDIR: 'it is a folder (EISDIR)',
+  EACCES: 'permission denied (EACCES)',
+  EMFILE: 'too many open files (EMFILE)',
+  EIO: 'input/output error (EIO)',
+};
+
+/** A file-system read error as a short reason (the caller names the file). */
+function readFailure(err: unknown): string {
+  const code = (err as NodeJS.ErrnoException).code;
+  return (code && READ_WHY[code]) ?? code ?? (err as Error).message;
 }
 
 /**
@@ -71,6 +153,8 @@ export interface BatchOptions {
   /** Files decoded at once (sharp decodes on libuv's thread pool). */
   concurrency?: number;
   onSkip?: (s: SkippedFile) => void;
+  /** Called with the bytes of every file that was read and decoded (e.g. to hash what was used). */
+  onUsed?: (file: string, bytes: Buffer) => void;
   /** Accumulates decode + preprocess time (ms). */
   timing?: { decodeMs: number };
 }
@@ -88,8 +172,14 @@ export async function* preprocessedBatches(files: string[], opts: BatchOptions):
   const load = async (file: string): Promise<Float32Array | null> => {
     const t = performance.now();
     try {
-      const bytes = await readFile(file);
+      let bytes: Buffer;
+      try {
+        bytes = await readFile(file);
+      } catch (err) {
+        throw new Error(`cannot read image ${file}: ${readFailure(err)}`, { cause: err });
+      }
       const img = await preprocessImage(bytes, { origin: file, size: opts.size, normalization: opts.normalization, shrinkOnLoad: opts.shrinkOnLoad });
+      opts.onUsed?.(file, bytes);
       return img.data;
     } catch (e) {
       opts.onSkip?.({ file, reason: (e as Error).message });

@@ -185,3 +185,38 @@ test('infer --threshold below 0 (scores are distances): refused with the option 
   t.regex(r.stderr, /--threshold must be a number ≥ 0, got '-5'/);
   t.notRegex(r.stderr, /^\s+at /m);
 });
+
+test('fit --seed that is not a plain safe integer (1e30, 2^53 + 1, 0x10): refused by the parser, naming --seed', async (t) => {
+  for (const seed of ['1e30', '9007199254740993', '0x10', '1.0', '-1']) {
+    const r = await cli(['fit', '--seed', seed, '-o', 'm.onnx', 'no-such-images']);
+    t.not(r.code, 0, seed);
+    t.regex(r.stderr, new RegExp(`--seed must be a whole number from 0 to 9007199254740991, got '${seed.replace(/[.]/g, '\\.')}'`), seed);
+    t.notRegex(r.stderr, /^\s+at /m);
+  }
+});
+
+maybe('fit -o onto one of its input images: refused, the image untouched', async (t) => {
+  const dir = await scratch(t);
+  const images = join(dir, 'shelf');
+  await mkdir(images);
+  const [src] = await magneticTileTrain(1);
+  const image = join(images, 'a.jpg');
+  await writeFile(image, await readFile(src!));
+  await writeFile(join(images, 'b.onnx'), await readFile(src!));
+  const before = await readFile(image);
+  const r = await cli(['fit', '--backbone', BACKBONE_PATH, images, '-o', image]);
+  failsClearly(t, r, '--out', image, '.onnx');
+  const r2 = await cli(['fit', '--backbone', BACKBONE_PATH, images, join(images, 'b.onnx'), '-o', join(images, 'b.onnx')]);
+  failsClearly(t, r2, '--out', join(images, 'b.onnx'), 'is the input image');
+  t.true((await readFile(image)).equals(before));
+  t.deepEqual(await listing(images), ['a.jpg', 'b.onnx']);
+});
+
+test('fit defaults to the CPU execution provider (same bytes on any box); infer, eval and model check keep auto', async (t) => {
+  const fit = await cli(['fit', '--help']);
+  t.regex(fit.stdout.replace(/\s+/g, ' '), /--provider <name>.*byte-identical.*\(choices: "auto", "cuda", "webgpu", "cpu", default: "cpu"\)/);
+  for (const cmd of [['infer'], ['eval'], ['model', 'check']]) {
+    const r = await cli([...cmd, '--help']);
+    t.regex(r.stdout.replace(/\s+/g, ' '), /--provider <name> execution provider \(choices: "auto", "cuda", "webgpu", "cpu", default: "auto"\)/, cmd.join(' '));
+  }
+});

@@ -181,3 +181,143 @@ test('whole path from image files: taps bit-exact and scores of reference test i
   }
   await session.release();
 });
+
+// ---- Fit input handling: unusable files, the hold-out split, the output path, values checked up front.
+import { mkdir as mkdirP, readdir as readdirP, symlink, truncate } from 'node:fs/promises';
+import { spawnSync } from 'node:child_process';
+import { listImages, trainingDigest, type SkippedFile } from '../pipelines/image-files.js';
+
+const sorted = async (dir: string) => (await readdirP(dir)).sort();
+
+test('fit: a corrupt image in the held-out slice is skipped and the split redone over the usable ones; same bytes as without it', async (t) => {
+  if (!sharedAvailable()) return t.pass('../shared absent');
+  const dir = await trainDir(10);
+  const names = await sorted(dir);
+  // The one image the hold-out of 10 picks (position 5) is cut short: its header decodes, its pixels do not.
+  const victim = join(dir, names[5]!);
+  await truncate(victim, 2000);
+  const clean = await mkdtemp(join(tmpdir(), 'sw-fit-clean-'));
+  for (const n of names) if (n !== names[5]) await copyFile(join(dir, n), join(clean, n));
+  const out = await mkdtemp(join(tmpdir(), 'sw-out-'));
+  const s = await runFit(fitOpts([dir], join(out, 'a.onnx')));
+  t.deepEqual(s.skipped.map((k) => k.file), [victim]);
+  t.is(s.trainImages, 8);
+  t.is(s.validationImages, 1);
+  const c = await runFit(fitOpts([clean], join(out, 'b.onnx')));
+  t.is(s.trainingDigest, c.trainingDigest, 'the digest covers the images used, not the skipped one');
+  t.true((await readFile(join(out, 'a.onnx'))).equals(await readFile(join(out, 'b.onnx'))), 'an unusable extra file changed the model');
+  t.is(readManifest(decodeModel(await readFile(join(out, 'a.onnx'))), 'a.onnx').training.validationSource, 'held-out');
+});
+
+test('fit: two images, the one left for training is corrupt: fits on the good one, thresholds from it, with the warning', async (t) => {
+  if (!sharedAvailable()) return t.pass('../shared absent');
+  const dir = await mkdtemp(join(tmpdir(), 'sw-fit-two-'));
+  await writeFile(join(dir, 'a.jpg'), 'junk\n');
+  await copyFile((await magneticTileTrain(1))[0]!, join(dir, 'b.jpg'));
+  const out = await mkdtemp(join(tmpdir(), 'sw-out-'));
+  const lines: string[] = [];
+  const s = await runFit(fitOpts([dir], join(out, 'm.onnx'), { log: (l: string) => lines.push(l) }));
+  t.is(s.trainImages, 1);
+  t.is(s.validationImages, 1);
+  t.deepEqual(s.skipped.map((k) => k.file), [join(dir, 'a.jpg')]);
+  t.true(lines.some((l) => /^warning: only 1 usable image/.test(l)), lines.join('\n'));
+  t.is(readManifest(decodeModel(await readFile(join(out, 'm.onnx'))), 'm.onnx').training.validationSource, 'training');
+});
+
+test('fit: a dangling symlink and a folder named like an image are reported and skipped; a symlink to an image is used', async (t) => {
+  if (!sharedAvailable()) return t.pass('../shared absent');
+  const dir = await trainDir(6);
+  await mkdirP(join(dir, 'sub.jpg'));
+  await symlink('/nonexistent/x.jpg', join(dir, 'dangling.jpg'));
+  await symlink((await magneticTileTrain(7))[6]!, join(dir, 'linked.jpg'));
+  const skipped: SkippedFile[] = [];
+  const listed = await listImages([dir], (k) => skipped.push(k));
+  t.is(listed.length, 7);
+  t.true(listed.includes(join(dir, 'linked.jpg')));
+  t.deepEqual(skipped.map((k) => k.file).sort(), [join(dir, 'dangling.jpg'), join(dir, 'sub.jpg')]);
+  t.regex(skipped.find((k) => k.file.endsWith('sub.jpg'))!.reason, /folder/);
+  t.regex(skipped.find((k) => k.file.endsWith('dangling.jpg'))!.reason, /symbolic link/);
+
+  const out = await mkdtemp(join(tmpdir(), 'sw-out-'));
+  const s = await runFit(fitOpts([dir], join(out, 'm.onnx')));
+  t.is(s.trainImages + s.validationImages, 7);
+  t.deepEqual(s.skipped.map((k) => k.file).sort(), [join(dir, 'dangling.jpg'), join(dir, 'sub.jpg')]);
+});
+
+test('trainingDigest: reads with bounded concurrency (no EMFILE) and a read failure names the file', async (t) => {
+  if (!sharedAvailable()) return t.pass('../shared absent');
+  const files = (await readdirP(join(MAGNETIC_TILE, 'train', 'good'))).map((f) => join(MAGNETIC_TILE, 'train', 'good', f));
+  t.true(files.length > 200);
+  const script = join(await mkdtemp(join(tmpdir(), 'sw-digest-')), 'digest.mts');
+  await writeFile(script, `import { trainingDigest } from ${JSON.stringify(new URL('../pipelines/image-files.ts', import.meta.url).href)};\nconsole.log(await trainingDigest(${JSON.stringify(files)}));\n`);
+  // The open-file limit is far below the number of files: all at once would fail with EMFILE.
+  const r = spawnSync('bash', ['-c', `ulimit -n 96 && exec "${process.execPath}" --import tsx "${script}"`], { cwd: new URL('..', import.meta.url).pathname, encoding: 'utf8' });
+  t.is(r.status, 0, r.stderr);
+  t.is(r.stdout.trim(), await trainingDigest(files));
+
+  const dir = await mkdtemp(join(tmpdir(), 'sw-digest-'));
+  await mkdirP(join(dir, 'sub.jpg'));
+  await t.throwsAsync(trainingDigest([files[0]!, join(dir, 'sub.jpg')]), { message: `cannot read image ${join(dir, 'sub.jpg')}: it is a folder (EISDIR)` });
+});
+
+test('fit: an --out that is an input image, a --val image or the backbone, or not a .onnx file, is refused before fitting', async (t) => {
+  if (!sharedAvailable()) return t.pass('../shared absent');
+  const dir = await trainDir(4);
+  const names = await sorted(dir);
+  const image = join(dir, names[0]!);
+  const before = await readFile(image);
+  const refuse = (out: string, message: RegExp, over: Partial<Parameters<typeof runFit>[0]> = {}) =>
+    t.throwsAsync(runFit(fitOpts([dir], out, over)), { message }, out);
+  await refuse(image, /--out .*\.onnx/);
+  // An image given by name with a .onnx ending, reached through a symlinked folder.
+  const odd = join(dir, 'frame.onnx');
+  await copyFile(image, odd);
+  const alias = join(await mkdtemp(join(tmpdir(), 'sw-alias-')), 'alias');
+  await symlink(dir, alias);
+  await t.throwsAsync(runFit(fitOpts([dir, odd], join(alias, 'frame.onnx'))), { message: /--out .*frame\.onnx.* is the input image/ });
+  const val = await mkdtemp(join(tmpdir(), 'sw-val-'));
+  await copyFile(image, join(val, 'v.onnx'));
+  await t.throwsAsync(runFit(fitOpts([dir], join(val, 'v.onnx'), { val: [join(val, 'v.onnx')] })), { message: /--out .*v\.onnx.* is the --val image/ });
+  const bbDir = await mkdtemp(join(tmpdir(), 'sw-bb-'));
+  const bb = join(bbDir, 'bb.onnx');
+  await copyFile(BACKBONE_PATH, bb);
+  await t.throwsAsync(runFit(fitOpts([dir], bb, { backbone: bb })), { message: /--out .*bb\.onnx.* is the backbone file/ });
+  await t.throwsAsync(runFit(fitOpts([dir], bb, { env: { ...env, SHELFWATCH_BACKBONE: bb } })), { message: /--out .*bb\.onnx.* is the backbone file/ });
+  t.true((await readFile(image)).equals(before));
+  t.true((await readFile(bb)).equals(await readFile(BACKBONE_PATH)));
+  t.deepEqual(await sorted(dir), [...names, 'frame.onnx'].sort());
+});
+
+test('fit: bad --seed, --name, --out and SOURCE_DATE_EPOCH are refused up front, naming the flag or variable', async (t) => {
+  if (!sharedAvailable()) return t.pass('../shared absent');
+  const dir = await trainDir(2);
+  const out = await mkdtemp(join(tmpdir(), 'sw-out-'));
+  // A backbone that does not exist: a check that came after loading it would report that instead.
+  const over = { backbone: join(out, 'no-backbone.onnx') };
+  const refuse = (o: Partial<Parameters<typeof runFit>[0]>, message: RegExp, file = join(out, 'm.onnx')) =>
+    t.throwsAsync(runFit(fitOpts([dir], file, { ...over, ...o })), { message }, String(message));
+  await refuse({ seed: 1e30 }, /--seed must be .*got 1e\+30/);
+  await refuse({ seed: 2 ** 53 }, /--seed must be .*9007199254740992/);
+  await refuse({ seed: -1 }, /--seed must be/);
+  await refuse({ name: '' }, /--name must not be empty/);
+  await refuse({ name: ' \t' }, /--name must not be empty/);
+  await refuse({ name: 'a\nb' }, /--name .*control character/);
+  await refuse({ name: undefined }, /--out .*\.onnx.*needs a name before \.onnx/, join(out, '.onnx'));
+  await refuse({}, /--out .*ends with a path separator/, `${join(out, 'newdir')}/`);
+  await refuse({}, /--out .*model\.bin.*\.onnx/, join(out, 'model.bin'));
+  await refuse({ env: { ...env, SOURCE_DATE_EPOCH: '99999999999999' } }, /SOURCE_DATE_EPOCH .*99999999999999/);
+  await refuse({ env: { ...env, SOURCE_DATE_EPOCH: '-5' } }, /SOURCE_DATE_EPOCH .*-5/);
+  t.deepEqual(await readdirP(out), [], 'something was written');
+});
+
+test('fit --holdout 0: an unusable file is reported once', async (t) => {
+  if (!sharedAvailable()) return t.pass('../shared absent');
+  const dir = await trainDir(4, { 'broken.jpg': Buffer.from('not a jpeg') });
+  const out = await mkdtemp(join(tmpdir(), 'sw-out-'));
+  const lines: string[] = [];
+  const s = await runFit(fitOpts([dir], join(out, 'm.onnx'), { holdout: 0, json: false, log: (l: string) => lines.push(l) }));
+  t.deepEqual(s.skipped.map((k) => k.file), [join(dir, 'broken.jpg')]);
+  t.is(lines.filter((l) => l.startsWith('skipped ')).length, 1, lines.join('\n'));
+  t.is(s.trainImages, 4);
+  t.is(s.validationImages, 4);
+});
