@@ -6,12 +6,17 @@
  *
  * Verification of a candidate, in order (the first failure rejects it):
  *   1. read + sha256 (the same digest as the serving model: nothing to do);
- *   2. manifest and ONNX session (the model loader), built on the SAME backbone sha256;
- *   3. same input size and normalization as the serving model (crops already preprocessed for
+ *   2. the input size its manifest declares, before anything is loaded (a model for another
+ *      input size cannot serve these crops: no worker or session is started for it);
+ *   3. manifest (also checked against the graph) and ONNX session (the model loader), built on
+ *      the SAME backbone sha256;
+ *   4. same input size and normalization as the serving model (crops already preprocessed for
  *      the next batch must stay valid);
- *   4. a smoke inference on the last crop the serving model scored normal (kept in memory by the
+ *   5. a smoke inference on the last crop the serving model scored normal (kept in memory by the
  *      batcher), or — before any crop was scored — on a synthetic input of all zeros (the mean
- *      image after normalization); every score, max distance and anomaly-map value must be finite.
+ *      image after normalization), through BOTH paths: predict (the graph's anomaly map) and
+ *      scan (the path the agent's pipeline runs; forced anomalous so that its CPU-built map is
+ *      made too); every score and anomaly-map value must be finite.
  * A rejected candidate is logged, counted and released; the old model keeps serving (the bad
  * file stays on disk; `shelfwatch model rollback` or a good file fixes it).
  *
@@ -20,7 +25,10 @@
  * old session is released. The bytes of the model being replaced become `<path>.previous`
  * (for rollback), so the agent keeps a copy of the serving file under
  * `<stateDir>/models/serving/<digest>.onnx` — the configured path may already hold other bytes
- * by the time a swap happens.
+ * by the time a swap happens. Two configured files with identical bytes share one copy: a copy
+ * is removed only when no loaded model (nor a swap in progress) still has its digest. When no
+ * copy of the replaced bytes can be found or written, the older `<path>.previous` is removed
+ * rather than left behind: a rollback must never restore a model the path did not serve last.
  *
  * MQTT (`<root>/command/model`): `{ model, url, sha256 }` downloads the file with
  * downloadVerified into `<stateDir>/models/`, verifies it as above, installs it atomically on
@@ -39,11 +47,12 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { z } from 'zod';
 import type { ProviderChoice } from '../models/execution-provider.js';
 import { loadInferenceModel, type InferenceModel } from '../models/load-model.js';
+import { peekManifestText } from '../models/manifest.js';
 import { issueLines } from '../models/zod-issues.js';
 import type { BatchModel } from '../pipelines/inference-batcher.js';
 import { restorePreviousModel, previousModelPath } from './commands/model-rollback.js';
 import { redactUrl } from './redact.js';
-import { DownloadError, downloadVerified } from './download.js';
+import { DownloadError, downloadVerified, sha256File } from './download.js';
 import type { Logger } from './logger.js';
 import type { ModelRegistry } from './model-registry.js';
 import type { CommandMessage } from './mqtt/client.js';
@@ -138,6 +147,20 @@ export const rollbackCommandSchema = z.strictObject({ model: z.string().regex(ID
 
 const sha256 = (bytes: Uint8Array): string => createHash('sha256').update(bytes).digest('hex');
 
+/**
+ * The inputSize a model file's manifest declares, read without validating or loading anything;
+ * undefined when the bytes or the manifest cannot be read (the model loader then says why).
+ */
+function declaredInputSize(bytes: Uint8Array): unknown {
+  const text = peekManifestText(bytes);
+  if (text === null) return undefined;
+  try {
+    return (JSON.parse(text) as { inputSize?: unknown } | null)?.inputSize;
+  } catch {
+    return undefined;
+  }
+}
+
 function allFinite(values: Float32Array): boolean {
   for (let i = 0; i < values.length; i++) if (!Number.isFinite(values[i]!)) return false;
   return true;
@@ -155,6 +178,10 @@ export class ModelRollout {
   private readonly installs = new Map<string, { sha256: string; abort: AbortController; done: Promise<RolloutResult> }>();
   private stopped = false;
   private readonly servingDir: string;
+  /** Digests being swapped in (serving copy written, registry not yet pointing at them), with a count. */
+  private readonly incoming = new Map<string, number>();
+  /** Writes, copies and removals of serving copies, one at a time (checks run per file, in parallel). */
+  private servingOps: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly options: ModelRolloutOptions) {
     this.servingDir = join(options.stateDir, 'models', 'serving');
@@ -357,6 +384,8 @@ export class ModelRollout {
       if (!(err instanceof ModelRejectedError)) throw err;
       return this.reject(file, digest, err.message, opts.remember);
     }
+    // Until the registry points at it, no other swap may remove a serving copy of these bytes.
+    this.incoming.set(candidate.digest, (this.incoming.get(candidate.digest) ?? 0) + 1);
     try {
       await opts.beforeSwap?.();
       // The bytes being replaced become <path>.previous, from the serving copy.
@@ -365,12 +394,17 @@ export class ModelRollout {
       await this.keepServingCopy(candidate.digest, bytes);
       this.options.registry.replaceFile(file, candidate);
       await Promise.all(serving.names.map((name) => this.options.pipeline.swapModel(name, candidate)));
-      // Every batch on the old session has finished: release it and its serving copy.
+      // Every batch on the old session has finished: release it, and its serving copy unless
+      // another loaded file holds the same bytes.
       await old.release().catch((err: Error) => this.options.logger.warn('old model session did not release cleanly', { path: file, error: err }));
-      await rm(join(this.servingDir, `${old.digest}.onnx`), { force: true });
+      await this.dropServingCopy(old.digest);
     } catch (err) {
       await candidate.release().catch(() => undefined);
       throw err;
+    } finally {
+      const n = (this.incoming.get(candidate.digest) ?? 1) - 1;
+      if (n > 0) this.incoming.set(candidate.digest, n);
+      else this.incoming.delete(candidate.digest);
     }
     this.rejectedDigest.delete(file);
     const swap: ModelSwap = { path: file, names: serving.names, from: serving.model.digest, to: candidate.digest };
@@ -385,8 +419,12 @@ export class ModelRollout {
     return { outcome: 'swapped', swap };
   }
 
-  /** Steps 2–4 of the header; resolves with the loaded candidate or throws ModelRejectedError. */
+  /** Steps 2–5 of the header; resolves with the loaded candidate or throws ModelRejectedError. */
   private async verify(origin: string, bytes: Uint8Array, serving: InferenceModel, name: string): Promise<InferenceModel> {
+    const declared = declaredInputSize(bytes);
+    if (declared !== undefined && declared !== serving.manifest.inputSize) {
+      throw new ModelRejectedError(`${origin}: input size ${String(declared)} px, the serving model takes ${serving.manifest.inputSize} px`);
+    }
     let candidate: InferenceModel;
     try {
       candidate = await loadInferenceModel(
@@ -412,16 +450,27 @@ export class ModelRollout {
         throw new ModelRejectedError(`${origin}: normalization ${JSON.stringify(b.normalization)} differs from the serving model's ${JSON.stringify(a.normalization)}`);
       }
       const stored = this.options.pipeline.lastNormalInput(name);
+      const what = stored ? 'the last normal crop' : 'a synthetic (all-zero) input';
       const input = stored ?? new Float32Array(3 * b.inputSize * b.inputSize);
+      // predict: the graph's own anomaly map (what the evaluator and `infer` use).
       let out;
       try {
         [out] = await candidate.predict(input, 1, []);
       } catch (err) {
-        throw new ModelRejectedError(`${origin}: smoke inference failed: ${(err as Error).message}`);
+        throw new ModelRejectedError(`${origin}: smoke inference (predict) failed: ${(err as Error).message}`);
       }
-      const what = stored ? 'the last normal crop' : 'a synthetic (all-zero) input';
-      if (!out || !Number.isFinite(out.score)) throw new ModelRejectedError(`${origin}: smoke inference on ${what} gave a non-finite score (${out?.score})`);
-      if (!allFinite(out.anomalyMap)) throw new ModelRejectedError(`${origin}: smoke inference on ${what} gave non-finite anomaly-map values`);
+      if (!out || !Number.isFinite(out.score)) throw new ModelRejectedError(`${origin}: smoke inference (predict) on ${what} gave a non-finite score (${out?.score})`);
+      if (!allFinite(out.anomalyMap)) throw new ModelRejectedError(`${origin}: smoke inference (predict) on ${what} gave non-finite anomaly-map values`);
+      // scan: the path the running pipeline takes. The image threshold -Infinity makes the crop
+      // anomalous, so the map scan builds from the patch distances is made and checked as well.
+      let scanned;
+      try {
+        [scanned] = await candidate.scan(input, 1, [{ image: Number.NEGATIVE_INFINITY }]);
+      } catch (err) {
+        throw new ModelRejectedError(`${origin}: smoke inference (scan, the agent's path) failed: ${(err as Error).message}`);
+      }
+      if (!scanned || !Number.isFinite(scanned.score)) throw new ModelRejectedError(`${origin}: smoke inference (scan) on ${what} gave a non-finite score (${scanned?.score})`);
+      if (!scanned.anomalyMap || !allFinite(scanned.anomalyMap)) throw new ModelRejectedError(`${origin}: smoke inference (scan) on ${what} gave ${scanned.anomalyMap ? 'non-finite anomaly-map values' : 'no anomaly map'}`);
       return candidate;
     } catch (err) {
       await candidate.release().catch(() => undefined);
@@ -444,26 +493,75 @@ export class ModelRollout {
     return { outcome: 'rejected', rejection };
   }
 
-  private async keepServingCopy(digest: string, bytes: Uint8Array): Promise<void> {
-    const dest = join(this.servingDir, `${digest}.onnx`);
-    if (await stat(dest).then((s) => s.size === bytes.length, () => false)) return;
-    const tmp = `${dest}.${process.pid}.tmp`;
-    await writeFile(tmp, bytes);
-    await rename(tmp, dest);
+  /** Runs `task` after every serving-copy operation asked for before it. */
+  private servingOp<T>(task: () => Promise<T>): Promise<T> {
+    const next = this.servingOps.catch(() => undefined).then(task);
+    this.servingOps = next;
+    return next;
   }
 
-  /** `<path>.previous` := the serving copy of `digest` (tmp + rename: never half-written). */
-  private async writePrevious(file: string, digest: string): Promise<void> {
-    const source = join(this.servingDir, `${digest}.onnx`);
-    const dest = previousModelPath(file);
-    const tmp = `${dest}.${process.pid}.tmp`;
-    try {
-      await copyFile(source, tmp);
+  private servingCopyPath(digest: string): string {
+    return join(this.servingDir, `${digest}.onnx`);
+  }
+
+  private keepServingCopy(digest: string, bytes: Uint8Array): Promise<void> {
+    return this.servingOp(async () => {
+      const dest = this.servingCopyPath(digest);
+      if (await stat(dest).then((s) => s.size === bytes.length, () => false)) return;
+      const tmp = `${dest}.${process.pid}.tmp`;
+      await writeFile(tmp, bytes);
       await rename(tmp, dest);
-    } catch (err) {
-      await rm(tmp, { force: true });
-      this.options.logger.warn('could not keep the replaced model for rollback', { path: file, previous: dest, error: err as Error });
-    }
+    });
+  }
+
+  /** Removes the serving copy of `digest` unless a loaded file (or a swap in progress) still has those bytes. */
+  private dropServingCopy(digest: string): Promise<void> {
+    return this.servingOp(async () => {
+      const users = this.options.registry.files().filter((f) => f.model.digest === digest);
+      if (users.length > 0 || this.incoming.has(digest)) return;
+      await rm(this.servingCopyPath(digest), { force: true });
+    });
+  }
+
+  /**
+   * `<path>.previous` := the bytes of `digest` (tmp + rename: never half-written), from the serving
+   * copy, else from another configured file that still holds them. When neither works, the older
+   * `<path>.previous` is removed: it holds a model this path did not serve last, and a rollback
+   * to it would restore the wrong model.
+   */
+  private writePrevious(file: string, digest: string): Promise<void> {
+    return this.servingOp(async () => {
+      const dest = previousModelPath(file);
+      const tmp = `${dest}.${process.pid}.tmp`;
+      const sources = [this.servingCopyPath(digest), ...this.options.registry.files().filter((f) => f.path !== file && f.model.digest === digest).map((f) => f.path)];
+      const failures: string[] = [];
+      for (const source of sources) {
+        try {
+          // Copied, then the copy hashed: a configured file may change at any moment.
+          await copyFile(source, tmp);
+          if ((await sha256File(tmp)) !== digest) {
+            await rm(tmp, { force: true });
+            continue;
+          }
+          await rename(tmp, dest);
+          return;
+        } catch (err) {
+          await rm(tmp, { force: true }).catch(() => undefined);
+          failures.push(`${source}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+        }
+      }
+      const removed = await rm(dest).then(
+        () => true,
+        () => false,
+      );
+      this.options.logger.warn('could not keep the replaced model for rollback', {
+        path: file,
+        previous: dest,
+        digest,
+        reason: failures.length > 0 ? failures.join('; ') : 'no copy of those bytes is left',
+        ...(removed ? { removed: `the older ${dest} (a rollback would have restored a model this path did not serve last)` } : {}),
+      });
+    });
   }
 
   /** Writes `bytes` onto the configured path atomically (the watcher then sees an unchanged digest). */

@@ -2,8 +2,10 @@
  * The model manifest: everything a runtime needs to know about a compiled model, stored inside
  * the ONNX file as metadata (key `shelfwatch.manifest`, JSON), so one file is the whole model.
  */
+import protobuf from 'protobufjs';
 import { z } from 'zod';
-import type { ModelProto } from './onnx/proto.js';
+import { toNumber, type ModelProto, type ValueInfoProto } from './onnx/proto.js';
+import { OUTPUT_MAP, OUTPUT_MAX, OUTPUT_PATCH_DISTANCES, OUTPUT_SCORE } from './patchcore-graph.js';
 import { issueLines } from './zod-issues.js';
 
 export const MANIFEST_KEY = 'shelfwatch.manifest';
@@ -22,6 +24,9 @@ const stats = z.strictObject({
 });
 export type ScoreStatistics = z.infer<typeof stats>;
 
+/** The input sizes a model may declare (as `fit --input-size` and backbone descriptors allow). */
+export const INPUT_SIZE_RANGE = { min: 32, max: 2048 } as const;
+
 const manifestSchema = z.strictObject({
   format: z.number().int().positive(),
   kind: z.literal('patchcore'),
@@ -33,10 +38,11 @@ const manifestSchema = z.strictObject({
     embedDim: z.number().int().positive().optional(),
     pretrainEmbedDim: z.number().int().positive().optional(),
   }),
-  inputSize: z.number().int().positive(),
+  inputSize: z.number().int().min(INPUT_SIZE_RANGE.min).max(INPUT_SIZE_RANGE.max),
   normalization: z.strictObject({
     mean: z.tuple([z.number(), z.number(), z.number()]),
-    std: z.tuple([z.number(), z.number(), z.number()]),
+    // Preprocessing divides by it: 0 would make every pixel ±Infinity (every image then skipped).
+    std: z.tuple([z.number().positive(), z.number().positive(), z.number().positive()]),
   }),
   patchGrid: z.number().int().positive(),
   embeddingDim: z.number().int().positive(),
@@ -85,11 +91,103 @@ export function attachManifest(model: ModelProto, manifest: ModelManifest): void
   model.metadataProps = [...rest, { key: MANIFEST_KEY, value: JSON.stringify(manifest) }];
 }
 
-/** Reads and validates the manifest of a compiled model; refuses newer formats clearly. */
+/**
+ * Reads and validates the manifest of a compiled model; refuses newer formats clearly. The
+ * manifest is also checked against the graph it describes (checkManifestAgainstGraph): every
+ * loader of model files (runtime, worker threads, replicas, config check, rollback) goes through here.
+ */
 export function readManifest(model: ModelProto, origin: string): ModelManifest {
   const entry = (model.metadataProps ?? []).find((p) => p.key === MANIFEST_KEY);
   if (!entry) throw new ManifestError(`${origin}: not a shelfwatch model (no '${MANIFEST_KEY}' metadata; was it made by \`shelfwatch fit\`?)`);
-  return parseManifest(entry.value, origin);
+  const manifest = parseManifest(entry.value, origin);
+  checkManifestAgainstGraph(manifest, model, origin);
+  return manifest;
+}
+
+/** A declared tensor shape: numbers for fixed dimensions, null for symbolic or unknown ones; null when undeclared. */
+function declaredShape(v: ValueInfoProto): Array<number | null> | null {
+  const dims = v.type?.tensorType?.shape?.dim;
+  if (!dims) return null;
+  return dims.map((d) => (d.dimValue !== undefined ? toNumber(d.dimValue) : null));
+}
+
+const showShape = (shape: Array<number | null>): string => `[${shape.map((d) => d ?? '?').join(',')}]`;
+
+/**
+ * Refuses a manifest that disagrees with the graph: the image input must be [N,3,S,S] with
+ * S = inputSize, the outputs the runtime reads must exist, anomaly_map must be [N,1,S,S] and
+ * patch_distances (when present) [N,g,g] with g = patchGrid. Symbolic dimensions are not checked
+ * (the graph takes any size there). Otherwise a tampered or mismatched manifest loads and every
+ * inference fails later (onnxruntime's "invalid dimensions", or scan's patch-distance count).
+ */
+export function checkManifestAgainstGraph(manifest: ModelManifest, model: ModelProto, origin: string): void {
+  const graph = model.graph;
+  if (!graph) throw new ManifestError(`${origin}: the model has no graph`);
+  const initializers = new Set((graph.initializer ?? []).map((t) => t.name));
+  const input = (graph.input ?? []).find((i) => !initializers.has(i.name));
+  if (!input) throw new ManifestError(`${origin}: the model graph has no image input`);
+  const s = manifest.inputSize;
+  const inShape = declaredShape(input);
+  if (inShape) {
+    const want = [null, 3, s, s];
+    if (inShape.length !== 4 || inShape.some((d, i) => i > 0 && d !== null && d !== want[i])) {
+      const field = inShape.length === 4 && inShape[1] !== null && inShape[1] !== 3 ? 'the image input' : `manifest inputSize ${s}`;
+      throw new ManifestError(`${origin}: ${field} does not match the graph: its input '${input.name}' is ${showShape(inShape)}, expected [N,3,${s},${s}]`);
+    }
+  }
+  const outputs = new Map((graph.output ?? []).map((o) => [o.name ?? '', o]));
+  for (const name of [OUTPUT_SCORE, OUTPUT_MAX, OUTPUT_MAP]) {
+    if (!outputs.has(name)) throw new ManifestError(`${origin}: the model graph has no output '${name}' (outputs: ${[...outputs.keys()].join(', ') || 'none'}); was it made by \`shelfwatch fit\`?`);
+  }
+  const expect = (name: string, want: number[], field: string) => {
+    const o = outputs.get(name);
+    const shape = o && declaredShape(o);
+    if (!shape) return;
+    if (shape.length !== want.length + 1 || shape.some((d, i) => i > 0 && d !== null && d !== want[i - 1])) {
+      throw new ManifestError(`${origin}: ${field} does not match the graph: its output '${name}' is ${showShape(shape)}, expected [N,${want.join(',')}]`);
+    }
+  };
+  expect(OUTPUT_MAP, [1, s, s], `manifest inputSize ${s}`);
+  expect(OUTPUT_PATCH_DISTANCES, [manifest.patchGrid, manifest.patchGrid], `manifest patchGrid ${manifest.patchGrid}`);
+  // Also without that output (older files): the grid is the fine tap's map, ceil(S / stride) (patchcore-graph.ts geometry).
+  const stride = manifest.backbone.taps[0]!.stride;
+  if (manifest.patchGrid !== Math.ceil(s / stride)) {
+    throw new ManifestError(`${origin}: manifest patchGrid ${manifest.patchGrid} does not fit inputSize ${s} with backbone.taps[0].stride ${stride} (expected ${Math.ceil(s / stride)})`);
+  }
+}
+
+/**
+ * The manifest text (unvalidated JSON) of model bytes, found without decoding the graph: the
+ * top-level fields are skipped over, so a large file costs microseconds, not a full decode.
+ * Null when the bytes are not a readable ModelProto or carry no manifest.
+ */
+export function peekManifestText(bytes: Uint8Array): string | null {
+  const METADATA_PROPS = 14; // ModelProto.metadata_props (models/onnx/proto.ts)
+  const LENGTH_DELIMITED = 2;
+  try {
+    const r = protobuf.Reader.create(bytes);
+    let found: string | null = null;
+    while (r.pos < r.len) {
+      const tag = r.uint32();
+      if (tag >>> 3 !== METADATA_PROPS || (tag & 7) !== LENGTH_DELIMITED) {
+        r.skipType(tag & 7);
+        continue;
+      }
+      const end = r.uint32() + r.pos;
+      let key = '';
+      let value = '';
+      while (r.pos < end) {
+        const t = r.uint32();
+        if (t >>> 3 === 1 && (t & 7) === LENGTH_DELIMITED) key = r.string();
+        else if (t >>> 3 === 2 && (t & 7) === LENGTH_DELIMITED) value = r.string();
+        else r.skipType(t & 7);
+      }
+      if (key === MANIFEST_KEY) found = value;
+    }
+    return found;
+  } catch {
+    return null;
+  }
 }
 
 export function parseManifest(text: string, origin: string): ModelManifest {

@@ -59,7 +59,11 @@ export class PatchcoreModel {
     return this.manifest.inputSize;
   }
 
-  /** Load from a file path or bytes; validates the manifest before creating the session. */
+  /**
+   * Load from a file path or bytes; validates the manifest, and the manifest against the graph
+   * (input [N,3,S,S], outputs, patch grid: readManifest), before creating the session. Worker
+   * threads and replicas load through here too (model-worker.ts).
+   */
   static async load(source: string | Uint8Array, opts: LoadModelOptions = {}, origin = typeof source === 'string' ? source : 'model'): Promise<PatchcoreModel> {
     const bytes = await readModelSource(source);
     let manifest: ModelManifest;

@@ -1,15 +1,16 @@
 import test, { type ExecutionContext } from 'ava';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, statSync } from 'node:fs';
-import { mkdtemp, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { cacheDir, resolveCacheDir } from '../agent/cache-dir.js';
 import { DownloadError, downloadVerified, sha256File } from '../agent/download.js';
-import { selectBackbone } from '../agent/backbones.js';
+import { fetchBackbone, resolveDescriptor, selectBackbone } from '../agent/backbones.js';
 import { BackboneError, MOBILENETV2_INT8 } from '../models/backbone.js';
+import { BACKBONE_PATH, sharedAvailable } from './helpers/fitted-model.js';
 
 const payload = randomBytes(256 * 1024 + 123);
 const payloadSha = createHash('sha256').update(payload).digest('hex');
@@ -410,4 +411,94 @@ test('selectBackbone: a failed download says how to bring the file in by hand, a
   t.true(err!.message.includes(`copy mine.onnx (sha256 ${MOBILENETV2_INT8.sha256}) onto this machine and pass --backbone <file>, set SHELFWATCH_BACKBONE=<file>, or place it at ${join(cache, 'backbones', 'mine.onnx')}`), err!.message);
   t.true(err!.cause instanceof DownloadError);
   t.false(existsSync(join(cache, 'backbones', 'mine.onnx')));
+});
+
+// ---- selectBackbone and a damaged cached backbone (served by a local 127.0.0.1 server) -------
+
+/** Serves the real shared backbone at /backbone (everything else 404); counts requests. */
+async function startBackboneServer(t: ExecutionContext, bytes: Buffer) {
+  const requests: string[] = [];
+  const server = http.createServer((req, res) => {
+    requests.push(req.url ?? '/');
+    if (req.url === '/backbone') res.writeHead(200, { 'content-length': bytes.length }).end(bytes);
+    else res.writeHead(404).end('not here');
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  t.teardown(() => new Promise<void>((resolve) => {
+    server.closeAllConnections();
+    server.close(() => resolve());
+  }));
+  return { base: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, requests };
+}
+
+/** A descriptor file for the shared backbone under another id, fetched from `url`, and a cache holding `cachedBytes`. */
+async function damagedCache(t: ExecutionContext, url: string, cachedBytes: Buffer) {
+  const dir = await tempDir(t);
+  const descriptorFile = join(dir, 'mine.json');
+  await writeFile(descriptorFile, JSON.stringify({ ...MOBILENETV2_INT8, id: 'mine', fileName: 'mine.onnx', urls: [url] }));
+  const cache = join(dir, 'cache');
+  const cached = join(cache, 'backbones', 'mine.onnx');
+  await mkdir(join(cache, 'backbones'), { recursive: true });
+  await writeFile(cached, cachedBytes);
+  return { descriptorFile, env: { SHELFWATCH_CACHE: cache }, cached, cacheDir: join(cache, 'backbones') };
+}
+
+const backboneTest = sharedAvailable() ? test : test.skip;
+
+backboneTest('selectBackbone: a damaged cached backbone is fetched again and replaced (fit/eval fetch implicitly)', async (t) => {
+  const good = await readFile(BACKBONE_PATH);
+  const { base, requests } = await startBackboneServer(t, good);
+  const c = await damagedCache(t, `${base}/backbone`, good.subarray(0, 100_000));
+  const loaded = await selectBackbone({ descriptor: c.descriptorFile, env: c.env });
+  t.is(loaded.path, c.cached);
+  t.is(await sha256File(c.cached), MOBILENETV2_INT8.sha256, 'the cached file is whole again');
+  t.deepEqual(requests, ['/backbone']);
+  await assertDirHolds(t, c.cacheDir, ['mine.onnx']);
+  // Now verified: no more network.
+  await selectBackbone({ descriptor: c.descriptorFile, env: c.env });
+  t.is(requests.length, 1);
+});
+
+backboneTest('selectBackbone without fetching: a damaged cached backbone is named, with `shelfwatch backbone fetch`, which replaces it', async (t) => {
+  const good = await readFile(BACKBONE_PATH);
+  const { base, requests } = await startBackboneServer(t, good);
+  const damaged = Buffer.from(good);
+  damaged[damaged.length >> 1] ^= 0xff; // one flipped byte: same size
+  const c = await damagedCache(t, `${base}/backbone`, damaged);
+  const err = await t.throwsAsync(selectBackbone({ descriptor: c.descriptorFile, env: c.env, fetch: false }), { instanceOf: BackboneError });
+  t.true(err!.message.includes(`the cached ${c.cached} is damaged (sha256 `), err!.message);
+  t.regex(err!.message, /run `shelfwatch backbone fetch` to replace it/);
+  t.deepEqual(requests, [], 'no implicit download');
+  t.true((await readFile(c.cached)).equals(damaged), 'left as it was');
+  // What `shelfwatch backbone fetch` runs: the bad cached file is replaced.
+  const fetched = await fetchBackbone(await resolveDescriptor(c.descriptorFile), { env: c.env });
+  t.false(fetched.cached);
+  t.is(await sha256File(c.cached), MOBILENETV2_INT8.sha256);
+  t.is((await selectBackbone({ descriptor: c.descriptorFile, env: c.env, fetch: false })).path, c.cached);
+  await assertDirHolds(t, c.cacheDir, ['mine.onnx']);
+});
+
+backboneTest('selectBackbone: a damaged cached backbone that cannot be fetched again says so and how to bring it in; the file is untouched', async (t) => {
+  const good = await readFile(BACKBONE_PATH);
+  const { base } = await startBackboneServer(t, good);
+  const c = await damagedCache(t, `${base}/missing`, good.subarray(0, 100_000));
+  const err = await t.throwsAsync(selectBackbone({ descriptor: c.descriptorFile, env: c.env }), { instanceOf: BackboneError });
+  t.true(err!.message.includes(`the cached ${c.cached} is damaged`), err!.message);
+  t.regex(err!.message, new RegExp(`${base}/missing: HTTP 404`));
+  t.true(err!.message.includes(`or place it at ${c.cached} (replacing the damaged file)`), err!.message);
+  t.true(err!.cause instanceof DownloadError);
+  t.is((await readFile(c.cached)).length, 100_000, 'the damaged file stays until a verified one replaces it');
+  await assertDirHolds(t, c.cacheDir, ['mine.onnx']);
+});
+
+backboneTest('selectBackbone: a wrong file the user names (--backbone / SHELFWATCH_BACKBONE) is refused, never fetched over', async (t) => {
+  const good = await readFile(BACKBONE_PATH);
+  const { base, requests } = await startBackboneServer(t, good);
+  const c = await damagedCache(t, `${base}/backbone`, good);
+  const mine = join(c.cacheDir, 'user-given.onnx');
+  await writeFile(mine, good.subarray(0, 100_000));
+  await t.throwsAsync(selectBackbone({ descriptor: c.descriptorFile, env: c.env, file: mine }), { instanceOf: BackboneError, message: /user-given\.onnx: sha256 .* \(wrong or corrupted file\)/ });
+  await t.throwsAsync(selectBackbone({ descriptor: c.descriptorFile, env: { ...c.env, SHELFWATCH_BACKBONE: mine } }), { message: /wrong or corrupted file/ });
+  t.deepEqual(requests, []);
+  t.is((await readFile(mine)).length, 100_000);
 });
