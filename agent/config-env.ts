@@ -9,6 +9,12 @@
  * A `$` not followed by `{` is kept as is. Any other `${...}` (bad name, no closing brace) is an
  * error, so a typo never silently reaches the agent.
  *
+ * References do not nest: a reference ends at the first `}`, and a `${` inside one — as in
+ * `${A:-${B}}` — is an error naming the key (it would otherwise yield `x}` when A is set and the
+ * literal text `${B}` when it is not). The fallback is plain text and cannot contain `${` (not
+ * even as `$${`); to fall back to another variable, give A its default where the environment is
+ * set.
+ *
  * Values that came from the environment are secrets until proven otherwise: the paths that
  * received them and the substituted values are reported so error messages can redact them.
  */
@@ -72,6 +78,19 @@ export function expandEnvString(text: string, env: NodeJS.ProcessEnv): StringExp
       break;
     }
     const body = text.slice(dollar + 2, close);
+    const nested = body.indexOf('${');
+    if (nested >= 0) {
+      // Skip to the '}' that would close the nested reference too, so that its '}' is not left
+      // over in the (already invalid) value.
+      const end = text.indexOf('}', close + 1);
+      i = end < 0 ? text.length : end + 1;
+      substituted = true;
+      errors.push(
+        `nested reference in '\${${body.slice(0, nested)}...': a '\${' inside '\${...}' is not supported ` +
+          "(the fallback after ':-' is plain text and cannot contain '${')",
+      );
+      continue;
+    }
     const sep = body.indexOf(':-');
     const name = sep >= 0 ? body.slice(0, sep) : body;
     const fallback = sep >= 0 ? body.slice(sep + 2) : undefined;

@@ -21,6 +21,14 @@
  *   the pipelines' `Box` object.
  * - Numbers may be written as numeric strings (so `port: ${METRICS_PORT}` works); sizes accept
  *   `256MB` (binary units), `*Ms`/`*Seconds` fields accept durations like `5s` or `1m30s`.
+ * - What the sources would refuse when the agent starts is refused here, at its key, by the
+ *   sources' own functions: folder `pattern` (globToRegExp), stream `loop` (video files only,
+ *   classifyInput), http-snapshot `url` credentials (splitCredentials) and `headers` (what fetch
+ *   sends).
+ * - JSON is held to YAML's rules: a duplicate key is an error, not "the last one wins"; a leading
+ *   UTF-8 BOM is ignored (in YAML too). JSON syntax errors are described by our own scanner, with
+ *   line and column, never with V8's message (it quotes the text, secrets included).
+ * - Model names, header names and ids may not be `__proto__`, `constructor` or `prototype`.
  */
 import { constants as fsConstants } from 'node:fs';
 import { access, readFile, stat } from 'node:fs/promises';
@@ -32,7 +40,10 @@ import { isSecretKey, redactUrl } from './redact.js';
 import type { Box } from '../pipelines/types.js';
 import { substituteEnv, type ConfigPath } from './config-env.js';
 import { formatBytes, formatDurationMs, parseByteSize, parseDurationMs } from './duration.js';
-import { headerProblem } from './sources/http-headers.js';
+import { classifyInput, type StreamInputKind } from './sources/ffmpeg-stream.js';
+import { globToRegExp } from './sources/file-pattern.js';
+import { splitCredentials } from './sources/http-auth.js';
+import { describeHeaderProblem } from './sources/http-headers.js';
 
 export type { ConfigPath } from './config-env.js';
 
@@ -42,6 +53,14 @@ export type { ConfigPath } from './config-env.js';
 
 const ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
 const ID_RULE = "1-64 letters, digits, '_' or '-'";
+/**
+ * Names that cannot be keys of a plain object: zod's records (and code that indexes by id) would
+ * turn `__proto__` into a prototype and drop the entry, and `constructor`/`prototype` shadow or
+ * collide with what every object inherits. Model names, header names and ids may not be one.
+ */
+const RESERVED_NAMES: readonly string[] = ['__proto__', 'constructor', 'prototype'];
+const RESERVED_RULE = `not one of the reserved names ${RESERVED_NAMES.join(', ')}`;
+const isReservedName = (name: string) => RESERVED_NAMES.includes(name);
 const NUMERIC_RE = /^\s*-?\d+(?:\.\d+)?\s*$/;
 
 const MQTT_SCHEMES = ['mqtt', 'mqtts', 'ws', 'wss'] as const;
@@ -119,7 +138,10 @@ function byteSize(min: number) {
 }
 
 function id(what: string) {
-  return z.string().regex(ID_RE, { error: `expected a ${what}: ${ID_RULE}` });
+  return z
+    .string()
+    .regex(ID_RE, { error: `expected a ${what}: ${ID_RULE}` })
+    .refine((v) => !isReservedName(v), { error: `expected a ${what} ${RESERVED_RULE}` });
 }
 
 function nonEmpty() {
@@ -132,6 +154,32 @@ function url(schemes: readonly string[]) {
     const problem = urlProblem(v, schemes);
     if (problem) ctx.addIssue({ code: 'custom', message: problem, input: v });
   });
+}
+
+const STREAM_KIND_NAMES: Readonly<Record<StreamInputKind, string>> = {
+  rtsp: 'an rtsp://',
+  http: 'an http(s)://',
+  v4l2: 'a /dev/videoN device',
+  url: 'a URL',
+  file: 'a file',
+};
+
+/** What is wrong with a folder source's file pattern, as the folder source would find it. */
+function patternProblem(pattern: string): string | undefined {
+  try {
+    globToRegExp(pattern);
+    return undefined;
+  } catch (e) {
+    // "file pattern "x[" has an unclosed '['" → "has an unclosed '['" (the value is shown anyway).
+    const why = String((e as Error).message).replace(`file pattern ${JSON.stringify(pattern)} `, '');
+    return `expected a file-name glob such as '*.jpg' or 'IMG_*.{jpg,png}' (*, ?, [abc], [!abc], {a,b}; no '/'): ${why}`;
+  }
+}
+
+/** `scheme://user[:password]@host…` */
+function hasUserinfo(v: string): boolean {
+  const m = /^[a-z][a-z0-9+.-]*:\/\/([^/?#]*)/i.exec(v);
+  return m !== null && m[1]!.includes('@');
 }
 
 function urlProblem(v: string, schemes: readonly string[]): string | undefined {
@@ -212,7 +260,9 @@ export function configSchema(baseDir: string) {
   const path = () => nonEmpty().transform((p) => resolve(baseDir, p));
 
   const streamInput = nonEmpty().superRefine((v, ctx) => {
-    if (looksLikeUrl(v)) {
+    // ffmpegArgs refuses it (spawn() would throw on it).
+    if (v.includes('\0')) ctx.addIssue({ code: 'custom', message: 'expected a file path, device or URL without NUL characters', input: v });
+    else if (looksLikeUrl(v)) {
       const problem = urlProblem(v, STREAM_SCHEMES);
       if (problem) ctx.addIssue({ code: 'custom', message: `${problem}, or a device or file path`, input: v });
     }
@@ -220,19 +270,32 @@ export function configSchema(baseDir: string) {
 
   const httpSnapshotSource = strict({
     type: z.literal('http-snapshot'),
-    url: url(HTTP_SCHEMES),
+    // The source takes the credentials out of the URL (fetch refuses them) and decodes them; a
+    // raw '%' in the password cannot be decoded.
+    url: url(HTTP_SCHEMES).superRefine((v, ctx) => {
+      if (urlProblem(v, HTTP_SCHEMES)) return; // reported by url()
+      try {
+        splitCredentials(v);
+      } catch {
+        // The error text is not reused: it may quote the credentials.
+        ctx.addIssue({
+          code: 'custom',
+          message: hasUserinfo(v)
+            ? "expected the user name and password in the URL to be percent-encoded ('%25' for '%', '%40' for '@', '%3A' for ':')"
+            : 'expected a snapshot URL the http-snapshot source can use',
+          input: v,
+        });
+      }
+    }),
     timeoutMs: duration('ms', 1, 600_000).default(5000),
     // Names and values fetch would refuse on every request; a value is never echoed (often a secret).
     headers: z
       .record(z.string(), z.string())
       .superRefine((headers, ctx) => {
         for (const [name, value] of Object.entries(headers)) {
-          const problem = headerProblem(name, value);
-          if (problem === 'name') {
-            ctx.addIssue({ code: 'custom', path: [name], message: "expected an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)" });
-          } else if (problem === 'value') {
-            ctx.addIssue({ code: 'custom', path: [name], message: 'expected a header value without line breaks, NUL or characters above U+00FF' });
-          }
+          const problem = describeHeaderProblem(name, value);
+          // The value is given so the issue says one was there; it always renders as <redacted>.
+          if (problem) ctx.addIssue({ code: 'custom', path: [name], message: problem.expected, input: value });
         }
       })
       .default({}),
@@ -246,11 +309,32 @@ export function configSchema(baseDir: string) {
     fps: positive(120).default(1),
     transport: z.enum(['tcp', 'udp']).default('tcp'),
     loop: bool.default(false),
-  });
+  }).superRefine(
+    (src, ctx) => {
+      // The stream source's own rule (ffmpegArgs): `-stream_loop` applies to video files only.
+      const kind = classifyInput(src.input);
+      if (src.loop && kind !== 'file') {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['loop'],
+          message: `expected loop: false for ${STREAM_KIND_NAMES[kind]} input (loop applies to video files only)`,
+          input: src.loop,
+        });
+      }
+    },
+    // Also when a sibling key has a problem, so that every problem is reported at once.
+    { when: (payload) => typeof record(payload.value)?.input === 'string' && record(payload.value)?.loop === true },
+  );
   const folderSource = strict({
     type: z.literal('folder'),
     path: path(),
-    pattern: nonEmpty().default('*.jpg'),
+    // The folder source compiles it with globToRegExp when the camera starts.
+    pattern: nonEmpty()
+      .superRefine((v, ctx) => {
+        const problem = patternProblem(v);
+        if (problem) ctx.addIssue({ code: 'custom', message: problem, input: v });
+      })
+      .default('*.jpg'),
     deleteAfter: bool.default(false),
   });
   const replaySource = strict({
@@ -448,6 +532,8 @@ function crossFieldProblems(doc: unknown): Problem[] {
   for (const name of modelNames) {
     if (!ID_RE.test(name)) {
       problems.push({ path: ['models', name], message: `expected a model name of ${ID_RULE}` });
+    } else if (isReservedName(name)) {
+      problems.push({ path: ['models', name], message: `expected a model name ${RESERVED_RULE}` });
     }
   }
 
@@ -508,6 +594,13 @@ function crossFieldProblems(doc: unknown): Problem[] {
     if (type && (SOURCE_TYPES as readonly string[]).includes(type)) {
       const problem = triggerProblem(type, cam.schedule !== undefined, cam.continuous !== undefined);
       if (problem) problems.push({ path: ['cameras', ci], message: problem });
+    }
+    // The schema's record drops a '__proto__' header before its checks see it: look at the keys here.
+    const headers = type === 'http-snapshot' ? record(src?.headers) : undefined;
+    for (const name of headers ? Object.keys(headers) : []) {
+      if (isReservedName(name)) {
+        problems.push({ path: ['cameras', ci, 'source', 'headers', name], message: `expected a header name ${RESERVED_RULE}` });
+      }
     }
     if (src && type === 'replay') {
       if (src.files !== undefined && src.dir !== undefined) {
@@ -760,6 +853,32 @@ function article(type: string): string {
 
 export type ConfigFormat = 'yaml' | 'json';
 
+/**
+ * yaml's guard against alias bombs: alias expansions times the aliases inside each expanded
+ * node. Long slot lists written with `<<: *slot` (one per slot) stay far below it; an alias bomb
+ * (10 × 10 × 10 … nested expansions) is refused long before it costs memory.
+ */
+const MAX_ALIAS_COUNT = 10_000;
+/**
+ * yaml's count does not weigh the size of the aliased node: 9 999 aliases of one list of 1 000
+ * items pass it and expand to 10 million values. Configs are far smaller (a value per key and per
+ * list item: 50 cameras of 200 slots are about 100 000).
+ */
+const MAX_EXPANDED_NODES = 500_000;
+
+/** Whether `value` has more than `max` values (objects, arrays, scalars), counting shared ones each time. */
+function exceedsNodeCount(value: unknown, max: number): boolean {
+  const pending: unknown[] = [value];
+  let count = 0;
+  while (pending.length) {
+    const v = pending.pop();
+    if (++count > max) return true;
+    // One push per item: spreading a huge list into push() would overflow the call stack.
+    if (v !== null && typeof v === 'object') for (const item of Array.isArray(v) ? v : Object.values(v)) pending.push(item);
+  }
+  return false;
+}
+
 export interface ParseConfigOptions {
   /** Defaults to 'json' when `origin` ends in .json, else 'yaml'. */
   format?: ConfigFormat;
@@ -775,17 +894,16 @@ export interface ParseConfigOptions {
 export function parseConfig(text: string, options: ParseConfigOptions = {}): AgentConfig {
   const origin = options.origin ?? '<config>';
   const format = options.format ?? (extname(origin).toLowerCase() === '.json' ? 'json' : 'yaml');
+  // A UTF-8 byte order mark (some Windows editors write one) is not part of the document; positions
+  // are counted without it, as editors show them.
+  const source = text.startsWith('\uFEFF') ? text.slice(1) : text;
   const lines = new LineCounter();
   // YAML also gives positions for JSON documents (JSON is YAML 1.2 flow syntax).
   // merge: YAML 1.1 merge keys (`<<: *defaults`) are handy for long slot lists.
-  const doc = parseDocument(text, { lineCounter: lines, prettyErrors: false, uniqueKeys: true, merge: true });
+  const doc = parseDocument(source, { lineCounter: lines, prettyErrors: false, uniqueKeys: true, merge: true });
   let raw: unknown;
   if (format === 'json') {
-    try {
-      raw = JSON.parse(text);
-    } catch (e) {
-      throw new ConfigError(origin, [jsonSyntaxIssue(e as Error, text, doc, lines)], 'JSON syntax error in');
-    }
+    raw = parseJson(source, origin, lines);
   } else {
     if (doc.errors.length) {
       const issues = doc.errors.map((err) => {
@@ -794,7 +912,20 @@ export function parseConfig(text: string, options: ParseConfigOptions = {}): Age
       });
       throw new ConfigError(origin, issues, 'YAML syntax error in');
     }
-    raw = doc.toJS({ maxAliasCount: 100 });
+    try {
+      raw = doc.toJS({ maxAliasCount: MAX_ALIAS_COUNT });
+    } catch (e) {
+      const message =
+        e instanceof ReferenceError && /excessive alias count/i.test(e.message)
+          ? `expected at most ${MAX_ALIAS_COUNT} alias (*anchor) expansions, counting aliases inside aliased nodes; this document has more (an alias bomb?)`
+          : `cannot build the document: ${truncate(String((e as Error)?.message ?? e), 200)}`;
+      throw new ConfigError(origin, [{ path: '', message }], 'YAML error in');
+    }
+    // toJS shares one object per anchor; substitution and validation copy every expansion.
+    if (exceedsNodeCount(raw, MAX_EXPANDED_NODES)) {
+      const message = `expected at most ${MAX_EXPANDED_NODES} values, counting every expansion of an alias (*anchor); this document has more`;
+      throw new ConfigError(origin, [{ path: '', message }], 'YAML error in');
+    }
   }
   if (raw === null || raw === undefined) raw = {};
   const baseDir = options.baseDir ?? (options.origin ? dirname(resolve(options.origin)) : process.cwd());
@@ -902,19 +1033,195 @@ function secretStrings(value: unknown, underSecret = false): string[] {
   return Object.entries(r).flatMap(([k, v]) => secretStrings(v, underSecret || isSecretKey(k) || k === 'headers'));
 }
 
-function jsonSyntaxIssue(e: Error, text: string, doc: Document, lines: LineCounter): ConfigIssue {
-  // V8 quotes a slice of the document in some messages; drop it, it may hold a secret.
-  const message = e.message.replace(/,\s*".*"\s+is not valid JSON$/s, ' (not valid JSON)');
-  const at = /at position (\d+)/.exec(e.message);
-  let offset = at ? Number(at[1]) : undefined;
-  if (offset === undefined && doc.errors.length) offset = doc.errors[0]!.pos[0];
-  if (offset === undefined) {
-    // Unexpected end of input and friends: point at the end of the text.
-    if (/end of (JSON )?input/i.test(e.message)) offset = text.length;
+/**
+ * JSON text → value. JSON.parse decides what is valid; on a syntax error the message and position
+ * come from scanJson, never from V8's message, which quotes a slice of the text (it may hold a
+ * secret, and its "…" truncation defeats any attempt to strip the quote). Duplicate keys, which
+ * JSON.parse silently resolves to the last one, are errors as they are in YAML.
+ */
+function parseJson(text: string, origin: string, lines: LineCounter): unknown {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (e) {
+    const scan = scanJson(text);
+    let issue: ConfigIssue;
+    if (scan.error) {
+      const pos = lines.linePos(Math.min(scan.error.offset, text.length));
+      issue = { path: '', message: scan.error.message, line: pos.line, column: pos.col };
+    } else {
+      // The scanner found nothing: report JSON.parse's verdict without its text.
+      const at = /at position (\d+)/.exec(String((e as Error)?.message));
+      const pos = at ? lines.linePos(Math.min(Number(at[1]), text.length)) : undefined;
+      issue = { path: '', message: 'not valid JSON', ...(pos ? { line: pos.line, column: pos.col } : {}) };
+    }
+    throw new ConfigError(origin, [issue], 'JSON syntax error in');
   }
-  if (offset === undefined) return { path: '', message };
-  const pos = lines.linePos(Math.min(offset, text.length));
-  return { path: '', message, line: pos.line, column: pos.col };
+  const duplicates = scanJson(text).duplicates;
+  if (duplicates.length) {
+    const issues = duplicates.map((d): ConfigIssue => {
+      const pos = lines.linePos(d.offset);
+      return {
+        path: formatPath(d.path),
+        message: 'duplicate key: expected each key once in an object (JSON would silently keep only the last one)',
+        line: pos.line,
+        column: pos.col,
+      };
+    });
+    throw new ConfigError(origin, issues, 'JSON syntax error in');
+  }
+  return value;
+}
+
+interface JsonScan {
+  /** The first syntax error; the message never quotes the text except one structural character. */
+  error?: { offset: number; message: string };
+  /** Every repeat of a key within one object: its path and where the repeat starts. */
+  duplicates: Array<{ path: ConfigPath; offset: number }>;
+}
+
+const JSON_STRUCTURAL = '{}[],:"';
+const JSON_NUMBER = /-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?/y;
+
+/**
+ * A strict RFC 8259 scanner (iterative: nesting depth cannot overflow the stack) that finds the
+ * first syntax error and every duplicate key, with offsets. It builds no values.
+ */
+function scanJson(text: string): JsonScan {
+  interface Container {
+    object: boolean;
+    path: ConfigPath;
+    keys: Set<string>;
+    key: string;
+    index: number;
+  }
+  const duplicates: JsonScan['duplicates'] = [];
+  const stack: Container[] = [];
+  let i = 0;
+  const fail = (message: string, offset = i): JsonScan => ({ error: { offset, message }, duplicates });
+  const end = (): JsonScan =>
+    fail(stack.length ? "unexpected end of the text: an unclosed '{' or '['?" : 'expected a JSON value, found the end of the text');
+  const skipSpace = () => {
+    while (i < text.length && (text[i] === ' ' || text[i] === '\t' || text[i] === '\n' || text[i] === '\r')) i++;
+  };
+  const childPath = (): ConfigPath => {
+    const top = stack.at(-1);
+    return top ? [...top.path, top.object ? top.key : top.index] : [];
+  };
+  /** A string token at i; its decoded text, or the error. */
+  const string = (): string | JsonScan => {
+    const start = i;
+    i++;
+    for (;;) {
+      if (i >= text.length) return fail("unterminated string: a missing closing '\"'?", start);
+      const c = text.charCodeAt(i);
+      if (c === 0x22) {
+        i++;
+        return JSON.parse(text.slice(start, i)) as string;
+      }
+      if (c === 0x5c) {
+        const e = text[i + 1];
+        if (e !== undefined && '"\\/bfnrt'.includes(e)) i += 2;
+        else if (e === 'u' && /^[0-9a-fA-F]{4}$/.test(text.slice(i + 2, i + 6))) i += 6;
+        else return fail('invalid escape in a string: expected \\" \\\\ \\/ \\b \\f \\n \\r \\t or \\uXXXX');
+      } else if (c < 0x20) {
+        return fail("line break or control character inside a string: expected \\n or \\t, or a missing closing '\"'?");
+      } else i++;
+    }
+  };
+  /** Why the character at i cannot start a value (or a property name). */
+  const unexpected = (what: string, afterComma: boolean): JsonScan => {
+    const c = text[i]!;
+    if (JSON_STRUCTURAL.includes(c)) {
+      const trailing = afterComma && (c === '}' || c === ']') ? ' (JSON allows no trailing comma)' : '';
+      return fail(`expected ${what}, not '${c}'${trailing}`);
+    }
+    if (c === "'") return fail(`expected ${what}: JSON strings and names need double quotes, not single quotes`);
+    if (c === '/') return fail(`expected ${what}: JSON allows no comments (YAML does)`);
+    return fail(`expected ${what}: strings and names need double quotes; true, false and null are lowercase`);
+  };
+
+  type State = 'value' | 'value-or-close' | 'after-value' | 'name' | 'name-or-close';
+  let state: State = 'value';
+  for (;;) {
+    skipSpace();
+    const top = stack.at(-1);
+    if (state === 'after-value') {
+      if (!top) return i < text.length ? fail('unexpected text after the end of the JSON document') : { duplicates };
+      if (i >= text.length) return end();
+      const c = text[i]!;
+      if (c === ',') {
+        i++;
+        if (top.object) state = 'name';
+        else {
+          top.index++;
+          state = 'value';
+        }
+      } else if (c === (top.object ? '}' : ']')) {
+        stack.pop();
+        i++;
+      } else {
+        const expected = top.object ? "',' or '}' after a property value" : "',' or ']' after an array element";
+        return fail(`expected ${expected}${JSON_STRUCTURAL.includes(c) ? `, not '${c}'` : ' (a missing comma?)'}`);
+      }
+      continue;
+    }
+    if (i >= text.length) return end();
+    const c = text[i]!;
+    if (state === 'name' || state === 'name-or-close') {
+      if (c === '}' && state === 'name-or-close') {
+        stack.pop();
+        i++;
+        state = 'after-value';
+        continue;
+      }
+      if (c !== '"') return unexpected('a property name in double quotes', state === 'name');
+      const start = i;
+      const name = string();
+      if (typeof name !== 'string') return name;
+      top!.key = name;
+      if (top!.keys.has(name)) duplicates.push({ path: [...top!.path, name], offset: start });
+      else top!.keys.add(name);
+      skipSpace();
+      if (text[i] !== ':') return i >= text.length ? end() : fail("expected ':' after a property name");
+      i++;
+      state = 'value';
+      continue;
+    }
+    // A value (state 'value' or 'value-or-close').
+    if (c === ']' && state === 'value-or-close') {
+      stack.pop();
+      i++;
+      state = 'after-value';
+      continue;
+    }
+    if (c === '{' || c === '[') {
+      stack.push({ object: c === '{', path: childPath(), keys: new Set(), key: '', index: 0 });
+      i++;
+      state = c === '{' ? 'name-or-close' : 'value-or-close';
+      continue;
+    }
+    const afterComma = state === 'value' && top !== undefined && !top.object;
+    state = 'after-value';
+    if (c === '"') {
+      const r = string();
+      if (typeof r !== 'string') return r;
+      continue;
+    }
+    if (c === '-' || (c >= '0' && c <= '9')) {
+      JSON_NUMBER.lastIndex = i;
+      const m = JSON_NUMBER.exec(text);
+      if (!m) return fail('invalid number');
+      i += m[0].length;
+      continue;
+    }
+    const literal = ['true', 'false', 'null'].find((w) => text.startsWith(w, i));
+    if (literal) {
+      i += literal.length;
+      continue;
+    }
+    return unexpected('a value', afterComma);
+  }
 }
 
 function looksLikeUrl(v: string): boolean {

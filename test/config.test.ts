@@ -658,3 +658,205 @@ test('http-snapshot headers: names and values fetch would refuse are config erro
   t.regex(issueAt(t, configError(t, snapshot('headers: { "Bad Name": x }')), 'cameras[0].source.headers["Bad Name"]').message, /HTTP header name/);
   t.regex(issueAt(t, configError(t, snapshot('maxBytes: lots')), 'cameras[0].source.maxBytes').message, /size such as '256MB'/);
 });
+
+// --- review fixes: what `config check` accepts, `Agent.start()` must accept too ------------------
+// (imports are hoisted; they sit here to keep the appended block self-contained)
+import { createCameraFeed } from '../agent/sources/index.js';
+
+/** BASE with its one camera's source (and trigger) replaced. */
+function withSource(source: string, trigger = 'continuous: { maxFps: 1 }'): string {
+  return BASE.replace('source: { type: http-snapshot, url: http://cam/snap.jpg }', `source: ${source}`).replace(
+    "schedule: '*/5 * * * *'",
+    trigger,
+  );
+}
+
+test('folder patterns the folder source cannot compile are config errors at cameras[i].source.pattern', (t) => {
+  for (const [pattern, why] of [
+    ['img[', /unclosed '\['/],
+    ['*.{jpg,png', /unclosed '\{'/],
+    ['sub/*.jpg', /without '\/'/],
+    ['[z-a].jpg', /not a valid glob \(Range out of order/],
+  ] as const) {
+    const error = configError(t, withSource(`{ type: folder, path: /in, pattern: "${pattern}" }`));
+    t.is(error.issues.length, 1, error.format());
+    const issue = issueAt(t, error, 'cameras[0].source.pattern');
+    t.regex(issue.message, /^expected a file-name glob such as '\*\.jpg'/);
+    t.regex(issue.message, why);
+    t.is(issue.value, JSON.stringify(pattern));
+    t.is(typeof issue.line, 'number');
+  }
+  // What passes starts: the folder source compiles the same pattern.
+  const ok = parseConfig(withSource('{ type: folder, path: /in, pattern: "IMG_[0-9]*.{jpg,JPEG}" }'), { env: {} });
+  t.notThrows(() => createCameraFeed(ok.cameras[0]!));
+});
+
+test('stream loop: true is a config error at cameras[i].source.loop unless the input is a video file', (t) => {
+  for (const [input, kind] of [
+    ['rtsp://cam/s', /rtsp:\/\//],
+    ['http://cam/video.mjpg', /http\(s\):\/\//],
+    ['/dev/video0', /\/dev\/videoN device/],
+  ] as const) {
+    const error = configError(t, withSource(`{ type: stream, input: "${input}", loop: true }`));
+    const issue = issueAt(t, error, 'cameras[0].source.loop');
+    t.regex(issue.message, /^expected loop: false for .* input \(loop applies to video files only\)$/);
+    t.regex(issue.message, kind);
+    t.is(issue.value, 'true');
+  }
+  // Reported together with a problem elsewhere in the same source.
+  const both = configError(t, withSource('{ type: stream, input: "rtsp://cam/s", loop: "true", fps: 0 }'));
+  t.deepEqual(both.issues.map((i) => i.path).sort(), ['cameras[0].source.fps', 'cameras[0].source.loop']);
+  const file = parseConfig(withSource('{ type: stream, input: clips/aisle.mp4, loop: true }'), { origin: '/cfg/a.yaml', env: {} });
+  t.true(file.cameras[0]!.source.type === 'stream' && file.cameras[0]!.source.loop);
+  t.notThrows(() => createCameraFeed(file.cameras[0]!));
+});
+
+test('an http-snapshot URL whose credentials cannot be decoded is a config error at .url, password redacted', (t) => {
+  const error = configError(t, withSource('{ type: http-snapshot, url: "http://admin:50%off@cam/snap.jpg" }'));
+  const issue = issueAt(t, error, 'cameras[0].source.url');
+  t.regex(issue.message, /percent-encoded \('%25' for '%'/);
+  t.is(issue.value, '"http://admin:***@cam/snap.jpg"');
+  t.false(error.format().includes('50%off'), error.format());
+  const ok = parseConfig(withSource('{ type: http-snapshot, url: "http://admin:50%25off@cam/snap.jpg" }'), { env: {} });
+  t.notThrows(() => createCameraFeed(ok.cameras[0]!));
+});
+
+test('JSON syntax errors give line and column and never quote the text (secrets stay out)', (t) => {
+  const docs = [
+    `{\n  "agent": { "id": "store-1" },\n  "mqtt": { "url": "mqtts://broker:8883", "username": "agent", "password": 'Sup3rS3cretPassw0rd', "keepaliveSeconds": 30 },\n  "cameras": []\n}`,
+    `{\n  "agent": { "id": "store-1" },\n  "mqtt": { "url": "mqtts://broker:8883", "username": "agent", "password": Sup3rS3cretPassw0rd, "keepaliveSeconds": 30 },\n  "cameras": []\n}`,
+  ];
+  for (const text of docs) {
+    const error = configError(t, text, { origin: 'c.json' });
+    t.regex(error.format(), /^JSON syntax error in c\.json/);
+    t.false(/S3cret|Sup3r|Passw0rd/.test(error.format()), error.format());
+    t.like(error.issues[0], { path: '', line: 3, column: 76 });
+    t.regex(error.issues[0]!.message, /^expected a value: .*double quotes/);
+  }
+  const short = configError(t, `{"mqtt": {"password": 'hunter22'}}`, { origin: 'c.json' });
+  t.false(short.format().includes('hunter22'), short.format());
+  t.like(short.issues[0], { line: 1, column: 23 });
+  // A single structural character is named; anything else is described, not quoted.
+  const trailing = configError(t, '{\n  "agent": { "id": "a" },\n}', { origin: 'c.json' });
+  t.regex(trailing.format(), /\(line 3, column 1\): expected a property name in double quotes, not '\}' \(JSON allows no trailing comma\)/);
+  const missingComma = configError(t, '{"agent": {"id": "a"} "mqtt": {}}', { origin: 'c.json' });
+  t.regex(missingComma.format(), /column 23\): expected ',' or '\}' after a property value, not '"'/);
+  t.regex(configError(t, '', { origin: 'c.json' }).format(), /expected a JSON value, found the end of the text/);
+});
+
+test('JSON duplicate keys are errors at their key path, as in YAML; a UTF-8 BOM is ignored', (t) => {
+  const json = `{"agent": {"id": "a1"}, "models": {"m": {"path": "/tmp/m.onnx"}},
+ "cameras": [{"id": "c1", "source": {"type": "replay", "dir": "/tmp"}, "slots": [{"id": "s1", "box": [0, 0, 10, 10], "model": "m"}]}],
+ "mqtt": {"username": "u", "password": "first-secret", "password": "second-secret"},
+ "cameras": []}`;
+  const error = configError(t, json, { origin: 'd.json' });
+  t.regex(error.format(), /^JSON syntax error in d\.json \(2 problems\)/);
+  t.like(issueAt(t, error, 'mqtt.password'), { line: 3, column: 56 });
+  t.like(issueAt(t, error, 'cameras'), { line: 4, column: 2 });
+  t.regex(issueAt(t, error, 'cameras').message, /duplicate key: expected each key once in an object/);
+  t.false(/first-secret|second-secret/.test(error.format()), error.format());
+
+  t.is(parseConfig('\uFEFF{"agent": {"id": "a"}}', { origin: 'b.json', env: {} }).agent.id, 'a');
+  t.is(parseConfig('\uFEFFagent: { id: a }\n', { origin: 'b.yaml', env: {} }).agent.id, 'a');
+  // Positions are counted as editors show them, without the BOM.
+  t.like(configError(t, '\uFEFF{"agent": {"id": "a"}, }', { origin: 'b.json' }).issues[0], { line: 1, column: 24 });
+});
+
+test('YAML aliases: long merge-key slot lists are accepted; alias failures are ConfigErrors naming the file', (t) => {
+  // 8 cameras × 16 slots, each slot `<<: *slot` as the deploy example recommends (127 aliases).
+  let text = 'agent: { id: a }\nmodels: { drinks: { path: d.onnx } }\ncameras:\n';
+  for (let c = 0; c < 8; c++) {
+    text += `  - id: cam${c}\n    source: { type: folder, path: in${c} }\n    slots:\n`;
+    for (let s = 0; s < 16; s++) {
+      text +=
+        c === 0 && s === 0
+          ? '      - &slot { id: S0, box: [0, 0, 10, 10], model: drinks, category: drink_bottle }\n'
+          : `      - { <<: *slot, id: S${s}, box: [${s * 10}, 0, 10, 10] }\n`;
+    }
+  }
+  const config = parseConfig(text, { env: {} });
+  t.is(config.cameras.length, 8);
+  t.true(config.cameras.every((c) => c.slots.length === 16 && c.slots.every((s) => s.category === 'drink_bottle')));
+
+  let bomb = 'agent: { id: a }\nl0: &l0 [x, x, x, x, x, x, x, x, x, x]\n';
+  for (let n = 1; n <= 8; n++) bomb += `l${n}: &l${n} [${Array(10).fill(`*l${n - 1}`).join(', ')}]\n`;
+  const tooMany = configError(t, bomb, { origin: 'bomb.yaml' });
+  t.regex(tooMany.format(), /^YAML error in bomb\.yaml \(1 problem\):\n {2}- \(document\): expected at most 10000 alias/);
+
+  // Few aliases of a large node: within yaml's count, but expanded it is millions of values.
+  const wide = `agent: { id: a }\nbig: &big [${Array(1000).fill('x').join(', ')}]\nmany: [${Array(9000).fill('*big').join(', ')}]\n`;
+  t.regex(configError(t, wide, { origin: 'wide.yaml' }).format(), /^YAML error in wide\.yaml[^]*expected at most 500000 values/);
+
+  t.regex(configError(t, 'agent: { id: a }\nx: *nowhere\n').format(), /^YAML error in test\.yaml[^]*Unresolved alias/);
+});
+
+test('http-snapshot headers fetch refuses on every request are config errors naming the header', (t) => {
+  const snapshot = (headers: string) => withSource(`{ type: http-snapshot, url: http://cam/snap.jpg, headers: { ${headers} } }`);
+  const error = configError(
+    t,
+    snapshot('Connection: upgrade, Keep-Alive: "timeout=5", Transfer-Encoding: chunked, Upgrade: websocket, Expect: 100-continue, Content-Length: lots'),
+  );
+  t.regex(issueAt(t, error, 'cameras[0].source.headers.Connection').message, /^expected Connection to be 'close' or 'keep-alive'/);
+  for (const name of ['Keep-Alive', 'Transfer-Encoding', 'Upgrade', 'Expect']) {
+    t.regex(issueAt(t, error, `cameras[0].source.headers.${name}`).message, new RegExp(`^expected no ${name} header: fetch refuses it`));
+  }
+  t.regex(issueAt(t, error, 'cameras[0].source.headers.Content-Length').message, /whole number of bytes/);
+  t.is(error.issues.length, 6);
+  t.true(error.issues.every((i) => i.value === '<redacted>'));
+  t.false(/websocket|chunked|100-continue|timeout=5/.test(error.format()), error.format());
+  // Lower case too: header names are case-insensitive.
+  t.truthy(issueAt(t, configError(t, snapshot('transfer-encoding: gzip')), 'cameras[0].source.headers.transfer-encoding'));
+
+  const ok = parseConfig(snapshot('Connection: Keep-Alive, X-Api-Key: k-123, Content-Length: "0"'), { env: {} });
+  t.like(ok.cameras[0]!.source, { headers: { Connection: 'Keep-Alive', 'X-Api-Key': 'k-123' } });
+  t.notThrows(() => parseConfig(snapshot('connection: close'), { env: {} }));
+});
+
+test('a ${ inside a ${...} reference is an error naming the key, whether or not the outer variable is set', (t) => {
+  t.regex(expandEnvString('${A:-${B}}', { A: 'x', B: 'y' }).errors[0]!, /nested reference in '\$\{A:-\.\.\.'/);
+  t.regex(expandEnvString('${NOPE:-${B}}', { B: 'y' }).errors[0]!, /a '\$\{' inside '\$\{\.\.\.\}' is not supported/);
+  t.is(expandEnvString('${A:-${B}}', { A: 'x' }).errors.length, 1);
+  for (const env of [{ A: 'store-1', B: 'b' }, { B: 'b' }]) {
+    const error = configError(t, 'agent: { id: "${A:-${B}}" }\n', { env });
+    t.is(error.issues.length, 1, error.format());
+    t.regex(issueAt(t, error, 'agent.id').message, /nested reference/);
+  }
+  // A plain fallback is unchanged, and text after the reference is kept.
+  t.deepEqual(expandEnvString('${NOPE:-x}}/${A}', { A: 'a' }), { value: 'x}/a', substituted: true, fromEnv: ['a'], errors: [] });
+});
+
+test('reserved names (__proto__, constructor, prototype) are refused as model names, header names and ids', (t) => {
+  const proto = configError(
+    t,
+    `agent: { id: a1 }
+models:
+  __proto__: { path: /tmp/m.onnx }
+  constructor: { path: /tmp/c.onnx }
+cameras:
+  - id: c1
+    source: { type: replay, dir: /tmp }
+    slots: [ { id: s1, box: [0,0,10,10], model: __proto__ } ]
+`,
+  );
+  t.regex(issueAt(t, proto, 'models.__proto__').message, /^expected a model name not one of the reserved names __proto__, constructor, prototype/);
+  t.like(issueAt(t, proto, 'models.__proto__'), { line: 3, column: 3 });
+  t.truthy(issueAt(t, proto, 'models.constructor'));
+
+  const headers = configError(t, withSource('{ type: http-snapshot, url: http://cam/snap.jpg, headers: { __proto__: x, prototype: y } }'));
+  t.regex(issueAt(t, headers, 'cameras[0].source.headers.__proto__').message, /reserved names/);
+  t.truthy(issueAt(t, headers, 'cameras[0].source.headers.prototype'));
+
+  const ids = configError(t, BASE.replace('id: cam1', 'id: __proto__').replace('id: A1', 'id: constructor'));
+  t.regex(issueAt(t, ids, 'cameras[0].id').message, /^expected a camera id not one of the reserved names/);
+  t.is(issueAt(t, ids, 'cameras[0].id').value, '"__proto__"');
+  t.regex(issueAt(t, ids, 'cameras[0].slots[0].id').message, /^expected a slot id not one of the reserved names/);
+
+  // JSON keeps '__proto__' as an own key too; it is refused the same way.
+  const json = configError(t, '{"agent": {"id": "a"}, "models": {"__proto__": {"path": "/m.onnx"}}}', { origin: 'p.json' });
+  t.truthy(issueAt(t, json, 'models.__proto__'));
+});
+
+test('a stream input with a NUL character is a config error at .input, not a throw when the camera starts', (t) => {
+  const error = configError(t, withSource('{ type: stream, input: "/videos/a\\0.mp4" }'));
+  t.regex(issueAt(t, error, 'cameras[0].source.input').message, /without NUL characters/);
+});

@@ -30,5 +30,11 @@ export function globToRegExp(pattern: string): RegExp {
     else re += c.replace(/[.+^$()|\\\]{}]/g, '\\$&');
   }
   if (braces > 0) throw new Error(`file pattern ${JSON.stringify(pattern)} has an unclosed '{'`);
-  return new RegExp(`^${re}$`, 'i');
+  try {
+    return new RegExp(`^${re}$`, 'i');
+  } catch (e) {
+    // e.g. '[z-a]': "Invalid regular expression: /^[z-a]$/i: Range out of order in character class".
+    const why = String((e as Error).message).replace(/^.*:\s*/s, '');
+    throw new Error(`file pattern ${JSON.stringify(pattern)} is not a valid glob (${why})`);
+  }
 }
