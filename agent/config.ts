@@ -14,9 +14,10 @@
  *   works whatever the working directory. The defaults (`./.shelfwatch`) follow the same rule.
  * - `mqtt.url` absent → embedded broker on 127.0.0.1:`mqtt.embeddedPort` (1883); the parsed
  *   value then has `embedded: true` and `url: 'mqtt://127.0.0.1:<port>'`.
- * - Each camera has exactly one of `schedule` (cron) and `continuous` ({ maxFps }). Folder and
- *   replay sources default to `continuous: { maxFps: 2 }` (every file); http-snapshot and stream
- *   cameras must say which, because polling a camera "as fast as possible" is rarely intended.
+ * - Each camera has at most one of `schedule` (cron) and `continuous` ({ maxFps }). Folder and
+ *   replay sources with neither scan every file as it comes (both undefined in the parsed value);
+ *   `continuous` caps them at maxFps. http-snapshot and stream cameras must say which, because
+ *   polling a camera "as fast as possible" is rarely intended.
  * - Slot boxes are written `[x, y, width, height]` (or `{ x, y, width, height }`) and parse into
  *   the pipelines' `Box` object.
  * - Numbers may be written as numeric strings (so `port: ${METRICS_PORT}` works); sizes accept
@@ -374,10 +375,8 @@ export function configSchema(baseDir: string) {
       ctx.addIssue({ code: 'custom', message: problem, input: c });
       return z.NEVER;
     }
-    const trigger: CameraTrigger =
-      schedule !== undefined
-        ? { schedule, continuous: undefined }
-        : { schedule: undefined, continuous: continuous ?? { maxFps: DEFAULT_MAX_FPS } };
+    // Folder and replay cameras with neither: every file as it comes (no cap).
+    const trigger: CameraTrigger = schedule !== undefined ? { schedule, continuous: undefined } : { schedule: undefined, continuous };
     return { ...rest, ...trigger };
   });
 
@@ -471,7 +470,9 @@ export function configSchema(baseDir: string) {
 
 type CameraTrigger =
   | { schedule: string; continuous: undefined }
-  | { schedule: undefined; continuous: { maxFps: number } };
+  | { schedule: undefined; continuous: { maxFps: number } }
+  /** folder and replay only: every file as it comes. */
+  | { schedule: undefined; continuous: undefined };
 
 // ---------------------------------------------------------------------------------------------
 // Exported types
@@ -1292,7 +1293,7 @@ export function formatConfigSummary(config: AgentConfig, origin = '<config>'): s
   const slotCount = config.cameras.reduce((n, c) => n + c.slots.length, 0);
   row('cameras', config.cameras.length ? `${config.cameras.length} with ${slotCount} slot${slotCount === 1 ? '' : 's'}` : 'none');
   for (const cam of config.cameras) {
-    const when = cam.schedule !== undefined ? `schedule '${cam.schedule}'` : `continuous, max ${cam.continuous.maxFps} fps`;
+    const when = cam.schedule !== undefined ? `schedule '${cam.schedule}'` : cam.continuous ? `continuous, max ${cam.continuous.maxFps} fps` : 'every file as it comes';
     out.push(`  ${cam.id}: ${describeSource(cam.source)}; ${when}`);
     out.push(`    slots: ${cam.slots.map((s) => `${s.id}→${s.model}`).join(', ')}`);
   }

@@ -160,7 +160,7 @@ serial('replay camera: events, thumbnails, retained state, status, stats and met
     providerLine({ name: 'tile', provider: 'cpu', fallbacks: [{ provider: 'cuda', reason: 'no NVIDIA GPU device found' }, { provider: 'webgpu', reason: 'no GPU render node (/dev/dri/renderD*) found' }] }),
     'model tile: provider cpu (cuda skipped: no NVIDIA GPU device found; webgpu skipped: no GPU render node (/dev/dri/renderD*) found)',
   );
-  t.like(status.cameras[0], { id: 'shelf', source: 'replay', trigger: 'continuous 2 fps' });
+  t.like(status.cameras[0], { id: 'shelf', source: 'replay', trigger: 'every file' });
   t.is(status.cameras[0].slots.length, 2);
   for (const slot of ['S0', 'S1']) {
     const state = JSON.parse(retained.get(`${ROOT}/shelf/${slot}/state`)!.payload.toString());

@@ -209,3 +209,75 @@ test.serial('a video file ffmpeg keeps failing on without a new frame fails the 
   // Three failed runs, each an error, and the giving-up itself.
   t.like(src.status(), { state: 'failed', reconnects: 2, errors: 4 });
 });
+
+// ---------- the ffmpeg version decides the RTSP timeout option ----------
+// (imports are hoisted: here to leave the tests above untouched)
+import { ffmpegMajorVersion, parseFfmpegMajor } from '../agent/sources/index.js';
+
+/** A fake ffmpeg: answers -version with `versionLine` (counting the calls), logs any other command line and fails like a refused camera. */
+async function fakeFfmpeg(name: string, versionLine: string | null): Promise<{ path: string; runs: () => Promise<string[]>; versionCalls: () => Promise<number> }> {
+  const path = join(workDir, `${name}.sh`);
+  const runsLog = join(workDir, `${name}.runs`);
+  const versionLog = join(workDir, `${name}.version`);
+  const answer = versionLine === null ? 'exit 1' : `echo '${versionLine}'\n  exit 0`;
+  await writeFile(path, `#!/bin/sh\nif [ "$1" = "-version" ]; then\n  echo x >> '${versionLog}'\n  ${answer}\nfi\necho "$*" >> '${runsLog}'\necho "Connection refused" >&2\nexit 1\n`);
+  await chmod(path, 0o755);
+  const lines = async (file: string) => (await readFile(file, 'utf8').catch(() => '')).split('\n').filter(Boolean);
+  return { path, runs: () => lines(runsLog), versionCalls: async () => (await lines(versionLog)).length };
+}
+
+async function firstRun(src: FfmpegStreamSource, runs: () => Promise<string[]>): Promise<string> {
+  const sub = src.frames$.subscribe({ error: () => {} });
+  try {
+    for (let i = 0; i < 500; i++) {
+      const [line] = await runs();
+      if (line) return line;
+      await sleep(10);
+    }
+    throw new Error('ffmpeg was never run');
+  } finally {
+    sub.unsubscribe();
+  }
+}
+
+test.serial('RTSP with ffmpeg 4.x is given -stimeout (its -timeout would listen), with 5+ -timeout; the version is asked once per binary', async (t) => {
+  const backoff = { initialMs: 50, maxMs: 50, jitter: 0 };
+  const input = 'rtsp://admin:pw@127.0.0.1:9/stream1';
+  const old = await fakeFfmpeg('ffmpeg-4.4', 'ffmpeg version 4.4.2-0ubuntu0.22.04.1 Copyright (c) 2000-2021 the FFmpeg developers');
+  const a = new FfmpegStreamSource('a', { type: 'stream', input }, { ffmpegPath: old.path, backoff });
+  const line = await firstRun(a, old.runs);
+  t.true(line.includes(`-rtsp_transport tcp -stimeout 10000000 -i ${input}`), line);
+  t.false(line.includes('-timeout'), line);
+  t.true(a.args.includes('-stimeout'));
+  // A second camera on the same binary, and restarts after failures, do not ask again.
+  const b = new FfmpegStreamSource('b', { type: 'stream', input, transport: 'udp' }, { ffmpegPath: old.path, backoff });
+  const sub = b.frames$.subscribe({ error: () => {} });
+  await waitForStatus(b.status$, (s) => s.reconnects >= 2);
+  sub.unsubscribe();
+  t.true((await old.runs()).some((l) => l.includes('-rtsp_transport udp -stimeout 10000000 -i')));
+  t.is(await old.versionCalls(), 1);
+
+  const current = await fakeFfmpeg('ffmpeg-n6.1', 'ffmpeg version n6.1 Copyright (c) 2000-2023 the FFmpeg developers');
+  const c = new FfmpegStreamSource('c', { type: 'stream', input }, { ffmpegPath: current.path, backoff });
+  t.true((await firstRun(c, current.runs)).includes(`-rtsp_transport tcp -timeout 10000000 -i ${input}`));
+
+  // No answer to -version: taken as a current ffmpeg, and asked again next time (not cached).
+  const mute = await fakeFfmpeg('ffmpeg-mute', null);
+  const d = new FfmpegStreamSource('d', { type: 'stream', input }, { ffmpegPath: mute.path, backoff });
+  t.true((await firstRun(d, mute.runs)).includes('-rtsp_transport tcp -timeout 10000000 -i'));
+  t.is(await ffmpegMajorVersion(mute.path), undefined);
+  t.true((await mute.versionCalls()) >= 2);
+
+  // Files, HTTP and devices never ask.
+  const file = await fakeFfmpeg('ffmpeg-file', 'ffmpeg version 4.4.2');
+  const e = new FfmpegStreamSource('e', { type: 'stream', input: join(workDir, 'x.mp4') }, { ffmpegPath: file.path, backoff });
+  await firstRun(e, file.runs);
+  t.is(await file.versionCalls(), 0);
+});
+
+test.serial('the installed ffmpeg\'s version is read', async (t) => {
+  const { stdout } = await run('ffmpeg', ['-version']);
+  const major = await ffmpegMajorVersion('ffmpeg');
+  t.is(major, parseFfmpegMajor(stdout));
+  t.true(typeof major === 'number' && major >= 3 && major < 100, `${major} from ${stdout.split('\n')[0]}`);
+});

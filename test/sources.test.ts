@@ -493,3 +493,213 @@ test('replay: no images, or a loop where nothing is readable, fails the source w
 test('createSource rejects an unknown type naming the camera', (t) => {
   t.throws(() => createSource('cam9', { type: 'webcam' } as never), { message: 'camera cam9: unknown source type "webcam" (expected http-snapshot, stream, folder or replay)' });
 });
+
+// ---------- review fixes: ffmpeg version, continuous maxFps, auth challenges, '%' in credentials, early folder files ----------
+// (imports are hoisted: these are here to leave the tests above untouched)
+import { writeFileSync } from 'node:fs';
+import { basename } from 'node:path';
+import { interval, tap } from 'rxjs';
+import { capFpsKeepLatest, createCameraFeed, ffmpegArgs, parseFfmpegMajor } from '../agent/sources/index.js';
+import { parseChallenge, parseChallenges, splitCredentials } from '../agent/sources/http-auth.js';
+
+test('ffmpeg version: the major version is read from release, distro, n-prefixed and git builds', (t) => {
+  const lines = (...l: string[]) => l.join('\n');
+  t.is(parseFfmpegMajor(lines('ffmpeg version 4.4.2-0ubuntu0.22.04.1 Copyright (c) 2000-2021 the FFmpeg developers', 'built with gcc 11 (Ubuntu 11.2.0-19ubuntu1)', 'libavformat    58. 76.100 / 58. 76.100')), 4);
+  t.is(parseFfmpegMajor('ffmpeg version 4.2.7-0ubuntu0.1 Copyright (c) 2000-2022 the FFmpeg developers'), 4);
+  t.is(parseFfmpegMajor('ffmpeg version 5.1.9-0+deb12u1 Copyright (c) 2000-2026 the FFmpeg developers'), 5);
+  t.is(parseFfmpegMajor('ffmpeg version n6.1 Copyright (c) 2000-2023 the FFmpeg developers'), 6);
+  t.is(parseFfmpegMajor('ffmpeg version 7.0.2-static https://johnvansickle.com/ffmpeg/  Copyright (c) 2000-2024 the FFmpeg developers'), 7);
+  t.is(parseFfmpegMajor('ffmpeg version 10.0 Copyright'), 10);
+  // Git builds: no release number; libavformat tells 4.x from 5.0 on.
+  t.is(parseFfmpegMajor(lines('ffmpeg version N-113411-g3c1d7a7e5c Copyright (c) 2000-2024 the FFmpeg developers', 'libavutil      58. 36.101 / 58. 36.101', 'libavformat    60. 20.100 / 60. 20.100')), 6);
+  t.is(parseFfmpegMajor(lines('ffmpeg version N-100123-gabcdef0 Copyright (c) 2000-2020 the FFmpeg developers', 'libavformat    58. 64.100 / 58. 64.100')), 4);
+  // Unknown: the caller treats it as a current ffmpeg. A date is not a version.
+  t.is(parseFfmpegMajor('ffmpeg version N-111234-gdeadbeef Copyright (c) 2000-2023 the FFmpeg developers'), undefined);
+  t.is(parseFfmpegMajor('ffmpeg version 2023-03-05-git-912ac82a3c-essentials_build-www.gyan.dev Copyright (c) 2000-2023'), undefined);
+  t.is(parseFfmpegMajor(''), undefined);
+  t.is(parseFfmpegMajor('avconv version 12.3'), undefined);
+});
+
+test('ffmpeg args: the RTSP timeout is -stimeout for ffmpeg 4.x and -timeout for 5+ or an unknown version; other inputs do not change', (t) => {
+  const spec = { type: 'stream', input: 'rtsp://cam/stream1', fps: 2 } as const;
+  const timeoutArgs = (major?: number) => {
+    const args = ffmpegArgs(spec, 0, major);
+    return args.slice(args.indexOf('-rtsp_transport'), args.indexOf('-i') + 2);
+  };
+  t.deepEqual(timeoutArgs(4), ['-rtsp_transport', 'tcp', '-stimeout', '10000000', '-i', 'rtsp://cam/stream1']);
+  t.deepEqual(timeoutArgs(3), ['-rtsp_transport', 'tcp', '-stimeout', '10000000', '-i', 'rtsp://cam/stream1']);
+  for (const major of [5, 6, 7, undefined]) t.deepEqual(timeoutArgs(major), ['-rtsp_transport', 'tcp', '-timeout', '10000000', '-i', 'rtsp://cam/stream1'], `ffmpeg ${major}`);
+  t.deepEqual(ffmpegArgs(spec), ffmpegArgs(spec, 0, 5), 'no version given: the current options');
+  t.true(ffmpegArgs({ ...spec, transport: 'udp' }, 0, 4).join(' ').includes('-rtsp_transport udp -stimeout 10000000 -i'));
+  for (const input of ['http://cam/video.mjpg', '/dev/video0', './shelf.mp4', 'srt://cam:9000']) {
+    t.deepEqual(ffmpegArgs({ type: 'stream', input }, 0, 4), ffmpegArgs({ type: 'stream', input }, 0, 6), input);
+  }
+});
+
+test('continuous maxFps caps replay cameras: every file of the sequence, at least 1/maxFps apart', async (t) => {
+  const dir = await tempDir(t);
+  for (const n of [1, 2, 3, 4]) await writeFile(join(dir, `f${n}.jpg`), smallJpeg);
+  const feed = createCameraFeed({ id: 'cam', source: { type: 'replay', dir, intervalMs: 0 }, continuous: { maxFps: 10 } });
+  const times: number[] = [];
+  const frames = await firstValueFrom(feed.scans$.pipe(tap(() => times.push(performance.now())), toArray(), timeout(10_000)));
+  t.deepEqual(frames.map((f) => basename(f.origin)), ['f1.jpg', 'f2.jpg', 'f3.jpg', 'f4.jpg'], 'no file skipped');
+  for (let i = 1; i < times.length; i++) t.true(times[i]! - times[i - 1]! >= 95, `gap ${i}: ${(times[i]! - times[i - 1]!).toFixed(1)} ms (cap 100 ms)`);
+
+  // A longer intervalMs than the cap is kept.
+  const slow = createCameraFeed({ id: 'cam', source: { type: 'replay', files: [join(dir, 'f1.jpg'), join(dir, 'f2.jpg')], intervalMs: 300 }, continuous: { maxFps: 10 } });
+  const started = performance.now();
+  t.is((await firstValueFrom(slow.scans$.pipe(toArray(), timeout(10_000)))).length, 2);
+  t.true(performance.now() - started >= 290);
+  t.throws(() => createCameraFeed({ id: 'cam', source: { type: 'replay', dir }, continuous: { maxFps: 0 } }), { message: /maxFps must be a positive number, got 0/ });
+});
+
+test('continuous maxFps caps folder cameras: a burst is thinned to its first and newest file, the newest after 1/maxFps', async (t) => {
+  const dir = await tempDir(t);
+  const feed = createCameraFeed({ id: 'cam', source: { type: 'folder', path: dir, pattern: '*.jpg', stableMs: 50 }, continuous: { maxFps: 1 } });
+  const scans: Array<{ frame: Frame; at: number }> = [];
+  const sub = feed.scans$.subscribe((frame) => scans.push({ frame, at: performance.now() }));
+  t.teardown(() => sub.unsubscribe());
+  await waitForStatus(feed.source.status$, (s) => s.state === 'running');
+  for (const n of [1, 2, 3]) writeFileSync(join(dir, `burst${n}.jpg`), smallJpeg);
+  await waitForStatus(feed.source.status$, (s) => s.frames === 3);
+  await firstValueFrom(interval(20).pipe(filter(() => scans.length >= 2), timeout(3000)));
+  await sleep(300); // nothing else may come
+  t.deepEqual(scans.map((s) => s.frame.sequence), [0, 2], 'the first file at once, the newest (last emitted) once 1 s has passed');
+  t.true(scans[1]!.at - scans[0]!.at >= 999, `${(scans[1]!.at - scans[0]!.at).toFixed(1)} ms apart`);
+
+  // A file long after the last scan goes through at once.
+  await sleep(800);
+  const before = performance.now();
+  await writeFile(join(dir, 'later.jpg'), smallJpeg);
+  await firstValueFrom(interval(10).pipe(filter(() => scans.length >= 3), timeout(3000)));
+  t.true(scans[2]!.at - before < 800, 'not held back');
+  t.is(basename(scans[2]!.frame.origin), 'later.jpg');
+});
+
+test('capFpsKeepLatest: holds the newest value that came too soon, lets it through after 1/maxFps, and completes after it', async (t) => {
+  const input = new Subject<string>();
+  const out: Array<{ v: string; at: number }> = [];
+  let completedAt = 0;
+  const start = performance.now();
+  input.pipe(capFpsKeepLatest(20)).subscribe({ next: (v) => out.push({ v, at: performance.now() - start }), complete: () => (completedAt = performance.now() - start) });
+  input.next('a');
+  input.next('b');
+  input.next('c');
+  input.complete();
+  t.deepEqual(out.map((o) => o.v), ['a']);
+  t.is(completedAt, 0, 'waits for the held value');
+  await sleep(120);
+  t.deepEqual(out.map((o) => o.v), ['a', 'c']);
+  t.true(out[1]!.at - out[0]!.at >= 50);
+  t.true(completedAt >= out[1]!.at);
+  t.throws(() => capFpsKeepLatest(0), { message: /maxFps must be a positive number, got 0/ });
+});
+
+test('http-snapshot: a camera offering Digest and Basic (two WWW-Authenticate headers, either order) is answered with Digest and the Digest realm', async (t) => {
+  const nonce = 'n1';
+  const got: string[] = [];
+  const md5 = (s: string) => createHash('md5').update(s).digest('hex');
+  const server = createServer((req, res) => {
+    const path = (req.url ?? '').split('?')[0]!;
+    const auth = req.headers.authorization ?? '';
+    got.push(`${path} ${auth.split(' ')[0] || '-'}`);
+    const p: Record<string, string> = {};
+    for (const m of auth.matchAll(/(\w+)=(?:"([^"]*)"|([^,\s]+))/g)) p[m[1]!] = m[2] ?? m[3]!;
+    const ha1 = md5('admin:Digest realm:s3cret');
+    const ha2 = md5(`GET:${p.uri}`);
+    if (auth.startsWith('Digest ') && p.realm === 'Digest realm' && p.response === md5(`${ha1}:${nonce}:${p.nc}:${p.cnonce}:${p.qop}:${ha2}`)) {
+      res.writeHead(200, { 'content-type': 'image/jpeg' }).end(smallJpeg);
+      return;
+    }
+    const digest = `Digest realm="Digest realm", nonce="${nonce}", qop="auth", opaque="o, p"`;
+    const basic = 'Basic realm="Basic realm", charset="UTF-8"';
+    res.writeHead(401, [['WWW-Authenticate', path === '/basic-first' ? basic : digest], ['WWW-Authenticate', path === '/basic-first' ? digest : basic]]).end();
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  t.teardown(() => stopServer(server));
+  const base = `http://admin:s3cret@127.0.0.1:${(server.address() as AddressInfo).port}`;
+  for (const path of ['/digest-first', '/basic-first']) {
+    const src = new HttpSnapshotSource('cam', { type: 'http-snapshot', url: `${base}${path}` });
+    t.true((await src.snapshot()).data.equals(smallJpeg), path);
+  }
+  t.deepEqual(got, ['/digest-first -', '/digest-first Digest', '/basic-first -', '/basic-first Digest'], 'no Basic answer sent: the password never went out in clear');
+});
+
+test('WWW-Authenticate: joined challenges are split at each scheme, quoted commas kept, parameters per challenge', (t) => {
+  // RFC 7235 §4.1's example, as fetch joins two headers.
+  t.deepEqual(parseChallenges('Newauth realm="apps", type=1, title="Login to \\"apps\\"", Basic realm="simple"'), [
+    { scheme: 'newauth', params: { realm: 'apps', type: '1', title: 'Login to "apps"' } },
+    { scheme: 'basic', params: { realm: 'simple' } },
+  ]);
+  t.deepEqual(parseChallenges('Negotiate YIIabc==, Basic realm="a, b" , charset="UTF-8"'), [
+    { scheme: 'negotiate', params: {}, token68: 'YIIabc==' },
+    { scheme: 'basic', params: { realm: 'a, b', charset: 'UTF-8' } },
+  ]);
+  t.deepEqual(parseChallenges('Digest realm = "r" , nonce = abc'), [{ scheme: 'digest', params: { realm: 'r', nonce: 'abc' } }]);
+  t.deepEqual(parseChallenges(''), []);
+  // The answer: a supported Digest first, then Basic; parameters only those of the chosen challenge.
+  t.deepEqual(parseChallenge('Basic realm="B", Digest realm="D", nonce="n", qop="auth"'), { scheme: 'digest', params: { realm: 'D', nonce: 'n', qop: 'auth' } });
+  t.deepEqual(parseChallenge('Digest realm="D", nonce="n", Basic realm="B"'), { scheme: 'digest', params: { realm: 'D', nonce: 'n' } });
+  t.deepEqual(parseChallenge('Digest realm="D", algorithm=SHA-512-256, nonce="a", Digest realm="D", algorithm=MD5, nonce="b"')?.params.nonce, 'b');
+  t.deepEqual(parseChallenge('Digest realm="D", algorithm=SHA-512-256, nonce="a", Basic realm="B"'), { scheme: 'basic', params: { realm: 'B' } });
+  t.is(parseChallenge('Digest realm="D", algorithm=SHA-512-256, nonce="a"')?.scheme, 'digest', 'refused by DigestAuth, by name');
+  t.is(parseChallenge('Bearer realm="x"')?.scheme, 'bearer');
+});
+
+test("http-snapshot: a raw '%' in the URL's password or user name is a clear error that does not print the password", (t) => {
+  const err = t.throws(() => splitCredentials('http://admin:50%off@cam/snap.jpg'));
+  t.is(err?.constructor, Error, 'not a bare URIError');
+  t.is(err?.message, `http-snapshot url "http://admin:***@cam/snap.jpg": the password holds a '%' that is not a valid percent-escape; write a literal '%' as %25`);
+  t.false(err?.message.includes('50%off'));
+  t.throws(() => splitCredentials('http://ad%min:pw@cam/snap.jpg'), { message: /the user name holds a '%' that is not a valid percent-escape; write a literal '%' as %25/ });
+  t.throws(() => new HttpSnapshotSource('cam', { type: 'http-snapshot', url: 'http://admin:50%off@cam/snap.jpg' }), { message: /"http:\/\/admin:\*\*\*@cam\/snap\.jpg": the password holds a '%'/ });
+  t.deepEqual(splitCredentials('http://admin:50%25off@cam/snap.jpg').credentials, { username: 'admin', password: '50%off' });
+});
+
+test('folder: files written right after subscribe, while the watch starts, are emitted once each; files already there are not', async (t) => {
+  for (const stableMs of [0, 100]) {
+    const dir = await tempDir(t);
+    await writeFile(join(dir, 'old.jpg'), smallJpeg);
+    const src = new FolderWatchSource('cam', { type: 'folder', path: dir, pattern: '*.jpg', stableMs });
+    const frames: Frame[] = [];
+    const sub = src.frames$.subscribe((f) => frames.push(f));
+    t.teardown(() => sub.unsubscribe());
+    // Written synchronously, so no half-written file is ever seen (stableMs 0 reads at once).
+    writeFileSync(join(dir, 'early0.jpg'), smallJpeg); // before the watch has even started
+    for (const ms of [2, 5, 10, 20, 50]) {
+      await sleep(ms);
+      writeFileSync(join(dir, `early${ms}.jpg`), smallJpeg);
+    }
+    await waitForStatus(src.status$, (s) => s.state === 'running');
+    await waitForStatus(src.status$, (s) => s.frames >= 6);
+    // Another file makes chokidar read the folder again, where it finds any early file it missed: still once each.
+    writeFileSync(join(dir, 'later.jpg'), smallJpeg);
+    await waitForStatus(src.status$, (s) => s.frames >= 7);
+    await sleep(stableMs + 400);
+    const names = frames.map((f) => basename(f.origin));
+    t.deepEqual([...names].sort(), ['early0.jpg', 'early10.jpg', 'early2.jpg', 'early20.jpg', 'early5.jpg', 'early50.jpg', 'later.jpg'], `stableMs ${stableMs}: ${names.join(' ')}`);
+    t.is(names.at(-1), 'later.jpg');
+    t.is(src.status().errors, 0);
+    sub.unsubscribe();
+  }
+});
+
+test('folder: an early file still being written when the watch is ready is emitted once, whole; with deleteAfter it is deleted without an error', async (t) => {
+  const dir = await tempDir(t);
+  const big = await noiseJpeg(96, 64, 11);
+  const src = new FolderWatchSource('cam', { type: 'folder', path: dir, stableMs: 300, deleteAfter: true });
+  const frames: Frame[] = [];
+  const sub = src.frames$.subscribe((f) => frames.push(f));
+  t.teardown(() => sub.unsubscribe());
+  const path = join(dir, 'upload.jpg');
+  writeFileSync(path, big.subarray(0, 500));
+  await waitForStatus(src.status$, (s) => s.state === 'running');
+  await sleep(100);
+  await appendFile(path, big.subarray(500)); // less than stableMs after the first half
+  await waitForStatus(src.status$, (s) => s.frames >= 1);
+  await sleep(800);
+  t.is(frames.length, 1);
+  t.true(frames[0]!.data.equals(big), 'the whole file');
+  t.deepEqual(await readdir(dir), [], 'deleted after reading');
+  t.like(src.status(), { frames: 1, errors: 0 });
+});

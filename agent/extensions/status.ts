@@ -62,7 +62,7 @@ export function agentStatus(ctx: AgentContext, state: AgentStatus['state'], roll
         errors: s.errors,
         lastError: s.lastError,
         reconnects: s.reconnects,
-        trigger: config.schedule !== undefined ? `schedule ${config.schedule}` : `continuous ${config.continuous.maxFps} fps`,
+        trigger: config.schedule !== undefined ? `schedule ${config.schedule}` : config.continuous ? `continuous ${config.continuous.maxFps} fps` : 'every file',
         slots: config.slots.map((slot) => ({
           id: slot.id,
           model: slot.model,

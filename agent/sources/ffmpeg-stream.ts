@@ -12,8 +12,13 @@
  * error message, bounded and with the input's password masked (ffmpeg echoes its input URL).
  * Images the splitter drops (over maxFrameBytes, broken) are counted errors, not silent.
  * Unsubscribing kills ffmpeg (SIGTERM, then SIGKILL if it lingers).
+ *
+ * RTSP's socket timeout option changed name in ffmpeg 5.0: `-timeout` (µs) there, `-stimeout` in
+ * 4.x, where `-timeout` means "listen for an incoming connection" and would make ffmpeg wait as a
+ * server instead of connecting to the camera. The binary's major version is asked once
+ * (`ffmpeg -version`, cached per binary path) before the first RTSP run.
  */
-import { spawn, type ChildProcessByStdio } from 'node:child_process';
+import { execFile, spawn, type ChildProcessByStdio } from 'node:child_process';
 import type { Readable } from 'node:stream';
 import { Observable, type Subscriber } from 'rxjs';
 import type { Frame } from '../../pipelines/types.js';
@@ -54,11 +59,65 @@ export function classifyInput(input: string): StreamInputKind {
   return 'file';
 }
 
+/** RTSP socket I/O timeout: a camera that stops answering ends ffmpeg (and the source restarts it). */
+const RTSP_TIMEOUT_US = '10000000';
+
+/**
+ * The major version in `ffmpeg -version` output: "ffmpeg version 4.4.2-0ubuntu0.22.04.1",
+ * "ffmpeg version n6.1", "ffmpeg version 7.0.2-static …". A git build ("N-111234-gabc…",
+ * "2023-03-05-git-…") has no release number; its libavformat line tells 4.x (58 and older) from
+ * 5.0 on (59+). undefined when neither can be read: the caller treats that as a current ffmpeg.
+ */
+export function parseFfmpegMajor(versionOutput: string): number | undefined {
+  const release = /^\s*ffmpeg version\s+n?(\d{1,2})\.\d+/im.exec(versionOutput);
+  if (release) return Number(release[1]);
+  const lavf = /^\s*libavformat\s+(\d+)\.\s*\d+/im.exec(versionOutput);
+  if (lavf) {
+    const major = Number(lavf[1]);
+    // libavformat 59 shipped with ffmpeg 5.0, 60 with 6.0, 61 with 7.0 …; 58 was all of 4.x
+    // (older ones are reported as 4 too: what matters is "before 5").
+    if (major >= 59) return major - 54;
+    if (major >= 1) return 4;
+  }
+  return undefined;
+}
+
+const runVersion = (ffmpegPath: string) =>
+  new Promise<{ stdout: string }>((resolve, reject) => {
+    execFile(ffmpegPath, ['-version'], { timeout: 10_000, maxBuffer: 1024 * 1024 }, (err, stdout) => {
+      if (err) reject(err);
+      else resolve({ stdout: String(stdout) });
+    });
+  });
+
+const majorVersions = new Map<string, Promise<number | undefined>>();
+
+/**
+ * The major version of the ffmpeg at `ffmpegPath` (`ffmpeg -version`), undefined when it cannot be
+ * told. Asked once per path: concurrent and later callers share the answer. A probe that could
+ * not run (no binary yet, a timeout) is not cached, so a later start asks again.
+ */
+export function ffmpegMajorVersion(ffmpegPath = 'ffmpeg'): Promise<number | undefined> {
+  let probe = majorVersions.get(ffmpegPath);
+  if (!probe) {
+    probe = runVersion(ffmpegPath).then(
+      ({ stdout }) => parseFfmpegMajor(stdout),
+      () => {
+        majorVersions.delete(ffmpegPath);
+        return undefined;
+      },
+    );
+    majorVersions.set(ffmpegPath, probe);
+  }
+  return probe;
+}
+
 /**
  * The ffmpeg command line for a stream spec (without the binary). `seekSeconds` (video files
- * only) starts reading that far into the file.
+ * only) starts reading that far into the file. `ffmpegMajor`: the binary's major version
+ * (`ffmpegMajorVersion`), which decides the RTSP timeout option; undefined = ffmpeg 5 or later.
  */
-export function ffmpegArgs(spec: StreamSpec, seekSeconds = 0): string[] {
+export function ffmpegArgs(spec: StreamSpec, seekSeconds = 0, ffmpegMajor?: number): string[] {
   // spawn() throws on a NUL byte; from a restart timer that would crash the process.
   if (typeof spec.input !== 'string' || spec.input.trim() === '' || spec.input.includes('\0')) {
     throw new Error(`stream input must be a non-empty file path, device or URL without NUL bytes, got ${JSON.stringify(typeof spec.input === 'string' ? redactUrl(spec.input) : spec.input)}`);
@@ -73,8 +132,9 @@ export function ffmpegArgs(spec: StreamSpec, seekSeconds = 0): string[] {
   const input: string[] = [];
   switch (kind) {
     case 'rtsp':
-      // `-timeout` is the RTSP socket I/O timeout in microseconds: a dead camera ends ffmpeg.
-      input.push('-rtsp_transport', spec.transport ?? 'tcp', '-timeout', '10000000');
+      // The RTSP socket I/O timeout in microseconds: a dead camera ends ffmpeg. ffmpeg 4.x calls it
+      // `-stimeout`; its `-timeout` is the wait for an incoming connection (it would listen).
+      input.push('-rtsp_transport', spec.transport ?? 'tcp', ffmpegMajor !== undefined && ffmpegMajor < 5 ? '-stimeout' : '-timeout', RTSP_TIMEOUT_US);
       break;
     case 'http':
       input.push('-rw_timeout', '10000000');
@@ -106,12 +166,14 @@ export class FfmpegStreamSource implements PushSource {
   readonly mode = 'push' as const;
   readonly origin: string;
   readonly inputKind: StreamInputKind;
-  readonly args: readonly string[];
   readonly frames$: Observable<Frame>;
   readonly status$: Observable<SourceStatus>;
   private readonly tracker: SourceTracker;
   private stderr: string[] = [];
   private child?: Child;
+  private currentArgs: readonly string[];
+  /** ffmpeg's major version once asked (RTSP inputs only); undefined before, or when it cannot be told. */
+  private ffmpegMajor?: number;
 
   constructor(
     readonly camera: string,
@@ -119,7 +181,7 @@ export class FfmpegStreamSource implements PushSource {
     private readonly options: FfmpegStreamOptions = {},
   ) {
     this.inputKind = classifyInput(spec.input);
-    this.args = ffmpegArgs(spec);
+    this.currentArgs = ffmpegArgs(spec);
     this.origin = `ffmpeg:${redactUrl(spec.input)}`;
     this.tracker = new SourceTracker(camera, 'stream', options.clock ?? Date.now, options.logger ?? silentLogger);
     this.status$ = this.tracker.status$;
@@ -128,6 +190,11 @@ export class FfmpegStreamSource implements PushSource {
 
   status(): SourceStatus {
     return this.tracker.status();
+  }
+
+  /** The command line ffmpeg is run with (for RTSP, fitted to its version once that is known). */
+  get args(): readonly string[] {
+    return this.currentArgs;
   }
 
   /** The last lines ffmpeg wrote to stderr. */
@@ -171,15 +238,30 @@ export class FfmpegStreamSource implements PushSource {
       if (clean) this.stderr.push(clean.length > MAX_STDERR_LINE ? `${clean.slice(0, MAX_STDERR_LINE)}…` : clean);
     };
 
+    const ffmpegPath = opts.ffmpegPath ?? 'ffmpeg';
+    /** RTSP needs the binary's version for its timeout option: ask (cached) before running it. */
     const start = () => {
       restart = undefined;
+      if (this.inputKind !== 'rtsp') return launch();
+      void ffmpegMajorVersion(ffmpegPath).then((major) => {
+        if (closed) return;
+        if (major !== undefined && major < 5 && this.ffmpegMajor !== major) {
+          this.tracker.log('info', `ffmpeg ${major}.x: the RTSP timeout is given as -stimeout`, { ffmpeg: ffmpegPath });
+        }
+        this.ffmpegMajor = major;
+        this.currentArgs = ffmpegArgs(this.spec, 0, major);
+        launch();
+      });
+    };
+
+    const launch = () => {
       const splitter = new JpegSplitter(opts.maxFrameBytes);
       this.stderr = [];
       let partial = '';
       let spawnFailed = false;
       // The fps filter sends frame k at k / fps: resuming at sent / fps continues the sequence.
-      const args = finite && sent > 0 ? ffmpegArgs(this.spec, sent / fps) : this.args;
-      const child = spawn(opts.ffmpegPath ?? 'ffmpeg', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+      const args = finite && sent > 0 ? ffmpegArgs(this.spec, sent / fps) : this.currentArgs;
+      const child = spawn(ffmpegPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
       this.child = child;
       this.tracker.log('debug', 'ffmpeg started', { pid: child.pid, args: args.map((a) => (a === input ? safeInput : a)).join(' ') });
       armStall(child);
@@ -222,7 +304,7 @@ export class FfmpegStreamSource implements PushSource {
         spawnFailed = true;
         if (stall) clearTimeout(stall);
         this.child = undefined;
-        const message = `camera ${this.camera}: cannot run ffmpeg (${opts.ffmpegPath ?? 'ffmpeg'}): ${err.message}; install ffmpeg or set its path`;
+        const message = `camera ${this.camera}: cannot run ffmpeg (${ffmpegPath}): ${err.message}; install ffmpeg or set its path`;
         this.tracker.error(message, { input: this.origin }, 'error');
         this.tracker.setState('failed');
         if (!closed) subscriber.error(new Error(message));

@@ -24,7 +24,18 @@ export function splitCredentials(raw: string): { url: string; credentials?: Cred
     throw new Error(`http-snapshot url ${JSON.stringify(redactUrl(raw))} must be http:// or https://`);
   }
   if (!u.username && !u.password) return { url: u.href, redacted: redactUrl(u.href) };
-  const credentials = { username: decodeURIComponent(u.username), password: decodeURIComponent(u.password) };
+  // decodeURIComponent throws a bare "URIError: URI malformed" on a raw '%' ("50%off"): say which
+  // part and how to write it, and show the URL only redacted (the password is never printed).
+  const decode = (part: string, what: string) => {
+    try {
+      return decodeURIComponent(part);
+    } catch {
+      throw new Error(
+        `http-snapshot url ${JSON.stringify(redactUrl(raw))}: the ${what} holds a '%' that is not a valid percent-escape; write a literal '%' as %25`,
+      );
+    }
+  };
+  const credentials = { username: decode(u.username, 'user name'), password: decode(u.password, 'password') };
   u.username = '';
   u.password = '';
   const url = u.href;
@@ -37,16 +48,99 @@ export interface Challenge {
   params: Record<string, string>;
 }
 
-/** Parse the first challenge of a WWW-Authenticate header. */
-export function parseChallenge(header: string): Challenge | undefined {
-  const m = /^\s*([A-Za-z]+)\s*(.*)$/.exec(header);
-  if (!m) return undefined;
-  const params: Record<string, string> = {};
-  const re = /([A-Za-z0-9_-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))/g;
-  for (let p = re.exec(m[2]); p; p = re.exec(m[2])) {
-    params[p[1].toLowerCase()] = p[2] !== undefined ? p[2].replace(/\\(.)/g, '$1') : p[3];
+const TOKEN = /[!#$%&'*+.^_`|~0-9A-Za-z-]+/y;
+const TOKEN68 = /[A-Za-z0-9._~+/-]+=*/y;
+const QUOTED = /"((?:[^"\\]|\\.)*)"/y;
+const WS = /[ \t]*/y;
+
+/**
+ * Every challenge of a WWW-Authenticate header (RFC 7235 §4.1), in order. A camera that offers
+ * several sends several headers, which fetch joins with ", " into one string:
+ * `Digest realm="a", nonce="n", qop="auth", Basic realm="b"`. A challenge starts at a token that
+ * is followed by a space or the end (not by `=`: that is a `key=value` parameter of the
+ * challenge before it); commas inside quoted strings are not separators. Scheme and parameter
+ * names are lower-cased; `token68` holds a bare credential-style value (`Negotiate abc==`).
+ */
+export function parseChallenges(header: string): Array<Challenge & { token68?: string }> {
+  const out: Array<Challenge & { token68?: string }> = [];
+  let current: (Challenge & { token68?: string }) | undefined;
+  let i = 0;
+  const match = (re: RegExp): RegExpExecArray | null => {
+    re.lastIndex = i;
+    const m = re.exec(header);
+    if (m) i = re.lastIndex;
+    return m;
+  };
+  const skipToComma = () => {
+    // Garbage: skip to the next comma outside a quoted string.
+    while (i < header.length && header[i] !== ',') {
+      if (header[i] === '"' && match(QUOTED)) continue;
+      i++;
+    }
+  };
+  while (i < header.length) {
+    if (header[i] === ',' || header[i] === ' ' || header[i] === '\t') {
+      i++;
+      continue;
+    }
+    const token = match(TOKEN);
+    if (!token) {
+      skipToComma();
+      continue;
+    }
+    const afterToken = i;
+    match(WS);
+    if (header[i] === '=' && current) {
+      // key = value, a parameter of the current challenge.
+      i++;
+      match(WS);
+      const quoted = header[i] === '"' ? match(QUOTED) : null;
+      const value = quoted ? quoted[1].replace(/\\(.)/g, '$1') : (match(TOKEN)?.[0] ?? '');
+      const key = token[0].toLowerCase();
+      // RFC 7235: each parameter at most once per challenge; keep the first.
+      if (!(key in current.params)) current.params[key] = value;
+      if (!quoted && i < header.length && header[i] !== ',' && header[i] !== ' ' && header[i] !== '\t') skipToComma();
+      continue;
+    }
+    i = afterToken;
+    current = { scheme: token[0].toLowerCase(), params: {} };
+    out.push(current);
+    // An optional token68 right after the scheme: `Negotiate YIIC…==`, then a comma or the end.
+    match(WS);
+    const start = i;
+    const t68 = match(TOKEN68);
+    if (t68) {
+      const end = i;
+      match(WS);
+      if (i >= header.length || header[i] === ',') {
+        current.token68 = t68[0];
+        i = end;
+      } else {
+        i = start; // `realm="…"` and the like: parameters, read by the loop
+      }
+    }
   }
-  return { scheme: m[1].toLowerCase(), params };
+  return out;
+}
+
+/** Digest algorithms DigestAuth answers. */
+const DIGEST_ALGORITHMS = ['MD5', 'MD5-SESS', 'SHA-256', 'SHA-256-SESS'];
+
+/**
+ * The challenge to answer in a WWW-Authenticate header that may hold several: the first Digest
+ * one whose algorithm is supported, else Basic, else the first challenge (which the caller then
+ * refuses by name: an unsupported scheme or Digest algorithm). Parameters are those of that
+ * challenge only. undefined for an empty header.
+ */
+export function parseChallenge(header: string): Challenge | undefined {
+  const all = parseChallenges(header).map(({ scheme, params }) => ({ scheme, params }));
+  const digest = all.filter((c) => c.scheme === 'digest');
+  return (
+    digest.find((c) => DIGEST_ALGORITHMS.includes((c.params.algorithm ?? 'MD5').toUpperCase())) ??
+    all.find((c) => c.scheme === 'basic') ??
+    digest[0] ??
+    all[0]
+  );
 }
 
 export function basicAuthorization(c: Credentials): string {
@@ -62,7 +156,7 @@ export class DigestAuth {
     private readonly credentials: Credentials,
   ) {
     const algo = (challenge.params.algorithm ?? 'MD5').toUpperCase();
-    if (!['MD5', 'MD5-SESS', 'SHA-256', 'SHA-256-SESS'].includes(algo)) {
+    if (!DIGEST_ALGORITHMS.includes(algo)) {
       throw new Error(`camera asks for Digest algorithm ${algo}, which is not supported (MD5, SHA-256)`);
     }
   }
