@@ -30,6 +30,7 @@
  */
 import { mkdir, open, readFile, rename, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
+import { fsyncDir } from './fsync-dir.js';
 import { z } from 'zod';
 import { issueLines } from '../models/zod-issues.js';
 import { slotKey, type DebounceState } from '../pipelines/debounce.js';
@@ -218,24 +219,12 @@ export class DebounceStore {
         await fh.close();
       }
       await rename(temp, this.path);
-      if (this.fsync) await this.syncDir();
+      if (this.fsync) await fsyncDir(this.options.dir);
       this.counts.writes++;
     } catch (err) {
       await unlink(temp).catch(() => undefined);
       this.counts.failedWrites++;
       this.logger.warn('debounce states could not be saved; a restart now would lose open anomalies', { file: this.path, error: err as Error });
-    }
-  }
-
-  private async syncDir(): Promise<void> {
-    const fh = await open(this.options.dir, 'r');
-    try {
-      await fh.sync();
-    } catch (err) {
-      // Some file systems cannot fsync a directory; the file itself is synced.
-      if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
-    } finally {
-      await fh.close();
     }
   }
 

@@ -33,6 +33,7 @@ import { readFileSync } from 'node:fs';
 import { mkdir, open, readFile, readdir, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { crc32 } from 'node:zlib';
+import { fsyncDir } from '../fsync-dir.js';
 import { validatePublishTopic } from './topics.js';
 
 export type QoS = 0 | 1 | 2;
@@ -477,15 +478,7 @@ export class Outbox extends EventEmitter<OutboxEvents> {
       .then(async () => {
         if (this.nextDirSync === next) this.nextDirSync = null;
         this.currentDirSync = next;
-        const fh = await open(this.dir, 'r');
-        try {
-          await fh.sync();
-        } catch (err) {
-          // Some file systems cannot fsync a directory; the file itself is synced.
-          if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
-        } finally {
-          await fh.close();
-        }
+        await fsyncDir(this.dir);
       })
       .finally(() => {
         if (this.currentDirSync === next) this.currentDirSync = null;
