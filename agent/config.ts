@@ -161,7 +161,7 @@ function url(schemes: readonly string[]) {
 const STREAM_KIND_NAMES: Readonly<Record<StreamInputKind, string>> = {
   rtsp: 'an rtsp://',
   http: 'an http(s)://',
-  v4l2: 'a /dev/videoN device',
+  v4l2: 'a V4L2 device (/dev/videoN, /dev/v4l/by-id/…)',
   url: 'a URL',
   file: 'a file',
 };

@@ -695,7 +695,7 @@ test('stream loop: true is a config error at cameras[i].source.loop unless the i
   for (const [input, kind] of [
     ['rtsp://cam/s', /rtsp:\/\//],
     ['http://cam/video.mjpg', /http\(s\):\/\//],
-    ['/dev/video0', /\/dev\/videoN device/],
+    ['/dev/video0', /V4L2 device/],
   ] as const) {
     const error = configError(t, withSource(`{ type: stream, input: "${input}", loop: true }`));
     const issue = issueAt(t, error, 'cameras[0].source.loop');

@@ -499,7 +499,7 @@ test('createSource rejects an unknown type naming the camera', (t) => {
 import { writeFileSync } from 'node:fs';
 import { basename } from 'node:path';
 import { interval, tap } from 'rxjs';
-import { capFpsKeepLatest, createCameraFeed, ffmpegArgs, parseFfmpegMajor } from '../agent/sources/index.js';
+import { capFpsKeepLatest, classifyInput, createCameraFeed, ffmpegArgs, parseFfmpegMajor } from '../agent/sources/index.js';
 import { parseChallenge, parseChallenges, splitCredentials } from '../agent/sources/http-auth.js';
 
 test('ffmpeg version: the major version is read from release, distro, n-prefixed and git builds', (t) => {
@@ -534,6 +534,17 @@ test('ffmpeg args: the RTSP timeout is -stimeout for ffmpeg 4.x and -timeout for
   for (const input of ['http://cam/video.mjpg', '/dev/video0', './shelf.mp4', 'srt://cam:9000']) {
     t.deepEqual(ffmpegArgs({ type: 'stream', input }, 0, 4), ffmpegArgs({ type: 'stream', input }, 0, 6), input);
   }
+});
+
+test('stream inputs: V4L2 devices by number and by their stable udev names, URLs and files', (t) => {
+  for (const input of ['/dev/video0', '/dev/video12', '/dev/v4l/by-id/usb-046d_HD_Webcam_C615-video-index0', '/dev/v4l/by-path/pci-0000:00:14.0-usb-0:1:1.0-video-index0']) {
+    t.is(classifyInput(input), 'v4l2', input);
+    t.true(ffmpegArgs({ type: 'stream', input }).join(' ').includes(`-f v4l2 -i ${input}`), input);
+  }
+  t.is(classifyInput('rtsp://cam/s'), 'rtsp');
+  t.is(classifyInput('https://cam/v.mjpg'), 'http');
+  t.is(classifyInput('srt://cam:9000'), 'url');
+  for (const input of ['/dev/v4l/by-id', '/srv/videos/shelf.mp4', '/dev/video']) t.is(classifyInput(input), 'file', input);
 });
 
 test('continuous maxFps caps replay cameras: every file of the sequence, at least 1/maxFps apart', async (t) => {

@@ -54,7 +54,8 @@ const MAX_STDERR_LINE = 1000;
 export function classifyInput(input: string): StreamInputKind {
   if (/^rtsps?:\/\//i.test(input)) return 'rtsp';
   if (/^https?:\/\//i.test(input)) return 'http';
-  if (/^\/dev\/video\d+$/.test(input)) return 'v4l2';
+  // A V4L2 device by number or by its stable udev name (/dev/v4l/by-id/…, /dev/v4l/by-path/…).
+  if (/^\/dev\/(video\d+|v4l\/by-(id|path)\/[^/]+)$/.test(input)) return 'v4l2';
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(input)) return 'url';
   return 'file';
 }
