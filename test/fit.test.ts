@@ -89,7 +89,13 @@ test('runtime: infer scores images and says which execution provider ran', async
   await runFit(fitOpts([dir], join(out, 'm.onnx'), { coreset: 0.1 }));
   const defect = join(MAGNETIC_TILE, 'test', 'break', 'exp1_num_116934.jpg');
   const good = join(MAGNETIC_TILE, 'test', 'good', 'exp1_num_106729.jpg');
-  const r = await runInfer({ model: join(out, 'm.onnx'), images: [defect, good], batch: 2, provider: 'auto' });
+  // A folder with the good image and a link whose target is gone.
+  const folder = await mkdtemp(join(tmpdir(), 'sw-infer-'));
+  await copyFile(good, join(folder, 'good.jpg'));
+  const dangling = join(folder, 'gone.jpg');
+  await symlink(join(folder, 'no-such-file.jpg'), dangling);
+  const r = await runInfer({ model: join(out, 'm.onnx'), images: [defect, folder], batch: 2, provider: 'auto' });
+  t.deepEqual(r.skipped, [{ file: dangling, reason: 'broken symbolic link (its target does not exist)' }], 'listed, reported, not scored');
   t.is(r.provider, 'cpu');
   t.true(r.fallbacks.some((f) => f.provider === 'cuda'));
   t.is(r.results.length, 2);

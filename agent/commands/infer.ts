@@ -24,9 +24,9 @@ export interface InferSummary {
 export async function runInfer(o: { model: string; images: string[]; batch: number; provider: ProviderChoice; threshold?: number }): Promise<InferSummary> {
   const model = await PatchcoreModel.load(o.model, { provider: o.provider });
   try {
-    const files = await listImages(o.images);
-    if (files.length === 0) throw new Error(`no image files in ${o.images.join(', ')}`);
     const skipped: SkippedFile[] = [];
+    const files = await listImages(o.images, (s) => skipped.push(s));
+    if (files.length === 0) throw new Error(`no image files in ${o.images.join(', ')}${skipped.length ? ` (${skipped.length} skipped: ${skipped.map((s) => `${s.file}: ${s.reason}`).join('; ')})` : ''}`);
     const results: InferResult[] = [];
     const m = model.manifest;
     for await (const batch of preprocessedBatches(files, { size: m.inputSize, normalization: m.normalization, batchSize: o.batch, onSkip: (s) => skipped.push(s) })) {

@@ -93,8 +93,8 @@ export async function runModelCheck(o: { model: string; provider: ProviderChoice
     const skipped: SkippedFile[] = [];
     let source: 'images' | 'synthetic' = 'synthetic';
     if (o.images?.length) {
-      const files = await listImages(o.images);
-      if (files.length === 0) throw new Error(`no image files in ${o.images.join(', ')}`);
+      const files = await listImages(o.images, (s) => skipped.push(s));
+      if (files.length === 0) throw new Error(`no image files in ${o.images.join(', ')}${skipped.length ? ` (${skipped.length} skipped: ${skipped.map((s) => `${s.file}: ${s.reason}`).join('; ')})` : ''}`);
       const first = await preprocessedBatches(files, { size, normalization, batchSize, onSkip: (s) => skipped.push(s) })[Symbol.asyncIterator]().next();
       if (first.done) throw new Error(`none of the ${files.length} image(s) could be read: ${skipped.map((s) => `${s.file}: ${s.reason}`).join('; ')}`);
       batch = first.value.data;
