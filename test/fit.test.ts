@@ -55,6 +55,22 @@ test('fit: same inputs and seed give a byte-identical model; another seed anothe
   t.is(m.thresholds.image, m.statistics.image.max);
 });
 
+test('fit: --val images that are also training images are warned about', async (t) => {
+  if (!sharedAvailable()) return t.pass('../shared absent');
+  const dir = await trainDir(6);
+  const out = await mkdtemp(join(tmpdir(), 'sw-out-'));
+  const lines: string[] = [];
+  const one = (await magneticTileTrain(6))[0]!.split('/').pop()!;
+  const s = await runFit(fitOpts([dir], join(out, 'v.onnx'), { val: [join(dir, one)], coreset: 0.1, log: (l: string) => lines.push(l) }));
+  t.is(s.validationImages, 1);
+  t.true(lines.some((l) => /^warning: 1 of the 1 --val image\(s\) are also training images \(.*\): the memory bank has seen them/.test(l)), lines.join('\n'));
+  const separate = await mkdtemp(join(tmpdir(), 'sw-val-'));
+  await copyFile(join(MAGNETIC_TILE, 'test', 'good', 'exp1_num_106729.jpg'), join(separate, 'v.jpg'));
+  const quiet: string[] = [];
+  await runFit(fitOpts([dir], join(out, 'w.onnx'), { val: [separate], coreset: 0.1, log: (l: string) => quiet.push(l) }));
+  t.false(quiet.some((l) => l.includes('also training images')));
+});
+
 test('fit: unreadable files are reported and skipped; nothing usable is a clear error', async (t) => {
   if (!sharedAvailable()) return t.pass('../shared absent');
   const dir = await trainDir(6, { 'broken.jpg': Buffer.from('not a jpeg at all'), 'empty.png': Buffer.alloc(0) });

@@ -141,6 +141,10 @@ export async function runFit(o: FitCommandOptions): Promise<FitSummary> {
   if (all.length === 0) throw new Error(`no image files (${[...IMAGE_EXTENSIONS].join(' ')}) in ${o.images.join(', ')}${skipNote()}`);
   const val = o.val && o.val.length > 0 ? await listImages(o.val, onSkip) : null;
   if (val?.length === 0) throw new Error(`--val: no image files in ${o.val!.join(', ')}${skipNote()}`);
+  const alsoTrained = val ? val.filter((f) => all.includes(f)) : [];
+  if (alsoTrained.length > 0) {
+    log(`warning: ${alsoTrained.length} of the ${val!.length} --val image(s) are also training images (${alsoTrained[0]}${alsoTrained.length > 1 ? ', …' : ''}): the memory bank has seen them, so the thresholds will be too low`);
+  }
 
   const descriptor = await resolveDescriptor(o.backboneId);
   const backboneFile = o.backbone ?? env.SHELFWATCH_BACKBONE;
