@@ -39,10 +39,13 @@ export function cachedBackbonePath(d: BackboneDescriptor, env: NodeJS.ProcessEnv
 }
 
 /** Download (or reuse) the descriptor's file in the cache, verified against its sha256. */
-export async function fetchBackbone(d: BackboneDescriptor, opts: { env?: NodeJS.ProcessEnv; urls?: string[]; onProgress?: (r: number, t?: number) => void } = {}) {
+export async function fetchBackbone(
+  d: BackboneDescriptor,
+  opts: { env?: NodeJS.ProcessEnv; urls?: string[]; onProgress?: (r: number, t?: number) => void; signal?: AbortSignal } = {},
+) {
   const urls = opts.urls ?? d.urls ?? [];
   if (urls.length === 0) throw new BackboneError(`backbone ${d.id} has no download location: pass the file with --backbone <file>`);
-  return downloadVerified({ urls, sha256: d.sha256, dest: cachedBackbonePath(d, opts.env), onProgress: opts.onProgress });
+  return downloadVerified({ urls, sha256: d.sha256, dest: cachedBackbonePath(d, opts.env), onProgress: opts.onProgress, signal: opts.signal });
 }
 
 /** The cached file: absent, verified, present with another sha256, or unreadable (loadBackbone then says why). */

@@ -106,8 +106,20 @@ backbone
     const { progressBar } = await import('./progress.js');
     const d = await resolveDescriptor(o.backboneId);
     const bar = progressBar(`fetch ${d.id}`);
-    const r = await fetchBackbone(d, { urls: o.url, onProgress: (got, total) => bar.update(got, total ?? got) });
-    bar.done();
+    // Ctrl-C or a stop aborts the download, which removes its temp file (no .part left behind).
+    const interrupted = new AbortController();
+    const onSignal = (signal: NodeJS.Signals) => interrupted.abort(new Error(`backbone fetch interrupted (${signal}): nothing was cached`));
+    process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
+    let r;
+    try {
+      r = await fetchBackbone(d, { urls: o.url, signal: interrupted.signal, onProgress: (got, total) => bar.update(got, total ?? got) });
+    } catch (err) {
+      if (interrupted.signal.aborted) process.exitCode = 130;
+      throw err;
+    } finally {
+      process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
+      bar.done();
+    }
     console.log(`${r.cached ? 'already cached' : `downloaded from ${r.url}`}: ${r.path} (${r.bytes} bytes, sha256 ${r.sha256})`);
   });
 backbone

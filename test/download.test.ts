@@ -1,4 +1,5 @@
 import test, { type ExecutionContext } from 'ava';
+import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, statSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
@@ -501,4 +502,24 @@ backboneTest('selectBackbone: a wrong file the user names (--backbone / SHELFWAT
   await t.throwsAsync(selectBackbone({ descriptor: c.descriptorFile, env: { ...c.env, SHELFWATCH_BACKBONE: mine } }), { message: /wrong or corrupted file/ });
   t.deepEqual(requests, []);
   t.is((await readFile(mine)).length, 100_000);
+});
+
+test('backbone fetch interrupted by Ctrl-C exits 130 and leaves no .part file in the cache', async (t) => {
+  const { base } = await startServer(t);
+  const cache = await tempDir(t);
+  const child = spawn(process.execPath, ['--import', 'tsx', 'agent/cli.ts', 'backbone', 'fetch', '--url', `${base}/drip`], {
+    env: { ...process.env, SHELFWATCH_CACHE: cache },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  const backbones = join(cache, 'backbones');
+  const parts = async () => (await readdir(backbones).catch(() => [] as string[])).filter((n) => n.includes('.part-'));
+  for (let i = 0; i < 300 && (await parts()).length === 0; i++) await new Promise((r) => setTimeout(r, 50));
+  t.is((await parts()).length, 1, 'the download had started');
+  child.kill('SIGINT');
+  t.is(await exited, 130);
+  t.regex(stderr, /backbone fetch interrupted \(SIGINT\): nothing was cached/);
+  t.deepEqual(await readdir(backbones), [], 'no .part file, no cache entry');
 });
