@@ -149,7 +149,8 @@ program
   .description('the main job on a simulated shelf camera: fits a model on first run, prints events, writes thumbnails')
   .option('--dir <dir>', 'working folder (model, frames, thumbnails, state)', '.shelfwatch-demo')
   .option('--duration <seconds>', 'stop after this many seconds (default: until Ctrl-C)', number('--duration', { min: 1 }))
-  .option('--port <port>', 'embedded MQTT broker port (a busy port falls back to a free one)', number('--port', { integer: true, min: 0, max: 65535 }), 1883)
+  // No commander default: the demo falls back to a free port only when 1883 was not asked for.
+  .option('--port <port>', 'embedded MQTT broker port (default 1883; when that is taken, e.g. by mosquitto, a free one; 0 = any free port)', number('--port', { integer: true, min: 0, max: 65535 }))
   .addOption(new Option('--log-level <level>', 'agent JSON log level (stderr)').choices(['trace', 'debug', 'info', 'warn', 'error']).default('warn'))
   .action(async (o) => {
     const { runDemo } = await import('./demo.js');

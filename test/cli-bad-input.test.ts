@@ -220,3 +220,10 @@ test('fit defaults to the CPU execution provider (same bytes on any box); infer,
     t.regex(r.stdout.replace(/\s+/g, ' '), /--provider <name> execution provider \(choices: "auto", "cuda", "webgpu", "cpu", default: "auto"\)/, cmd.join(' '));
   }
 });
+
+test('demo --port has no fixed default, so a busy 1883 (mosquitto from the quick start) falls back to a free port', async (t) => {
+  const r = await cli(['demo', '--help']);
+  const help = r.stdout.replace(/\s+/g, ' ');
+  t.regex(help, /--port <port> embedded MQTT broker port \(default 1883; when that is taken/);
+  t.notRegex(help, /default: 1883/, 'a commander default would look like an explicit --port 1883 to the demo');
+});

@@ -7,6 +7,7 @@
  */
 import test from 'ava';
 import { rm } from 'node:fs/promises';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
@@ -15,7 +16,11 @@ import { BACKBONE_PATH, sharedAvailable } from './helpers/fitted-model.js';
 
 const maybe = sharedAvailable() ? test : test.skip;
 
-maybe('the demo fits (or reuses) its model, raises the scripted defect and writes thumbnails', async (t) => {
+maybe('the demo fits (or reuses) its model, raises the scripted defect and writes thumbnails; a busy 1883 falls back to a free port', async (t) => {
+  // The README's quick start installs mosquitto, which listens on 1883: the demo must still run.
+  const blocker = createServer();
+  await new Promise<void>((resolve) => blocker.once('error', () => resolve()).listen(1883, '127.0.0.1', () => resolve()));
+  t.teardown(() => new Promise<void>((resolve) => (blocker.listening ? blocker.close(() => resolve()) : resolve())));
   const dir = join(tmpdir(), 'shelfwatch-demo-it');
   // Keep the fitted model and rendered frames between runs; start from a fresh agent state.
   await rm(join(dir, 'state'), { recursive: true, force: true });
@@ -23,7 +28,6 @@ maybe('the demo fits (or reuses) its model, raises the scripted defect and write
   const result = await runDemo({
     dir,
     durationSec: 12,
-    port: 0,
     log: (l) => lines.push(l),
     handleSignals: false,
     env: { ...process.env, SHELFWATCH_BACKBONE: BACKBONE_PATH },
@@ -32,6 +36,7 @@ maybe('the demo fits (or reuses) its model, raises the scripted defect and write
   t.log(`model ${result.fitted ? 'fitted' : 'from cache'}; ${result.events.length} events`);
 
   t.regex(transcript, /shelfwatch demo — a simulated camera 'shelf-demo' watching 4 products/);
+  t.regex(transcript, /port 1883 is taken \(another broker\?\); the embedded broker takes a free port instead/);
   t.regex(transcript, /MQTT broker \(embedded\)\s+mqtt:\/\/127\.0\.0\.1:\d+/);
   // The bottle on slot-1 loses its cap from frame 6 on (3 s into the loop).
   t.deepEqual(defectsAt(6), [{ slot: 0, defect: 'cap_open' }]);
