@@ -6,6 +6,11 @@
  *
  * The operator owns the worker call so that backpressure is real: the next item is pulled from
  * the queue only when the worker's observable/promise for the previous one has finished.
+ *
+ * Teardown (unsubscribe, or an error from the source or a worker) unsubscribes the running
+ * workers' observables, but a promise cannot be cancelled: the worker gets an AbortSignal that is
+ * aborted at teardown, so work still running can tell that nobody takes its result any more and
+ * leave shared state alone.
  */
 import { Observable, from, type ObservableInput, type OperatorFunction, type Subscription } from 'rxjs';
 
@@ -63,7 +68,10 @@ export class DropOldestBuffer<T> {
 export interface DropOldestOptions<T> {
   /** Items allowed to WAIT (not counting those being worked on); integer ≥ 1. */
   capacity: number;
-  /** Called synchronously with every item dropped from the queue. */
+  /**
+   * Called synchronously with every item dropped from the queue. If it throws, the output errors
+   * with that error (like a throwing worker); pass a hook that cannot throw to keep going.
+   */
   onDrop?: (item: T) => void;
   /** Items worked on at once (integer ≥ 1, default 1). */
   concurrency?: number;
@@ -73,10 +81,12 @@ export interface DropOldestOptions<T> {
  * Like `concatMap(work)`, but with a bounded drop-oldest queue in front of the worker.
  * Order is preserved among the kept items (with concurrency 1 their results come out in
  * input order). When the source completes, the queued items are still worked off before the
- * output completes. An error from the source or a worker errors the output at once.
+ * output completes. An error from the source, a worker or `onDrop` errors the output at once.
+ * `signal` (the same for every item of one subscription) is aborted at teardown: unsubscribe, or
+ * the output erroring (completion comes only once every item has been worked off).
  */
 export function dropOldestWhileBusy<T, R>(
-  work: (item: T) => ObservableInput<R>,
+  work: (item: T, signal: AbortSignal) => ObservableInput<R>,
   options: DropOldestOptions<T>,
 ): OperatorFunction<T, R> {
   const { capacity, onDrop } = options;
@@ -91,8 +101,16 @@ export function dropOldestWhileBusy<T, R>(
     new Observable<R>((subscriber) => {
       const queue = new DropOldestBuffer<T>(capacity);
       const running = new Set<Subscription>();
+      const abort = new AbortController();
       let sourceDone = false;
       let closed = false;
+
+      /** Errors the output once (the teardown below then aborts the running work). */
+      const fail = (err: unknown) => {
+        if (closed) return;
+        closed = true;
+        subscriber.error(err);
+      };
 
       const finishIfIdle = () => {
         if (sourceDone && running.size === 0 && queue.length === 0 && !closed) {
@@ -110,20 +128,18 @@ export function dropOldestWhileBusy<T, R>(
             if (inner) running.delete(inner);
             else finishedSynchronously = true;
           };
-          let input: ObservableInput<R>;
+          let input: Observable<R>;
           try {
-            input = work(item);
+            input = from(work(item, abort.signal));
           } catch (err) {
-            closed = true;
-            subscriber.error(err);
+            fail(err);
             return;
           }
-          inner = from(input).subscribe({
+          inner = input.subscribe({
             next: (r) => subscriber.next(r),
             error: (err) => {
               release();
-              closed = true;
-              subscriber.error(err);
+              fail(err);
             },
             complete: () => {
               release();
@@ -137,14 +153,17 @@ export function dropOldestWhileBusy<T, R>(
 
       const sub = source.subscribe({
         next: (item) => {
-          const res = queue.push(item);
-          if (res.dropped) onDrop?.(res.item as T);
-          pump();
+          if (closed) return;
+          try {
+            const res = queue.push(item);
+            if (res.dropped) onDrop?.(res.item as T);
+            pump();
+          } catch (err) {
+            // Thrown here it would escape as an unhandled error (a process crash): error the output.
+            fail(err);
+          }
         },
-        error: (err) => {
-          closed = true;
-          subscriber.error(err);
-        },
+        error: (err) => fail(err),
         complete: () => {
           sourceDone = true;
           finishIfIdle();
@@ -157,6 +176,7 @@ export function dropOldestWhileBusy<T, R>(
         for (const s of running) s.unsubscribe();
         running.clear();
         queue.clear();
+        abort.abort();
       };
     });
 }

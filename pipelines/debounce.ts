@@ -10,8 +10,11 @@
  *                               ≥ 10 % of the reported score, or a region appeared that overlaps
  *                               none of the reported regions. At most one transition per scan.
  *
- * Requiring the current scan to be anomalous for a raise keeps a freshly cleared slot from being
- * re-raised by a normal scan when the window still holds old anomalous decisions.
+ * Only decisions since the slot was last cleared count toward a raise: a clear drops the history
+ * before the normal streak that cleared it, so the anomalous scans of the period that just ended
+ * cannot combine with ONE new anomalous scan into a raise (with raiseAfter 3, window 5,
+ * clearAfter 2, the scans A A A n n A raise once, clear, and stay ok). Requiring the current scan
+ * to be anomalous for a raise also keeps a normal scan from ever raising a slot.
  *
  * Each state also counts its raises (`raises`) and remembers the debouncer run that made the last
  * one (`raisedIn`, from `DebounceOptions.run`). Together with camera and slot they name one
@@ -50,7 +53,13 @@ export interface SlotDecision {
   regions?: readonly Box[];
 }
 
-/** SlotState plus what the debouncer needs to remember between scans. */
+/**
+ * SlotState plus what the debouncer needs to remember between scans. `history` holds at most the
+ * last `window` decisions, and none from before the last clear (step() trims it when it clears).
+ * No field was added for that, so states saved by older versions load unchanged; one saved right
+ * after a clear by such a version may still hold the ended period's anomalous scans, which then
+ * count as before until they leave the window.
+ */
 export interface DebounceState extends SlotState {
   /** Consecutive normal decisions at the end of the history (may exceed the window). */
   normalStreak: number;
@@ -136,7 +145,10 @@ export function step(state: DebounceState | undefined, decision: SlotDecision, o
 
   if (!decision.anomalous) {
     if (normalStreak >= opts.clearAfter) {
-      return { state: { ...next, state: 'ok', since: decision.at, reported: null }, transition: 'cleared' };
+      // Keep only the normal streak that cleared the slot: the anomalous scans of the period that
+      // ends must not count toward the next raise (one noisy scan would re-raise it at once).
+      const sinceClear = history.slice(-Math.min(normalStreak, history.length));
+      return { state: { ...next, history: sinceClear, state: 'ok', since: decision.at, reported: null }, transition: 'cleared' };
     }
     return { state: next, transition: null };
   }

@@ -139,7 +139,8 @@ export function snapshotOf(sp: SlotPrediction, period: EventPeriod, thumbnail: b
  *
  * Without a remembered open event (the builder was recreated while the debouncer state was
  * restored), 'updated' becomes a 'new' with the same id (periodOf the restored state), and
- * 'cleared' an 'end' whose `before` is the clearing scan's snapshot with endTime null. A scan
+ * 'cleared' an 'end' whose `before` is the clearing scan's snapshot with endTime null (and
+ * `thumbnail: false`: none was published for that scan). A scan
  * without a transition adopts the restored period silently (no event; `openEvent` then names it,
  * so the retained state carries its id) with a snapshot of that scan (`thumbnail: false`: none
  * was published for it); one adopted from a normal scan is replaced by the next anomalous one,
@@ -160,31 +161,40 @@ export class EventBuilder {
     return this.open.get(`${camera}/${slot}`);
   }
 
-  build(d: DebouncedItem<SlotPrediction>): AnomalyEvent | null {
+  /**
+   * The event of one debounced scan, if any. `options.thumbnail`: whether a thumbnail of THIS scan
+   * is published with a new/update event (e.g. false when rendering it failed); default the
+   * builder's `thumbnail` option. It is kept with the open event, so a later update's `before`
+   * and the `end` say the same.
+   */
+  build(d: DebouncedItem<SlotPrediction>, options: { thumbnail?: boolean } = {}): AnomalyEvent | null {
+    const thumbnail = options.thumbnail ?? this.thumbnail;
     const { camera, slot } = d.decision;
     const key = `${camera}/${slot}`;
     const current = this.open.get(key);
     const provisional = this.provisional.delete(key);
     switch (d.transition) {
       case 'raised': {
-        const after = snapshotOf(d.item, periodOf(d.state), this.thumbnail);
+        const after = snapshotOf(d.item, periodOf(d.state), thumbnail);
         this.open.set(key, after);
         return { type: 'new', before: null, after };
       }
       case 'updated': {
         if (!current) {
-          const after = snapshotOf(d.item, periodOf(d.state), this.thumbnail);
+          const after = snapshotOf(d.item, periodOf(d.state), thumbnail);
           this.open.set(key, after);
           return { type: 'new', before: null, after };
         }
-        const after = snapshotOf(d.item, current, this.thumbnail, current.topScore);
+        const after = snapshotOf(d.item, current, thumbnail, current.topScore);
         this.open.set(key, after);
         return { type: 'update', before: current, after };
       }
       case 'cleared': {
         this.open.delete(key);
-        // A clear always follows an anomalous state: `previous` is the period that ends.
-        const before = current ?? snapshotOf(d.item, periodOf(d.previous ?? d.state), this.thumbnail);
+        // A clear always follows an anomalous state: `previous` is the period that ends. Without an
+        // open event (restored state) the snapshot is made up from this normal scan, for which no
+        // thumbnail was published.
+        const before = current ?? snapshotOf(d.item, periodOf(d.previous ?? d.state), false);
         return { type: 'end', before, after: { ...before, endTime: d.state.since } };
       }
       case null: {

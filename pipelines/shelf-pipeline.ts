@@ -16,8 +16,17 @@
  * the previous) but their results are debounced strictly in capture order.
  *
  * Nothing here throws at a bad frame: a frame that does not decode, a slot box that does not fit
- * and a failed inference call are counted, reported to the observer and skipped. A camera whose
- * frame stream errors is reported and ends; the other cameras go on.
+ * and a failed inference call are counted, reported to the observer and skipped. A slot whose
+ * post-processing (regions, debounce, event) fails is counted and skipped alone: the frame's other
+ * slots still emit. A camera whose frame stream errors is reported and ends; the other cameras go
+ * on. An observer hook that throws is counted (stats().observerErrors) and reported to
+ * `observerError`; it never changes what the pipeline does or emits.
+ *
+ * Once a camera's output is torn down (the pipeline was unsubscribed, or the camera's stream
+ * failed), its frames still in flight are abandoned: they change no debounce state, build no
+ * event, call no `event`/`frameScanned` hook and count no error (the crops the closed batchers
+ * reject are not inference errors) — nothing that would not be emitted leaves a trace. A frame's
+ * slots are committed together, synchronously, right before its outputs are emitted.
  *
  * Models can be swapped while it runs (`swapModel`): the next batch of that model runs on the new
  * one, the running batch finishes on the old one, no frame is dropped.
@@ -25,11 +34,11 @@
  * Pure pipelines/ code: no MQTT, no config files, no process; the agent wires sources in and
  * publishes what comes out.
  */
-import { catchError, defer, EMPTY, from, merge, mergeMap, Observable, tap } from 'rxjs';
+import { catchError, defer, EMPTY, finalize, from, merge, mergeMap, Observable, tap } from 'rxjs';
 import { decodeImage, type RawImage } from '../models/image-decode.js';
 import { hasMaps, type ScanPrediction } from '../models/types.js';
 import { dropOldestWhileBusy } from './bounded-queue.js';
-import { step, slotKey, validateDebounceOptions, type DebounceOptions, type DebounceState } from './debounce.js';
+import { step, slotKey, validateDebounceOptions, type DebounceOptions, type DebounceState, type SlotDecision, type SlotTransition } from './debounce.js';
 import { EventBuilder, slotStatePayload, type AnomalyEvent, type SlotOutput } from './events.js';
 import { InferenceBatcher, type BatchModel, type InferenceBatcherStats } from './inference-batcher.js';
 import { frameShrinkLimit, pixelBox, planCrops, type SlotSpec } from './planogram.js';
@@ -63,9 +72,14 @@ export interface PipelineModelEntry {
   threshold?: number;
 }
 
-export type FrameErrorKind = 'decode' | 'crop' | 'inference' | 'thumbnail';
+/** 'postprocess': regions, debounce or event of one slot (reported with the slot). */
+export type FrameErrorKind = 'decode' | 'crop' | 'inference' | 'thumbnail' | 'postprocess';
 
-/** Hooks for logs and metrics; every one optional, called synchronously. */
+/**
+ * Hooks for logs and metrics; every one optional, called synchronously. A hook that throws is
+ * counted (stats().observerErrors) and reported to `observerError`; the pipeline goes on as if it
+ * had returned.
+ */
 export interface PipelineObserver {
   frameReceived?(camera: string, frame: Frame): void;
   /** Work on a frame begins (it left the pending queue). */
@@ -87,7 +101,29 @@ export interface PipelineObserver {
   cameraError?(camera: string, error: Error): void;
   /** The camera's frame stream completed (e.g. a replay without loop). */
   cameraEnded?(camera: string): void;
+  /** Another hook threw (what it threw is swallowed; so is anything this one throws). */
+  observerError?(hook: ObserverHook, error: Error): void;
 }
+
+/** The hooks of PipelineObserver that report pipeline activity (all but observerError). */
+export type ObserverHook = Exclude<keyof PipelineObserver, 'observerError'>;
+
+const OBSERVER_HOOKS = [
+  'frameReceived',
+  'frameStarted',
+  'frameFinished',
+  'frameDropped',
+  'frameError',
+  'frameScanned',
+  'cropWarning',
+  'batch',
+  'event',
+  'cameraError',
+  'cameraEnded',
+] as const satisfies readonly ObserverHook[];
+// Every hook is guarded: a hook added to PipelineObserver but not to OBSERVER_HOOKS fails to compile.
+const everyHookGuarded: [Exclude<ObserverHook, (typeof OBSERVER_HOOKS)[number]>] extends [never] ? true : false = true;
+void everyHookGuarded;
 
 export interface ShelfPipelineOptions {
   cameras: readonly PipelineCamera[];
@@ -108,7 +144,7 @@ export interface ShelfPipelineOptions {
   debounce: DebounceOptions;
   /** Thumbnail + mask for every new/update event (default enabled, 320 px, quality 80). */
   thumbnails?: { enabled?: boolean; maxSize?: number; quality?: number };
-  /** Drop anomalous regions smaller than this fraction of the crop (default 0). */
+  /** Drop anomalous regions smaller than this fraction of the crop, in [0, 1] (default 0). */
   minRegionAreaFraction?: number;
   /** Per-slot debounce states (restore after a restart, inspect in tests); updated in place. */
   debounceStates?: Map<string, DebounceState>;
@@ -130,6 +166,8 @@ export interface CameraPipelineStats {
   cropErrors: number;
   inferenceErrors: number;
   thumbnailErrors: number;
+  /** Slots whose regions, debounce or event failed (skipped; the frame's other slots emitted). */
+  postprocessErrors: number;
   /** Frames waiting in the drop-oldest queue right now. */
   pending: number;
   /** Frames being worked on right now. */
@@ -145,6 +183,11 @@ export interface CameraPipelineStats {
 export interface ShelfPipelineStats {
   cameras: Record<string, CameraPipelineStats>;
   models: Record<string, InferenceBatcherStats>;
+  /**
+   * Observer hooks that threw (each swallowed and reported to `observerError`). Always set by
+   * stats(); optional so that a placeholder before the pipeline exists may leave it out.
+   */
+  observerErrors?: number;
 }
 
 export interface ShelfPipeline {
@@ -185,6 +228,7 @@ const emptyCameraStats = (): CameraPipelineStats => ({
   cropErrors: 0,
   inferenceErrors: 0,
   thumbnailErrors: 0,
+  postprocessErrors: 0,
   pending: 0,
   inFlight: 0,
   crops: 0,
@@ -195,6 +239,32 @@ const emptyCameraStats = (): CameraPipelineStats => ({
 });
 
 const asError = (e: unknown): Error => (e instanceof Error ? e : new Error(String(e)));
+
+/**
+ * `observer` with every hook guarded: what a hook throws goes to `failed` (the count) and to
+ * `observer.observerError` (whose own throw is swallowed), never to the caller. Hooks are looked
+ * up at call time and called with `observer` as `this` (methods of a class instance work).
+ */
+function guardObserver(observer: PipelineObserver, failed: (hook: ObserverHook, error: Error) => void): Required<Omit<PipelineObserver, 'observerError'>> {
+  const guarded: Partial<Record<ObserverHook, (...args: unknown[]) => void>> = {};
+  for (const hook of OBSERVER_HOOKS) {
+    guarded[hook] = (...args: unknown[]) => {
+      const fn = observer[hook] as ((...a: unknown[]) => void) | undefined;
+      if (typeof fn !== 'function') return;
+      try {
+        fn.apply(observer, args);
+      } catch (err) {
+        failed(hook, asError(err));
+        try {
+          observer.observerError?.(hook, asError(err));
+        } catch {
+          // nothing left to report it to
+        }
+      }
+    };
+  }
+  return guarded as Required<Omit<PipelineObserver, 'observerError'>>;
+}
 
 /** Checks the wiring (every slot's model exists, ids unique, options sane); throws naming the culprit. */
 function validate(options: ShelfPipelineOptions): void {
@@ -208,6 +278,10 @@ function validate(options: ShelfPipelineOptions): void {
     throw new RangeError(`shelf pipeline: batchWaitMs must be a number ≥ 0, got ${String(options.batchWaitMs)}`);
   }
   validateDebounceOptions(options.debounce);
+  const minArea = options.minRegionAreaFraction;
+  if (minArea !== undefined && !(typeof minArea === 'number' && minArea >= 0 && minArea <= 1)) {
+    throw new RangeError(`shelf pipeline: minRegionAreaFraction must be a number in [0, 1], got ${String(minArea)}`);
+  }
   const cameraIds = new Set<string>();
   for (const cam of options.cameras) {
     if (cameraIds.has(cam.id)) throw new Error(`shelf pipeline: camera ${cam.id} is listed twice`);
@@ -234,7 +308,8 @@ export function defaultFramesInFlight(models: ShelfPipelineOptions['models']): n
 export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipeline {
   validate(options);
   const clock = options.clock ?? Date.now;
-  const observer = options.observer ?? {};
+  let observerErrors = 0;
+  const observer = guardObserver(options.observer ?? {}, () => observerErrors++);
   const framesInFlight = options.framesInFlight ?? defaultFramesInFlight(options.models);
   const thumbs = { enabled: options.thumbnails?.enabled ?? true, maxSize: options.thumbnails?.maxSize ?? 320, quality: options.thumbnails?.quality ?? 80 };
   const minAreaFraction = options.minRegionAreaFraction ?? 0;
@@ -246,6 +321,7 @@ export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipelin
 
   const outputs$ = defer(() => {
     cameraStats = Object.fromEntries(options.cameras.map((c) => [c.id, emptyCameraStats()]));
+    observerErrors = 0;
     batchers = new Map(
       [...models].map(([name, entry]) => [
         name,
@@ -253,7 +329,7 @@ export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipelin
           name,
           batchSize: options.batchSize,
           batchWaitMs: options.batchWaitMs,
-          onBatch: (size, ms) => observer.batch?.(name, size, ms),
+          onBatch: (size, ms) => observer.batch(name, size, ms),
         }),
       ]),
     );
@@ -276,20 +352,31 @@ export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipelin
        */
       let submitted: Promise<void> = Promise.resolve();
 
-      const predictFrame = async (frame: Frame, previousSubmitted: Promise<void>, markSubmitted: () => void): Promise<FrameScan | null> => {
+      /**
+       * Decode, crops, inference. `signal` is aborted once this camera's output is torn down: the
+       * frame is abandoned then, and what fails because of the teardown (the closed batchers
+       * reject its crops) is no error of the frame.
+       */
+      const predictFrame = async (frame: Frame, signal: AbortSignal, previousSubmitted: Promise<void>, markSubmitted: () => void): Promise<FrameScan | null> => {
         const t0 = performance.now();
         let raw: RawImage;
         try {
           raw = await decodeImage(frame.data, { origin: frame.origin, maxShrink });
         } catch (err) {
-          st.decodeErrors++;
-          observer.frameError?.(cam.id, frame, 'decode', asError(err));
+          if (!signal.aborted) {
+            st.decodeErrors++;
+            observer.frameError(cam.id, frame, 'decode', asError(err));
+          }
           void previousSubmitted.then(markSubmitted); // nothing to submit: keep the order for the next frame
           return null;
         }
         const decodeMs = performance.now() - t0;
         st.decodeShrink = raw.shrink;
         await previousSubmitted;
+        if (signal.aborted) {
+          markSubmitted();
+          return null; // abandoned: no inference for a result nobody takes
+        }
         const jobs: Array<Promise<ScannedSlot | null>> = [];
         for (const slot of cam.slots) {
           let crop: Crop;
@@ -298,11 +385,11 @@ export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipelin
             crop = planned.crops[0]!;
             if (planned.warnings.length && !warned.has(slot.id)) {
               warned.add(slot.id);
-              observer.cropWarning?.(cam.id, slot.id, planned.warnings[0]!);
+              observer.cropWarning(cam.id, slot.id, planned.warnings[0]!);
             }
           } catch (err) {
             st.cropErrors++;
-            observer.frameError?.(cam.id, frame, 'crop', asError(err), slot.id);
+            observer.frameError(cam.id, frame, 'crop', asError(err), slot.id);
             continue;
           }
           const entry = models.get(slot.model)!;
@@ -313,8 +400,11 @@ export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipelin
             batcher.submit({ raw, box: pixels, threshold: slot.threshold ?? entry.threshold }).then(
               (prediction) => ({ crop, pixels, prediction }),
               (err: unknown) => {
-                st.inferenceErrors++;
-                observer.frameError?.(cam.id, frame, 'inference', asError(err), slot.id);
+                // After a teardown the rejection is the closed batcher's (or nobody wants the result).
+                if (!signal.aborted) {
+                  st.inferenceErrors++;
+                  observer.frameError(cam.id, frame, 'inference', asError(err), slot.id);
+                }
                 return null;
               },
             ),
@@ -325,49 +415,95 @@ export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipelin
         return { frame, raw, slots, decodeMs };
       };
 
-      /** Debounce + events + thumbnails of one scan (called in capture order). */
-      const finishFrame = async (scan: FrameScan): Promise<ShelfOutput[]> => {
-        const outputs: ShelfOutput[] = [];
+      /** One slot of a scan between its post-processing and its commit. */
+      interface SlotResult {
+        item: SlotPrediction;
+        pixels: Box;
+        key: string;
+        decision: SlotDecision;
+        previous: DebounceState | undefined;
+        state: DebounceState;
+        transition: SlotTransition;
+        thumbnail: Thumbnail | null;
+      }
+
+      const slotFailed = (frame: Frame, slot: string, err: unknown) => {
+        st.postprocessErrors++;
+        observer.frameError(cam.id, frame, 'postprocess', asError(err), slot);
+      };
+
+      /**
+       * Debounce + events + thumbnails of one scan (called in capture order). Null when the frame
+       * was abandoned meanwhile (nothing committed). Each slot fails on its own.
+       */
+      const finishFrame = async (scan: FrameScan, signal: AbortSignal): Promise<ShelfOutput[] | null> => {
+        // 1. Regions and the slot's next debounce state; nothing is committed yet (step is pure).
+        const results: SlotResult[] = [];
         for (const { crop, pixels, prediction } of scan.slots) {
-          const regions = prediction.isAnomalous && hasMaps(prediction) ? toRegions(prediction, crop.box, { minAreaFraction }) : [];
-          const item: SlotPrediction = { crop, prediction, regions };
-          const key = slotKey(cam.id, crop.slot);
-          const previous = states.get(key);
-          const decision = {
-            camera: cam.id,
-            slot: crop.slot,
-            anomalous: prediction.isAnomalous,
-            score: prediction.score,
-            at: crop.frame.capturedAt,
-            regions: regions.map((r) => r.box),
-          };
-          const { state, transition } = step(previous, decision, options.debounce);
-          states.set(key, state);
-          const event = events.build({ item, decision, previous, state, transition });
-          const open = events.openEvent(cam.id, crop.slot);
-          let thumbnail: Thumbnail | null = null;
-          // A raise or update comes only from an anomalous scan (debounce), which keeps its mask.
-          if (event && event.type !== 'end' && thumbs.enabled && hasMaps(prediction)) {
+          try {
+            const regions = prediction.isAnomalous && hasMaps(prediction) ? toRegions(prediction, crop.box, { minAreaFraction }) : [];
+            const item: SlotPrediction = { crop, prediction, regions };
+            const key = slotKey(cam.id, crop.slot);
+            const previous = states.get(key);
+            const decision: SlotDecision = {
+              camera: cam.id,
+              slot: crop.slot,
+              anomalous: prediction.isAnomalous,
+              score: prediction.score,
+              at: crop.frame.capturedAt,
+              regions: regions.map((r) => r.box),
+            };
+            const { state, transition } = step(previous, decision, options.debounce);
+            results.push({ item, pixels, key, decision, previous, state, transition, thumbnail: null });
+          } catch (err) {
+            slotFailed(scan.frame, crop.slot, err);
+          }
+        }
+        // 2. Thumbnails for the scans that raise or update an event (new/update; a raise or update
+        //    comes only from an anomalous scan, which keeps its mask).
+        if (thumbs.enabled) {
+          for (const r of results) {
+            const { prediction } = r.item;
+            if ((r.transition !== 'raised' && r.transition !== 'updated') || !hasMaps(prediction)) continue;
             try {
-              thumbnail = await renderThumbnail({ frame: scan.raw, box: pixels }, prediction, { maxSize: thumbs.maxSize, quality: thumbs.quality });
+              r.thumbnail = await renderThumbnail({ frame: scan.raw, box: r.pixels }, prediction, { maxSize: thumbs.maxSize, quality: thumbs.quality });
             } catch (err) {
+              if (signal.aborted) break;
               st.thumbnailErrors++;
-              observer.frameError?.(cam.id, scan.frame, 'thumbnail', asError(err), crop.slot);
+              observer.frameError(cam.id, scan.frame, 'thumbnail', asError(err), r.item.crop.slot);
             }
+            if (signal.aborted) break;
           }
-          if (event) {
-            st.events[event.type]++;
-            observer.event?.(event);
+        }
+        if (signal.aborted) return null;
+        // 3. Commit, synchronously from here on: the outputs are emitted right after.
+        const outputs: ShelfOutput[] = [];
+        for (const r of results) {
+          const { item, decision, previous, state, transition, thumbnail } = r;
+          let output: ShelfOutput;
+          try {
+            // The snapshot says thumbnail: true only when one was rendered for this scan.
+            const event = events.build({ item, decision, previous, state, transition }, { thumbnail: thumbnail !== null });
+            states.set(r.key, state);
+            const open = events.openEvent(cam.id, item.crop.slot);
+            output = { item, event, state: slotStatePayload(state, open?.id ?? null), thumbnail };
+          } catch (err) {
+            slotFailed(scan.frame, item.crop.slot, err);
+            continue;
           }
-          outputs.push({ item, event, state: slotStatePayload(state, open?.id ?? null), thumbnail });
+          outputs.push(output);
+          if (output.event) {
+            st.events[output.event.type]++;
+            observer.event(output.event);
+          }
         }
         return outputs;
       };
 
-      const work = async (frame: Frame): Promise<ShelfOutput[]> => {
+      const work = async (frame: Frame, signal: AbortSignal): Promise<ShelfOutput[]> => {
         st.pending--;
         st.inFlight++;
-        observer.frameStarted?.(cam.id, frame);
+        observer.frameStarted(cam.id, frame);
         const previous = chain;
         let release!: () => void;
         chain = new Promise<void>((resolve) => (release = resolve));
@@ -375,22 +511,23 @@ export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipelin
         let markSubmitted!: () => void;
         submitted = new Promise<void>((resolve) => (markSubmitted = resolve));
         try {
-          const scan = await predictFrame(frame, previousSubmitted, markSubmitted);
+          const scan = await predictFrame(frame, signal, previousSubmitted, markSubmitted);
           await previous;
-          if (!scan) return [];
-          const outputs = await finishFrame(scan);
+          if (!scan || signal.aborted) return [];
+          const outputs = await finishFrame(scan, signal);
+          if (!outputs) return [];
           st.framesScanned++;
-          observer.frameScanned?.(cam.id, frame, { decodeMs: scan.decodeMs, totalMs: clock() - frame.capturedAt, slots: scan.slots.length });
+          observer.frameScanned(cam.id, frame, { decodeMs: scan.decodeMs, totalMs: clock() - frame.capturedAt, slots: scan.slots.length });
           return outputs;
         } catch (err) {
           // Not expected (every step above reports its own failures); never let it kill the camera.
-          observer.frameError?.(cam.id, frame, 'inference', asError(err));
+          if (!signal.aborted) observer.frameError(cam.id, frame, 'inference', asError(err));
           return [];
         } finally {
           st.inFlight--;
           void previousSubmitted.then(markSubmitted); // if this frame never got to submit (no-op otherwise)
           release();
-          observer.frameFinished?.(cam.id, frame);
+          observer.frameFinished(cam.id, frame);
         }
       };
 
@@ -399,20 +536,21 @@ export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipelin
           next: (frame) => {
             st.framesIn++;
             st.pending++;
-            observer.frameReceived?.(cam.id, frame);
+            observer.frameReceived(cam.id, frame);
           },
           complete: () => {
             st.ended = true;
-            observer.cameraEnded?.(cam.id);
+            observer.cameraEnded(cam.id);
           },
         }),
+        // Its teardown (unsubscribe, the stream failing) aborts `signal` for the frames in flight.
         dropOldestWhileBusy(work, {
           capacity: options.maxPendingFrames,
           concurrency: framesInFlight,
           onDrop: (frame) => {
             st.pending--;
             st.framesDropped++;
-            observer.frameDropped?.(cam.id, frame);
+            observer.frameDropped(cam.id, frame);
           },
         }),
         mergeMap((outputs) => from(outputs)),
@@ -420,8 +558,11 @@ export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipelin
           const error = asError(err);
           st.failed = error.message;
           st.pending = 0;
-          observer.cameraError?.(cam.id, error);
+          observer.cameraError(cam.id, error);
           return EMPTY;
+        }),
+        finalize(() => {
+          st.pending = 0; // frames still queued at an unsubscribe are never worked on
         }),
       );
     });
@@ -440,6 +581,7 @@ export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipelin
     stats: () => ({
       cameras: Object.fromEntries(Object.entries(cameraStats).map(([id, s]) => [id, { ...s, events: { ...s.events } }])),
       models: Object.fromEntries([...batchers].map(([name, b]) => [name, b.stats()])),
+      observerErrors,
     }),
     swapModel: async (name, model) => {
       const entry = models.get(name);

@@ -621,3 +621,140 @@ test('toSlotPrediction pairs a crop with its frame-coordinate regions', (t) => {
   const p = prediction(2, [[1, 1, 7]]);
   t.deepEqual(toSlotPrediction(sp.crop, p).regions, [{ box: { x: 50, y: 50, width: 50, height: 50 }, area: 2500, peak: 7 }]);
 });
+
+// ---------------------------------------------------------------- review fixes (debounce re-raise, end snapshot, drop hook, teardown signal)
+
+test('debounce: after a clear only scans since the clear count, so one noisy scan cannot re-raise the slot', (t) => {
+  // raiseAfter 3, window 5, clearAfter 2: window − clearAfter ≥ raiseAfter, so the three anomalous
+  // scans of the ended period would still be in the window at the next anomalous scan.
+  const K3N5M2: DebounceOptions = { raiseAfter: 3, window: 5, clearAfter: 2 };
+  const A = { anomalous: true };
+  const n = { anomalous: false };
+  const { transitions, state } = runSteps(K3N5M2, [A, A, A, n, n, A, n, n, A]);
+  t.deepEqual(transitions, [null, null, 'raised', null, 'cleared', null, null, null, null]);
+  t.is(state.state, 'ok');
+  t.deepEqual(state.history, [false, true, false, false, true]);
+  // The cleared state keeps the normal streak that cleared it and nothing older.
+  const cleared = runSteps(K3N5M2, [A, A, A, n, n]).state;
+  t.like(cleared, { state: 'ok', history: [false, false], normalStreak: 2 });
+  // Three anomalous scans after the clear still raise (a second period, raise ordinal 2).
+  const again = runSteps(K3N5M2, [A, A, A, n, n, A, A, A]);
+  t.deepEqual(again.transitions.slice(5), [null, null, 'raised']);
+  t.is(again.state.raises, 2);
+});
+
+test('debounce: a state restored from an older file (no raises/raisedIn, stale history) still steps and its clear trims the history', (t) => {
+  const K3N5M2: DebounceOptions = { raiseAfter: 3, window: 5, clearAfter: 2 };
+  // As an older agent saved it: open anomaly, the fields added later missing.
+  const legacy = JSON.parse(
+    JSON.stringify({ camera: 'cam1', slot: 'A1', state: 'anomalous', since: 1000, lastScore: 20, history: [true, true, true, false], normalStreak: 1, reported: { score: 20, regions: [] } }),
+  ) as DebounceState;
+  let r = step(legacy, { camera: 'cam1', slot: 'A1', anomalous: false, score: 5, at: 5000 }, K3N5M2);
+  t.is(r.transition, 'cleared');
+  t.deepEqual(r.state.history, [false, false]);
+  r = step(r.state, { camera: 'cam1', slot: 'A1', anomalous: true, score: 20, at: 6000 }, K3N5M2);
+  t.is(r.transition, null, 'the ended period\'s scans do not count');
+  for (const at of [7000, 8000]) r = step(r.state, { camera: 'cam1', slot: 'A1', anomalous: true, score: 20, at }, K3N5M2);
+  t.is(r.transition, 'raised');
+  t.is(r.state.raises, 1, 'a missing raise count counts as 0');
+});
+
+test('EventBuilder: an end made up for a restored period says thumbnail: false; build({ thumbnail }) sets the snapshot flag and keeps it', (t) => {
+  // Restored anomalous state, no open event in a fresh builder; the first scan clears it.
+  const restored: DebounceState = {
+    camera: 'cam1', slot: 'A1', state: 'anomalous', since: 1000, lastScore: 20, history: [true, true, false], normalStreak: 1,
+    reported: { score: 20, regions: [] }, raises: 1, raisedIn: 'previous-run',
+  };
+  const clearing = scan('A1', 5000, 1);
+  const decision = decisionOf(clearing);
+  const { state, transition } = step(restored, decision, K2N3M2);
+  t.is(transition, 'cleared');
+  const end = new EventBuilder({ thumbnail: true }).build({ item: clearing, decision, previous: restored, state, transition });
+  t.is(end?.type, 'end');
+  t.false(end!.before!.thumbnail, 'no thumbnail was published for the clearing scan');
+  t.false(end!.after.thumbnail);
+
+  // A raise whose thumbnail was not rendered: false in `new`, in the update's before and in the end.
+  const builder = new EventBuilder({ thumbnail: true });
+  let s: DebounceState | undefined;
+  const events: (ReturnType<EventBuilder['build']>)[] = [];
+  const flags = [true, false, true, true, true, true];
+  [scan('A1', 1000, 20), scan('A1', 2000, 20), scan('A1', 3000, 40), scan('A1', 4000, 1), scan('A1', 5000, 1)].forEach((item, i) => {
+    const d = decisionOf(item);
+    const r = step(s, d, K2N3M2);
+    events.push(builder.build({ item, decision: d, previous: s, state: r.state, transition: r.transition }, { thumbnail: flags[i] === true }));
+    s = r.state;
+  });
+  const [created, updated, ended] = events.filter((e) => e !== null);
+  t.deepEqual([created?.type, updated?.type, ended?.type], ['new', 'update', 'end']);
+  t.false(created!.after.thumbnail);
+  t.false(updated!.before!.thumbnail);
+  t.true(updated!.after.thumbnail);
+  t.true(ended!.before!.thumbnail);
+  // Without the option the builder's default applies, as before.
+  t.true(new EventBuilder({ thumbnail: true }).build({ item: scan('A1', 1, 20), decision: decisionOf(scan('A1', 1, 20)), previous: undefined, ...step(undefined, decisionOf(scan('A1', 1, 20)), { raiseAfter: 1, window: 1, clearAfter: 1 }) })!.after.thumbnail);
+});
+
+test('dropOldestWhileBusy: a throwing onDrop errors the output instead of escaping as an unhandled error', async (t) => {
+  const source = new Subject<number>();
+  const gate = new Subject<void>();
+  const seen: number[] = [];
+  let error: Error | null = null;
+  let caught: unknown = null;
+  const onUncaught = (e: unknown) => (caught = e);
+  process.on('uncaughtException', onUncaught);
+  try {
+    source
+      .pipe(
+        dropOldestWhileBusy((x: number) => gate.pipe(map(() => x)), {
+          capacity: 1,
+          onDrop: () => {
+            throw new Error('metrics bug');
+          },
+        }),
+      )
+      .subscribe({ next: (x) => seen.push(x), error: (e: Error) => (error = e) });
+    source.next(1); // worked on
+    source.next(2); // waits
+    source.next(3); // drops 2 → the hook throws
+    await new Promise((r) => setTimeout(r, 20));
+    t.is((error as Error | null)?.message, 'metrics bug');
+    t.is(caught, null, 'nothing reached uncaughtException');
+    t.false(source.observed, 'the source was unsubscribed');
+    t.false(gate.observed, 'the running work was unsubscribed');
+  } finally {
+    process.off('uncaughtException', onUncaught);
+  }
+});
+
+test('dropOldestWhileBusy: the signal given to work is aborted at unsubscribe and when the source errors, not on completion', async (t) => {
+  const signals: AbortSignal[] = [];
+  const slow = (x: number, signal: AbortSignal) => {
+    signals.push(signal);
+    return new Promise<number>((r) => setTimeout(() => r(x), 30));
+  };
+  // Unsubscribe with two items in flight.
+  const a = new Subject<number>();
+  const out: number[] = [];
+  const sub = a.pipe(dropOldestWhileBusy(slow, { capacity: 2, concurrency: 2 })).subscribe((x) => out.push(x));
+  a.next(1);
+  a.next(2);
+  t.deepEqual(signals.map((s) => s.aborted), [false, false]);
+  sub.unsubscribe();
+  t.deepEqual(signals.map((s) => s.aborted), [true, true]);
+  await new Promise((r) => setTimeout(r, 50));
+  t.deepEqual(out, [], 'nothing comes out after unsubscribe');
+  // The source errors with an item in flight.
+  signals.length = 0;
+  const b = new Subject<number>();
+  let failed = false;
+  b.pipe(dropOldestWhileBusy(slow, { capacity: 2 })).subscribe({ error: () => (failed = true) });
+  b.next(1);
+  b.error(new Error('stream dropped'));
+  t.true(failed);
+  t.true(signals[0]!.aborted);
+  // Completion after the work is done: never aborted while it ran.
+  signals.length = 0;
+  const done = await lastValueFrom(from([1, 2, 3]).pipe(dropOldestWhileBusy((x: number, signal: AbortSignal) => Promise.resolve([x, signal.aborted] as const), { capacity: 5 }), toArray()));
+  t.deepEqual(done, [[1, false], [2, false], [3, false]]);
+});

@@ -310,3 +310,254 @@ maybe('a big frame is decoded shrunk on load when every slot allows it; boxes an
     t.true(Math.abs(a - b) < 0.1 * b, `slot ${i}: score ${a} shrunk vs ${b} full`);
   }
 });
+
+// ---------------------------------------------------------------- review fixes, with a synthetic model (no shared data needed)
+// Abandoned frames after a teardown, a failing slot or hook not costing the frame, minRegionAreaFraction
+// validation, and thumbnail flags that match what was published.
+
+import type { DebounceState } from '../pipelines/debounce.js';
+import type { ScanPrediction } from '../models/types.js';
+import type { Box } from '../pipelines/types.js';
+
+const SYN = 32;
+
+/**
+ * Darkness model: map = 1 − mean(rgb) per input cell, score = 10 × max, anomalous over the
+ * threshold (5), mask = darkness > 0.5. `gate(call)` may hold a call; `badMask(max)` makes the
+ * prediction of a crop with that peak darkness carry a mask of the wrong length.
+ */
+function darkModel(o: { gate?: (call: number) => Promise<void> | undefined; badMask?: (max: number) => boolean; delayMs?: number } = {}): BatchModel & { calls: number } {
+  const m = {
+    calls: 0,
+    manifest: { inputSize: SYN, normalization: { mean: [0, 0, 0] as [number, number, number], std: [1, 1, 1] as [number, number, number] }, thresholds: { image: 5 } },
+    digest: 'dark',
+    async scan(batch: Float32Array, n: number, thresholds: { image?: number }[]): Promise<ScanPrediction[]> {
+      const call = ++m.calls;
+      await o.gate?.(call);
+      if (o.delayMs) await new Promise((r) => setTimeout(r, o.delayMs));
+      const plane = SYN * SYN;
+      const out: ScanPrediction[] = [];
+      for (let i = 0; i < n; i++) {
+        const base = i * 3 * plane;
+        const map = new Float32Array(plane);
+        let max = 0;
+        for (let p = 0; p < plane; p++) {
+          const v = 1 - (batch[base + p]! + batch[base + plane + p]! + batch[base + 2 * plane + p]!) / 3;
+          map[p] = v;
+          if (v > max) max = v;
+        }
+        const threshold = thresholds[i]?.image ?? 5;
+        const anomalous = 10 * max > threshold;
+        const mask = new Uint8Array(o.badMask?.(max) ? 10 : plane);
+        for (let p = 0; p < mask.length; p++) mask[p] = map[p]! > 0.5 ? 1 : 0;
+        out.push({ score: 10 * max, normalizedScore: max, anomalyMap: anomalous ? map : null, mask: anomalous ? mask : null, mapSize: SYN, threshold, isAnomalous: anomalous, modelDigest: m.digest });
+      }
+      return out;
+    },
+  };
+  return m;
+}
+
+/** A white PNG with filled rectangles (default black). */
+async function synFrame(width: number, height: number, rects: (Box & { color?: string })[] = []): Promise<Buffer> {
+  const composite = await Promise.all(
+    rects.map(async (b) => ({ input: await sharp({ create: { width: b.width, height: b.height, channels: 3, background: b.color ?? '#000000' } }).png().toBuffer(), left: b.x, top: b.y })),
+  );
+  return sharp({ create: { width, height, channels: 3, background: '#ffffff' } }).composite(composite).png().toBuffer();
+}
+
+const LEFT: Box = { x: 0, y: 0, width: 200, height: 200 };
+const RIGHT: Box = { x: 200, y: 0, width: 200, height: 200 };
+
+function synOptions(frames$: PipelineCamera['frames$'], m: BatchModel, over: Partial<ShelfPipelineOptions> = {}, boxes: Box[] = [LEFT]): ShelfPipelineOptions {
+  return {
+    cameras: [{ id: 'c', slots: boxes.map((box, i) => ({ id: `s${i}`, box, model: 'm' })), frames$ }],
+    models: new Map([['m', { model: m }]]),
+    batchSize: 8,
+    batchWaitMs: 5,
+    maxPendingFrames: 16,
+    debounce: { raiseAfter: 1, window: 1, clearAfter: 1 },
+    ...over,
+  };
+}
+
+const until = async (what: string, cond: () => boolean, ms = 5000) => {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+};
+
+test('a camera whose stream fails with a frame in flight abandons the frame: no debounce state, no event, nothing counted', async (t) => {
+  const dark = await synFrame(400, 200, [{ x: 20, y: 20, width: 100, height: 100 }]);
+  const frames$ = new Subject<Frame>();
+  const states = new Map<string, DebounceState>();
+  const seen: string[] = [];
+  const pipeline = createShelfPipeline(
+    synOptions(frames$, darkModel({ delayMs: 100 }), {
+      debounceStates: states,
+      observer: { event: (e) => seen.push(`event ${e.type}`), frameScanned: () => seen.push('frameScanned'), frameError: (_c, _f, kind) => seen.push(`frameError ${kind}`), cameraError: (_c, e) => seen.push(`cameraError ${e.message}`) },
+    }),
+  );
+  const done = lastValueFrom(pipeline.outputs$.pipe(toArray()));
+  frames$.next(frame('c', 0, dark));
+  setTimeout(() => frames$.error(new Error('rtsp dropped')), 30);
+  t.deepEqual(await done, []);
+  await until('the abandoned frame to finish', () => pipeline.stats().cameras.c!.inFlight === 0);
+  await new Promise((r) => setTimeout(r, 50));
+  t.deepEqual(seen, ['cameraError rtsp dropped'], 'the abandoned frame raised no event that was never published');
+  t.is(states.size, 0, 'and left the shared debounce states alone');
+  t.like(pipeline.stats().cameras.c!, { framesScanned: 0, inferenceErrors: 0, inFlight: 0, events: { new: 0, update: 0, end: 0 }, failed: 'rtsp dropped' });
+});
+
+test('unsubscribing with frames in flight: they change no debounce state and fire no event, and the crops the closed batcher rejects are no inference errors', async (t) => {
+  const dark = await synFrame(400, 200, [{ x: 20, y: 20, width: 100, height: 100 }]);
+  let open!: () => void;
+  const gate = new Promise<void>((r) => (open = r));
+  // Call 1 (frame 0) runs at once; call 2 (frame 1) waits for the gate; frame 2's crop queues behind it.
+  const m = darkModel({ gate: (call) => (call >= 2 ? gate : undefined) });
+  const frames$ = new Subject<Frame>();
+  const states = new Map<string, DebounceState>();
+  const events: string[] = [];
+  const errors: string[] = [];
+  const pipeline = createShelfPipeline(
+    synOptions(frames$, m, {
+      debounceStates: states,
+      framesInFlight: 3,
+      batchSize: 1,
+      debounce: { raiseAfter: 1, window: 5, clearAfter: 1 },
+      observer: { event: (e) => events.push(e.type), frameError: (_c, f, kind, e) => errors.push(`${f.sequence} ${kind} ${e.message}`) },
+    }),
+  );
+  const outputs: ShelfOutput[] = [];
+  const sub = pipeline.outputs$.subscribe((o) => outputs.push(o));
+  for (let i = 0; i < 3; i++) frames$.next(frame('c', i, dark));
+  await until('frame 0 out and frame 1 in the model', () => outputs.length === 1 && m.calls === 2);
+  await new Promise((r) => setTimeout(r, 20)); // frame 2's crop reaches the batcher
+  const atUnsubscribe = JSON.stringify([...states]);
+  sub.unsubscribe();
+  open();
+  await until('the abandoned frames to finish', () => pipeline.stats().cameras.c!.inFlight === 0);
+  await new Promise((r) => setTimeout(r, 50));
+  t.deepEqual(outputs.map((o) => o.item.crop.frame.id), [frame('c', 0, dark).id]);
+  t.deepEqual(events, ['new'], 'only the event that was emitted');
+  t.is(JSON.stringify([...states]), atUnsubscribe, 'frame 1 (scored after the unsubscribe) did not step the state');
+  t.deepEqual(states.get('c/s0')?.history, [true]);
+  t.deepEqual(errors, []);
+  t.like(pipeline.stats().cameras.c!, { framesScanned: 1, inferenceErrors: 0, inFlight: 0, pending: 0, events: { new: 1, update: 0, end: 0 } });
+});
+
+test('an observer hook that throws is counted and reported; the frame still emits every slot (event) and the process lives (frameDropped)', async (t) => {
+  const dark = await synFrame(400, 200, [{ x: 20, y: 20, width: 100, height: 100 }]);
+  const states = new Map<string, DebounceState>();
+  const reported: string[] = [];
+  const pipeline = createShelfPipeline(
+    synOptions(from([frame('c', 0, dark)]), darkModel(), {
+      debounceStates: states,
+      observer: {
+        event: () => {
+          throw new Error('listener bug');
+        },
+        observerError: (hook, e) => reported.push(`${hook}: ${e.message}`),
+      },
+    }, [LEFT, RIGHT]),
+  );
+  const outputs = await lastValueFrom(pipeline.outputs$.pipe(toArray()));
+  t.deepEqual(outputs.map((o) => [o.item.crop.slot, o.event?.type ?? null]), [['s0', 'new'], ['s1', null]]);
+  t.deepEqual(reported, ['event: listener bug']);
+  t.is(pipeline.stats().observerErrors, 1);
+  t.deepEqual([...states.values()].map((s) => s.state), ['anomalous', 'ok']);
+
+  // frameDropped throwing used to escape as an unhandled error (uncaughtException).
+  let uncaught: unknown = null;
+  const onUncaught = (e: unknown) => (uncaught = e);
+  process.on('uncaughtException', onUncaught);
+  try {
+    const frames$ = new Subject<Frame>();
+    const failures: string[] = [];
+    const dropping = createShelfPipeline(
+      synOptions(frames$, darkModel({ delayMs: 100 }), {
+        maxPendingFrames: 1,
+        framesInFlight: 1,
+        observer: {
+          frameDropped: () => {
+            throw new Error('metrics bug');
+          },
+          cameraError: (_c, e) => failures.push(e.message),
+        },
+      }),
+    );
+    const done = lastValueFrom(dropping.outputs$.pipe(toArray()));
+    for (let i = 0; i < 4; i++) frames$.next(frame('c', i, dark));
+    frames$.complete();
+    const out = await done;
+    await new Promise((r) => setTimeout(r, 20));
+    t.is(uncaught, null);
+    t.deepEqual(failures, [], 'the camera did not fail either');
+    t.deepEqual(out.map((o) => o.item.crop.frame.id), [frame('c', 0, dark).id, frame('c', 3, dark).id], 'frame in flight, then the newest');
+    t.like(dropping.stats(), { observerErrors: 2, cameras: { c: { framesDropped: 2, pending: 0 } } });
+  } finally {
+    process.off('uncaughtException', onUncaught);
+  }
+});
+
+test('minRegionAreaFraction is checked at construction, and one slot that fails post-processing costs only that slot', async (t) => {
+  const never = new Subject<Frame>();
+  for (const bad of [1.5, -0.1, Number.NaN]) {
+    t.throws(() => createShelfPipeline(synOptions(never, darkModel(), { minRegionAreaFraction: bad })), { message: /minRegionAreaFraction must be a number in \[0, 1\], got/ });
+  }
+  t.notThrows(() => createShelfPipeline(synOptions(never, darkModel(), { minRegionAreaFraction: 1 })));
+
+  // s0: black square (peak darkness 1); s1: grey square (≈0.6, still anomalous), for which the
+  // model returns a mask of the wrong length → toRegions throws for s1 only.
+  const data = await synFrame(400, 200, [{ x: 20, y: 20, width: 100, height: 100 }, { x: 220, y: 20, width: 100, height: 100, color: '#666666' }]);
+  const states = new Map<string, DebounceState>();
+  const errors: string[] = [];
+  const pipeline = createShelfPipeline(
+    synOptions(from([frame('c', 0, data), frame('c', 1, data)]), darkModel({ badMask: (max) => max < 0.8 }), {
+      debounceStates: states,
+      observer: { frameError: (_c, f, kind, e, slot) => errors.push(`${f.sequence} ${kind} ${slot}: ${e.message}`) },
+    }, [LEFT, RIGHT]),
+  );
+  const outputs = await lastValueFrom(pipeline.outputs$.pipe(toArray()));
+  t.deepEqual(outputs.map((o) => [o.item.crop.frame.id.split('-').at(-1), o.item.crop.slot, o.event?.type ?? null]), [['0', 's0', 'new'], ['1', 's0', null]]);
+  t.is(errors.length, 2);
+  for (const e of errors) t.regex(e, /^\d (postprocess) s1: toRegions: mask has 10 values/);
+  t.false(states.has('c/s1'), 'the failed slot\'s state was not touched');
+  t.like(pipeline.stats().cameras.c!, { framesScanned: 2, postprocessErrors: 2, inferenceErrors: 0, events: { new: 1, update: 0, end: 0 } });
+});
+
+test('event snapshots claim a thumbnail only when one was published: a restored period ending on its first scan, a render that fails', async (t) => {
+  const white = await synFrame(400, 200);
+  const restored: DebounceState = {
+    camera: 'c', slot: 's0', state: 'anomalous', since: 1_600_000_000_000, lastScore: 9, history: [true, true, true], normalStreak: 1,
+    reported: { score: 9, regions: [] }, raises: 1, raisedIn: 'previous-run',
+  };
+  const states = new Map([['c/s0', restored]]);
+  const ended = await lastValueFrom(
+    createShelfPipeline(synOptions(from([frame('c', 0, white)]), darkModel(), { debounceStates: states, debounce: { raiseAfter: 2, window: 3, clearAfter: 2 } })).outputs$.pipe(toArray()),
+  );
+  t.is(ended[0]!.event?.type, 'end');
+  t.is(ended[0]!.thumbnail, null);
+  t.false(ended[0]!.event!.before!.thumbnail, 'no thumbnail was published for the clearing scan');
+  t.false(ended[0]!.event!.after.thumbnail);
+
+  // Thumbnails on, but every render fails (here: a quality the renderer refuses).
+  const dark = await synFrame(400, 200, [{ x: 20, y: 20, width: 100, height: 100 }]);
+  const errors: string[] = [];
+  const pipeline = createShelfPipeline(
+    synOptions(from([frame('c', 0, dark), frame('c', 1, white)]), darkModel(), { thumbnails: { quality: 0 }, observer: { frameError: (_c, _f, kind) => errors.push(kind) } }),
+  );
+  const outputs = await lastValueFrom(pipeline.outputs$.pipe(toArray()));
+  t.deepEqual(outputs.map((o) => o.event?.type), ['new', 'end']);
+  t.is(outputs[0]!.thumbnail, null);
+  t.false(outputs[0]!.event!.after.thumbnail, 'the render failed: no thumbnail published');
+  t.false(outputs[1]!.event!.before!.thumbnail);
+  t.deepEqual(errors, ['thumbnail']);
+  t.is(pipeline.stats().cameras.c!.thumbnailErrors, 1);
+  // A render that succeeds still says true.
+  const ok = await lastValueFrom(createShelfPipeline(synOptions(from([frame('c', 0, dark)]), darkModel())).outputs$.pipe(toArray()));
+  t.not(ok[0]!.thumbnail, null);
+  t.true(ok[0]!.event!.after.thumbnail);
+});
