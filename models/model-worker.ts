@@ -23,10 +23,17 @@ export interface ModelWorkerData {
   loaderUrl: string;
 }
 
-/** Main thread → worker. */
+/**
+ * Main thread → worker. 'release': release the session and exit after the batches asked for
+ * before it. 'cancel' (past release's deadline): skip the batches not started yet, so the worker
+ * exits after the run it is in. 'exit': end the thread at once, between runs, as a crash would
+ * (tests of worker deaths: terminating the thread during a run would abort the process).
+ */
 export type ModelWorkerRequest =
   | { type: 'predict' | 'scan'; id: number; batch: Float32Array; n: number; thresholds: ImageThresholds[] }
-  | { type: 'release' };
+  | { type: 'release' }
+  | { type: 'cancel' }
+  | { type: 'exit'; code: number };
 
 /** Worker → main thread. */
 export type ModelWorkerReply =
@@ -55,7 +62,14 @@ export async function serveModelWorker(data: ModelWorkerData): Promise<void> {
   // Requests run one after another (one input buffer, one session), and a release waits for the
   // batches asked for before it.
   let queue: Promise<void> = Promise.resolve();
+  let cancelled = false;
   port.on('message', (request: ModelWorkerRequest) => {
+    // Messages are handled between runs (session.run holds this thread), never during one.
+    if (request.type === 'exit') process.exit(request.code);
+    if (request.type === 'cancel') {
+      cancelled = true;
+      return;
+    }
     if (request.type === 'release') {
       queue = queue.then(() =>
         model.release().finally(() => {
@@ -67,6 +81,10 @@ export async function serveModelWorker(data: ModelWorkerData): Promise<void> {
     }
     const { id, batch, n, thresholds } = request;
     queue = queue.then(async () => {
+      // Let a 'cancel' sent during the previous run arrive before this one starts (messages are
+      // delivered before the immediates queued meanwhile).
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      if (cancelled) return; // the main thread has failed this batch already
       try {
         const values = n * 3 * model.inputSize * model.inputSize;
         let x = batch;

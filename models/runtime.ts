@@ -42,6 +42,10 @@ export class ModelLoadError extends Error {
 export class PatchcoreModel {
   /** Builds maps from patch distances in scan; null for model files without that output. */
   private readonly mapBuilder: AnomalyMapBuilder | null;
+  /** session.run calls not yet returned: release() waits for them (onnxruntime-node starts a run in a setImmediate). */
+  private runs = 0;
+  private drained: (() => void) | null = null;
+  private releasing: Promise<void> | null = null;
 
   private constructor(
     readonly manifest: ModelManifest,
@@ -94,12 +98,23 @@ export class PatchcoreModel {
 
   /** Run n preprocessed images ([n,3,S,S] float32) through the model. */
   async run(batch: Float32Array, n: number): Promise<RawOutputs> {
-    const out = await this.session.run(this.feeds(batch, n));
+    const out = await this.runSession(this.feeds(batch, n));
     return {
       scores: out[OUTPUT_SCORE]!.data as Float32Array,
       maxDistances: out[OUTPUT_MAX]!.data as Float32Array,
       maps: out[OUTPUT_MAP]!.data as Float32Array,
     };
+  }
+
+  /** session.run, counted for release(); refused once release() has been called. */
+  private async runSession(feeds: ort.InferenceSession.FeedsType, fetches?: string[]): Promise<ort.InferenceSession.ReturnType> {
+    if (this.releasing) throw new Error(`model ${this.origin}: released`);
+    this.runs++;
+    try {
+      return await (fetches ? this.session.run(feeds, fetches) : this.session.run(feeds));
+    } finally {
+      if (--this.runs === 0) this.drained?.();
+    }
   }
 
   private feeds(batch: Float32Array, n: number): ort.InferenceSession.FeedsType {
@@ -137,7 +152,7 @@ export class PatchcoreModel {
    */
   async scan(batch: Float32Array, n: number, thresholds: ImageThresholds[] = []): Promise<ScanPrediction[]> {
     if (!this.mapBuilder) return this.scanGraphMaps(batch, n, thresholds);
-    const out = await this.session.run(this.feeds(batch, n), [OUTPUT_SCORE, OUTPUT_PATCH_DISTANCES]);
+    const out = await this.runSession(this.feeds(batch, n), [OUTPUT_SCORE, OUTPUT_PATCH_DISTANCES]);
     const distances = out[OUTPUT_PATCH_DISTANCES]!.data as Float32Array;
     const cells = this.mapBuilder.grid * this.mapBuilder.grid;
     if (distances.length !== n * cells) {
@@ -191,8 +206,16 @@ export class PatchcoreModel {
     });
   }
 
-  async release(): Promise<void> {
-    await this.session.release();
+  /**
+   * Releases the session once the runs already asked for have finished (a predict or scan called
+   * before release() completes); calls after it fail with "released". Calling it again is a no-op.
+   */
+  release(): Promise<void> {
+    this.releasing ??= (async () => {
+      if (this.runs > 0) await new Promise<void>((resolve) => (this.drained = resolve));
+      await this.session.release();
+    })();
+    return this.releasing;
   }
 }
 

@@ -6,8 +6,14 @@
  * Batches travel in SharedArrayBuffer-backed buffers (`allocateBatch`): posting one costs
  * nothing on the main thread; the worker copies it into onnxruntime's input. Maps and masks
  * come back as transferred buffers. A worker that dies (a native crash in a provider, an
- * out-of-memory kill of the thread) fails the batches it held with a clear error and is started
- * again from the same model bytes on the next batch; `restarts` counts that.
+ * out-of-memory kill of the thread) fails the batches it held with a clear error (an
+ * InferenceWorkerError) and is started again from the same model bytes on the next batch;
+ * `restarts` counts that.
+ *
+ * The worker is never terminated while it may be inside onnxruntime's `session.run`: terminating a
+ * thread there (or ending the process with it there) aborts the whole process (SIGABRT, "terminate
+ * called after throwing an instance of 'Napi::Error'"). Only a worker known to be idle between runs
+ * is terminated; otherwise it is asked to stop and exits by itself when its run returns.
  */
 import { setFlagsFromString } from 'node:v8';
 import { Worker } from 'node:worker_threads';
@@ -40,6 +46,26 @@ interface Loaded {
   fallbacks: SessionResult['fallbacks'];
 }
 
+/** The worker thread died, or could not be started again: the model, not the batch, failed. */
+export class InferenceWorkerError extends Error {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = 'InferenceWorkerError';
+  }
+}
+
+export interface WorkerModelOptions extends LoadModelOptions {
+  /**
+   * @internal How long release() lets the batches already asked for finish (default 5000 ms).
+   * Past it, those not answered fail with "released before the batch finished", the worker skips
+   * the ones it has not started, and release() resolves once the worker has exited after the run
+   * it is in. Tests shorten it.
+   */
+  releaseDeadlineMs?: number;
+}
+
+const RELEASE_DEADLINE_MS = 5000;
+
 interface InFlight {
   resolve: (p: Prediction[] | ScanPrediction[]) => void;
   reject: (e: Error) => void;
@@ -68,6 +94,7 @@ function spawn(data: ModelWorkerData, onReply: (reply: ModelWorkerReply) => void
         serving = reply.type === 'loaded';
         if (reply.type === 'loaded') resolve({ worker, loaded: reply });
         else if (reply.type === 'load-failed') {
+          // Idle: the load has ended (no session.run can be in progress) and the worker is exiting.
           void worker.terminate();
           reject(new ModelLoadError(reply.message));
         } else reject(new Error(`model ${data.origin}: the inference worker answered '${reply.type}' before loading`));
@@ -95,6 +122,7 @@ export class WorkerPatchcoreModel {
   private nextId = 1;
   private readonly inFlight = new Map<number, InFlight>();
   private released = false;
+  private releasing: Promise<void> | null = null;
   private restartCount = 0;
 
   private constructor(
@@ -102,6 +130,7 @@ export class WorkerPatchcoreModel {
     worker: Worker,
     loaded: Loaded,
     readonly origin: string,
+    private readonly releaseDeadlineMs: number,
   ) {
     this.worker = worker;
     this.manifest = loaded.manifest;
@@ -127,7 +156,7 @@ export class WorkerPatchcoreModel {
   }
 
   /** Loads a model file or bytes in a new worker thread; errors are PatchcoreModel.load's. */
-  static async load(source: string | Uint8Array, opts: LoadModelOptions = {}, origin = typeof source === 'string' ? source : 'model'): Promise<WorkerPatchcoreModel> {
+  static async load(source: string | Uint8Array, opts: WorkerModelOptions = {}, origin = typeof source === 'string' ? source : 'model'): Promise<WorkerPatchcoreModel> {
     const bytes = await readModelSource(source);
     const data: ModelWorkerData = {
       kind: 'shelfwatch-model',
@@ -145,7 +174,7 @@ export class WorkerPatchcoreModel {
       (reply) => model!.onReply(reply),
       (reason) => model!.onGone(reason),
     );
-    model = new WorkerPatchcoreModel(data, worker, loaded, origin);
+    model = new WorkerPatchcoreModel(data, worker, loaded, origin, opts.releaseDeadlineMs ?? RELEASE_DEADLINE_MS);
     return model;
   }
 
@@ -171,7 +200,9 @@ export class WorkerPatchcoreModel {
       throw new RangeError(`batch of ${n} needs ${n * 3 * s * s} values, got ${batch.length}`);
     }
     if (!this.worker) await this.restart();
-    const worker = this.worker!;
+    if (this.released) throw new Error(`model ${this.origin}: released`);
+    const worker = this.worker;
+    if (!worker) throw new InferenceWorkerError(`model ${this.origin}: the inference worker stopped as it started; it starts again with the next batch`);
     const id = this.nextId++;
     const view = batch.subarray(0, n * 3 * s * s);
     return new Promise<Prediction[] | ScanPrediction[]>((resolve, reject) => {
@@ -181,27 +212,47 @@ export class WorkerPatchcoreModel {
     });
   }
 
-  /** Releases the session and ends the worker, after the batches already asked for. */
-  async release(): Promise<void> {
-    if (this.released) return;
+  /**
+   * Releases the session and ends the worker, after the batches already asked for. Those still
+   * unanswered after the release deadline (5 s) fail with "released before the batch finished";
+   * the worker then skips the ones it has not started and exits after the run it is in (it is not
+   * terminated: that would abort the process). Resolves once the worker has exited; until then it
+   * keeps the process alive, as ending the process during a run aborts it too.
+   */
+  release(): Promise<void> {
+    this.releasing ??= this.releaseOnce();
+    return this.releasing;
+  }
+
+  private async releaseOnce(): Promise<void> {
     this.released = true;
     await this.starting?.catch(() => undefined);
     const worker = this.worker;
     this.worker = null;
-    if (!worker) return;
-    worker.ref();
-    await new Promise<void>((resolve) => {
-      const timer = setTimeout(() => void worker.terminate().then(() => resolve()), 5000);
-      worker.once('exit', () => {
-        clearTimeout(timer);
-        resolve();
-      });
+    const unanswered = new Error(`model ${this.origin}: released before the batch finished`);
+    if (worker) {
+      worker.ref();
+      const exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
       worker.postMessage({ type: 'release' } satisfies ModelWorkerRequest);
-    });
-    // Only reachable when the worker had to be terminated: nothing will answer these any more.
-    const error = new Error(`model ${this.origin}: released before the batch finished`);
-    for (const call of this.inFlight.values()) call.reject(error);
+      let timer: NodeJS.Timeout | undefined;
+      const deadline = new Promise<'deadline'>((resolve) => {
+        timer = setTimeout(() => resolve('deadline'), this.releaseDeadlineMs);
+      });
+      if ((await Promise.race([exited, deadline])) === 'deadline') {
+        worker.postMessage({ type: 'cancel' } satisfies ModelWorkerRequest);
+        this.failInFlight(unanswered);
+        await exited;
+      }
+      clearTimeout(timer);
+    }
+    // Left only when the worker exited without answering (it died while releasing).
+    this.failInFlight(unanswered);
+  }
+
+  private failInFlight(error: Error): void {
+    const calls = [...this.inFlight.values()];
     this.inFlight.clear();
+    for (const call of calls) call.reject(error);
   }
 
   private onReply(reply: ModelWorkerReply): void {
@@ -215,11 +266,9 @@ export class WorkerPatchcoreModel {
   }
 
   private onGone(reason: string): void {
-    if (this.released) return;
     this.worker = null;
-    const error = new Error(`model ${this.origin}: the inference worker stopped (${reason}); it starts again with the next batch`);
-    for (const call of this.inFlight.values()) call.reject(error);
-    this.inFlight.clear();
+    if (this.released) return; // release() settles its calls
+    this.failInFlight(new InferenceWorkerError(`model ${this.origin}: the inference worker stopped (${reason}); it starts again with the next batch`));
   }
 
   private restart(): Promise<void> {
@@ -231,16 +280,14 @@ export class WorkerPatchcoreModel {
       ({ worker }) => {
         this.starting = null;
         this.restartCount++;
-        if (this.released) {
-          void worker.terminate();
-          throw new Error(`model ${this.origin}: released`);
-        }
         this.worker = worker;
         worker.unref();
+        // release() is waiting for this start: it takes the worker and ends it as any other.
+        if (this.released) throw new Error(`model ${this.origin}: released`);
       },
       (err: Error) => {
         this.starting = null;
-        throw new Error(`model ${this.origin}: the inference worker could not be started again: ${err.message}`, { cause: err });
+        throw new InferenceWorkerError(`model ${this.origin}: the inference worker could not be started again: ${err.message}`, { cause: err });
       },
     );
     return this.starting;

@@ -152,10 +152,15 @@ maybe('a worker that dies fails its batch with a clear error and is started agai
   const m = await WorkerPatchcoreModel.load(path, { provider: 'cpu' });
   try {
     const before = await m.predict(batch.data, 1);
+    // The thread goes away (process.exit inside it, between runs, as after a native crash) with a
+    // batch sent to it. Not worker.terminate(): terminating a worker inside session.run aborts the
+    // whole process, which is why the model itself never does.
+    const worker = (m as unknown as { worker: { postMessage(m: unknown): void; once(e: 'exit', f: (code: number) => void): void } }).worker;
+    const exited = new Promise<number>((done) => worker.once('exit', done));
+    worker.postMessage({ type: 'exit', code: 1 });
     const pending = m.predict(batch.data, batch.count);
-    // The thread goes away while the batch is in flight (as after a native crash).
-    await (m as unknown as { worker: { terminate(): Promise<number> } }).worker.terminate();
-    await t.throwsAsync(pending, { message: /inference worker stopped.*starts again with the next batch/ });
+    t.is(await exited, 1);
+    await t.throwsAsync(pending, { message: /inference worker stopped \(exit code 1\).*starts again with the next batch/ });
     const after = await m.predict(batch.data, 1);
     t.is(after[0]!.score, before[0]!.score);
     t.is(m.restarts, 1);
