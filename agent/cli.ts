@@ -187,6 +187,7 @@ program
   .description('offline evaluation on a GoodsAD / MVTec-layout dataset with the paper\'s metrics')
   .requiredOption('--dataset <root>', 'dataset root (a folder of categories, or one category)')
   .requiredOption('--out <dir>', 'output folder (results.json, results.md, report.html)')
+  .option('--force', 'overwrite the results of an earlier run in --out')
   .option('--category <names...>', 'only these categories')
   .option('--coreset <ratio>', 'memory-bank fraction', number('--coreset', { min: 1e-9, max: 1 }), 0.01)
   .option('--seed <n>', 'random seed', seed, 0)
@@ -213,11 +214,19 @@ program
     const s = await runEval({
       dataset: o.dataset, out: o.out, categories: o.category, coreset: o.coreset, seed: o.seed, models: o.models, cache: o.cache,
       pixelSize: o.pixelSize, perGoods: Boolean(o.perGoods), crop: o.crop, modes: o.modes, minGoodsTrain: o.minGoodsTrain, holdout: o.holdout, inputSize: o.inputSize, examples: o.examples, backbone: o.backbone,
-      backboneId: o.backboneId, batch: o.batch, html: o.html, shrinkOnLoad: o.shrinkOnLoad, provider: o.provider, json: Boolean(o.json),
+      backboneId: o.backboneId, batch: o.batch, html: o.html, shrinkOnLoad: o.shrinkOnLoad, provider: o.provider, json: Boolean(o.json), force: Boolean(o.force),
     });
-    if (o.json) return printJson(s.results);
-    console.log(s.table);
-    console.log(`wrote ${s.files.json}, ${s.files.markdown}${s.files.html ? `, ${s.files.html}` : ''}`);
+    if (o.json) printJson(s.results);
+    else {
+      console.log(s.table);
+      console.log(`wrote ${s.files.json}, ${s.files.markdown}${s.files.html ? `, ${s.files.html}` : ''}`);
+    }
+    // Failed categories are in the outputs; the run as a whole failed.
+    if (s.failed.length > 0) {
+      for (const f of s.failed) process.stderr.write(`shelfwatch: eval: ${f.category}${s.result.modes.length > 1 ? ` (${f.mode})` : ''} failed: ${f.reason}\n`);
+      process.stderr.write(`shelfwatch: eval: ${s.failed.length} category evaluation(s) failed; results of the others are in ${s.out}\n`);
+      process.exitCode = 1;
+    }
   });
 
 const modelCmd = program.command('model').description('check a model on this box; roll back a running agent\'s model');

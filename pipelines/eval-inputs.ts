@@ -4,11 +4,10 @@
  * planogram.ts `refineBox` first, recording where the crop sits), through the input cache;
  * `placeMap` undoes that placement, putting an anomaly map back onto the whole image's grid.
  */
-import { readFile, stat } from 'node:fs/promises';
-import { resolve } from 'node:path';
+import { readFile } from 'node:fs/promises';
 import { decodeImage } from '../models/image-decode.js';
 import { toModelInput } from '../models/preprocess.js';
-import { EvalCache, type InputPlacement, type PreprocessKey } from './feature-cache.js';
+import { contentDigest, EvalCache, type InputPlacement, type PreprocessKey } from './feature-cache.js';
 import type { SkippedFile } from './image-files.js';
 import { refineBox } from './planogram.js';
 
@@ -28,7 +27,9 @@ export interface DecodeStats {
 
 /**
  * Turns image files into model inputs with the agent's preprocessing, through the input cache.
- * (Training images bypass the cache: their features are cached instead.)
+ * (Training images bypass the cache: their features are cached instead.) The cache is keyed on
+ * the sha256 of the file's bytes, which are read once: hashed for the lookup, then decoded from
+ * the same buffer on a miss.
  */
 export class InputLoader {
   constructor(
@@ -39,19 +40,18 @@ export class InputLoader {
 
   async load(file: string, useCache: boolean): Promise<LoadedInput> {
     const { inputSize: size } = this.pre;
+    const t = performance.now();
+    const bytes = await readFile(file);
     let key: string | null = null;
     if (useCache && this.cache.dir) {
-      const s = await stat(file);
-      key = EvalCache.inputKey(this.pre, resolve(file), s.size, s.mtimeMs);
+      key = EvalCache.inputKey(this.pre, contentDigest(bytes));
       const hit = await this.cache.readInput(key, 3 * size * size);
       if (hit) {
         this.stats.fromCache++;
         return { file, ...hit };
       }
     }
-    const t = performance.now();
     try {
-      const bytes = await readFile(file);
       const img = await decodeImage(bytes, { origin: file, targetSize: this.pre.shrinkOnLoad ? size : undefined });
       this.stats.images++;
       if (img.shrink > 1) this.stats.shrunk++;

@@ -10,11 +10,47 @@ import { placeMap } from './eval-inputs.js';
 import { loadMask, type BinaryMask } from './eval-masks.js';
 import type { CategoryResult, CurveSet, EvalMode, EvaluateOptions, EvaluationSettings, GroupMetrics, ImageRecord, MeanValue, MetricSet } from './eval-types.js';
 
-/** What computeMetrics reads of the run: its settings, the pixel budget and the progress callback. */
+/** What computeMetrics reads of the run: its settings, the memory budget and the progress callback. */
 export interface MetricsContext {
-  settings: EvaluationSettings;
-  o: Pick<EvaluateOptions, 'maxMetricPixels' | 'onProgress'>;
+  settings: Pick<EvaluationSettings, 'inputSize' | 'pixelSize'>;
+  o: Pick<EvaluateOptions, 'maxMetricBytes' | 'onProgress'>;
 }
+
+/**
+ * Peak memory of the pixel metrics per pixel of a category's largest group (the category itself),
+ * in bytes — what the memory budget charges. The accumulator (models/metrics/pixel.ts) keeps a
+ * 4-byte key per normal pixel and key + region (8 bytes, in arrays grown by doubling) per
+ * anomalous pixel; compute() radix-sorts them into two more copies while the segments it consumes
+ * are not collected yet, and the previous group's arrays are freed only at V8's next collection.
+ * Measured as the growth of the peak RSS during computeMetrics: 14.4 bytes per pixel at 1024²
+ * (200 images, 1.3 % anomalous pixels), 15.2 at 224² (2,000 images), 15.9 at 512² with 25 %
+ * anomalous pixels, and 15.2 to 17.0 over repeated small runs (48 images at 512², the check in
+ * test/evaluate-reuse.test.ts) — the spread is V8's collection timing. 20 leaves headroom; a
+ * split made mostly of anomalous pixels would cost more (up to ~30). Before placed maps stopped
+ * being kept across groups it was 18.7 at 1024², while the budget charged 4.
+ */
+export const METRIC_BYTES_PER_PIXEL = 20;
+
+/** Default memory budget of the pixel metrics of one category (EvaluateOptions.maxMetricBytes). */
+export const DEFAULT_MAX_METRIC_BYTES = 4 * 2 ** 30;
+
+/**
+ * What the pixel metrics of these records will hold: pixels on the metrics grid, and bytes
+ * (METRIC_BYTES_PER_PIXEL per pixel, plus 1 byte per pixel of each ground-truth mask, which at a
+ * fixed pixel size is kept across the category's groups).
+ */
+export function metricsMemory(records: readonly ImageRecord[], pixelSize: number | 'native'): { pixels: number; bytes: number } {
+  let pixels = 0;
+  let maskPixels = 0;
+  for (const r of records) {
+    const n = pixelSize === 'native' ? r.placement.sourceWidth * r.placement.sourceHeight : pixelSize * pixelSize;
+    pixels += n;
+    if (r.mask && pixelSize !== 'native') maskPixels += n;
+  }
+  return { pixels, bytes: pixels * METRIC_BYTES_PER_PIXEL + maskPixels };
+}
+
+const gib = (bytes: number) => `${(bytes / 2 ** 30).toFixed(1)} GiB`;
 
 export interface MetricsOutput {
   metrics: MetricSet;
@@ -40,21 +76,29 @@ export async function computeMetrics(
   const pixelSize = settings.pixelSize;
   const step = `${cat.name} metrics${mode.name === 'category' ? '' : ` (${mode.name})`}`;
 
-  // Pixel budget: the accumulator keeps 4 bytes per pixel.
-  const pixelsOf = (r: ImageRecord) => (pixelSize === 'native' ? r.placement.sourceWidth * r.placement.sourceHeight : pixelSize * pixelSize);
-  const totalPixels = records.reduce((s, r) => s + pixelsOf(r), 0);
-  const maxPixels = ctx.o.maxMetricPixels ?? 1e9;
+  // Memory budget, charged at what the metrics really hold (see METRIC_BYTES_PER_PIXEL).
+  const need = metricsMemory(records, pixelSize);
+  const maxBytes = ctx.o.maxMetricBytes ?? DEFAULT_MAX_METRIC_BYTES;
   let pixelSkipReason: string | null = null;
-  if (totalPixels > maxPixels) {
-    pixelSkipReason = `pixel metrics at ${pixelSize === 'native' ? 'native size' : `${pixelSize}×${pixelSize}`} would hold ${(totalPixels / 1e6).toFixed(0)} M pixels (${((totalPixels * 4) / 2 ** 30).toFixed(1)} GiB), over the limit of ${(maxPixels / 1e6).toFixed(0)} M; use a smaller pixel size`;
+  if (need.bytes > maxBytes) {
+    pixelSkipReason = `pixel metrics at ${pixelSize === 'native' ? 'native size' : `${pixelSize}×${pixelSize}`} would hold ${(need.pixels / 1e6).toFixed(0)} M pixels (about ${gib(need.bytes)} at ${METRIC_BYTES_PER_PIXEL} bytes per pixel), over the limit of ${gib(maxBytes)}; use a smaller pixel size`;
     notes.push(pixelSkipReason);
   }
 
-  // Masks and placed maps at a fixed pixel size are computed once; native ones on every pass.
-  const placedCache = new Map<ImageRecord, { map: Float32Array; mask: Uint8Array; w: number; h: number }>();
+  // Placed maps are made again for every group that has the image (placing is cheap next to
+  // adding to the accumulator), so that only the accumulator grows with the category. Masks at
+  // a fixed pixel size are read once and kept (1 byte per pixel, masked images only: they are
+  // costly to decode); native ones are read on every pass. Images without a mask share one
+  // all-zero mask per size.
+  const maskCache = new Map<ImageRecord, BinaryMask>();
+  const zeros = new Map<string, Uint8Array>();
+  const zeroMask = (w: number, h: number) => {
+    const k = `${w}x${h}`;
+    let z = zeros.get(k);
+    if (!z) zeros.set(k, (z = new Uint8Array(w * h)));
+    return z;
+  };
   const sample = async (r: ImageRecord) => {
-    const hit = placedCache.get(r);
-    if (hit) return hit;
     const raw = maps.get(r)!;
     let mask: BinaryMask | null = null;
     let w: number;
@@ -66,12 +110,13 @@ export async function computeMetrics(
     } else {
       w = pixelSize;
       h = pixelSize;
-      if (r.mask) mask = await loadMask(r.mask, { width: w, height: h });
+      if (r.mask) {
+        mask = maskCache.get(r) ?? (await loadMask(r.mask, { width: w, height: h }));
+        maskCache.set(r, mask);
+      }
     }
     const map = placeMap(raw, size, r.placement.crop, w, h, r.placement.crop ? mapMinimum(raw) : 0);
-    const s = { map, mask: mask?.data ?? new Uint8Array(w * h), w, h };
-    if (pixelSize !== 'native') placedCache.set(r, s);
-    return s;
+    return { map, mask: mask?.data ?? zeroMask(w, h), w, h };
   };
   // Masks decode on sharp's thread pool: prepare a few images at once, add them in order.
   const WINDOW = 4;

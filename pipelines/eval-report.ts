@@ -5,10 +5,12 @@
  *
  * Tables show percentages with one decimal, as the paper prints them. An undefined metric is
  * "n/a" with its reason in a footnote; a paper value we do not have is "–". NaN never appears.
+ * A category whose evaluation failed shows "failed" with the reason in a footnote (and in its
+ * own section); results.json has the reason as `failed` on the category and in a top-level list.
  */
 import type { MetricValue } from '../models/metrics/index.js';
 import { TOOL_VERSION } from '../models/version.js';
-import { METRIC_KEYS, type CategoryResult, type EvaluationResult, type MeanValue, type MetricKey } from './eval-types.js';
+import { failedCategories, METRIC_KEYS, type CategoryResult, type EvaluationResult, type MeanValue, type MetricKey } from './eval-types.js';
 import { isGoodsAdRun, PAPER_METHODS, PAPER_SOURCE, paperCategory, PATCHCORE_1, type PaperMetrics } from './paper-results.js';
 
 export const METRIC_LABELS: Record<MetricKey, string> = {
@@ -86,6 +88,11 @@ function comparisonRows(result: EvaluationResult, notes: Footnotes): TableRow[] 
     };
     for (const m of result.modes) {
       const c = m.categories.find((x) => x.category === name)!;
+      if (c.failed !== undefined) {
+        const mark = notes.add(`${name} (${m.mode.name}): evaluation failed: ${c.failed}`);
+        rows.push({ group: group(), label: runLabel(m.mode.name), cells: METRIC_KEYS.map(() => `failed${mark}`) });
+        continue;
+      }
       rows.push({ group: group(), label: runLabel(m.mode.name), cells: METRIC_KEYS.map((k) => pctCell(c.metrics[k], notes, `${name} (${m.mode.name}) ${METRIC_LABELS[k]}`)) });
     }
     if (!showPaper) continue;
@@ -163,6 +170,8 @@ export function formatTerminalTable(result: EvaluationResult): string {
   if (isGoodsAdRun(names)) lines.push(`paper: ${PAPER_SOURCE}; "–" = not reported there (or not transcribed)`);
   else lines.push('paper rows left out: these are not GoodsAD categories');
   lines.push(...notes.lines());
+  const failed = failedCategories(result);
+  if (failed.length > 0) lines.push(`FAILED: ${failed.length} category evaluation(s) (${failed.map((f) => `${f.category}${result.modes.length > 1 ? ` (${f.mode})` : ''}`).join(', ')}); the other categories' results are complete`);
   const t = result.timings;
   lines.push(
     `time ${sec(t.total)}: decode ${sec(t.decodeWait)} waited (${sec(t.decodeCpu)} summed over concurrent decodes, ${result.decode.shrunk}/${result.decode.images} decodes shrunk on load, ${result.decode.fromCache} inputs from cache), features ${sec(t.features)}, coreset ${sec(t.coreset)}, compile ${sec(t.compile)}, thresholds ${sec(t.thresholds)}, inference ${sec(t.inference)}, metrics ${sec(t.metrics)}`,
@@ -208,10 +217,12 @@ const round = (x: number) => Math.round(x * 1000) / 1000;
 function categoryJson(c: CategoryResult) {
   return {
     category: c.category,
+    /** The reason the evaluation of this category failed, or null. */
+    failed: c.failed ?? null,
     counts: c.counts,
     metrics: metricsJson(c.metrics),
     pixels: c.pixels,
-    threshold: c.threshold,
+    threshold: c.failed !== undefined ? null : c.threshold,
     featureCache: c.featureCache,
     backboneTrainImages: c.backboneTrainImages,
     models: c.models,
@@ -245,6 +256,8 @@ export function resultsJson(result: EvaluationResult, ctx: ReportContext) {
     dataset: ctx.dataset,
     settings: result.settings,
     provider: result.provider,
+    /** Categories (per mode) whose evaluation failed: the run as a whole failed when any. */
+    failed: failedCategories(result),
     paper: { source: PAPER_SOURCE, methods: PAPER_METHODS },
     modes: result.modes.map((m) => ({
       mode: m.mode.name,
@@ -282,11 +295,21 @@ export function resultsMarkdown(result: EvaluationResult, ctx: ReportContext): s
   out.push(mdTable(['category', 'row', ...METRIC_KEYS.map((k) => METRIC_LABELS[k])], rows.map((r) => [r.group, r.label, ...r.cells]), 2), '');
   const names = result.modes[0]?.categories.map((c) => c.category) ?? [];
   out.push(isGoodsAdRun(names) ? `Paper: ${PAPER_SOURCE}. "–" = not reported there (or not transcribed). Percent.` : 'Percent. Paper rows left out: these are not GoodsAD categories.', '');
+  const failed = failedCategories(result);
+  if (failed.length > 0) {
+    out.push(`**${failed.length} category evaluation(s) failed** (the run exits non-zero):`, '');
+    for (const f of failed) out.push(`- ${f.category} (${f.mode}): ${f.reason}`);
+    out.push('');
+  }
   const breakdownNotes = new Footnotes('b');
   for (const m of result.modes) {
     for (const c of m.categories) {
       const where = `${c.category} (${m.mode.name})`;
       out.push(`## ${where}`, '');
+      if (c.failed !== undefined) {
+        out.push(`**Evaluation failed:** ${c.failed}`, '', 'Nothing of this category was scored; its metrics are undefined and left out of the means.', '');
+        continue;
+      }
       out.push(
         `${c.counts.test} test images (${c.counts.anomalous} anomalous, ${c.counts.normal} normal${c.counts.skipped ? `, ${c.counts.skipped} skipped` : ''}); ` +
           (c.pixels ? `${c.pixels.anomalous} anomalous / ${c.pixels.normal} normal pixels at ${c.pixels.size}, ${c.pixels.regions} regions; ` : '') +

@@ -127,6 +127,11 @@ export interface CurveSet {
 export interface CategoryResult {
   category: string;
   mode: string;
+  /**
+   * Set when the evaluation of this category failed (the reason): its metrics are then undefined
+   * with that reason, nothing was scored, and the other categories were evaluated anyway.
+   */
+  failed?: string;
   metrics: MetricSet;
   counts: { test: number; anomalous: number; normal: number; skipped: number };
   pixels: { size: string; anomalous: number; normal: number; regions: number } | null;
@@ -154,6 +159,11 @@ export interface ModeResult {
   mode: EvalMode;
   categories: CategoryResult[];
   mean: Record<MetricKey, MeanValue>;
+}
+
+/** The categories whose evaluation failed, per mode, with the reason. */
+export function failedCategories(result: Pick<EvaluationResult, 'modes'>): Array<{ category: string; mode: string; reason: string }> {
+  return result.modes.flatMap((m) => m.categories.filter((c) => c.failed !== undefined).map((c) => ({ category: c.category, mode: m.mode.name, reason: c.failed! })));
 }
 
 export interface EvaluationSettings {
@@ -204,8 +214,12 @@ export interface EvaluateOptions {
   concurrency?: number;
   /** Worst false negatives / positives kept per category (default 4). */
   examples?: number;
-  /** Largest number of pixels pixel metrics may hold for one category (4 bytes each; default 1e9). */
-  maxMetricPixels?: number;
+  /**
+   * Memory pixel metrics may use for one category, in bytes (default 4 GiB): charged at
+   * eval-metrics.ts METRIC_BYTES_PER_PIXEL per pixel on the pixel-metrics grid, plus the masks
+   * kept across groups; over it, pixel metrics are left undefined with the reason.
+   */
+  maxMetricBytes?: number;
   /** ISO time stamped into fitted models. */
   createdAt: string;
   onProgress?: (step: string, done: number, total: number) => void;

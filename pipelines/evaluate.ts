@@ -28,6 +28,15 @@
  * bilinearly, align_corners=false, no antialiasing). On magnetic_tile this reproduces the
  * reference's anomalous-pixel and region counts exactly at both sizes.
  *
+ * Reuse: a model from `models` is reused only when it was fitted from the same images with the
+ * same settings AND records the same preprocessing and features (shrink-on-load, normalisation,
+ * the descriptor's taps / embedDim / pretrainEmbedDim; eval-models.ts); train features and model
+ * inputs come from the cache under keys that hold all of that too (feature-cache.ts).
+ *
+ * Failures: a category whose evaluation throws is recorded as failed (CategoryResult.failed, its
+ * metrics undefined with the reason) and the run goes on; the command writes every output and
+ * then exits non-zero.
+ *
  * This module is the driver (`evaluateDataset`): plan each category, reuse or fit its models,
  * score the test split and collect the results. The parts live beside it: eval-types.ts (modes,
  * options, result types), eval-inputs.ts (InputLoader, placeMap), eval-masks.ts (ground-truth
@@ -36,11 +45,13 @@
 import { mkdir, rename, writeFile } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { extractFeatures, fitFromFeatures, type EmbeddedImages, type FitStage, type InputBatch } from '../models/fit.js';
+import { undefinedMetric } from '../models/metrics/index.js';
+import { geometry } from '../models/patchcore-graph.js';
 import { PatchcoreModel } from '../models/runtime.js';
 import type { DatasetCategory, DatasetImage } from './dataset.js';
 import { InputLoader, type DecodeStats } from './eval-inputs.js';
 import { computeMetrics, meanOf } from './eval-metrics.js';
-import { modelFileName, modelMatches, modelName, scanModelDir, type ModelFile, type ModelWanted } from './eval-models.js';
+import { evalRecordOf, findReusableModel, modelFileName, modelName, scanModelDir, withEvalRecord, type ModelFile, type ModelWanted, type PreprocessWanted } from './eval-models.js';
 import {
   METRIC_KEYS,
   type CategoryResult,
@@ -57,7 +68,7 @@ import {
   type ModeResult,
   type StageTimings,
 } from './eval-types.js';
-import { EvalCache, type PreprocessKey } from './feature-cache.js';
+import { EvalCache, featureKeyOf, type PreprocessKey } from './feature-cache.js';
 import { splitHoldOut, trainingDigest, type SkippedFile } from './image-files.js';
 
 // The evaluator's public names, from the modules that define them, for code that imports the
@@ -65,7 +76,20 @@ import { splitHoldOut, trainingDigest, type SkippedFile } from './image-files.js
 export * from './eval-types.js';
 export { InputLoader, placeMap, type DecodeStats, type LoadedInput } from './eval-inputs.js';
 export { loadMask, nearestIndex, resizeMaskNearest, type BinaryMask } from './eval-masks.js';
-export { cropOfModelName, modelMatches, modelName, scanModelDir, type ModelFile, type ModelWanted } from './eval-models.js';
+export {
+  cropOfModelName,
+  EVAL_RECORD_KEY,
+  findReusableModel,
+  modelMatches,
+  modelName,
+  preprocessMismatch,
+  readEvalRecord,
+  scanModelDir,
+  type EvalRecord,
+  type ModelFile,
+  type ModelWanted,
+  type PreprocessWanted,
+} from './eval-models.js';
 export { meanOf } from './eval-metrics.js';
 
 // ───────────────────────────── the evaluation ─────────────────────────────
@@ -115,18 +139,42 @@ export async function evaluateDataset(categories: readonly DatasetCategory[], o:
   const log = o.onLog ?? (() => {});
   const stats: DecodeStats = { images: 0, shrunk: 0, fromCache: 0, cpuMs: 0 };
   const existing = o.models ? await scanModelDir(o.models, log) : [];
-  const ctx: RunContext = { o, settings, cache, stats, existing, log, provider: 'cpu' };
+  const logged = new Set<string>();
+  const logOnce = (line: string) => {
+    if (logged.has(line)) return;
+    logged.add(line);
+    log(line);
+  };
+  const ctx: RunContext = { o, settings, cache, stats, existing, log, logOnce, provider: 'cpu' };
 
+  // A category that fails (all its training images undecodable, a model that cannot be fitted or
+  // written, …) is recorded as failed, with the reason, and the run goes on with the others: the
+  // reports show it and the command exits non-zero at the end (agent/commands/eval.ts).
   const perMode = new Map<string, CategoryResult[]>(o.modes.map((m) => [m.name, []]));
+  const failed = (cat: DatasetCategory, mode: EvalMode, e: unknown) => {
+    const reason = errorMessage(e);
+    log(`category ${cat.name}${o.modes.length > 1 ? ` (${mode.name})` : ''} failed: ${reason}`);
+    perMode.get(mode.name)!.push(failedCategory(cat.name, mode.name, reason));
+  };
   for (const cat of categories) {
-    const plan = await planCategory(cat, settings.holdout);
+    let plan: CategoryPlan;
+    try {
+      plan = await planCategory(cat, settings.holdout);
+    } catch (e) {
+      for (const mode of o.modes) failed(cat, mode, e);
+      continue;
+    }
     if (plan.validationSource === 'training') {
       log(`warning: ${cat.name} has only ${cat.train.length} training image(s): thresholds come from the training images themselves`);
     }
     // Features per crop mode, shared by the modes of this category (then released).
     const features = new Map<CropMode, Promise<FeatureSet>>();
     for (const mode of o.modes) {
-      perMode.get(mode.name)!.push(await evaluateCategory(ctx, plan, mode, features));
+      try {
+        perMode.get(mode.name)!.push(await evaluateCategory(ctx, plan, mode, features));
+      } catch (e) {
+        failed(cat, mode, e);
+      }
     }
   }
 
@@ -149,6 +197,36 @@ export async function evaluateDataset(categories: readonly DatasetCategory[], o:
   };
 }
 
+function errorMessage(e: unknown): string {
+  const text = e instanceof Error ? e.message : String(e);
+  return text.trim() || (e instanceof Error ? e.name : 'unknown error');
+}
+
+/** The result of a category whose evaluation failed: every metric undefined with the reason. */
+export function failedCategory(category: string, mode: string, reason: string): CategoryResult {
+  const undef = undefinedMetric(`evaluation failed: ${reason}`);
+  return {
+    category,
+    mode,
+    failed: reason,
+    metrics: { imageAuroc: undef, imageAp: undef, pixelAuroc: undef, pixelAp: undef, pro: undef },
+    counts: { test: 0, anomalous: 0, normal: 0, skipped: 0 },
+    pixels: null,
+    byDefect: [],
+    byGoods: [],
+    threshold: 0,
+    models: [],
+    images: [],
+    curves: { imageRoc: [], imagePr: [], pixelRoc: [], pixelPr: [], pixelPro: [] },
+    examples: [],
+    notes: [`evaluation failed: ${reason}`],
+    skipped: [],
+    timings: zeroTimings(),
+    backboneTrainImages: 0,
+    featureCache: 'not-needed',
+  };
+}
+
 interface RunContext {
   o: EvaluateOptions;
   settings: EvaluationSettings;
@@ -156,6 +234,8 @@ interface RunContext {
   stats: DecodeStats;
   existing: ModelFile[];
   log: (line: string) => void;
+  /** log, each distinct line once per run. */
+  logOnce: (line: string) => void;
   provider: string;
 }
 
@@ -195,8 +275,10 @@ async function trainFeatures(ctx: RunContext, plan: CategoryPlan, crop: CropMode
   const timings = zeroTimings();
   const names = plan.fit.map((i) => relName(plan.cat, i.file));
   const pre = preKey(ctx, crop);
-  const key = EvalCache.featuresKey(pre, plan.fitDigest);
-  const cached = await ctx.cache.readFeatures(key, names);
+  const d = ctx.o.backbone.descriptor;
+  const key = EvalCache.featuresKey(pre, featureKeyOf(d), plan.fitDigest);
+  const g = geometry(d, ctx.settings.inputSize);
+  const cached = await ctx.cache.readFeatures(key, names, { patchesPerImage: g.grid * g.grid, dim: g.dim });
   if (cached) {
     return {
       embedded: cached.embedded,
@@ -299,6 +381,8 @@ async function evaluateCategory(ctx: RunContext, plan: CategoryPlan, mode: EvalM
   }
 
   // 2. Reuse or fit every model.
+  const preprocessing: PreprocessWanted = { shrinkOnLoad: settings.shrinkOnLoad, descriptor: o.backbone.descriptor };
+  const evalRecord = evalRecordOf(preprocessing);
   const models = new Map<string, { model: PatchcoreModel; record: ModelRecord }>();
   let featureSet: FeatureSet | null = null;
   let featureCache: CategoryResult['featureCache'] = 'not-needed';
@@ -316,7 +400,7 @@ async function evaluateCategory(ctx: RunContext, plan: CategoryPlan, mode: EvalM
         inputSize: settings.inputSize,
         crop: mode.crop,
       };
-      const found = ctx.existing.find((m) => modelMatches(m.manifest, wanted));
+      const found = findReusableModel(ctx.existing, wanted, preprocessing, ctx.logOnce);
       let bytesOrFile: Uint8Array | string;
       let reused = false;
       let file: string | null = null;
@@ -361,14 +445,19 @@ async function evaluateCategory(ctx: RunContext, plan: CategoryPlan, mode: EvalM
         timings.compile += fitted.timings.compile;
         timings.thresholds += fitted.timings.validation;
         timings.decodeCpu += ctx.stats.cpuMs - cpu0;
-        bytesOrFile = fitted.bytes;
+        // The model carries how its features were made (shrink-on-load, preprocessing version,
+        // descriptor feature fields), so that a later run reuses it only with the same ones.
+        const bytes = withEvalRecord(fitted.bytes, evalRecord, name);
+        bytesOrFile = bytes;
         if (o.models) {
           await mkdir(o.models, { recursive: true });
-          file = join(o.models, modelFileName(name, wanted));
-          const tmp = `${file}.${process.pid}.tmp`;
-          await writeFile(tmp, fitted.bytes);
-          await rename(tmp, file);
-          ctx.existing.push({ file, manifest: fitted.manifest });
+          const path = join(o.models, modelFileName(name, wanted, evalRecord, o.backbone.descriptor.normalization));
+          const tmp = `${path}.${process.pid}.tmp`;
+          await writeFile(tmp, bytes);
+          await rename(tmp, path);
+          file = path;
+          ctx.existing = ctx.existing.filter((m) => m.file !== path);
+          ctx.existing.push({ file: path, manifest: fitted.manifest, record: evalRecord });
         }
       }
       const model = await PatchcoreModel.load(bytesOrFile, { provider: o.provider, expectBackboneSha256: o.backbone.descriptor.sha256 }, file ?? name);

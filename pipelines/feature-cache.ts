@@ -3,11 +3,21 @@
  * or threshold does not pay for the expensive parts again:
  *
  * - TRAIN FEATURES: the patch embeddings of a category's fit images, one file per
- *   (backbone sha256, input size, normalisation, crop mode, shrink-on-load, training digest).
- *   A hit skips decoding and the backbone on every training image (`fitFromFeatures`).
+ *   (preprocessing key, the backbone descriptor's feature fields, training digest): backbone
+ *   sha256, input size, normalisation, crop mode, shrink-on-load, and the descriptor's input
+ *   name, taps (tensor, stride, channels, dequantisation), embedDim and pretrainEmbedDim — the
+ *   same ONNX file tapped or pooled differently makes other features. A hit skips decoding and
+ *   the backbone on every training image (`fitFromFeatures`). On read the entry's feature
+ *   dimension and patches per image must be the ones this backbone makes, or it is a miss.
  * - MODEL INPUTS of validation and test images: the float32 [3,S,S] tensor the model gets, plus
- *   where it came from in the image (crop box, sizes), keyed by (path, size, mtime) of the file
- *   and the same preprocessing settings.
+ *   where it came from in the image (crop box, sizes), keyed by the sha256 of the file's bytes
+ *   (not its path, size or mtime: a file rewritten in place with the same size and mtime is a
+ *   miss) and the same preprocessing settings.
+ *
+ * Every key also holds CACHE_STAMP: the cache format version, PREPROCESS_VERSION, the shelfwatch
+ * version and the sharp / libvips versions, so that entries made by other preprocessing code (a
+ * new release, a preprocessing fix, another libvips decoding JPEGs differently) are misses
+ * instead of stale hits.
  *
  * Exactness: inputs are stored as the very float32 values the model receives. The resize before
  * normalisation is an antialiased triangle filter computed in float64 without rounding to 8 bits
@@ -23,11 +33,32 @@
 import { createHash } from 'node:crypto';
 import { mkdir, open, readFile, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
+import sharp from 'sharp';
 import type { EmbeddedImages } from '../models/fit.js';
+import type { BackboneDescriptor, FeatureTap } from '../models/types.js';
+import { TOOL_VERSION } from '../models/version.js';
 
 const MAGIC = 'SWC1';
 /** Bump when what is stored changes meaning (also invalidates every entry). */
-export const CACHE_VERSION = 1;
+export const CACHE_VERSION = 2;
+
+/**
+ * Bump when the preprocessing code changes what an image file turns into (models/image-decode.ts
+ * decodeImage and its shrink-on-load, models/preprocess.ts toModelInput, models/resize.ts,
+ * planogram.ts refineBox in crop mode). It is part of every cache key and is recorded in models
+ * fitted by the evaluator (eval-models.ts), so their reuse stops too. Releases are covered
+ * anyway: the shelfwatch version is in the cache keys as well.
+ */
+export const PREPROCESS_VERSION = 1;
+
+/** What every cache key holds besides its own fields: the code and libraries that made the entry. */
+export const CACHE_STAMP = Object.freeze({
+  cache: CACHE_VERSION,
+  preprocess: PREPROCESS_VERSION,
+  tool: TOOL_VERSION,
+  sharp: sharp.versions.sharp ?? 'unknown',
+  vips: sharp.versions.vips,
+});
 
 /** Everything that changes what the preprocessing produces. */
 export interface PreprocessKey {
@@ -36,6 +67,34 @@ export interface PreprocessKey {
   normalization: { mean: readonly number[]; std: readonly number[] };
   crop: 'none' | 'auto';
   shrinkOnLoad: boolean;
+}
+
+/**
+ * The backbone descriptor's fields that change the features beyond the ONNX file and the
+ * preprocessing: the input fed, where it is tapped (and how a quantised tap is dequantised) and
+ * how the taps are pooled to the embedding.
+ */
+export interface FeatureKey {
+  input: string;
+  taps: Array<{ tensor: string; stride: number; channels: number; dequantize: { scale: string; zeroPoint: string } | null }>;
+  embedDim: number | null;
+  pretrainEmbedDim: number | null;
+}
+
+export function featureKeyOf(d: BackboneDescriptor): FeatureKey {
+  const tap = (t: FeatureTap) => ({
+    tensor: t.tensor,
+    stride: t.stride,
+    channels: t.channels,
+    dequantize: t.dequantize ? { scale: t.dequantize.scale, zeroPoint: t.dequantize.zeroPoint } : null,
+  });
+  return { input: d.input, taps: d.taps.map(tap), embedDim: d.embedDim ?? null, pretrainEmbedDim: d.pretrainEmbedDim ?? null };
+}
+
+/** The shape train features of a backbone have (checked against a cache entry on read). */
+export interface FeatureShape {
+  patchesPerImage: number;
+  dim: number;
 }
 
 /** Where a model input came from, in fractions of the decoded (upright) image. */
@@ -67,19 +126,21 @@ export class EvalCache {
   /** `dir` null = caching off (every lookup misses, nothing is written). */
   constructor(readonly dir: string | null) {}
 
-  static featuresKey(pre: PreprocessKey, trainingDigest: string): string {
-    return hashKey({ kind: 'features', v: CACHE_VERSION, ...pre, trainingDigest });
+  static featuresKey(pre: PreprocessKey, features: FeatureKey, trainingDigest: string): string {
+    return hashKey({ kind: 'features', stamp: CACHE_STAMP, ...pre, features, trainingDigest });
   }
 
-  static inputKey(pre: PreprocessKey, file: string, size: number, mtimeMs: number): string {
-    return hashKey({ kind: 'input', v: CACHE_VERSION, ...pre, file, size, mtimeMs });
+  /** `contentSha256`: sha256 (hex) of the image file's bytes (see contentDigest). */
+  static inputKey(pre: PreprocessKey, contentSha256: string): string {
+    return hashKey({ kind: 'input', stamp: CACHE_STAMP, ...pre, contentSha256 });
   }
 
   /**
    * The cached embeddings of `files` (in this order), or null. An entry made for a different
-   * file list (e.g. an image that failed to decode last time now decodes) is a miss.
+   * file list (e.g. an image that failed to decode last time now decodes), or whose features do
+   * not have the `expect`ed shape, is a miss.
    */
-  async readFeatures(key: string, files: readonly string[]): Promise<CachedFeatures | null> {
+  async readFeatures(key: string, files: readonly string[], expect: FeatureShape): Promise<CachedFeatures | null> {
     const entry = this.dir ? await readEntry(join(this.dir, 'features', `${key}.bin`)) : null;
     const h = entry?.header as Partial<{ files: string[]; skipped: string[]; patchesPerImage: number; dim: number; images: number }> | undefined;
     const ok =
@@ -90,6 +151,8 @@ export class EvalCache {
       typeof h.patchesPerImage === 'number' &&
       typeof h.dim === 'number' &&
       typeof h.images === 'number' &&
+      h.patchesPerImage === expect.patchesPerImage &&
+      h.dim === expect.dim &&
       h.files.length === h.images &&
       entry.data.length === h.images * h.patchesPerImage * h.dim &&
       sameSet([...h.files, ...h.skipped], files);
@@ -143,6 +206,11 @@ function sameSet(a: readonly string[], b: readonly string[]): boolean {
   if (a.length !== b.length) return false;
   const s = new Set(a);
   return s.size === a.length && b.every((x) => s.has(x));
+}
+
+/** The sha256 (hex) of a file's bytes: what the input cache is keyed on. */
+export function contentDigest(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex');
 }
 
 function hashKey(value: unknown): string {

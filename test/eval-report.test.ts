@@ -206,3 +206,39 @@ test('modes and model matching', (t) => {
   t.false(modelMatches(manifest, { ...want, seed: 1 }));
   t.false(modelMatches(manifest, { ...want, trainingDigest: 'f'.repeat(64) }));
 });
+
+test('model reuse: normalisation, taps, pooling, shrink-on-load and the preprocessing version must be recorded and equal', async (t) => {
+  const { preprocessMismatch, evalRecordOf, findReusableModel } = await import('../pipelines/eval-models.js');
+  const { MOBILENETV2_INT8 } = await import('../models/backbone.js');
+  const d = MOBILENETV2_INT8;
+  const manifest = {
+    name: 'food_box',
+    training: { digest: 'a'.repeat(64) },
+    backbone: { sha256: d.sha256, taps: d.taps.map((x) => ({ tensor: x.tensor, stride: x.stride, channels: x.channels })) },
+    normalization: d.normalization,
+    coreset: { ratio: 0.01, seed: 0, projection: 'jl' },
+    inputSize: 224,
+  } as unknown as Parameters<typeof modelMatches>[0];
+  const want = { trainingDigest: 'a'.repeat(64), backboneSha256: d.sha256, coreset: 0.01, seed: 0, projection: 'jl' as const, inputSize: 224, crop: 'none' as const };
+  const run = { shrinkOnLoad: true, descriptor: d };
+  const record = evalRecordOf(run);
+  t.is(preprocessMismatch({ manifest, record }, run), null);
+  // Not recorded (a model of `shelfwatch fit`, or of an older evaluator): unknown → refit.
+  t.regex(preprocessMismatch({ manifest, record: null }, run)!, /does not record its preprocessing/);
+  t.regex(preprocessMismatch({ manifest, record: { ...record, shrinkOnLoad: false } }, run)!, /shrink-on-load off, this run has it on/);
+  t.regex(preprocessMismatch({ manifest, record: { ...record, preprocess: record.preprocess + 1 } }, run)!, /preprocessing version/);
+  const other = (over: object) => ({ shrinkOnLoad: true, descriptor: { ...d, ...over } });
+  t.regex(preprocessMismatch({ manifest, record }, other({ normalization: { mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5] } }))!, /normalisation/);
+  t.regex(preprocessMismatch({ manifest, record }, other({ embedDim: 128, pretrainEmbedDim: 64 }))!, /embedDim none \/ pretrainEmbedDim none, this run's descriptor has 128 \/ 64/);
+  const taps = [{ ...d.taps[0], tensor: 'other' }, d.taps[1]];
+  t.regex(preprocessMismatch({ manifest, record }, other({ taps }))!, /backbone taps/);
+  t.regex(preprocessMismatch({ manifest, record }, other({ taps: [{ ...d.taps[0], dequantize: undefined }, d.taps[1]] }))!, /descriptor feature fields/);
+  // findReusableModel: the fit settings and the preprocessing; a near miss is logged.
+  const logs: string[] = [];
+  const stale = { file: 'stale.onnx', manifest, record: { ...record, shrinkOnLoad: false } };
+  const good = { file: 'good.onnx', manifest, record };
+  t.is(findReusableModel([stale, good], want, run, (l) => logs.push(l))?.file, 'good.onnx');
+  t.deepEqual(logs, ['--models: not reusing stale.onnx: fitted with shrink-on-load off, this run has it on']);
+  t.is(findReusableModel([stale], want, run), null);
+  t.is(findReusableModel([good], { ...want, seed: 1 }, run), null);
+});

@@ -284,3 +284,89 @@ test('masks on the pixel-metrics grid reproduce the reference counts of magnetic
   t.is(posNative, run.pixel_native.n_pos); // 3,539,881
   t.is(regionsNative, run.pixel_native.n_regions); // 462
 });
+
+/** `shelfwatch eval …` as a child process, as an operator runs it. */
+async function cliEval(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const { spawn } = await import('node:child_process');
+  return new Promise((done, fail) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', 'agent/cli.ts', 'eval', '--backbone', BACKBONE_PATH, ...args], {
+      cwd: process.cwd(),
+      env: { ...env, SHELFWATCH_DEBUG: '' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
+    child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+    child.on('error', fail);
+    child.on('close', (code) => done({ code, stdout, stderr }));
+  });
+}
+
+test.serial('a category that fails is reported as failed, the others are evaluated, every output is written, the CLI exits 1', async (t) => {
+  if (!sharedAvailable()) return t.pass('../shared absent');
+  const { writeFile } = await import('node:fs/promises');
+  const root = join(work, 'one-fails');
+  await generateGoodsDataset(root, { seed: 3, categories: ['cigarette_box', 'drink_can'], goodsPerCategory: 1, trainPerGoods: 12, testGoodPerGoods: 2, testDefectPerGoods: 1, size: 256 });
+  // drink_can's training JPEGs are truncated (their headers are fine, so the dataset scan passes them).
+  const train = join(root, 'drink_can', 'train', 'good');
+  for (const f of await readdir(train)) {
+    const b = await readFile(join(train, f));
+    await writeFile(join(train, f), b.subarray(0, Math.floor(b.length / 3)));
+  }
+  const s = await runEval(opts({ dataset: root, out: join(work, 'one-fails-out'), cache: false }));
+  t.deepEqual(s.failed.map((f) => f.category), ['drink_can']);
+  t.regex(s.failed[0]!.reason, /none of the \d+ training images could be decoded/);
+
+  const r = await readJson(s.files.json);
+  t.deepEqual(r.failed.map((f: { category: string }) => f.category), ['drink_can']);
+  const [cig, can] = r.modes[0].categories;
+  t.is(cig.category, 'cigarette_box');
+  t.is(cig.failed, null);
+  for (const k of METRICS) t.is(typeof cig.metrics[k], 'number');
+  t.is(can.category, 'drink_can');
+  t.regex(can.failed, /could be decoded/);
+  t.is(can.threshold, null);
+  for (const k of METRICS) {
+    t.is(can.metrics[k], null);
+    t.regex(can.metrics.undefinedReasons[k], /^evaluation failed: .*could be decoded/);
+  }
+  t.deepEqual(r.modes[0].mean.imageAuroc.outOf, 2);
+  t.deepEqual(r.modes[0].mean.imageAuroc.categories, 1);
+  t.regex(s.table, /drink_can\s+this run\s+failed\[\d+\]/);
+  t.regex(s.table, /FAILED: 1 category evaluation\(s\) \(drink_can\)/);
+  const md = await readFile(s.files.markdown, 'utf8');
+  t.regex(md, /## drink_can \(category\)\n\n\*\*Evaluation failed:\*\* .*could be decoded/);
+  t.regex(md, /## cigarette_box \(category\)\n\n\d+ test images/);
+  const html = withoutImages(await readFile(s.files.html!, 'utf8'));
+  t.regex(html, /<p class="note">evaluation failed: .*could be decoded<\/p>/);
+  t.false(html.includes('NaN'));
+  t.false((await readFile(s.files.json, 'utf8')).includes('NaN'));
+
+  // The command: outputs written, exit status 1, the failure on stderr.
+  const out = join(work, 'one-fails-cli');
+  const run = await cliEval(['--dataset', root, '--out', out, '--coreset', '0.05', '--no-cache', '--no-html', '--json']);
+  t.is(run.code, 1, run.stderr);
+  t.regex(run.stderr, /shelfwatch: eval: drink_can failed: .*could be decoded/);
+  t.regex(run.stderr, /1 category evaluation\(s\) failed/);
+  t.deepEqual(JSON.parse(run.stdout).failed.map((f: { category: string }) => f.category), ['drink_can']);
+  t.true(existsSync(join(out, 'results.json')) && existsSync(join(out, 'results.md')));
+});
+
+test.serial('--out that holds an earlier run: refused without --force, overwritten with it', async (t) => {
+  if (!sharedAvailable()) return t.pass('../shared absent');
+  const out = join(work, 'force-out');
+  const base = { categories: ['cigarette_box'], cache: false as const, html: false, out };
+  const first = await runEval(opts(base));
+  const before = await readFile(first.files.json, 'utf8');
+  await t.throwsAsync(runEval(opts({ ...base, coreset: 0.05 })), { message: /--out .*force-out already holds the results of an earlier run \(results\.json, results\.md\); pass --force to overwrite them/ });
+  t.is(await readFile(first.files.json, 'utf8'), before, 'the earlier results are untouched');
+  const refused = await cliEval(['--dataset', dataset, '--category', 'cigarette_box', '--out', out, '--coreset', '0.05', '--no-cache', '--no-html']);
+  t.not(refused.code, 0);
+  t.regex(refused.stderr, /^shelfwatch: --out .* already holds the results of an earlier run .*pass --force/m);
+  t.is(await readFile(first.files.json, 'utf8'), before);
+
+  const forced = await runEval(opts({ ...base, coreset: 0.05, force: true }));
+  t.is(forced.results.settings.coreset, 0.05);
+  t.is((await readJson(join(out, 'results.json'))).settings.coreset, 0.05);
+});

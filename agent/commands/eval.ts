@@ -4,16 +4,22 @@
  *
  * Writes into `out`: results.json (every number), results.md, report.html (self-contained), and
  * by default the cache under `out/.cache` (train features and model inputs, see
- * pipelines/feature-cache.ts). Returns the comparison table for the CLI to print (stdout);
- * progress bars and warnings go to stderr, and are silent with `json`.
+ * pipelines/feature-cache.ts). An `out` that already holds an earlier run's results is refused
+ * unless `force` (its cache stays usable: `cache: <out>/.cache` with another `out`). Returns the
+ * comparison table for the CLI to print (stdout); progress bars and warnings go to stderr, and
+ * are silent with `json`.
+ *
+ * A category whose evaluation fails does not stop the run: it is reported as failed (reason in
+ * results.json, results.md and report.html), the outputs are written, and `failed` lists it so
+ * that the CLI exits non-zero.
  */
-import { mkdir } from 'node:fs/promises';
+import { mkdir, rm, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { ProviderChoice } from '../../models/execution-provider.js';
 import { loadDataset } from '../../pipelines/dataset.js';
 import { renderHtmlReport } from '../../pipelines/eval-html.js';
 import { formatTerminalTable, resultsJson, resultsMarkdown } from '../../pipelines/eval-report.js';
-import { modeOf, parseModes, type EvaluationResult } from '../../pipelines/eval-types.js';
+import { failedCategories, modeOf, parseModes, type EvaluationResult } from '../../pipelines/eval-types.js';
 import { evaluateDataset } from '../../pipelines/evaluate.js';
 import { EvalCache } from '../../pipelines/feature-cache.js';
 import { selectBackbone } from '../backbones.js';
@@ -32,6 +38,8 @@ export interface EvalCommandOptions {
   /** Folder of fitted models: reused when they match, new ones written there. */
   models?: string;
   out: string;
+  /** Overwrite the results of an earlier run in `out` (default: refuse). */
+  force?: boolean;
   /** Cache folder (default `<out>/.cache`); false = no cache (commander's --no-cache). */
   cache?: string | boolean;
   /** Pixel metrics at N×N (default: the model input size, 224) or at each mask's size. */
@@ -64,6 +72,26 @@ export interface EvalSummary {
   /** What results.json holds. */
   results: ReturnType<typeof resultsJson>;
   result: EvaluationResult;
+  /** Categories whose evaluation failed (per mode), with the reason; the run is a failure when any. */
+  failed: Array<{ category: string; mode: string; reason: string }>;
+}
+
+/** The files of a run in its output folder: an `out` holding one of them holds an earlier run. */
+export const RESULT_FILES = ['results.json', 'results.md', 'report.html'] as const;
+
+async function isFile(path: string): Promise<boolean> {
+  return (await stat(path).catch(() => null))?.isFile() ?? false;
+}
+
+/** Refuses an output folder that holds an earlier run's results (files), unless forced. */
+async function checkNoEarlierResults(out: string, force: boolean): Promise<void> {
+  const present: string[] = [];
+  for (const f of RESULT_FILES) if (await isFile(join(out, f))) present.push(f);
+  if (present.length === 0 || force) return;
+  throw new Error(
+    `--out ${out} already holds the results of an earlier run (${present.join(', ')}); pass --force to overwrite them, ` +
+      `or choose another --out (the earlier run's cache stays usable with --cache ${join(out, '.cache')})`,
+  );
 }
 
 export async function runEval(o: EvalCommandOptions): Promise<EvalSummary> {
@@ -78,6 +106,7 @@ export async function runEval(o: EvalCommandOptions): Promise<EvalSummary> {
 
   // 1. Where results go, and the layout (all problems at once), before anything expensive.
   await checkOutputFolder('--out', o.out);
+  await checkNoEarlierResults(o.out, o.force ?? false);
   if (o.models) await checkOutputFolder('--models', o.models);
   if (typeof o.cache === 'string') await checkOutputFolder('--cache', o.cache);
   const categories = await loadDataset(o.dataset, { categories: o.categories, checkImages: true });
@@ -129,6 +158,8 @@ export async function runEval(o: EvalCommandOptions): Promise<EvalSummary> {
   await writeFileAtomic(files.json, `${JSON.stringify(results, null, 2)}\n`);
   await writeFileAtomic(files.markdown, resultsMarkdown(result, ctx));
   if (files.html) await writeFileAtomic(files.html, await renderHtmlReport(result, ctx, { examples: (o.examples ?? 4) > 0 }));
+  // Forced over an earlier run without html: its report.html would describe another run.
+  else if (await isFile(join(out, 'report.html'))) await rm(join(out, 'report.html'), { force: true });
   const table = formatTerminalTable(result);
-  return { out, files, table, results, result };
+  return { out, files, table, results, result, failed: failedCategories(result) };
 }
