@@ -29,7 +29,17 @@
  * the debouncer stores with every raise.
  *
  * Emits 'event' (every AnomalyEvent) and 'output' (every scanned slot) for library users;
- * `finished` resolves when every camera's frame stream has ended (a replay without loop).
+ * `finished` resolves when every camera's frame stream has ended (a replay without loop, or a
+ * camera whose stream failed: the pipeline takes a failed camera out), with the cameras that
+ * failed — `shelfwatch run` exits non-zero when there is one, so systemd restarts it.
+ *
+ * stop() is safe at any time: during start() it sets a flag that start() checks after each step;
+ * start() then undoes what it did and rejects with an AgentStoppedError, and stop() resolves once
+ * that teardown is done. Every stop() call while stopping gets the same promise.
+ *
+ * Health (/healthz) includes pipeline progress: frames in flight with none finished for
+ * `stallAfterMs` (default the systemd WatchdogSec when `shelfwatch run` runs under a watchdog,
+ * else 2 min) make it 'stalled' (503), like the withheld watchdog ping does for systemd.
  */
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
@@ -40,7 +50,7 @@ import { slotKey, type DebounceState } from '../pipelines/debounce.js';
 import type { AnomalyEvent } from '../pipelines/events.js';
 import type { Frame } from '../pipelines/types.js';
 import { createShelfPipeline, type PipelineObserver, type ShelfOutput, type ShelfPipeline, type ShelfPipelineStats } from '../pipelines/shelf-pipeline.js';
-import type { AgentConfig } from './config.js';
+import { environmentSecrets, type AgentConfig } from './config.js';
 import { DebounceStore } from './debounce-store.js';
 import { EventsPublisher } from './extensions/events-publisher.js';
 import { HealthHttp } from './extensions/health-http.js';
@@ -49,6 +59,7 @@ import { agentStats, StatsPublisher, type AgentStats } from './extensions/stats.
 import { StatusPublisher } from './extensions/status.js';
 import type { AgentCamera, AgentContext, Extension } from './extensions/types.js';
 import { AgentMetrics, type HealthReport, type HealthState } from './health.js';
+import { ProgressGauge } from './systemd-notify.js';
 import type { ModelStatus } from './model-registry.js';
 import { Logger } from './logger.js';
 import { ModelRegistry } from './model-registry.js';
@@ -85,7 +96,28 @@ export interface AgentOptions {
    * and outbox records. Injectable so tests can step it back and forth; timers stay on real time.
    */
   clock?: () => number;
+  /**
+   * Health turns 'stalled' (503) when frames are in flight and none has finished for this long
+   * (default 120000 ms, the unit's WatchdogSec; `shelfwatch run` passes the watchdog's own).
+   */
+  stallAfterMs?: number;
 }
+
+/** How the cameras ended (`Agent.finished`). */
+export interface CamerasEnded {
+  /** The cameras whose frame stream failed (or whose source gave up), with why; empty when they all simply ended. */
+  failed: Array<{ camera: string; error: string }>;
+}
+
+/** start() was given up because stop() was called while it ran; everything it started is stopped. */
+export class AgentStoppedError extends Error {
+  constructor(agentId: string) {
+    super(`agent ${agentId}: stopped while starting (stop() was called before start() finished)`);
+    this.name = 'AgentStoppedError';
+  }
+}
+
+const DEFAULT_STALL_AFTER_MS = 120_000;
 
 export interface AgentEvents {
   event: [AnomalyEvent];
@@ -93,9 +125,18 @@ export interface AgentEvents {
   state: [AgentState];
 }
 
-/** Strings from the config that must never reach a log line. */
-function configSecrets(config: AgentConfig): string[] {
+/**
+ * Strings from the config that must never reach a log line: the MQTT password, HTTP header
+ * values, URL passwords, and the values substituted from the environment (config.ts'
+ * environmentSecrets), also as they look percent-encoded in a URL.
+ */
+export function configSecrets(config: AgentConfig): string[] {
   const secrets: string[] = [];
+  for (const value of environmentSecrets(config)) {
+    secrets.push(value);
+    const encoded = encodeURIComponent(value);
+    if (encoded !== value) secrets.push(encoded);
+  }
   if (config.mqtt.password) secrets.push(config.mqtt.password);
   for (const cam of config.cameras) {
     if (cam.source.type === 'http-snapshot') secrets.push(...Object.values(cam.source.headers));
@@ -143,11 +184,29 @@ export class Agent extends EventEmitter<AgentEvents> {
    */
   readonly runTag = randomBytes(4).toString('hex');
   private brokerUrlValue: string;
-  private finishedResolve!: () => void;
+  private finishedResolve!: (ended: CamerasEnded) => void;
   /** Ends every camera's frames so the pipeline can finish what it already captured. */
   private readonly stopCapture = new Subject<void>();
-  /** Resolves when every camera's frame stream has ended (never, for live cameras). */
-  readonly finished: Promise<void>;
+  /**
+   * Resolves when every camera's frame stream has ended (never, for live cameras that keep
+   * running), with the cameras that failed.
+   */
+  readonly finished: Promise<CamerasEnded>;
+  /**
+   * Pipeline work in flight and finished (frames): the systemd watchdog's progressed() and the
+   * health check's stall verdict both read it.
+   */
+  readonly progress = new ProgressGauge();
+  /** performance.now() of the last progress: a frame finished, or work began after none was in flight. */
+  private lastProgressMono = 0;
+  private readonly stallAfterMs: number;
+  /** Set by stop() during start(); start() checks it after each step. */
+  private stopRequested = false;
+  /** The one teardown of this agent, shared by every stop() call. */
+  private stopPromise: Promise<void> | null = null;
+  private stoppedResolve!: () => void;
+  /** Resolves when the state becomes 'stopped'. */
+  private readonly reachedStopped = new Promise<void>((resolve) => (this.stoppedResolve = resolve));
 
   constructor(
     readonly config: AgentConfig,
@@ -169,7 +228,9 @@ export class Agent extends EventEmitter<AgentEvents> {
       },
       { batchSize: config.inference.batchSize, clock: this.clock },
     );
-    this.finished = new Promise<void>((resolve) => (this.finishedResolve = resolve));
+    this.finished = new Promise<CamerasEnded>((resolve) => (this.finishedResolve = resolve));
+    this.stallAfterMs = options.stallAfterMs ?? DEFAULT_STALL_AFTER_MS;
+    if (!(this.stallAfterMs > 0)) throw new RangeError(`stallAfterMs must be a positive number of ms, got ${this.stallAfterMs}`);
   }
 
   get state(): AgentState {
@@ -217,10 +278,23 @@ export class Agent extends EventEmitter<AgentEvents> {
       if (s.state === 'failed' || s.state === 'reconnecting') problems.push(`camera ${c.config.id}: ${s.state}${s.lastError ? ` (${s.lastError})` : ''}`);
       if (s.state === 'failed') failed++;
     }
+    const inFlight = this.progress.inFlight;
+    const sinceProgressMs = this.lastProgressMono ? performance.now() - this.lastProgressMono : null;
+    const stalled = this.stateValue === 'running' && inFlight > 0 && sinceProgressMs !== null && sinceProgressMs > this.stallAfterMs;
+    if (stalled) {
+      problems.unshift(
+        `pipeline stalled: ${inFlight} frame${inFlight === 1 ? '' : 's'} in flight and none finished for ${Math.round(sinceProgressMs / 1000)} s ` +
+          `(limit ${Math.round(this.stallAfterMs / 1000)} s): inference or decoding is stuck`,
+      );
+    }
     let status: HealthState;
-    if (this.stateValue === 'running') status = this.cameras.length > 0 && failed === this.cameras.length ? 'stopped' : problems.length ? 'degraded' : 'ok';
-    else status = this.stateValue === 'idle' ? 'starting' : this.stateValue === 'starting' ? 'starting' : this.stateValue;
-    return { status, problems, uptimeSeconds: this.uptimeSeconds(), mqtt: mqttState, cameras };
+    if (this.stateValue === 'running') {
+      if (this.cameras.length > 0 && failed === this.cameras.length) status = 'stopped';
+      else if (stalled) status = 'stalled';
+      else status = problems.length ? 'degraded' : 'ok';
+    } else status = this.stateValue === 'idle' ? 'starting' : this.stateValue === 'starting' ? 'starting' : this.stateValue;
+    const pipeline = { inFlight, secondsSinceProgress: sinceProgressMs === null ? null : Math.round(sinceProgressMs / 1000) };
+    return { status, problems, uptimeSeconds: this.uptimeSeconds(), mqtt: mqttState, cameras, pipeline };
   }
 
   private uptimeSeconds(): number {
@@ -235,6 +309,7 @@ export class Agent extends EventEmitter<AgentEvents> {
     const { config, logger } = this;
     try {
       await mkdir(config.agent.stateDir, { recursive: true });
+      this.throwIfStopRequested();
       this.debounceStore = new DebounceStore({
         dir: config.agent.stateDir,
         logger: logger.child({ component: 'debounce-store' }),
@@ -242,9 +317,11 @@ export class Agent extends EventEmitter<AgentEvents> {
         clock: this.clock,
       });
       this.debounceStates = await this.debounceStore.load();
+      this.throwIfStopRequested();
       const open = [...this.debounceStates.values()].filter((s) => s.state === 'anomalous').map((s) => slotKey(s.camera, s.slot));
       if (this.debounceStates.size > 0) logger.info('debounce states restored from the previous run', { slots: this.debounceStates.size, anomalous: open });
       this.registry = await ModelRegistry.load(config, logger);
+      this.throwIfStopRequested();
       for (const m of this.registry.status()) this.logProvider(m);
       this.metrics.trackModels(this.registry.names());
 
@@ -252,6 +329,7 @@ export class Agent extends EventEmitter<AgentEvents> {
         this.broker = await startEmbeddedBroker({ port: config.mqtt.embeddedPort });
         this.brokerUrlValue = this.broker.url;
         logger.info('embedded MQTT broker listening', { url: this.broker.url });
+        this.throwIfStopRequested();
       }
       this.client = await startMqttClient({
         url: this.brokerUrlValue,
@@ -266,11 +344,13 @@ export class Agent extends EventEmitter<AgentEvents> {
         reconnect: this.options.reconnect,
         logger: logger.child({ component: 'mqtt' }),
       });
+      this.throwIfStopRequested();
       const pendingAtStart = this.client.outbox.depth().records;
       if (pendingAtStart > 0) logger.info('outbox holds messages from a previous run; they go first', { records: pendingAtStart });
 
       this.cameras = config.cameras.map((cam) => {
-        const feed = createCameraFeed(cam, { logger: logger.child({ component: 'source' }).forSources, clock: this.clock });
+        // Cron schedules run in agent.timezone; absent, in the system's local zone (TZ, /etc/localtime).
+        const feed = createCameraFeed(cam, { logger: logger.child({ component: 'source' }).forSources, clock: this.clock, timezone: config.agent.timezone });
         return { config: cam, source: feed.source, scans$: feed.scans$ };
       });
       this.pipeline = createShelfPipeline({
@@ -287,7 +367,7 @@ export class Agent extends EventEmitter<AgentEvents> {
         debounce: { ...config.debounce, run: this.runTag },
         debounceStates: this.debounceStates,
         thumbnails: { enabled: true, maxSize: config.thumbnails.maxSize, quality: config.thumbnails.quality },
-        observer: combineObservers(this.metrics.observer(), this.logObserver(), { event: (e) => this.emit('event', e) }, this.options.observer ?? {}),
+        observer: combineObservers(this.progressObserver(), this.metrics.observer(), this.logObserver(), { event: (e) => this.emit('event', e) }, this.options.observer ?? {}),
         clock: this.clock,
       });
 
@@ -320,8 +400,10 @@ export class Agent extends EventEmitter<AgentEvents> {
       for (const ext of this.extensions) {
         await ext.start();
         this.started.push(ext);
+        this.throwIfStopRequested();
       }
       await rollout.start();
+      this.throwIfStopRequested();
       this.commandOff.push(this.client.onCommand('model', rollout.onModelCommand), this.client.onCommand('rollback', rollout.onRollbackCommand));
 
       this.subscription = this.pipeline.outputs$.subscribe({
@@ -333,8 +415,13 @@ export class Agent extends EventEmitter<AgentEvents> {
         },
         error: (err: Error) => logger.error('shelf pipeline failed', { error: err }),
         complete: () => {
-          logger.info('every camera has ended');
-          this.finishedResolve();
+          const ended = this.camerasEnded();
+          if (ended.failed.length > 0) {
+            logger.error(`every camera has stopped; ${ended.failed.length} of ${this.cameras.length} failed`, {
+              failed: Object.fromEntries(ended.failed.map((f) => [f.camera, f.error])),
+            });
+          } else logger.info('every camera has ended');
+          this.finishedResolve(ended);
         },
       });
       this.setState('running');
@@ -347,25 +434,69 @@ export class Agent extends EventEmitter<AgentEvents> {
         metrics: this.metricsUrl,
       });
     } catch (err) {
-      logger.error('agent failed to start', { error: err as Error });
-      await this.teardown();
-      this.setState('stopped');
+      const givenUp = err instanceof AgentStoppedError;
+      if (givenUp) logger.info('start given up: stop() was called; stopping what was started');
+      else logger.error('agent failed to start', { error: err as Error });
+      try {
+        await this.teardown();
+      } finally {
+        this.setState('stopped');
+      }
+      if (givenUp) logger.info('agent stopped');
       throw err;
     }
   }
 
-  /** Stops cameras, extensions, MQTT (flushing while connected), models and the embedded broker. */
-  async stop(): Promise<void> {
-    if (this.stateValue === 'stopped' || this.stateValue === 'stopping') return;
-    if (this.stateValue === 'idle') {
-      this.setState('stopped');
-      return;
+  /**
+   * Stops cameras, extensions, MQTT (flushing while connected), models and the embedded broker.
+   * During start(): start() gives up after its current step, undoes what it did and rejects with
+   * an AgentStoppedError; this resolves once that is done. While stopping: the same promise.
+   */
+  stop(): Promise<void> {
+    if (this.stopPromise) return this.stopPromise;
+    switch (this.stateValue) {
+      case 'stopped':
+        return Promise.resolve();
+      case 'idle':
+        this.setState('stopped');
+        return Promise.resolve();
+      case 'starting':
+        this.stopRequested = true;
+        this.logger.info('agent stopping: stop() called while starting; start() gives up after its current step');
+        this.stopPromise = this.reachedStopped;
+        this.setState('stopping');
+        return this.stopPromise;
+      default:
+        this.stopPromise = this.stopRunning();
+        return this.stopPromise;
     }
+  }
+
+  private async stopRunning(): Promise<void> {
     this.setState('stopping');
     this.logger.info('agent stopping');
-    await this.teardown();
-    this.setState('stopped');
+    try {
+      await this.teardown();
+    } finally {
+      this.setState('stopped');
+    }
     this.logger.info('agent stopped');
+  }
+
+  private throwIfStopRequested(): void {
+    if (this.stopRequested) throw new AgentStoppedError(this.config.agent.id);
+  }
+
+  /** The cameras whose stream failed or whose source gave up (after the pipeline completed). */
+  private camerasEnded(): CamerasEnded {
+    const stats = this.pipeline?.stats().cameras ?? {};
+    const failed: CamerasEnded['failed'] = [];
+    for (const c of this.cameras) {
+      const status = c.source.status();
+      const error = stats[c.config.id]?.failed ?? (status.state === 'failed' ? (status.lastError ?? 'source failed') : null);
+      if (error !== null) failed.push({ camera: c.config.id, error });
+    }
+    return { failed };
   }
 
   private async teardown(): Promise<void> {
@@ -450,7 +581,23 @@ export class Agent extends EventEmitter<AgentEvents> {
 
   private setState(state: AgentState): void {
     this.stateValue = state;
+    if (state === 'stopped') this.stoppedResolve();
     this.emit('state', state);
+  }
+
+  /** Feeds `progress` and the time of the last progress (for the health check's stall verdict). */
+  private progressObserver(): PipelineObserver {
+    return {
+      frameStarted: () => {
+        // Work beginning after a quiet spell starts the clock; a stall counts from here.
+        if (this.progress.inFlight === 0) this.lastProgressMono = performance.now();
+        this.progress.started();
+      },
+      frameFinished: () => {
+        this.progress.finished();
+        this.lastProgressMono = performance.now();
+      },
+    };
   }
 
   /** Logs pipeline trouble; repeated errors of one camera and kind at most once a minute. */

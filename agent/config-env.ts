@@ -16,7 +16,9 @@
  * set.
  *
  * Values that came from the environment are secrets until proven otherwise: the paths that
- * received them and the substituted values are reported so error messages can redact them.
+ * received them and the substituted values are reported so error messages can redact them, and
+ * `fromEnvironment` pairs each value with its path so the agent can register the values as logger
+ * secrets (config.ts' environmentSecrets; agent.ts).
  */
 
 export type ConfigPathSegment = string | number;
@@ -35,6 +37,13 @@ export interface EnvSubstitution {
   substitutedPaths: ConfigPath[];
   /** The values the environment provided (for redaction of error messages). */
   substitutedValues: string[];
+  /** Each value the environment provided, with the path of the string it went into. */
+  fromEnvironment: EnvValue[];
+}
+
+export interface EnvValue {
+  path: ConfigPath;
+  value: string;
 }
 
 const NAME_RE = /^[A-Za-z_][A-Za-z0-9_]*$/;
@@ -121,6 +130,7 @@ export function substituteEnv(document: unknown, env: NodeJS.ProcessEnv): EnvSub
   const problems: EnvProblem[] = [];
   const substitutedPaths: ConfigPath[] = [];
   const substitutedValues: string[] = [];
+  const fromEnvironment: EnvValue[] = [];
 
   const walk = (node: unknown, path: ConfigPath): unknown => {
     if (typeof node === 'string') {
@@ -129,6 +139,7 @@ export function substituteEnv(document: unknown, env: NodeJS.ProcessEnv): EnvSub
       for (const message of r.errors) problems.push({ path, message });
       if (r.substituted) substitutedPaths.push(path);
       substitutedValues.push(...r.fromEnv);
+      for (const value of r.fromEnv) fromEnvironment.push({ path, value });
       return r.value;
     }
     if (Array.isArray(node)) return node.map((item, index) => walk(item, [...path, index]));
@@ -150,5 +161,5 @@ export function substituteEnv(document: unknown, env: NodeJS.ProcessEnv): EnvSub
   };
 
   const value = walk(document, []);
-  return { value, problems, substitutedPaths, substitutedValues };
+  return { value, problems, substitutedPaths, substitutedValues, fromEnvironment };
 }

@@ -33,7 +33,7 @@
  */
 import { constants as fsConstants } from 'node:fs';
 import { access, readFile, stat } from 'node:fs/promises';
-import { dirname, extname, resolve } from 'node:path';
+import { dirname, extname, resolve, sep } from 'node:path';
 import { validateDetailed } from 'node-cron';
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document, type Node } from 'yaml';
 import { z } from 'zod';
@@ -148,6 +148,28 @@ function id(what: string) {
 
 function nonEmpty() {
   return z.string().min(1);
+}
+
+/** An IANA time zone name (`agent.timezone`), as Intl — and node-cron, which uses it — knows it. */
+function timeZone() {
+  return z.string().superRefine((v, ctx) => {
+    const problem = timeZoneProblem(v);
+    if (problem) ctx.addIssue({ code: 'custom', message: problem, input: v });
+  });
+}
+
+/** What is wrong with a time zone name; undefined when Intl knows it. */
+export function timeZoneProblem(v: string): string | undefined {
+  const expected = "expected an IANA time zone name such as 'Europe/Berlin', 'America/New_York' or 'UTC'";
+  // Names only: no UTC offsets ('+01:00'), which do not follow daylight saving time anyway.
+  if (!/^[A-Za-z][A-Za-z0-9_+\-/]*$/.test(v)) return expected;
+  try {
+    new Intl.DateTimeFormat('en-US', { timeZone: v });
+    return undefined;
+  } catch {
+    const guess = closest(v, Intl.supportedValuesOf('timeZone'));
+    return guess ? `${expected} (did you mean '${guess}'?)` : expected;
+  }
 }
 
 /** A URL whose scheme is one of `schemes`. */
@@ -416,6 +438,8 @@ export function configSchema(baseDir: string) {
     agent: strict({
       id: id('agent id'),
       stateDir: path().prefault('./.shelfwatch'),
+      /** IANA zone the cameras' cron schedules run in; absent: the system's local zone (TZ, /etc/localtime). */
+      timezone: timeZone().optional(),
     }),
     mqtt: mqtt.prefault({}),
     outbox: strict({
@@ -989,8 +1013,44 @@ function parseDocumentValue(
   if (!result.success) problems.push(...zodProblems(result.error).filter((p) => !paths.has(JSON.stringify(p.path))));
   problems.push(...crossFieldProblems(sub.value));
 
-  if (result.success && problems.length === 0) return result.data;
+  if (result.success && problems.length === 0) {
+    ENV_SECRETS.set(result.data, [...new Set(sub.fromEnvironment.filter((v) => !isPublicEnvPath(v.path)).map((v) => v.value))]);
+    return result.data;
+  }
   throw new ConfigError(ctx.origin, toIssues(dedupe(problems), redactor, ctx.locator));
+}
+
+/** Per parsed config: the values it took from the environment that are to be treated as secrets. */
+const ENV_SECRETS = new WeakMap<object, readonly string[]>();
+
+/**
+ * Keys whose values are shown in logs even when they came from `${VAR}`: ids, names, numbers,
+ * paths and schedules, which the logs must be able to name (an agent id from `${HOSTNAME}` must
+ * not turn every log line's `agent` into "<redacted>"). `[]` stands for any list index.
+ */
+const PUBLIC_ENV_KEYS: readonly RegExp[] = [
+  /^agent\.(id|stateDir|timezone)$/,
+  /^(logging|metrics|inference|debounce|thumbnails|outbox)\./,
+  /^mqtt\.(embeddedPort|baseTopic|clientId|keepaliveSeconds|statsIntervalSeconds|homeAssistant\..+|commands\..+)$/,
+  /^models\.[^.]+\.(path|threshold)$/,
+  /^cameras\.\[\]\.(id|schedule|shrinkOnLoad|continuous\..+|slots\..+)$/,
+  /^cameras\.\[\]\.source\.(type|fps|transport|loop|timeoutMs|maxBytes|intervalMs|pattern|deleteAfter|path|dir|files\.\[\])$/,
+];
+
+function isPublicEnvPath(path: ConfigPath): boolean {
+  const key = path.map((p) => (typeof p === 'number' ? '[]' : p)).join('.');
+  return PUBLIC_ENV_KEYS.some((re) => re.test(key));
+}
+
+/**
+ * The values `config` took from the environment (`${VAR}`) that must never reach a log line:
+ * every one, except under the keys that only name things (ids, paths, numbers, schedules — see
+ * PUBLIC_ENV_KEYS). The agent's default logger registers them as secrets (agent.ts), so a camera
+ * password substituted into a URL's query (`…&pwd=${CAMERA_PASSWORD}`) is scrubbed wherever it
+ * appears. Empty for a config not made by parseConfig/loadConfig/configFromObject.
+ */
+export function environmentSecrets(config: AgentConfig): readonly string[] {
+  return ENV_SECRETS.get(config) ?? [];
 }
 
 function dedupe(problems: Problem[]): Problem[] {
@@ -1118,20 +1178,45 @@ function editDistance(a: string, b: string): number {
 // Files on disk
 // ---------------------------------------------------------------------------------------------
 
+/** Where the installed config lives (deploy/install.sh, the Docker images). */
+export const INSTALLED_CONFIG_DIR = '/etc/shelfwatch';
+/**
+ * The only places the agent may write when run from the installed config: the systemd unit
+ * (ProtectSystem=strict; StateDirectory=, CacheDirectory=) and the Docker images (read_only root,
+ * volumes) make everything else read-only.
+ */
+export const INSTALLED_WRITABLE_DIRS: readonly string[] = ['/var/lib/shelfwatch', '/var/cache/shelfwatch'];
+
+/** Per checked config: warnings about the files and folders it names (see checkConfigFiles). */
+const FILE_WARNINGS = new WeakMap<object, string[]>();
+
+function isInside(dir: string, parent: string): boolean {
+  const d = resolve(dir);
+  return d === parent || d.startsWith(parent.endsWith(sep) ? parent : parent + sep);
+}
+
 /**
  * Checks that every file and folder the config names is usable: model files and TLS files are
  * readable regular files, folder sources and replay dirs are readable directories, replay files
  * and local stream inputs exist, and stateDir/outbox/thumbnails directories exist or can be
  * created. Throws one `ConfigError` listing every problem. `origin` names the file in messages.
+ *
+ * Warnings (configWarnings and `config check` show them; `run` logs them): a model's folder that
+ * is not writable — replacing a model while running (a new file, command/model, command/rollback)
+ * writes a temp file and `<model>.previous` next to it — and, for the installed config
+ * (/etc/shelfwatch/…), a state, outbox, thumbnail or model folder outside /var/lib/shelfwatch and
+ * /var/cache/shelfwatch, which the systemd unit and the Docker images keep read-only (checked by
+ * path: `config check` run as root could write there, the service cannot).
  */
 export async function checkConfigFiles(config: AgentConfig, origin = '<config>'): Promise<void> {
   const checks: Array<Promise<Problem | undefined>> = [];
   const need = (path: ConfigPath, file: string, kind: 'file' | 'dir' | 'any') => {
     checks.push(fileProblem(file, kind).then((message) => (message ? { path, message, value: file, showValue: true } : undefined)));
   };
-  const writable = (path: ConfigPath, dir: string) => {
-    checks.push(writableDirProblem(dir).then((message) => (message ? { path, message, value: dir, showValue: true } : undefined)));
+  const writable = (path: ConfigPath, dir: string, hint = '') => {
+    checks.push(writableDirProblem(dir).then((message) => (message ? { path, message: message + hint, value: dir, showValue: true } : undefined)));
   };
+  const installed = origin !== '<config>' && isInside(dirname(resolve(origin)), INSTALLED_CONFIG_DIR);
 
   for (const [name, model] of Object.entries(config.models)) need(['models', name, 'path'], model.path, 'file');
   const tls = config.mqtt.tls;
@@ -1150,9 +1235,49 @@ export async function checkConfigFiles(config: AgentConfig, origin = '<config>')
       src.files?.forEach((f, fi) => need([...at, 'files', fi], f, 'file'));
     } else if (src.type === 'stream' && !looksLikeUrl(src.input)) need([...at, 'input'], src.input, 'any');
   });
-  writable(['agent', 'stateDir'], config.agent.stateDir);
+  writable(
+    ['agent', 'stateDir'],
+    config.agent.stateDir,
+    ` (the agent keeps its outbox, debounce states and downloaded models there; installed: agent.stateDir: ${INSTALLED_WRITABLE_DIRS[0]}. The default ./.shelfwatch lies next to the config file)`,
+  );
   writable(['outbox', 'dir'], config.outbox.dir);
   if (config.thumbnails.dir) writable(['thumbnails', 'dir'], config.thumbnails.dir);
+
+  const warnings: Array<Promise<string | undefined>> = [];
+  // Model folders: one warning per folder, naming its models.
+  const modelDirs = new Map<string, string[]>();
+  for (const [name, model] of Object.entries(config.models)) {
+    const dir = dirname(resolve(model.path));
+    modelDirs.set(dir, [...(modelDirs.get(dir) ?? []), name]);
+  }
+  for (const [dir, names] of modelDirs) {
+    const keys = names.map((n) => `models.${n}.path`).join(', ');
+    warnings.push(
+      fileProblem(dir, 'dir').then(async (missing) => {
+        if (missing) return undefined; // the model file itself is reported as an error
+        const problem = await writableDirProblem(dir);
+        return problem
+          ? `${keys}: the folder ${dir} is not writable by this user (${problem}): replacing a model while running (a new file, command/model, command/rollback) writes a temp file and <model>.previous there and would fail; keep models under ${INSTALLED_WRITABLE_DIRS[0]}/models or make the folder writable`
+          : undefined;
+      }),
+    );
+  }
+  if (installed) {
+    const readOnly = (what: string, dir: string) => {
+      if (!INSTALLED_WRITABLE_DIRS.some((w) => isInside(dir, w))) {
+        warnings.push(
+          Promise.resolve(
+            `${what}: ${resolve(dir)} is outside ${INSTALLED_WRITABLE_DIRS.join(' and ')}, which are the only places the systemd unit (ProtectSystem=strict) and the Docker images let the agent write: use a path under ${INSTALLED_WRITABLE_DIRS[0]}, or add ReadWritePaths= in a drop-in (systemctl edit shelfwatch) / a volume`,
+          ),
+        );
+      }
+    };
+    readOnly('agent.stateDir', config.agent.stateDir);
+    readOnly('outbox.dir', config.outbox.dir);
+    if (config.thumbnails.dir) readOnly('thumbnails.dir', config.thumbnails.dir);
+    for (const [dir, names] of modelDirs) readOnly(`${names.map((n) => `models.${n}.path`).join(', ')} (its folder: model rollout writes there)`, dir);
+  }
+  FILE_WARNINGS.set(config, (await Promise.all(warnings)).filter((w): w is string => w !== undefined));
 
   const problems = (await Promise.all(checks)).filter((p): p is Problem => p !== undefined);
   if (problems.length === 0) return;
@@ -1245,6 +1370,8 @@ export function configWarnings(config: AgentConfig): string[] {
   if (!config.mqtt.embedded && config.mqtt.url.startsWith('mqtt://') && config.mqtt.password !== undefined) {
     warnings.push('mqtt.password is sent unencrypted over mqtt://; prefer mqtts://');
   }
+  // Found by checkConfigFiles (folders the agent could not write to), when it ran on this config.
+  warnings.push(...(FILE_WARNINGS.get(config) ?? []));
   return warnings;
 }
 
@@ -1265,7 +1392,8 @@ export function formatConfigSummary(config: AgentConfig, origin = '<config>'): s
   const row = (label: string, text: string) => out.push(`${label.padEnd(11)}${text}`);
   const m = config.mqtt;
 
-  row('agent', `${config.agent.id} (state in ${config.agent.stateDir})`);
+  const zone = config.agent.timezone ?? `${Intl.DateTimeFormat().resolvedOptions().timeZone}, the system's`;
+  row('agent', `${config.agent.id} (state in ${config.agent.stateDir}; schedules in ${zone} time)`);
   if (m.embedded) {
     row('broker', `embedded on 127.0.0.1:${m.embeddedPort}`);
   } else {

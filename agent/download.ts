@@ -26,6 +26,7 @@ import { mkdir, open, readdir, rename, rm, stat, type FileHandle } from 'node:fs
 import http, { type ClientRequest, type IncomingMessage } from 'node:http';
 import https from 'node:https';
 import { basename, dirname, join, resolve } from 'node:path';
+import { redactText, redactUrl } from './redact.js';
 
 export interface DownloadOptions {
   /** Mirror URLs, tried in order. Only http: and https: are accepted. */
@@ -71,7 +72,8 @@ export class DownloadError extends Error {
   readonly attempts: readonly FailedAttempt[];
 
   constructor(dest: string, attempts: readonly FailedAttempt[]) {
-    const lines = attempts.map((a) => `  - ${a.url}: ${a.reason}`);
+    // The message reaches logs and the terminal: no password or signature of a URL in it.
+    const lines = attempts.map((a) => `  - ${redactUrl(a.url)}: ${redactText(a.reason)}`);
     super(`download of ${dest} failed from every URL:\n${lines.join('\n')}`);
     this.name = 'DownloadError';
     this.dest = dest;
@@ -324,7 +326,8 @@ async function downloadFrom(listedUrl: string, o: Resolved): Promise<Outcome> {
     if (guard.failure) reason = guard.failure.message;
     else if (err instanceof AttemptFailed) reason = err.message;
     else reason = (err as Error).message || String(err);
-    if (where.url.href !== start.href) reason += ` (at ${where.url.href})`;
+    // Where a redirect led: often a pre-signed URL whose signature/token must not be printed.
+    if (where.url.href !== start.href) reason += ` (at ${redactUrl(where.url.href)})`;
     return { kind: 'failed', reason };
   } finally {
     guard.stop();
@@ -390,10 +393,10 @@ async function openResponse(start: URL, guard: TransferGuard, where: { url: URL 
     try {
       next = new URL(location, url);
     } catch {
-      throw new AttemptFailed(`redirect to an invalid Location ${JSON.stringify(location)}`);
+      throw new AttemptFailed(`redirect to an invalid Location ${JSON.stringify(redactText(location))}`);
     }
     if (!isHttp(next)) {
-      throw new AttemptFailed(`redirect to unsupported scheme '${next.protocol}' (${next.href})`);
+      throw new AttemptFailed(`redirect to unsupported scheme '${next.protocol}' (${redactUrl(next.href)})`);
     }
     url = next;
     guard.touch();

@@ -3,7 +3,10 @@
  * says otherwise (`metrics.host`), because the numbers name cameras and products.
  *
  *   GET /metrics   Prometheus text format
- *   GET /healthz   JSON summary; 200 while the agent runs (ok or degraded), 503 otherwise
+ *   GET /healthz   JSON summary; 200 while the agent runs (ok or degraded), 503 otherwise:
+ *                  starting, stopping, stopped (also: every camera failed) and stalled (frames in
+ *                  flight and none finished for a while — stuck inference or decoding; the same
+ *                  verdict that withholds the systemd watchdog ping). `problems` says why.
  *
  * Event-like numbers (frames, drops, errors, batch latencies) are pushed by the pipeline
  * observer; state-like numbers (queue depths, outbox, broker, sources) are read at scrape time.
@@ -315,7 +318,8 @@ export class AgentMetrics {
   }
 }
 
-export type HealthState = 'starting' | 'ok' | 'degraded' | 'stopping' | 'stopped';
+/** 'ok' and 'degraded' are healthy (HTTP 200); the others are not (503). */
+export type HealthState = 'starting' | 'ok' | 'degraded' | 'stalled' | 'stopping' | 'stopped';
 
 export interface HealthReport {
   status: HealthState;
@@ -324,6 +328,16 @@ export interface HealthReport {
   uptimeSeconds: number;
   mqtt: string;
   cameras: Record<string, string>;
+  /**
+   * Pipeline progress: frames being worked on, and seconds since the last one finished (or since
+   * work began after none was in flight); null before the first frame.
+   */
+  pipeline?: { inFlight: number; secondsSinceProgress: number | null };
+}
+
+/** The states /healthz answers 200 for. */
+export function isHealthy(status: HealthState): boolean {
+  return status === 'ok' || status === 'degraded';
 }
 
 export interface HealthServer {
@@ -358,7 +372,7 @@ export async function startHealthServer(options: {
     }
     if (path === '/healthz') {
       const report = options.health();
-      const code = report.status === 'ok' || report.status === 'degraded' ? 200 : 503;
+      const code = isHealthy(report.status) ? 200 : 503;
       res.writeHead(code, { 'content-type': 'application/json' }).end(req.method === 'HEAD' ? undefined : `${JSON.stringify(report)}\n`);
       return;
     }

@@ -3,19 +3,23 @@
  * a level filter, child loggers with bound fields, and secret hygiene:
  *  - fields under secret-looking keys (password, token, …key, authorization — redact.ts'
  *    isSecretKey) are replaced by "<redacted>", at any depth;
- *  - URLs lose their user-info and secret query parameters (redact.ts);
- *  - every string registered as a secret (the MQTT password, HTTP header values) is scrubbed
- *    from messages and field values, whatever produced them.
- * Errors become `{ name, message }` (plus `stack` at trace level). Writing never throws.
+ *  - every URL — anywhere in the message, in a field's string value, in an Error's message,
+ *    stack or cause — loses its password and secret query parameters (redact.ts' redactText);
+ *  - every string registered as a secret (the MQTT password, HTTP header values, values the
+ *    config took from the environment) is scrubbed from messages and field values, whatever
+ *    produced them.
+ * Errors become `{ name, message }` (plus `cause` when there is one, and `stack` at trace
+ * level). Writing never throws.
  */
 import type { LogLevel } from './config.js';
-import { isSecretKey, redactUrl } from './redact.js';
+import { isSecretKey, redactText, redactUrl } from './redact.js';
 
 export type { LogLevel } from './config.js';
 
 const LEVELS: Record<LogLevel, number> = { trace: 10, debug: 20, info: 30, warn: 40, error: 50 };
 const REDACTED = '<redacted>';
 const MAX_DEPTH = 6;
+const URL_START = /^[a-z][a-z0-9+.-]*:\/\//i;
 
 export type LogFields = Record<string, unknown>;
 
@@ -83,7 +87,7 @@ export class Logger {
 
   log(level: LogLevel, msg: string, fields: LogFields = {}): void {
     if (!this.enabled(level)) return;
-    const record: LogFields = { time: new Date(this.clock()).toISOString(), level, msg: this.scrub(redactUrl(String(msg))) };
+    const record: LogFields = { time: new Date(this.clock()).toISOString(), level, msg: this.text(String(msg)) };
     const merged = { ...this.fields, ...fields };
     for (const [key, value] of Object.entries(merged)) {
       if (key === 'time' || key === 'level' || key === 'msg') continue;
@@ -108,11 +112,13 @@ export class Logger {
   private clean(key: string, value: unknown, depth: number): unknown {
     if (isSecretKey(key)) return value === undefined || value === null ? value : REDACTED;
     if (value === null || value === undefined || typeof value === 'number' || typeof value === 'boolean') return value;
-    if (typeof value === 'string') return this.scrub(redactUrl(value));
+    if (typeof value === 'string') return this.text(value);
     if (typeof value === 'bigint') return value.toString();
     if (value instanceof Error) {
-      const out: LogFields = { name: value.name, message: this.scrub(value.message) };
-      if (this.enabled('trace') && value.stack) out.stack = this.scrub(value.stack);
+      const out: LogFields = { name: value.name, message: this.text(String(value.message)) };
+      if (this.enabled('trace') && value.stack) out.stack = this.text(value.stack);
+      // The cause often holds the lower-level message (with the URL it was about).
+      if (value.cause !== undefined && value.cause !== null) out.cause = depth >= MAX_DEPTH ? '<…>' : this.clean('cause', value.cause, depth + 1);
       return out;
     }
     if (Buffer.isBuffer(value) || ArrayBuffer.isView(value)) return `<${(value as ArrayBufferView).byteLength} bytes>`;
@@ -124,6 +130,15 @@ export class Logger {
       return out;
     }
     return String(value);
+  }
+
+  /**
+   * A string as it may be written: URLs redacted, then the registered secrets scrubbed. A string
+   * that starts with a URL is first redacted as one URL to its end (as it always was), so a
+   * password with a space in a camera URL is masked whole; then every URL in it is.
+   */
+  private text(text: string): string {
+    return this.scrub(redactText(URL_START.test(text) ? redactUrl(text) : text));
   }
 
   private scrub(text: string): string {

@@ -51,7 +51,7 @@ import { peekManifestText } from '../models/manifest.js';
 import { issueLines } from '../models/zod-issues.js';
 import type { BatchModel } from '../pipelines/inference-batcher.js';
 import { restorePreviousModel, previousModelPath } from './commands/model-rollback.js';
-import { redactUrl } from './redact.js';
+import { redactText, redactUrl } from './redact.js';
 import { DownloadError, downloadVerified, sha256File } from './download.js';
 import type { Logger } from './logger.js';
 import type { ModelRegistry } from './model-registry.js';
@@ -279,7 +279,8 @@ export class ModelRollout {
       if (signal.aborted) throw signal.reason;
       if (!(err instanceof DownloadError)) throw err;
       // Reasons reach the log and the retained status: no password of the URL in them.
-      const reasons = err.attempts.map((a) => `${redactUrl(a.url)}: ${a.reason}`).join('; ');
+      // A reason may name another URL (where a redirect led): redact every URL in it too.
+      const reasons = err.attempts.map((a) => `${redactUrl(a.url)}: ${redactText(a.reason)}`).join('; ');
       return this.reject(file, command.sha256.toLowerCase(), `model command: download failed from ${reasons}`, false);
     }
     const bytes = await readFile(downloaded.path);

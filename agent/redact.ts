@@ -9,8 +9,11 @@
  */
 /** Keys whose values are never printed: password, token, secret, anything ending in 'key', ... */
 const SECRET_KEY = /(pass(word|wd|phrase)?$|secret|token|key$|credential|authorization|cookie|signature)/i;
-/** Query parameter names cameras use for secrets that `isSecretKey` alone does not catch. */
-const SECRET_PARAM_SHORTHAND = /^(pwd|pw|auth|sig)$/i;
+/**
+ * Query parameter names cameras and signed URLs use for secrets that `isSecretKey` alone does not
+ * catch (Foscam's `loginpas`, Azure SAS's `sig`, ...).
+ */
+const SECRET_PARAM_SHORTHAND = /^(pwd|pw|loginpas|auth|sig|jwt)$/i;
 
 /** Secret-looking config keys and query parameter names (config.ts and the logger use it too). */
 export function isSecretKey(key: string): boolean {
@@ -34,20 +37,30 @@ export function redactUrl(input: string): string {
     const colon = userinfo.indexOf(':');
     hostPart = `${colon >= 0 ? `${userinfo.slice(0, colon)}:***` : userinfo}@${authority.slice(at + 1)}`;
   }
-  tail = tail.replace(/([?&;])([^=&;#]+)=([^&;#]*)/g, (all, sep: string, key: string) => {
+  // Query parameters, and fragment ones (`#access_token=…` of OAuth implicit-flow URLs).
+  tail = tail.replace(/([?&;#])([^=&;#]+)=([^&;#]*)/g, (all, sep: string, key: string) => {
     const name = safeDecode(key);
     return isSecretKey(name) || SECRET_PARAM_SHORTHAND.test(name) ? `${sep}${key}=***` : all;
   });
   return scheme + hostPart + tail;
 }
 
+/** Punctuation that ends a sentence or a bracket around a URL rather than the URL itself. */
+const TRAILING_PUNCTUATION = /[).,;:!?\]}]+$/;
+
 /**
- * Text that may quote a URL (ffmpeg's stderr echoes its input: "rtsp://admin:pw@cam/s: Connection
- * refused"): `raw` is replaced by `redacted` first, then any other URL in it is redacted.
+ * Text that may quote a URL anywhere (ffmpeg's stderr echoes its input: "rtsp://admin:pw@cam/s:
+ * Connection refused"; a download reason "(at https://…?X-Amz-Signature=…)"): `raw` is replaced
+ * by `redacted` first, then every URL in it is redacted. Punctuation right after a URL (a closing
+ * bracket, a full stop) is kept out of it, so it is not masked along with a query value.
  */
 export function redactText(text: string, raw?: string, redacted?: string): string {
   const out = raw && redacted && raw !== redacted ? text.split(raw).join(redacted) : text;
-  return out.replace(URL_IN_TEXT, (u) => redactUrl(u));
+  if (!out.includes('://')) return out;
+  return out.replace(URL_IN_TEXT, (u) => {
+    const trailing = TRAILING_PUNCTUATION.exec(u)?.[0] ?? '';
+    return redactUrl(u.slice(0, u.length - trailing.length)) + trailing;
+  });
 }
 
 function safeDecode(s: string): string {

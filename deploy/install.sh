@@ -16,7 +16,8 @@
 #                          and systemd is not touched (those steps are printed, not run)
 #   --dry-run              print every step without changing anything
 #   -h, --help
-# Environment: SHELFWATCH_NPM=<command> replaces npm (tests use a stand-in).
+# Environment: SHELFWATCH_NPM=<command> replaces npm (tests use a stand-in);
+#   SHELFWATCH_FFMPEG=<command> is the ffmpeg to look for (default: ffmpeg on PATH).
 #
 # Idempotent: run it again to upgrade. It never overwrites /etc/shelfwatch/shelfwatch.yaml or
 # shelfwatch.env, and starts the service only once the config differs from the example.
@@ -37,6 +38,7 @@ TARBALL=
 NODE_BIN=
 START=true
 NPM=${SHELFWATCH_NPM:-npm}
+FFMPEG=${SHELFWATCH_FFMPEG:-ffmpeg}
 FRESH_CONFIG=false
 
 die() { printf 'install.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -109,6 +111,26 @@ check_node() {
       if [[ -n $ROOT ]]; then warn "$why"; else die "$why"; fi ;;
   esac
   step "node $version at $NODE_BIN"
+}
+
+# `stream` cameras (RTSP, V4L2 devices, video files) run ffmpeg from the service's PATH. Without
+# it each such camera fails at start, and the agent exits with an error once every camera has
+# stopped (systemd restarts it, over and over). Optional for snapshot, folder and replay cameras:
+# a warning, like the WebGPU libraries, not a refusal.
+check_ffmpeg() {
+  local found config=$ETC_DIR/shelfwatch.yaml uses=""
+  if [[ -f $config ]] && grep -Eq '^[^#]*type:[[:space:]]*stream\b' "$config" 2>/dev/null; then
+    uses=" — and $config has stream cameras, which cannot start without it"
+  fi
+  found=$(command -v "$FFMPEG" 2>/dev/null || true)
+  if [[ -z $found ]]; then
+    warn "ffmpeg not found: \`stream\` cameras (RTSP, V4L2, video files) need it$uses: apt-get install ffmpeg"
+    return
+  fi
+  case $found in
+    /usr/bin/*|/usr/local/bin/*|/bin/*|/usr/sbin/*|/usr/local/sbin/*|/sbin/*) step "ffmpeg at $found" ;;
+    *) warn "ffmpeg is $found, outside the service's PATH (/usr/local/bin:/usr/bin:/bin ...): \`stream\` cameras would not find it$uses; apt-get install ffmpeg" ;;
+  esac
 }
 
 # WebGPU (the provider after CUDA) reaches an NVIDIA GPU through Dawn → Vulkan, and NVIDIA's
@@ -264,6 +286,7 @@ start_service() {
 
 do_install() {
   check_node
+  check_ffmpeg
   choose_gpu
   create_user
   create_dirs

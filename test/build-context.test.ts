@@ -91,7 +91,9 @@ test('the paths and ports the Dockerfiles hard-code match the code', async (t) =
     t.truthy(entry, `${name}: no exec-form ENTRYPOINT`);
     const argv = JSON.parse(entry![1]!) as string[];
     t.true(argv.includes(`/opt/shelfwatch/${pkg.bin.shelfwatch}`), `${name}: ENTRYPOINT ${argv.join(' ')} does not start ${pkg.bin.shelfwatch}`);
-    t.regex(text, new RegExp(`127\\.0\\.0\\.1:${metricsPort}/metrics`), `${name}: HEALTHCHECK does not probe the default metrics port ${metricsPort}`);
+    // /healthz, not /metrics: /metrics answers 200 while inference is stuck or every camera failed.
+    const healthcheck = /^HEALTHCHECK .*\\\n\s*CMD (.*)$/m.exec(text)?.[1] ?? '';
+    t.regex(healthcheck, new RegExp(`127\\.0\\.0\\.1:${metricsPort}/healthz`), `${name}: HEALTHCHECK does not probe /healthz on the default metrics port ${metricsPort}`);
     if (name === 'deploy/Dockerfile') {
       t.true(text.includes(`test -f ${cudaLib}`), `${name}: the build does not check for ${cudaLib}`);
       t.regex(text, /ONNXRUNTIME_NODE_INSTALL=cuda12 npm ci/);

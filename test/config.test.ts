@@ -61,7 +61,8 @@ test('the annotated example in deploy/ parses, with env values substituted and d
   t.is(config.mqtt.password, 'pw-from-env-123');
   t.false(config.mqtt.embedded);
   t.is(config.outbox.maxBytes, 268_435_456);
-  t.is(config.models.snacks!.path, join(deployDir, 'models', 'snacks.onnx'));
+  // Absolute under the state dir: next to the installed config (/etc/shelfwatch) it would be read-only.
+  t.is(config.models.snacks!.path, '/var/lib/shelfwatch/models/snacks.onnx');
   t.is(config.models.drinks!.threshold, 12.5);
   t.deepEqual(
     config.cameras.map((c) => c.source.type),

@@ -282,3 +282,29 @@ test('bad arguments and an old node are refused with a clear message', async (t)
 function existsSyncNvidia(): boolean {
   return ['/dev/nvidia0', '/dev/nvgpu', '/dev/nvhost-gpu'].some((d) => existsSync(d));
 }
+
+test('ffmpeg: missing or off the service PATH is a warning, louder when the installed config has stream cameras', async (t) => {
+  const box = await sandbox(t);
+  const missing = await install(box, ['--dry-run', '--gpu', 'none'], { SHELFWATCH_FFMPEG: join(box.dir, 'no-such-ffmpeg') });
+  t.is(missing.code, 0, missing.stderr);
+  t.regex(missing.stderr, /warning: ffmpeg not found: `stream` cameras \(RTSP, V4L2, video files\) need it: apt-get install ffmpeg/);
+
+  // An existing config with a stream camera (an upgrade): the warning says so.
+  await mkdir(join(box.root, 'etc/shelfwatch'), { recursive: true });
+  await writeFile(join(box.root, 'etc/shelfwatch/shelfwatch.yaml'), 'cameras:\n  - id: a\n    source:\n      type: stream\n');
+  const upgrade = await install(box, ['--dry-run', '--gpu', 'none'], { SHELFWATCH_FFMPEG: join(box.dir, 'no-such-ffmpeg') });
+  t.is(upgrade.code, 0, upgrade.stderr);
+  t.regex(upgrade.stderr, /ffmpeg not found: .* need it — and .*etc\/shelfwatch\/shelfwatch\.yaml has stream cameras, which cannot start without it: apt-get install ffmpeg/);
+
+  // One that the service would not find (not in /usr/bin, /usr/local/bin, /bin, ...).
+  const own = join(box.dir, 'ffmpeg');
+  await writeFile(own, '#!/bin/sh\nexit 0\n');
+  await chmod(own, 0o755);
+  const elsewhere = await install(box, ['--dry-run', '--gpu', 'none'], { SHELFWATCH_FFMPEG: own });
+  t.regex(elsewhere.stderr, new RegExp(`warning: ffmpeg is ${own.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}, outside the service's PATH`));
+
+  // In the usual place: one line on stdout, no warning.
+  const usual = await install(box, ['--dry-run', '--gpu', 'none'], { SHELFWATCH_FFMPEG: 'sh' }); // /bin/sh or /usr/bin/sh stands in
+  t.regex(usual.stdout, /==> ffmpeg at \/(usr\/)?bin\/sh/);
+  t.notRegex(usual.stderr, /ffmpeg/);
+});
