@@ -76,7 +76,7 @@ export class AgentMetrics {
     this.framesScanned = new Counter({ name: 'shelfwatch_frames_scanned_total', help: 'Frames fully scanned (every slot inferred and debounced)', labelNames: ['camera'], registers });
     this.frameErrors = new Counter({
       name: 'shelfwatch_frame_errors_total',
-      help: 'Frames or slots skipped because of an error, by kind (decode, crop, inference, thumbnail)',
+      help: 'Frames or slots skipped because of an error, by kind (decode, crop, inference, thumbnail, postprocess)',
       labelNames: ['camera', 'kind'],
       registers,
     });
