@@ -17,6 +17,7 @@ import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join, relative, resolve } from 'node:path';
+import { createServer } from 'node:net';
 import { connect } from 'mqtt';
 import { fitPatchcore, type InputBatch } from '../models/fit.js';
 import { preprocessImage } from '../models/preprocess.js';
@@ -250,12 +251,20 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
   await rm(join(dir, 'thumbnails'), { recursive: true, force: true });
 
   const logger = new Logger({ level: options.logLevel ?? 'warn', sink: process.stderr, fields: { agent: 'demo' } });
-  let agent = new Agent(demoConfig(dir, model, scene, options.port ?? 1883), { logger, flushTimeoutMs: 1000 });
+  // A busy 1883 (mosquitto from the quick start) is found before the agent tries it, so no error
+  // line is logged for it; the catch below covers a port taken in between.
+  const taken = 'port 1883 is taken (another broker?); the embedded broker takes a free port instead';
+  let port = options.port;
+  if (port === undefined) {
+    port = (await portIsFree(1883)) ? 1883 : 0;
+    if (port === 0) log(taken);
+  }
+  let agent = new Agent(demoConfig(dir, model, scene, port), { logger, flushTimeoutMs: 1000 });
   try {
     await agent.start();
   } catch (err) {
-    if (options.port !== undefined || !/EADDRINUSE/.test((err as Error).message)) throw err;
-    log('port 1883 is taken (another broker?); the embedded broker takes a free port instead');
+    if (options.port !== undefined || port === 0 || !/EADDRINUSE/.test((err as Error).message)) throw err;
+    log(taken);
     agent = new Agent(demoConfig(dir, model, scene, 0), { logger, flushTimeoutMs: 1000 });
     await agent.start();
   }
@@ -320,4 +329,13 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
   const thumbnails = existsSync(thumbsDir) ? (await readdir(thumbsDir)).filter((f) => f.endsWith('.jpg')).map((f) => join(thumbsDir, f)) : [];
   log(`demo stopped: ${events.length} event${events.length === 1 ? '' : 's'}, ${thumbnails.length} thumbnail${thumbnails.length === 1 ? '' : 's'} in ${shown(thumbsDir)}/`);
   return { events, thumbnails, modelPath: model.path, brokerUrl: agent.brokerUrl, fitted: model.fitted };
+}
+
+/** Whether a TCP port on 127.0.0.1 can be listened on right now. */
+function portIsFree(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const probe = createServer();
+    probe.once('error', () => resolve(false));
+    probe.listen(port, '127.0.0.1', () => probe.close(() => resolve(true)));
+  });
 }
