@@ -28,11 +28,13 @@ const settle = (p: Promise<unknown>) => p.then(() => 'ok', (e: Error) => e.messa
 
 /** The internals a test needs to make a worker die for real, or fail to start again. */
 function internals(m: WorkerPatchcoreModel) {
-  const i = m as unknown as { worker: { postMessage(m: unknown): void; once(e: 'exit', f: (code: number) => void): void } | null; data: { bytes: Uint8Array } };
+  const i = m as unknown as { worker: { postMessage(m: unknown): void; once(e: 'exit', f: (code: number) => void): void; ref(): void } | null; data: { bytes: Uint8Array } };
   return {
     /** Ends the worker thread between runs (process.exit inside it), as a crash would; resolves on its exit. */
     kill: (code = 7) =>
       new Promise<number>((done) => {
+        // An idle worker is unref'd: without this the event loop can empty before its exit arrives.
+        i.worker!.ref();
         i.worker!.once('exit', done);
         i.worker!.postMessage({ type: 'exit', code });
       }),
