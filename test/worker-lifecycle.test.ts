@@ -6,23 +6,13 @@ import test from 'ava';
 import { spawnSync } from 'node:child_process';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { MOBILENETV2_INT8 } from '../models/backbone.js';
 import { ReplicasUnavailableError, ReplicatedModel } from '../models/replicated-model.js';
 import { PatchcoreModel } from '../models/runtime.js';
 import { InferenceWorkerError, WorkerPatchcoreModel } from '../models/worker-model.js';
-import { preprocessedBatches } from '../pipelines/image-files.js';
-import { fittedModel, magneticTileTrain, sharedAvailable } from './helpers/fitted-model.js';
+import { sharedAvailable, tileModelAndBatch } from './helpers/fitted-model.js';
 
 const maybe = sharedAvailable() ? test : test.skip;
 const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
-
-async function setup() {
-  const path = await fittedModel(await magneticTileTrain(40), { name: 'pipeline-test' });
-  const files = (await magneticTileTrain(48)).slice(40);
-  const batches = [];
-  for await (const b of preprocessedBatches(files, { size: 224, normalization: MOBILENETV2_INT8.normalization, batchSize: 4 })) batches.push(b);
-  return { path, batch: batches[0]! };
-}
 
 const settle = (p: Promise<unknown>) => p.then(() => 'ok', (e: Error) => e.message);
 
@@ -49,7 +39,7 @@ function internals(m: WorkerPatchcoreModel) {
 
 maybe('release past its deadline with a batch still running: the batch fails with a clear error and the process exits cleanly (no SIGABRT)', async (t) => {
   // In a child process: terminating a worker inside session.run aborts the whole process.
-  const { path } = await setup();
+  const { path } = await tileModelAndBatch();
   const script = `
 import { WorkerPatchcoreModel } from ${JSON.stringify(pathToFileURL(join(repoRoot, 'models', 'worker-model.ts')).href)};
 const m = await WorkerPatchcoreModel.load(${JSON.stringify(path)}, { provider: 'cpu', intraOpThreads: 1, releaseDeadlineMs: 50 });
@@ -80,7 +70,7 @@ console.log(JSON.stringify({ batchMs, releaseMs, results: await Promise.all(pend
 });
 
 maybe('a worker that exits by itself between runs fails the batches it held with an InferenceWorkerError, and the next batch restarts it', async (t) => {
-  const { path, batch } = await setup();
+  const { path, batch } = await tileModelAndBatch();
   const m = await WorkerPatchcoreModel.load(path, { provider: 'cpu', intraOpThreads: 1 });
   try {
     const before = await m.predict(batch.data, 1);
@@ -105,7 +95,7 @@ maybe('a worker that exits by itself between runs fails the batches it held with
 });
 
 maybe('worker model: release is idempotent, and a release during a restart ends the new worker', async (t) => {
-  const { path, batch } = await setup();
+  const { path, batch } = await tileModelAndBatch();
   const m = await WorkerPatchcoreModel.load(path, { provider: 'cpu', intraOpThreads: 1 });
   await internals(m).kill();
   const during = settle(m.predict(batch.data, 1)); // starts the worker again
@@ -118,7 +108,7 @@ maybe('worker model: release is idempotent, and a release during a restart ends 
 });
 
 maybe('in-thread model: release waits for the predict and scan already called, refuses later ones', async (t) => {
-  const { path, batch } = await setup();
+  const { path, batch } = await tileModelAndBatch();
   const m = await PatchcoreModel.load(path, { provider: 'cpu', intraOpThreads: 1 });
   const pending = [m.predict(batch.data, batch.count), m.scan(batch.data, 1), m.predict(batch.data, 1)];
   const released = m.release();
@@ -133,8 +123,10 @@ maybe('in-thread model: release waits for the predict and scan already called, r
 });
 
 maybe('replicas: a replica that cannot start again is set aside, its batches go to the healthy one; all failing is a clear error; it recovers after its backoff', async (t) => {
-  const { path, batch } = await setup();
-  const r = await ReplicatedModel.load(path, 2, { provider: 'cpu', intraOpThreads: 1, restartBackoffMs: 1000 });
+  const { path, batch } = await tileModelAndBatch();
+  // A backoff well above one batch's time on a loaded box, so the checks right after a failure
+  // see the replica still set aside (1 s ran out before the check under CI load).
+  const r = await ReplicatedModel.load(path, 2, { provider: 'cpu', intraOpThreads: 1, restartBackoffMs: 5000 });
   const [w0, w1] = (r as unknown as { replicas: Array<{ model: WorkerPatchcoreModel }> }).replicas.map((x) => internals(x.model));
   try {
     const want = (await r.scan(batch.data, 2)).map((p) => p.score);
@@ -175,7 +167,7 @@ maybe('replicas: a replica that cannot start again is set aside, its batches go 
 });
 
 maybe('replicas: a failure of the batch itself is not retried and sets no replica aside', async (t) => {
-  const { path, batch } = await setup();
+  const { path, batch } = await tileModelAndBatch();
   const r = await ReplicatedModel.load(path, 2, { provider: 'cpu', intraOpThreads: 1 });
   try {
     await t.throwsAsync(r.predict(new Float32Array(10), 1), { instanceOf: RangeError });
