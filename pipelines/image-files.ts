@@ -145,6 +145,12 @@ export interface SkippedFile {
   reason: string;
 }
 
+/** "N skipped: a: why; b: why" for an error message: the first `max` files, then "; …". */
+export function describeSkipped(skipped: readonly SkippedFile[], max = Infinity): string {
+  const listed = skipped.slice(0, max).map((k) => `${k.file}: ${k.reason}`).join('; ');
+  return `${skipped.length} skipped: ${listed}${skipped.length > max ? '; …' : ''}`;
+}
+
 export interface BatchOptions {
   size: number;
   normalization: Normalization;

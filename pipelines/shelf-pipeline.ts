@@ -378,10 +378,12 @@ export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipelin
           return null; // abandoned: no inference for a result nobody takes
         }
         const jobs: Array<Promise<ScannedSlot | null>> = [];
+        // Slot boxes are in the full-resolution frame's pixels, whatever scale it was decoded at.
+        const frameSize = { width: raw.sourceWidth, height: raw.sourceHeight };
         for (const slot of cam.slots) {
           let crop: Crop;
           try {
-            const planned = planCrops(frame, { width: raw.sourceWidth, height: raw.sourceHeight }, [slot], { raw });
+            const planned = planCrops(frame, frameSize, [slot], { raw });
             crop = planned.crops[0]!;
             if (planned.warnings.length && !warned.has(slot.id)) {
               warned.add(slot.id);
@@ -395,7 +397,7 @@ export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipelin
           const entry = models.get(slot.model)!;
           const batcher = localBatchers.get(slot.model)!;
           st.crops++;
-          const pixels = pixelBox(crop.box, { width: raw.sourceWidth, height: raw.sourceHeight }, raw);
+          const pixels = pixelBox(crop.box, frameSize, raw);
           jobs.push(
             batcher.submit({ raw, box: pixels, threshold: slot.threshold ?? entry.threshold }).then(
               (prediction) => ({ crop, pixels, prediction }),

@@ -69,7 +69,8 @@ test('redactText/redactUrl: query secrets by name (signature, token, password, k
   t.is(redactText('no url here: /dev/video0, C:\\x'), 'no url here: /dev/video0, C:\\x');
 });
 
-test('download: the redirect target in the failure reason and in DownloadError loses its signature and token', async (t) => {
+/** A server on 127.0.0.1 whose /model.onnx redirects to a pre-signed URL serving the wrong bytes; its port. */
+async function signedRedirectServer(t: { teardown(fn: () => void): void }): Promise<number> {
   const server = createServer((req, res) => {
     if (req.url === '/model.onnx') {
       res.writeHead(302, { location: `/bucket/model.onnx?${SIGNED}` }).end();
@@ -79,9 +80,14 @@ test('download: the redirect target in the failure reason and in DownloadError l
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   t.teardown(() => server.close());
+  return (server.address() as AddressInfo).port;
+}
+
+test('download: the redirect target in the failure reason and in DownloadError loses its signature and token', async (t) => {
+  const port = await signedRedirectServer(t);
   const dir = await mkdtemp(join(tmpdir(), 'shelfwatch-ops-dl-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
-  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const base = `http://127.0.0.1:${port}`;
   const err = await t.throwsAsync(downloadVerified({ urls: [`${base}/model.onnx`], sha256: 'a'.repeat(64), dest: join(dir, 'm.onnx') }), { instanceOf: DownloadError });
   const reason = (err as DownloadError).attempts[0]!.reason;
   t.regex(reason, /^sha256 mismatch: .* \(at http:\/\/127\.0\.0\.1:\d+\/bucket\/model\.onnx\?X-Amz-Credential=\*\*\*&X-Amz-Signature=\*\*\*&token=\*\*\*\)$/, reason);
@@ -133,16 +139,7 @@ const scene = registerAgentScene(test, 'shelfwatch-ops-redact-', [false, false])
 const maybe = sharedAvailable() ? test : test.skip;
 
 maybe('agent: a refused model download names the redirect target without its signature, in the log and the retained status', async (t) => {
-  const server = createServer((req, res) => {
-    if (req.url === '/model.onnx') {
-      res.writeHead(302, { location: `/bucket/model.onnx?${SIGNED}` }).end();
-      return;
-    }
-    res.writeHead(200, { 'content-type': 'application/octet-stream' }).end(Buffer.from('not the model'));
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  t.teardown(() => server.close());
-  const port = (server.address() as AddressInfo).port;
+  const port = await signedRedirectServer(t);
   const config = configFromObject(
     {
       agent: { id: 'store-1', stateDir: join(scene.work, 'state-redact') },

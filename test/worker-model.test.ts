@@ -6,7 +6,6 @@ import { tmpdir } from 'node:os';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import ts from 'typescript';
-import { MOBILENETV2_INT8 } from '../models/backbone.js';
 import { PatchcoreModel } from '../models/runtime.js';
 import { decodeModel, encodeModel } from '../models/onnx/proto.js';
 import { OUTPUT_PATCH_DISTANCES } from '../models/patchcore-graph.js';
@@ -14,22 +13,13 @@ import { WorkerPatchcoreModel } from '../models/worker-model.js';
 import { ReplicatedModel } from '../models/replicated-model.js';
 import { loadInferenceModel } from '../models/load-model.js';
 import { resolveParallelism } from '../agent/inference-parallelism.js';
-import { preprocessedBatches } from '../pipelines/image-files.js';
-import { fittedModel, magneticTileTrain, sharedAvailable } from './helpers/fitted-model.js';
+import { sharedAvailable, tileModelAndBatch } from './helpers/fitted-model.js';
 
 const available = sharedAvailable();
 const maybe = available ? test : test.skip;
 
-async function setup() {
-  const path = await fittedModel(await magneticTileTrain(40), { name: 'pipeline-test' });
-  const files = (await magneticTileTrain(48)).slice(40);
-  const batches = [];
-  for await (const b of preprocessedBatches(files, { size: 224, normalization: MOBILENETV2_INT8.normalization, batchSize: 4 })) batches.push(b);
-  return { path, batch: batches[0]! };
-}
-
 maybe('a worker model predicts exactly what the in-thread model does, from a shared batch buffer', async (t) => {
-  const { path, batch } = await setup();
+  const { path, batch } = await tileModelAndBatch();
   const local = await PatchcoreModel.load(path, { provider: 'cpu' });
   const remote = await WorkerPatchcoreModel.load(path, { provider: 'cpu' });
   try {
@@ -80,7 +70,7 @@ function sameMap(t: ExecutionContext, got: Float32Array, want: Float32Array, got
 }
 
 maybe('scan: only anomalous images get a map and mask (predict\'s, in one buffer per batch): in-thread, worker, replicas', async (t) => {
-  const { path, batch } = await setup();
+  const { path, batch } = await tileModelAndBatch();
   const local = await PatchcoreModel.load(path, { provider: 'cpu' });
   const remote = await WorkerPatchcoreModel.load(path, { provider: 'cpu' });
   const replicated = await ReplicatedModel.load(path, 2, { provider: 'cpu', intraOpThreads: 1 });
@@ -116,7 +106,7 @@ maybe('scan: only anomalous images get a map and mask (predict\'s, in one buffer
 });
 
 maybe('scan on a model file without patch_distances takes the graph\'s maps (older model files)', async (t) => {
-  const { path, batch } = await setup();
+  const { path, batch } = await tileModelAndBatch();
   const model = decodeModel(await readFile(path), path);
   const graph = model.graph!;
   graph.output = graph.output!.filter((o) => o.name !== OUTPUT_PATCH_DISTANCES);
@@ -137,7 +127,7 @@ maybe('scan on a model file without patch_distances takes the graph\'s maps (old
 });
 
 maybe('a worker model refuses bad files with the in-thread loader\'s errors', async (t) => {
-  const { path } = await setup();
+  const { path } = await tileModelAndBatch();
   await t.throwsAsync(WorkerPatchcoreModel.load('/nonexistent/model.onnx'), { message: /model \/nonexistent\/model\.onnx: cannot read \(ENOENT\)/ });
   const bytes = await readFile(path);
   await t.throwsAsync(WorkerPatchcoreModel.load(bytes.subarray(0, bytes.length >> 1), {}, 'half.onnx'), { name: 'ModelLoadError', message: /half\.onnx/ });
@@ -148,7 +138,7 @@ maybe('a worker model refuses bad files with the in-thread loader\'s errors', as
 });
 
 maybe('a worker that dies fails its batch with a clear error and is started again for the next one', async (t) => {
-  const { path, batch } = await setup();
+  const { path, batch } = await tileModelAndBatch();
   const m = await WorkerPatchcoreModel.load(path, { provider: 'cpu' });
   try {
     const before = await m.predict(batch.data, 1);
@@ -172,7 +162,7 @@ maybe('a worker that dies fails its batch with a clear error and is started agai
 maybe('compiled build: the worker model runs as plain JS under node (no tsx)', async (t) => {
   // Transpile models/ as tsc would emit it and run a worker model in a child without tsx: the
   // worker must find model-worker.js next to worker-model.js, as in dist/.
-  const { path, batch } = await setup();
+  const { path, batch } = await tileModelAndBatch();
   const repoRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
   const out = mkdtempSync(join(tmpdir(), 'worker-model-compiled-'));
   try {
@@ -211,7 +201,7 @@ console.log(JSON.stringify({ score: p.score }));
 });
 
 maybe('release while batches are in flight: they finish first, nothing is left hanging', async (t) => {
-  const { path, batch } = await setup();
+  const { path, batch } = await tileModelAndBatch();
   const m = await WorkerPatchcoreModel.load(path, { provider: 'cpu' });
   const pending = [m.predict(batch.data, batch.count), m.predict(batch.data, 1)];
   await m.release();
@@ -222,7 +212,7 @@ maybe('release while batches are in flight: they finish first, nothing is left h
 });
 
 maybe('replicas: two worker sessions serve as one model, batches spread over both, same predictions', async (t) => {
-  const { path, batch } = await setup();
+  const { path, batch } = await tileModelAndBatch();
   const local = await PatchcoreModel.load(path, { provider: 'cpu' });
   const replicated = await ReplicatedModel.load(path, 2, { provider: 'cpu', intraOpThreads: 1 });
   try {
@@ -243,7 +233,7 @@ maybe('replicas: two worker sessions serve as one model, batches spread over bot
 });
 
 maybe('loadInferenceModel: replicas need worker threads', async (t) => {
-  const { path } = await setup();
+  const { path } = await tileModelAndBatch();
   await t.throwsAsync(loadInferenceModel(path, { workerThread: false, replicas: 2 }, 'm.onnx'), { message: /m\.onnx: 2 replicas need workerThread/ });
   const m = await loadInferenceModel(path, { provider: 'cpu', replicas: 2, intraOpThreads: 1 });
   t.true(m instanceof ReplicatedModel);

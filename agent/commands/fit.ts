@@ -2,7 +2,7 @@
 import { mkdir, realpath } from 'node:fs/promises';
 import { basename, dirname, join, resolve, sep } from 'node:path';
 import { extractFeatures, fitFromFeatures, FitError, modelNameProblem, type FitStage } from '../../models/fit.js';
-import { digestOfHashes, IMAGE_EXTENSIONS, listImages, preprocessedBatches, sha256Hex, splitHoldOut, type SkippedFile } from '../../pipelines/image-files.js';
+import { describeSkipped, digestOfHashes, IMAGE_EXTENSIONS, listImages, preprocessedBatches, sha256Hex, splitHoldOut, type SkippedFile } from '../../pipelines/image-files.js';
 import { cachedBackbonePath, resolveDescriptor, selectBackbone } from '../backbones.js';
 import { progressBar, type Progress } from '../progress.js';
 import { checkOutputFile, writeFileAtomic } from './output-paths.js';
@@ -136,12 +136,13 @@ export async function runFit(o: FitCommandOptions): Promise<FitSummary> {
     skipped.push(s);
     if (!o.json) log(`skipped ${s.file}: ${s.reason}`);
   };
-  const skipNote = () => (skipped.length > 0 ? `; ${skipped.length} skipped: ${skipped.slice(0, 3).map((k) => `${k.file}: ${k.reason}`).join('; ')}${skipped.length > 3 ? '; …' : ''}` : '');
+  const skipNote = () => (skipped.length > 0 ? `; ${describeSkipped(skipped, 3)}` : '');
   const all = await listImages(o.images, onSkip);
   if (all.length === 0) throw new Error(`no image files (${[...IMAGE_EXTENSIONS].join(' ')}) in ${o.images.join(', ')}${skipNote()}`);
   const val = o.val && o.val.length > 0 ? await listImages(o.val, onSkip) : null;
   if (val?.length === 0) throw new Error(`--val: no image files in ${o.val!.join(', ')}${skipNote()}`);
-  const alsoTrained = val ? val.filter((f) => all.includes(f)) : [];
+  const training = new Set(all);
+  const alsoTrained = val ? val.filter((f) => training.has(f)) : [];
   if (alsoTrained.length > 0) {
     log(`warning: ${alsoTrained.length} of the ${val!.length} --val image(s) are also training images (${alsoTrained[0]}${alsoTrained.length > 1 ? ', …' : ''}): the memory bank has seen them, so the thresholds will be too low`);
   }
@@ -246,8 +247,7 @@ export async function runFit(o: FitCommandOptions): Promise<FitSummary> {
   const result = await fit().catch((err: Error) => {
     // With --json the skip lines are not printed: the error must still say why images were unusable.
     if (!o.json || skipped.length === 0) throw err;
-    const why = skipped.slice(0, 3).map((k) => `${k.file}: ${k.reason}`).join('; ');
-    throw new Error(`${err.message} (${skipped.length} skipped: ${why}${skipped.length > 3 ? '; …' : ''})`, { cause: err });
+    throw new Error(`${err.message} (${describeSkipped(skipped, 3)})`, { cause: err });
   });
   for (const b of bars.values()) b.done();
 

@@ -1,5 +1,5 @@
 /** `shelfwatch infer <model> <images…>`: score images with a compiled model. */
-import { listImages, preprocessedBatches, type SkippedFile } from '../../pipelines/image-files.js';
+import { describeSkipped, listImages, preprocessedBatches, type SkippedFile } from '../../pipelines/image-files.js';
 import { PatchcoreModel } from '../../models/runtime.js';
 import type { ProviderChoice } from '../../models/execution-provider.js';
 
@@ -26,7 +26,7 @@ export async function runInfer(o: { model: string; images: string[]; batch: numb
   try {
     const skipped: SkippedFile[] = [];
     const files = await listImages(o.images, (s) => skipped.push(s));
-    if (files.length === 0) throw new Error(`no image files in ${o.images.join(', ')}${skipped.length ? ` (${skipped.length} skipped: ${skipped.map((s) => `${s.file}: ${s.reason}`).join('; ')})` : ''}`);
+    if (files.length === 0) throw new Error(`no image files in ${o.images.join(', ')}${skipped.length ? ` (${describeSkipped(skipped)})` : ''}`);
     const results: InferResult[] = [];
     const m = model.manifest;
     for await (const batch of preprocessedBatches(files, { size: m.inputSize, normalization: m.normalization, batchSize: o.batch, onSkip: (s) => skipped.push(s) })) {

@@ -14,7 +14,7 @@ import { cudaProviderLibrary, nvidiaDeviceNodes, renderNodes, type ProviderChoic
 import { PatchcoreModel } from '../../models/runtime.js';
 import { isSlowerThanCpu, syntheticBatch } from '../../models/provider-speed.js';
 import type { Prediction } from '../../models/types.js';
-import { listImages, preprocessedBatches, type SkippedFile } from '../../pipelines/image-files.js';
+import { describeSkipped, listImages, preprocessedBatches, type SkippedFile } from '../../pipelines/image-files.js';
 
 /** Largest relative score difference (vs the CPU) still called agreement. */
 export const SCORE_TOLERANCE = 0.02;
@@ -94,7 +94,7 @@ export async function runModelCheck(o: { model: string; provider: ProviderChoice
     let source: 'images' | 'synthetic' = 'synthetic';
     if (o.images?.length) {
       const files = await listImages(o.images, (s) => skipped.push(s));
-      if (files.length === 0) throw new Error(`no image files in ${o.images.join(', ')}${skipped.length ? ` (${skipped.length} skipped: ${skipped.map((s) => `${s.file}: ${s.reason}`).join('; ')})` : ''}`);
+      if (files.length === 0) throw new Error(`no image files in ${o.images.join(', ')}${skipped.length ? ` (${describeSkipped(skipped)})` : ''}`);
       const first = await preprocessedBatches(files, { size, normalization, batchSize, onSkip: (s) => skipped.push(s) })[Symbol.asyncIterator]().next();
       if (first.done) throw new Error(`none of the ${files.length} image(s) could be read: ${skipped.map((s) => `${s.file}: ${s.reason}`).join('; ')}`);
       batch = first.value.data;

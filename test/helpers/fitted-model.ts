@@ -90,3 +90,12 @@ async function fitOrReuse(images: string[], opts: { name?: string; coreset?: num
   await rename(tmp, path);
   return path;
 }
+
+/** The small model fitted on 40 magnetic_tile images and a batch of 4 images it has not seen. */
+export async function tileModelAndBatch() {
+  const path = await fittedModel(await magneticTileTrain(40), { name: 'pipeline-test' });
+  const files = (await magneticTileTrain(48)).slice(40);
+  const batches = [];
+  for await (const b of preprocessedBatches(files, { size: 224, normalization: MOBILENETV2_INT8.normalization, batchSize: 4 })) batches.push(b);
+  return { path, batch: batches[0]! };
+}
