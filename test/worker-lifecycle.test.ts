@@ -28,6 +28,17 @@ function internals(m: WorkerPatchcoreModel) {
         i.worker!.once('exit', done);
         i.worker!.postMessage({ type: 'exit', code });
       }),
+    /** Counts the worker starts tried from now on (each restart() call that spawns a thread). */
+    countStarts: () => {
+      const self = m as unknown as { restart(): Promise<void>; starting: unknown };
+      const restart = self.restart;
+      let n = 0;
+      self.restart = function (this: typeof self) {
+        if (this.starting === null) n++;
+        return restart.call(this);
+      };
+      return () => n;
+    },
     /** Makes the next start of the worker fail (or succeed again with the bytes given back). */
     setBytes: (bytes: Uint8Array) => {
       const old = i.data.bytes;
@@ -146,9 +157,9 @@ maybe('replicas: a replica that cannot start again is set aside, its batches go 
     t.regex(both.message, /no replica can run the batch, all 2 failed \(replica 1: .*could not be started again: .*not a valid ONNX model.*; replica 2: .*could not be started again: .*not a valid ONNX model/);
     t.regex(both.message, /the next attempt to start one is in \d+\.\d s/);
     t.true(both.cause instanceof InferenceWorkerError);
-    const started = Date.now();
+    const attempts = [w0!.countStarts(), w1!.countStarts()];
     await t.throwsAsync(r.scan(batch.data, 2), { instanceOf: ReplicasUnavailableError, message: /no replica can run the batch/ });
-    t.true(Date.now() - started < 200, 'both set aside: no start is tried');
+    t.deepEqual(attempts.map((n) => n()), [0, 0], 'both set aside: no start is tried');
     t.is(r.unhealthy, 2);
 
     // Fixed: once their backoffs run out, the replicas start again and serve.
@@ -160,6 +171,7 @@ maybe('replicas: a replica that cannot start again is set aside, its batches go 
     for (const got of again) t.deepEqual(got.map((p) => p.score), want);
     t.is(r.unhealthy, 0);
     t.is(r.restarts, 2);
+    t.true(attempts.every((n) => n() >= 1), `the counters see the starts after the backoff: ${attempts.map((n) => n())}`);
   } finally {
     await r.release();
   }
