@@ -192,16 +192,18 @@ export function usableShrink(format: string | undefined, s: number): number {
 function classify(origin: string, input: Buffer, format: string | undefined, err: unknown): ImageDecodeError {
   const message = err instanceof Error ? err.message : String(err);
   const detail = firstLines(message);
-  if (/unsupported image format/i.test(message)) {
-    return new ImageDecodeError(origin, 'unsupported', `${describeStart(input)}; ${detail}`, { cause: err });
-  }
   if (/exceeds pixel limit|pixel limit/i.test(message)) {
     return new ImageDecodeError(origin, 'too-large', detail, { cause: err });
   }
   const fmt = format ?? sniffFormat(input);
   // The bytes decide where they can: libvips also says "premature end" for damaged JPEG entropy
-  // data that runs into a marker, and which of its warnings comes first varies between runs.
+  // data that runs into a marker, and which of its warnings comes first varies between runs; a
+  // TIFF cut before its image directory is an "unsupported image format" to libvips, a cut WebP
+  // a "corrupt header".
   const missingEnd = endMarkerMissing(fmt, input);
+  if (/unsupported image format/i.test(message) && missingEnd !== true) {
+    return new ImageDecodeError(origin, 'unsupported', `${describeStart(input)}; ${detail}`, { cause: err });
+  }
   const truncatedMessage = !/corrupt/i.test(message) && /premature end|truncat|unexpected end|end of (file|stream|data)/i.test(message);
   if (missingEnd ?? truncatedMessage) {
     return new ImageDecodeError(origin, 'truncated', `${fmt ?? 'image'} data ends early (${input.length} bytes); ${detail}`, { cause: err });
@@ -217,18 +219,140 @@ function firstLines(message: string): string {
 function sniffFormat(b: Buffer): string | undefined {
   if (b.length >= 3 && b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) return 'jpeg';
   if (b.length >= 8 && b.readUInt32BE(0) === 0x89504e47 && b.readUInt32BE(4) === 0x0d0a1a0a) return 'png';
+  if (b.length >= 12 && b.toString('latin1', 0, 4) === 'RIFF' && b.toString('latin1', 8, 12) === 'WEBP') return 'webp';
+  if (b.length >= 4 && (b.readUInt32BE(0) === 0x49492a00 || b.readUInt32BE(0) === 0x4d4d002a)) return 'tiff';
   return undefined;
 }
 
-/**
- * A JPEG without its EOI marker or a PNG without IEND near the end was cut off; with the marker
- * it was not. undefined for formats whose end the bytes do not tell.
- */
+/** A JPEG, PNG, WebP or TIFF that does not reach its end was cut off; undefined for other formats. */
 function endMarkerMissing(format: string | undefined, b: Buffer): boolean | undefined {
-  const tail = b.subarray(Math.max(0, b.length - 64));
-  if (format === 'jpeg') return tail.indexOf(Buffer.from([0xff, 0xd9])) < 0;
-  if (format === 'png') return tail.indexOf(Buffer.from('IEND', 'latin1')) < 0;
+  const complete = encodedImageComplete(format, b);
+  return complete === undefined ? undefined : !complete;
+}
+
+/**
+ * Whether the encoded bytes of a `format` image ('jpeg', 'png', 'webp', 'tiff') reach the end
+ * their own structure declares — false means the data was cut off (a half-written file, a
+ * connection closed mid-body); undefined for formats whose end the bytes do not tell.
+ *
+ * - JPEG: the end-of-image marker (EOI) of the image itself. Usually in the last bytes; else the
+ *   marker segments are walked by their lengths and the entropy-coded data scanned, so an EXIF
+ *   thumbnail's own EOI does not count and data after the image (a phone's Motion Photo video, a
+ *   maker trailer) is allowed.
+ * - PNG: the IEND chunk, found the same way (in the last bytes, else by walking the chunks).
+ * - WebP: the length the RIFF header declares.
+ * - TIFF: the first image directory (its offset is in the header; writers often put it last) and
+ *   the strips or tiles of image data it lists.
+ */
+export function encodedImageComplete(format: string | undefined, data: Uint8Array): boolean | undefined {
+  const b = Buffer.from(data.buffer, data.byteOffset, data.length);
+  const n = b.length;
+  if (format === 'jpeg') {
+    // The fast answer for nearly every file: EOI within the last KiB (encoders may pad a little).
+    if (b.lastIndexOf(JPEG_EOI, n - 2) >= Math.max(2, n - 1024)) return true;
+    return jpegReachesEoi(b);
+  }
+  if (format === 'png') {
+    if (b.indexOf(PNG_IEND, Math.max(8, n - 1024)) >= 0) return true;
+    for (let i = 8; i + 12 <= n; ) {
+      const length = b.readUInt32BE(i);
+      if (b.toString('latin1', i + 4, i + 8) === 'IEND') return true;
+      i += 12 + length;
+    }
+    return false;
+  }
+  if (format === 'webp') return n >= 8 && n >= 8 + b.readUInt32LE(4);
+  if (format === 'tiff') return tiffComplete(b);
   return undefined;
+}
+
+/** Bytes per value of the TIFF field types (BYTE, ASCII, SHORT, LONG, RATIONAL, ... DOUBLE, IFD). */
+const TIFF_TYPE_BYTES = [0, 1, 1, 2, 4, 8, 1, 1, 2, 4, 8, 4, 8, 4];
+
+/**
+ * The first image directory of a classic TIFF, its lists of strips or tiles and the image data
+ * they locate all lie inside the bytes.
+ */
+function tiffComplete(b: Buffer): boolean {
+  const n = b.length;
+  if (n < 8) return false;
+  const le = b[0] === 0x49;
+  const u16 = (at: number) => (le ? b.readUInt16LE(at) : b.readUInt16BE(at));
+  const u32 = (at: number) => (le ? b.readUInt32LE(at) : b.readUInt32BE(at));
+  const ifd = u32(4);
+  if (ifd + 2 > n) return false;
+  const entries = u16(ifd);
+  if (ifd + 2 + 12 * entries + 4 > n) return false;
+  type Values = { type: number; count: number; at: number };
+  /** Where an entry's values are (inline when they fit in 4 bytes), null for a type not known here, false when past the end. */
+  const values = (e: number): Values | null | false => {
+    const type = u16(e + 2);
+    const count = u32(e + 4);
+    const size = TIFF_TYPE_BYTES[type];
+    if (!size) return null;
+    const bytes = size * count;
+    const at = bytes <= 4 ? e + 8 : u32(e + 8);
+    return at + bytes <= n ? { type, count, at } : false;
+  };
+  let offsets: Values | null = null;
+  let lengths: Values | null = null;
+  for (let k = 0; k < entries; k++) {
+    const e = ifd + 2 + 12 * k;
+    const tag = u16(e);
+    // Only the fields that locate the image data: a stray offset in some other field is libtiff's
+    // warning at most, not a cut file.
+    if (tag !== 273 && tag !== 324 && tag !== 279 && tag !== 325) continue;
+    const v = values(e);
+    if (v === false) return false;
+    if (tag === 273 || tag === 324) offsets = v; // StripOffsets, TileOffsets
+    else lengths = v; // StripByteCounts, TileByteCounts
+  }
+  if (offsets && lengths && offsets.count === lengths.count) {
+    const read = (v: Values, i: number) => (v.type === 3 ? u16(v.at + 2 * i) : v.type === 4 ? u32(v.at + 4 * i) : 0);
+    for (let i = 0; i < offsets.count; i++) if (read(offsets, i) + read(lengths, i) > n) return false;
+  }
+  return true;
+}
+
+const JPEG_EOI = Buffer.from([0xff, 0xd9]);
+/** The IEND chunk: length 0, type "IEND", its fixed CRC. */
+const PNG_IEND = Buffer.from([0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82]);
+
+/** Walks a JPEG from its SOI: true when its EOI marker is reached, false when the bytes end first or the structure breaks. */
+function jpegReachesEoi(b: Buffer): boolean {
+  const n = b.length;
+  let i = 2;
+  while (i + 1 < n) {
+    if (b[i] !== 0xff) return false; // a marker must start here
+    const m = b[i + 1]!;
+    if (m === 0xff) {
+      i++; // fill byte
+      continue;
+    }
+    if (m === 0xd9) return true;
+    if (m === 0x01 || (m >= 0xd0 && m <= 0xd7)) {
+      i += 2; // TEM, RSTn: no length
+      continue;
+    }
+    if (i + 3 >= n) return false;
+    const length = b.readUInt16BE(i + 2);
+    if (length < 2) return false;
+    i += 2 + length;
+    if (m !== 0xda) continue;
+    // After SOS: entropy-coded data up to the next marker (FF 00 is a stuffed FF, FF D0–D7 a restart).
+    for (;;) {
+      const j = b.indexOf(0xff, i);
+      if (j < 0 || j + 1 >= n) return false;
+      const next = b[j + 1]!;
+      if (next === 0x00 || (next >= 0xd0 && next <= 0xd7)) i = j + 2;
+      else if (next === 0xff) i = j + 1;
+      else {
+        i = j;
+        break;
+      }
+    }
+  }
+  return false;
 }
 
 /** "starts with 3c 21 64 6f (looks like HTML/XML text)" — what the caller actually received. */

@@ -4,7 +4,7 @@
  * preprocessing function. Unreadable files are reported and skipped, never fatal on their own.
  */
 import { createHash } from 'node:crypto';
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { lstat, readdir, readFile, stat } from 'node:fs/promises';
 import { basename, extname, resolve } from 'node:path';
 import { preprocessImage } from '../models/preprocess.js';
 import type { Normalization } from '../models/types.js';
@@ -32,7 +32,8 @@ async function notRegularFile(path: string, s?: { isFile(): boolean; isDirectory
 
 /**
  * Expands folders (non-recursive, image extensions only) and explicit files into a sorted,
- * de-duplicated list. A path that does not exist is an error naming it.
+ * de-duplicated list. A path that does not exist is an error naming it (with `onSkip`, a dangling
+ * symbolic link is reported there instead, as in a folder).
  *
  * Only regular files (or symbolic links to one) are images: with `onSkip`, anything else —
  * a folder named `x.jpg`, a dangling link, a FIFO — is reported there and left out. Without
@@ -51,8 +52,15 @@ export async function listImages(paths: string[], onSkip?: (s: SkippedFile) => v
     let s;
     try {
       s = await stat(p);
-    } catch {
-      throw new Error(`${p}: no such file or folder`);
+    } catch (err) {
+      // A dangling link or a link loop named on the command line (a shell glob names them too) is
+      // skipped like one found in a folder; anything else that cannot be looked at is an error.
+      if (onSkip && (await lstat(p).catch(() => null))?.isSymbolicLink()) {
+        await consider(resolve(p));
+        continue;
+      }
+      const code = (err as NodeJS.ErrnoException).code;
+      throw new Error(code === 'ENOENT' || code === 'ENOTDIR' ? `${p}: no such file or folder` : `${p}: cannot read (${code ?? (err as Error).message})`);
     }
     if (s.isDirectory()) {
       let entries;

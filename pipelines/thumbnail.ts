@@ -40,8 +40,9 @@ export function thumbnailSize(width: number, height: number, maxSize: number): {
 
 async function toRaw(image: RawLike | Buffer): Promise<RawLike> {
   if (!Buffer.isBuffer(image)) return image;
-  // Boxes are in the coordinates of the upright image, hence autoOrient before anything else.
-  const { data, info } = await sharp(image).autoOrient().removeAlpha().raw().toBuffer({ resolveWithObject: true });
+  // Boxes are in the coordinates of the upright image, hence autoOrient before anything else;
+  // alpha over white, as the model sees the image (models/image-decode.ts).
+  const { data, info } = await sharp(image).autoOrient().flatten({ background: '#ffffff' }).raw().toBuffer({ resolveWithObject: true });
   return { data, width: info.width, height: info.height, channels: info.channels };
 }
 

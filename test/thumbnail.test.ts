@@ -1,5 +1,6 @@
 import test from 'ava';
 import sharp from 'sharp';
+import { decodeImage } from '../models/image-decode.js';
 import type { RawLike } from '../pipelines/planogram.js';
 import { renderThumbnail, thumbnailSize } from '../pipelines/thumbnail.js';
 
@@ -104,6 +105,20 @@ test('renderThumbnail takes an encoded crop too, bounds it to maxSize and leaves
   t.is(off, 0);
   const small = await renderThumbnail({ crop: await sharp({ create: { width: 50, height: 30, channels: 3, background: '#888' } }).jpeg().toBuffer() }, empty);
   t.deepEqual([small.width, small.height], [50, 30]);
+});
+
+test('renderThumbnail shows transparent parts of an encoded image over white, as the model sees them', async (t) => {
+  // Left half transparent black, right half opaque blue.
+  const rgba = Buffer.alloc(40 * 20 * 4);
+  for (let y = 0; y < 20; y++) for (let x = 20; x < 40; x++) rgba.set([0, 0, 200, 255], (y * 40 + x) * 4);
+  const png = await sharp(rgba, { raw: { width: 40, height: 20, channels: 4 } }).png().toBuffer();
+  const model = await decodeImage(png, { origin: 'cutout.png' });
+  t.deepEqual([...model.data.subarray(0, 3)], [255, 255, 255]);
+  const thumb = await renderThumbnail({ crop: png }, { mask: new Uint8Array(4), mapSize: 2 });
+  const { at } = await decode(thumb.jpeg);
+  t.true(at(5, 10).every((v) => v > 245), `transparent part should be white, got ${at(5, 10)}`);
+  const [r, g, b] = at(35, 10);
+  t.true(r < 20 && g < 20 && b > 180, `opaque part stays blue, got ${at(35, 10)}`);
 });
 
 test('renderThumbnail reads boxes in upright coordinates of an EXIF-rotated JPEG', async (t) => {

@@ -2,6 +2,8 @@
  * Recognise encoded images by their magic bytes, so a camera that answers with a login page or a
  * half-written file is reported where it happens instead of failing later in the decoder.
  */
+import { encodedImageComplete } from '../../models/image-decode.js';
+
 export type ImageFormat = 'jpeg' | 'png' | 'webp' | 'tiff' | 'bmp';
 
 export function detectImageFormat(data: Uint8Array): ImageFormat | undefined {
@@ -17,8 +19,10 @@ export function detectImageFormat(data: Uint8Array): ImageFormat | undefined {
 /**
  * The image format of `data`, or an Error that says what it looks like instead.
  * `what` names the thing for the message ("GET http://cam/snap", "/srv/drop/a.jpg").
- * JPEGs must carry their end marker (EOI) near the end, PNGs their IEND chunk: a missing one
- * means a truncated file (a half-written upload, a connection closed mid-body).
+ * A JPEG must reach its end marker (EOI), a PNG its IEND chunk, a WebP the length its RIFF header
+ * declares, a TIFF its first image directory: else the file was cut off (a half-written upload, a
+ * connection closed mid-body). Data after the end (a phone's Motion Photo video after the JPEG)
+ * is allowed; the decoder stops at the image's end.
  */
 export function checkImage(data: Uint8Array, what: string, contentType?: string | null): ImageFormat {
   const format = detectImageFormat(data);
@@ -30,29 +34,21 @@ export function checkImage(data: Uint8Array, what: string, contentType?: string 
     if (looksLikeText(data)) throw new Error(`${what} is text, not an image (starts with ${start})`);
     throw new Error(`${what} is not a JPEG/PNG/WebP/TIFF/BMP image (starts with bytes ${hex(data.subarray(0, 8))})`);
   }
-  if (format === 'jpeg' && !hasJpegEnd(data)) {
-    throw new Error(`${what} is a truncated JPEG (${data.length} bytes, no end-of-image marker)`);
-  }
-  if (format === 'png' && !hasPngEnd(data)) {
-    throw new Error(`${what} is a truncated PNG (${data.length} bytes, no IEND chunk)`);
+  if (encodedImageComplete(format, data) === false) {
+    const [name, why] = TRUNCATED[format];
+    throw new Error(`${what} is a truncated ${name} (${data.length} bytes, ${why})`);
   }
   return format;
 }
 
-/** The IEND chunk (length 0, type "IEND", fixed CRC) within the last 1 KiB. */
-const PNG_IEND = Buffer.from([0x00, 0x00, 0x00, 0x00, 0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82]);
-function hasPngEnd(data: Uint8Array): boolean {
-  const from = Math.max(8, data.length - 1024);
-  return Buffer.from(data.buffer, data.byteOffset + from, data.length - from).includes(PNG_IEND);
-}
-
-/** EOI (FF D9) within the last 1 KiB — encoders may pad after it, but not by much. */
-function hasJpegEnd(data: Uint8Array): boolean {
-  for (let i = data.length - 2; i >= Math.max(2, data.length - 1024); i--) {
-    if (data[i] === 0xff && data[i + 1] === 0xd9) return true;
-  }
-  return false;
-}
+/** How checkImage names a cut-off file of each format. */
+const TRUNCATED: Record<ImageFormat, [name: string, why: string]> = {
+  jpeg: ['JPEG', 'no end-of-image marker'],
+  png: ['PNG', 'no IEND chunk'],
+  webp: ['WebP', 'shorter than its RIFF header says'],
+  tiff: ['TIFF', 'its image directory or image data reach beyond the end'],
+  bmp: ['BMP', 'cut off'],
+};
 
 function ascii(b: Uint8Array, from: number, to: number): string {
   return String.fromCharCode(...b.subarray(from, to));
