@@ -63,7 +63,10 @@ export async function renderThumbnail(
   }
 
   const image = await toRaw('frame' in source ? source.frame : source.crop);
-  if (image.channels < 3) throw new RangeError(`renderThumbnail: image needs RGB pixels, got ${image.channels} channel(s)`);
+  if (image.channels !== 3 && image.channels !== 4) throw new RangeError(`renderThumbnail: image needs RGB or RGBA pixels, got ${image.channels} channel(s)`);
+  if (!Number.isInteger(image.width) || !Number.isInteger(image.height) || image.width < 1 || image.height < 1 || image.data.length !== image.width * image.height * image.channels) {
+    throw new RangeError(`renderThumbnail: raw image of ${image.width}×${image.height}×${image.channels} needs ${image.width * image.height * image.channels} bytes, got ${image.data.length}`);
+  }
   const box: Box = 'box' in source ? source.box : { x: 0, y: 0, width: image.width, height: image.height };
   if (
     !Number.isInteger(box.x) || !Number.isInteger(box.y) || !Number.isInteger(box.width) || !Number.isInteger(box.height) ||

@@ -142,3 +142,13 @@ test('renderThumbnail rejects bad options and a mask that does not match mapSize
   await t.throwsAsync(renderThumbnail({ crop }, { mask: new Uint8Array(4), mapSize: 2 }, { quality: 0 }), { message: /quality must be an integer in 1\.\.100, got 0/ });
   await t.throwsAsync(renderThumbnail({ crop }, { mask: new Uint8Array(5), mapSize: 2 }), { message: /mask has 5 values, expected mapSize² = 2² = 4/ });
 });
+
+test('renderThumbnail refuses raw pixels whose length does not match their size, naming both', async (t) => {
+  const mask = new Uint8Array(4);
+  const short: RawLike = { data: Buffer.alloc(10 * 10 * 3 - 1), width: 10, height: 10, channels: 3 };
+  await t.throwsAsync(renderThumbnail({ crop: short }, { mask, mapSize: 2 }), { message: /raw image of 10×10×3 needs 300 bytes, got 299/ });
+  const grey: RawLike = { data: Buffer.alloc(100), width: 10, height: 10, channels: 1 };
+  await t.throwsAsync(renderThumbnail({ crop: grey }, { mask, mapSize: 2 }), { message: /needs RGB or RGBA pixels, got 1 channel/ });
+  const ok: RawLike = { data: Buffer.alloc(300, 128), width: 10, height: 10, channels: 3 };
+  t.is((await renderThumbnail({ crop: ok }, { mask, mapSize: 2 })).width, 10);
+});
