@@ -10,7 +10,7 @@ import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BUILTIN_BACKBONES, loadBackbone, readDescriptor, BackboneError, type LoadedBackbone } from '../models/backbone.js';
 import type { BackboneDescriptor } from '../models/types.js';
-import { cacheDir } from './cache-dir.js';
+import { cacheDir, resolveCacheDir } from './cache-dir.js';
 import { DownloadError, downloadVerified, sha256File } from './download.js';
 
 export const DEFAULT_BACKBONE = 'mobilenetv2-12-int8';
@@ -34,8 +34,9 @@ export async function resolveDescriptor(spec: string | undefined): Promise<Backb
   throw new BackboneError(`unknown backbone '${id}': use one of ${Object.keys(BUILTIN_BACKBONES).join(', ')} or a descriptor .json file`);
 }
 
+/** Where the descriptor's file is cached; creates nothing (`backbone info` only reads). */
 export function cachedBackbonePath(d: BackboneDescriptor, env: NodeJS.ProcessEnv = process.env): string {
-  return join(cacheDir({ env }), 'backbones', d.fileName ?? `${d.id}.onnx`);
+  return join(resolveCacheDir({ env }), 'backbones', d.fileName ?? `${d.id}.onnx`);
 }
 
 /** Download (or reuse) the descriptor's file in the cache, verified against its sha256. */
@@ -45,6 +46,7 @@ export async function fetchBackbone(
 ) {
   const urls = opts.urls ?? d.urls ?? [];
   if (urls.length === 0) throw new BackboneError(`backbone ${d.id} has no download location: pass the file with --backbone <file>`);
+  cacheDir({ env: opts.env }); // created here, where a failure says which directory and why
   return downloadVerified({ urls, sha256: d.sha256, dest: cachedBackbonePath(d, opts.env), onProgress: opts.onProgress, signal: opts.signal });
 }
 
@@ -63,6 +65,7 @@ export async function selectBackbone(sel: BackboneSelection = {}): Promise<Loade
   const d = await resolveDescriptor(sel.descriptor);
   const file = sel.file ?? env.SHELFWATCH_BACKBONE;
   if (file) return loadBackbone(file, d);
+  if (sel.fetch !== false) cacheDir({ env }); // it may be written to: a failure says which directory and why
   const cached = cachedBackbonePath(d, env);
   const found = await cachedState(cached, d.sha256);
   if (found.state === 'missing' || found.state === 'damaged') {

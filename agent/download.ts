@@ -330,7 +330,9 @@ async function downloadFrom(listedUrl: string, o: Resolved): Promise<Outcome> {
     if (where.url.href !== start.href) reason += ` (at ${redactUrl(where.url.href)})`;
     return { kind: 'failed', reason };
   } finally {
-    guard.stop();
+    // A failed attempt may leave a response unread (an error status, a size refused up front, a
+    // local write error): destroy it, or its socket stays open and keeps the process alive.
+    guard.release();
     await file?.close().catch(() => undefined);
     if (tmpCreated) await rm(tmp, { force: true }).catch(() => undefined);
   }
@@ -468,6 +470,12 @@ class TransferGuard {
     clearTimeout(this.idleTimer);
     clearTimeout(this.totalTimer);
     this.signal?.removeEventListener('abort', this.onAbort);
+  }
+
+  /** stop(), and destroy every stream of the attempt (a no-op for those already finished). */
+  release(): void {
+    this.stop();
+    for (const stream of this.streams) stream.destroy();
   }
 }
 

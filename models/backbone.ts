@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { z } from 'zod';
-import { decodeModel, type ModelProto } from './onnx/proto.js';
+import { decodeModel, toNumber, type ModelProto } from './onnx/proto.js';
 import type { BackboneDescriptor } from './types.js';
 import { IMAGENET_NORMALIZATION } from './preprocess.js';
 import { issueLines } from './zod-issues.js';
@@ -55,8 +55,16 @@ const descriptorSchema = z.strictObject({
   taps: z.tuple([tapSchema, tapSchema]),
   embedDim: z.number().int().positive().optional(),
   pretrainEmbedDim: z.number().int().positive().optional(),
-  urls: z.array(z.string().url()).optional(),
-  fileName: z.string().optional(),
+  // The download code fetches http(s) only: refuse other schemes here, where the field is named.
+  urls: z.array(z.url({ protocol: /^https?$/, error: 'expected an http(s) URL' })).optional(),
+  // Joined to the cache directory, and the download replaces a file there whose hash differs:
+  // a plain file name only, never a path ('../../.bashrc' would be overwritten).
+  fileName: z
+    .string()
+    .min(1)
+    .max(200)
+    .refine((n) => !/[/\\\0]/.test(n) && n !== '.' && n !== '..', 'a plain file name, without a directory (no /, \\, . or ..)')
+    .optional(),
   license: z.string().optional(),
   description: z.string().optional(),
 });
@@ -136,9 +144,32 @@ export async function loadBackbone(path: string, descriptor: BackboneDescriptor)
     throw new BackboneError(`backbone file ${path}: sha256 ${digest} does not match ${descriptor.id}'s ${descriptor.sha256} (wrong or corrupted file)`);
   }
   const model = decodeModel(bytes, path);
+  checkSelfContained(model, path);
   checkGraphNames(model, descriptor, path);
   return { descriptor, bytes, model, path };
 }
+
+/**
+ * Weights kept in a separate file (torch.onnx.export's default since PyTorch 2.9, onnx's
+ * save_as_external_data) are outside the sha256 and cannot be found once the graph is loaded from
+ * bytes: onnxruntime would look for them in the working directory.
+ */
+function checkSelfContained(model: ModelProto, path: string): void {
+  const EXTERNAL = 1; // TensorProto.DataLocation.EXTERNAL
+  const external = (model.graph!.initializer ?? []).find((t) => t.dataLocation === EXTERNAL);
+  if (!external) return;
+  const location = (external as { externalData?: Array<{ key: string; value: string }> }).externalData?.find((e) => e.key === 'location')?.value;
+  throw new BackboneError(
+    `backbone ${path}: initializer '${external.name}' keeps its data in a separate file${location ? ` (${location})` : ''}; ` +
+      'a backbone must be one self-contained ONNX file (its sha256 covers that file only): export it with the weights inside ' +
+      '(torch.onnx.export(..., external_data=False), or onnx.save_model(model, path, save_as_external_data=False))',
+  );
+}
+
+const ELEM_TYPES: Record<number, string> = { 1: 'float32', 2: 'uint8', 3: 'int8', 6: 'int32', 7: 'int64', 10: 'float16', 11: 'float64', 16: 'bfloat16' };
+
+/** Ops whose (first) output is a quantized tensor: a tap made by one needs `dequantize`. */
+const QUANTIZED_OUTPUT = /^(QLinear[A-Za-z]+|QuantizeLinear|DynamicQuantizeLinear)$/;
 
 function checkGraphNames(model: ModelProto, d: BackboneDescriptor, path: string): void {
   const graph = model.graph!;
@@ -146,12 +177,33 @@ function checkGraphNames(model: ModelProto, d: BackboneDescriptor, path: string)
   if (!inputs.has(d.input)) {
     throw new BackboneError(`backbone ${path}: input '${d.input}' is not a graph input (inputs: ${[...inputs].join(', ')})`);
   }
-  const produced = new Set<string>();
-  for (const n of graph.node ?? []) for (const o of n.output ?? []) produced.add(o);
+  // shelfwatch feeds float32 [N,3,S,S] (NCHW); a declared type or layout that differs cannot work.
+  const input = (graph.input ?? []).find((i) => i.name === d.input)!;
+  const tensor = input.type?.tensorType;
+  if (tensor?.elemType !== undefined && tensor.elemType !== 1) {
+    throw new BackboneError(
+      `backbone ${path}: input '${d.input}' is ${ELEM_TYPES[tensor.elemType] ?? `element type ${tensor.elemType}`}; shelfwatch feeds float32 images [N,3,S,S]`,
+    );
+  }
+  const dims = tensor?.shape?.dim?.map((x) => (x.dimValue !== undefined ? toNumber(x.dimValue) : null));
+  if (dims && (dims.length !== 4 || (dims[1] !== null && dims[1] !== 3))) {
+    const shape = `[${dims.map((x) => x ?? '?').join(',')}]`;
+    const hint = dims.length === 4 && dims[3] === 3 ? ' (channels last, NHWC)' : '';
+    throw new BackboneError(`backbone ${path}: input '${d.input}' is ${shape}${hint}; shelfwatch feeds images as [N,3,S,S] (NCHW)`);
+  }
+  const producer = new Map<string, string>();
+  for (const n of graph.node ?? []) for (const o of n.output ?? []) producer.set(o, n.opType ?? '');
   const inits = new Set((graph.initializer ?? []).map((i) => i.name));
   for (const tap of d.taps) {
-    if (!produced.has(tap.tensor)) {
+    if (!producer.has(tap.tensor)) {
       throw new BackboneError(`backbone ${path}: tap '${tap.tensor}' (stride ${tap.stride}) is not produced by any node of the graph`);
+    }
+    const op = producer.get(tap.tensor)!;
+    if (!tap.dequantize && QUANTIZED_OUTPUT.test(op)) {
+      throw new BackboneError(
+        `backbone ${path}: tap '${tap.tensor}' is quantized (made by ${op}) and the descriptor gives no dequantize: ` +
+          'name its scale and zero-point initializers in the tap\'s "dequantize" ({ "scale": …, "zeroPoint": … })',
+      );
     }
     if (tap.dequantize) {
       for (const name of [tap.dequantize.scale, tap.dequantize.zeroPoint]) {

@@ -22,6 +22,8 @@ export const OUTPUT_MAP = 'anomaly_map';
 export const OUTPUT_PATCH_DISTANCES = 'patch_distances';
 /** Symbolic batch dimension of every graph input and output. */
 export const BATCH = 'batch';
+/** Prefix of every tensor and node name the compiler adds (GraphBuilder's). */
+const BUILDER_PREFIX = 'sw/';
 /** Memory entries searched per MatMul: bounds the [N, patches, entries] distance block. */
 export const DEFAULT_SEARCH_CHUNK = 8192;
 
@@ -68,9 +70,24 @@ class Ops {
   }
 }
 
-/** Copies the backbone graph keeping only what computes the taps; input set to [batch,3,S,S]. */
-function tapGraph(backbone: ModelProto, d: BackboneDescriptor, inputSize: number, fromTaps = false): { model: ModelProto; graph: GraphProto } {
-  if (fromTaps) return tapInputGraph(backbone, d, inputSize);
+/** The taps as named in the compiled graph (a backbone tensor whose name clashes is renamed). */
+type Taps = BackboneDescriptor['taps'];
+
+/** Probe outputs of buildTapProbeGraph: `tap0`, `tap1` (runtime.ts reads them by these names). */
+const PROBE_OUTPUTS = ['tap0', 'tap1'];
+/** Names the compiler gives tensors of its own: a backbone tensor with one of them is renamed. */
+function reservedName(name: string): boolean {
+  return name.startsWith(BUILDER_PREFIX) || PROBE_OUTPUTS.includes(name) || (TAP_INPUTS as readonly string[]).includes(name) ||
+    [OUTPUT_EMBEDDING, OUTPUT_SCORE, OUTPUT_MAX, OUTPUT_MAP, OUTPUT_PATCH_DISTANCES].includes(name);
+}
+
+/**
+ * Copies the backbone graph keeping only what computes the taps; input set to [batch,3,S,S].
+ * Backbone tensors named like the compiler's own (a tap exported as `tap0`, an inner tensor called
+ * `score`, anything under `sw/`) are renamed in the copy, so the two never collide.
+ */
+function tapGraph(backbone: ModelProto, d: BackboneDescriptor, inputSize: number, fromTaps = false): { model: ModelProto; graph: GraphProto; taps: Taps } {
+  if (fromTaps) return { ...tapInputGraph(backbone, d, inputSize), taps: d.taps };
   const src = backbone.graph!;
   const needed = new Set<string>(d.taps.map((t) => t.tensor));
   const nodes: NodeProto[] = [];
@@ -83,13 +100,47 @@ function tapGraph(backbone: ModelProto, d: BackboneDescriptor, inputSize: number
   }
   nodes.reverse();
   for (const t of d.taps) if (t.dequantize) { needed.add(t.dequantize.scale); needed.add(t.dequantize.zeroPoint); }
+  const initializers = (src.initializer ?? []).filter((i) => needed.has(i.name ?? ''));
+  // Everything the kept nodes read must come from the image, an initializer or a kept node: the
+  // compiled graph has no other input.
+  const available = new Set<string>([d.input, ...initializers.map((i) => i.name ?? '')]);
+  for (const n of nodes) for (const o of n.output ?? []) available.add(o);
+  for (const n of nodes) {
+    for (const inp of n.input ?? []) {
+      if (inp && !available.has(inp)) {
+        throw new Error(`backbone ${d.id}: the taps need '${inp}' (read by node '${n.name ?? n.opType}'), which is neither the image input '${d.input}', an initializer nor made by a node; shelfwatch feeds the image only`);
+      }
+    }
+  }
+  if (reservedName(d.input)) throw new Error(`backbone ${d.id}: its input name '${d.input}' is one shelfwatch uses for a tensor of its own; rename the input`);
+  const renamed = new Map<string, string>();
+  const rename = (name: string): string => {
+    if (!name || !reservedName(name)) return name;
+    let to = renamed.get(name);
+    if (!to) {
+      to = `backbone/${name}`;
+      while (available.has(to) || reservedName(to)) to = `backbone/${to}`;
+      renamed.set(name, to);
+    }
+    return to;
+  };
   const graph: GraphProto = {
     name: 'shelfwatch-patchcore',
-    node: nodes,
-    initializer: (src.initializer ?? []).filter((i) => needed.has(i.name ?? '')),
+    node: nodes.map((n) => {
+      const input = (n.input ?? []).map(rename);
+      const output = (n.output ?? []).map(rename);
+      const name = n.name && n.name.startsWith(BUILDER_PREFIX) ? `backbone/${n.name}` : n.name;
+      return input.some((x, i) => x !== n.input![i]) || output.some((x, i) => x !== n.output![i]) || name !== n.name ? { ...n, input, output, name } : n;
+    }),
+    initializer: initializers.map((i) => (rename(i.name ?? '') === i.name ? i : { ...i, name: rename(i.name!) })),
     input: [valueInfo(d.input, DataType.FLOAT, [BATCH, 3, inputSize, inputSize])],
     output: [],
   };
+  const taps = d.taps.map((t) => ({
+    ...t,
+    tensor: rename(t.tensor),
+    ...(t.dequantize ? { dequantize: { scale: rename(t.dequantize.scale), zeroPoint: rename(t.dequantize.zeroPoint) } } : {}),
+  })) as Taps;
   const model: ModelProto = {
     irVersion: backbone.irVersion,
     opsetImport: backbone.opsetImport,
@@ -98,7 +149,7 @@ function tapGraph(backbone: ModelProto, d: BackboneDescriptor, inputSize: number
   };
   const opset = defaultOpset(model);
   if (opset < 11) throw new Error(`backbone ${d.id}: ONNX opset ${opset} is too old (need 11 or newer)`);
-  return { model, graph };
+  return { model, graph, taps };
 }
 
 /** Names of the float tap inputs of a graph compiled with `fromTaps` (tests, feature caches). */
@@ -121,9 +172,9 @@ function tapInputGraph(backbone: ModelProto, d: BackboneDescriptor, inputSize: n
 }
 
 /** Float taps: dequantized with the graph's own initializers where the tap is quantized. */
-function floatTaps(b: GraphBuilder, d: BackboneDescriptor): [string, string] {
+function floatTaps(b: GraphBuilder, taps: Taps): [string, string] {
   if (b.graph.input?.[0]?.name === TAP_INPUTS[0]) return [TAP_INPUTS[0], TAP_INPUTS[1]];
-  return d.taps.map((t) =>
+  return taps.map((t) =>
     t.dequantize ? b.op1('DequantizeLinear', [t.tensor, t.dequantize.scale, t.dequantize.zeroPoint]) : t.tensor,
   ) as [string, string];
 }
@@ -165,9 +216,9 @@ export function embeddingProjection(d: BackboneDescriptor): Float64Array {
 }
 
 /** Appends the aggregation; returns the embedding tensor [batch, grid², dim]. */
-function appendEmbedding(ops: Ops, d: BackboneDescriptor, g: GraphGeometry): string {
+function appendEmbedding(ops: Ops, d: BackboneDescriptor, taps: Taps, g: GraphGeometry): string {
   const b = ops.b;
-  const [t8, t16] = floatTaps(b, d);
+  const [t8, t16] = floatTaps(b, taps);
   const pool = { kernel_shape: [3, 3], strides: [1, 1], pads: [1, 1, 1, 1], count_include_pad: 1 };
   const p8 = b.op1('AveragePool', [t8], pool);
   const p16 = b.op1('AveragePool', [t16], pool);
@@ -190,10 +241,10 @@ function appendEmbedding(ops: Ops, d: BackboneDescriptor, g: GraphGeometry): str
 
 /** The graph used for fitting: image → patch embeddings [batch, grid², dim]. */
 export function buildFeatureGraph(backbone: ModelProto, d: BackboneDescriptor, inputSize = d.inputSize): ModelProto {
-  const { model, graph } = tapGraph(backbone, d, inputSize);
+  const { model, graph, taps } = tapGraph(backbone, d, inputSize);
   const g = geometry(d, inputSize);
-  const ops = new Ops(new GraphBuilder(graph), defaultOpset(model));
-  const emb = appendEmbedding(ops, d, g);
+  const ops = new Ops(new GraphBuilder(graph, BUILDER_PREFIX), defaultOpset(model));
+  const emb = appendEmbedding(ops, d, taps, g);
   graph.node!.push({ opType: 'Identity', name: 'sw/embedding_out', input: [emb], output: [OUTPUT_EMBEDDING], attribute: [] });
   ops.b.output(OUTPUT_EMBEDDING, DataType.FLOAT, [BATCH, g.grid * g.grid, g.dim]);
   return model;
@@ -201,10 +252,10 @@ export function buildFeatureGraph(backbone: ModelProto, d: BackboneDescriptor, i
 
 /** The graph used for fitting checks: image → both float taps (to verify strides). */
 export function buildTapProbeGraph(backbone: ModelProto, d: BackboneDescriptor, inputSize = d.inputSize): ModelProto {
-  const { model, graph } = tapGraph(backbone, d, inputSize);
-  const b = new GraphBuilder(graph);
-  floatTaps(b, d).forEach((t, i) => {
-    const name = `tap${i}`;
+  const { model, graph, taps } = tapGraph(backbone, d, inputSize);
+  const b = new GraphBuilder(graph, BUILDER_PREFIX);
+  floatTaps(b, taps).forEach((t, i) => {
+    const name = PROBE_OUTPUTS[i]!;
     graph.node!.push({ opType: 'Identity', name: `sw/${name}_out`, input: [t], output: [name], attribute: [] });
     graph.output!.push({ name });
   });
@@ -228,15 +279,15 @@ export interface CompileOptions {
  */
 export function buildModelGraph(backbone: ModelProto, d: BackboneDescriptor, opts: CompileOptions): ModelProto {
   const inputSize = opts.inputSize ?? d.inputSize;
-  const { model, graph } = tapGraph(backbone, d, inputSize, opts.fromTaps);
+  const { model, graph, taps } = tapGraph(backbone, d, inputSize, opts.fromTaps);
   const g = geometry(d, inputSize);
   const { bank, entries } = opts;
   if (entries < 1 || bank.length !== entries * g.dim) {
     throw new Error(`memory bank has ${bank.length} values, expected ${entries} × ${g.dim}`);
   }
-  const ops = new Ops(new GraphBuilder(graph), defaultOpset(model));
+  const ops = new Ops(new GraphBuilder(graph, BUILDER_PREFIX), defaultOpset(model));
   const b = ops.b;
-  const x = appendEmbedding(ops, d, g); // [N, P, D]
+  const x = appendEmbedding(ops, d, taps, g); // [N, P, D]
   const bankName = b.float('memory_bank', [entries, g.dim], bank);
 
   // Nearest memory entry per patch, a chunk of the bank at a time. ‖x‖² is the same for every

@@ -62,19 +62,25 @@ export async function keepFasterThanCpu(gpu: SessionResult, model: Uint8Array, o
   let cpu: SessionResult;
   try {
     cpu = await createSession(model, { ...opts, provider: 'cpu' });
-  } catch (e) {
-    await gpu.session.release();
-    throw e;
+  } catch {
+    // Nothing to compare against: the session that loaded is the one to use.
+    return gpu;
   }
   let gpuMs: number;
-  let cpuMs: number;
   try {
     gpuMs = await time(gpu.session);
-    cpuMs = await time(cpu.session);
   } catch (e) {
     // A provider that cannot even run the check is no better than one that is slow.
     await gpu.session.release();
     return { ...cpu, fallbacks: [...gpu.fallbacks, { provider: gpu.provider, reason: `failed its speed check: ${(e as Error).message.split('\n')[0]}` }] };
+  }
+  let cpuMs: number;
+  try {
+    cpuMs = await time(cpu.session);
+  } catch {
+    // The GPU ran the batch and the CPU could not: the GPU is the faster one.
+    await cpu.session.release();
+    return gpu;
   }
   if (gpuMs < cpuMs) {
     await cpu.session.release();

@@ -12,6 +12,7 @@ pooled to 1024 dims per tap and the concatenation to 1024 dims, as patchcore-ins
 """
 import argparse
 import hashlib
+import inspect
 import json
 import pathlib
 
@@ -41,10 +42,13 @@ def main():
     model = Taps(torchvision.models.wide_resnet50_2(weights=weights)).eval()
     x = torch.zeros(1, 3, args.input_size, args.input_size)
     out = pathlib.Path(args.out)
+    # shelfwatch needs ONE self-contained file (the descriptor's sha256 covers that file only).
+    # PyTorch >= 2.9 exports with the weights in a separate "<out>.data" file unless told otherwise.
+    extra = {"external_data": False} if "external_data" in inspect.signature(torch.onnx.export).parameters else {}
     torch.onnx.export(
         model, x, str(out), input_names=["image"], output_names=["layer2", "layer3"],
         dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"}, "layer2": {0: "batch"}, "layer3": {0: "batch"}},
-        opset_version=args.opset, do_constant_folding=True,
+        opset_version=args.opset, do_constant_folding=True, **extra,
     )
     digest = hashlib.sha256(out.read_bytes()).hexdigest()
     descriptor = {

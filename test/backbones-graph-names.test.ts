@@ -1,0 +1,99 @@
+/**
+ * The compiler's own tensor names (tap0/tap1 of the stride probe, embedding, score, anomaly_map…,
+ * everything under sw/) never collide with a backbone's: a backbone exported with outputs named
+ * tap0/tap1, or with an inner tensor called `score`, compiles and runs (models/patchcore-graph.ts).
+ * A backbone whose taps need a second graph input is refused with that input named.
+ */
+import test from 'ava';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import ort from 'onnxruntime-node';
+import { loadBackbone, parseDescriptor, sha256 } from '../models/backbone.js';
+import { createSession } from '../models/execution-provider.js';
+import { GraphBuilder, valueInfo, DataType } from '../models/onnx/builder.js';
+import { encodeModel, type ModelProto, type NodeProto, type ValueInfoProto } from '../models/onnx/proto.js';
+import { buildModelGraph } from '../models/patchcore-graph.js';
+import { Random } from '../models/random.js';
+import { FeatureExtractor } from '../models/runtime.js';
+
+interface Names { feat8?: string; feat16?: string; inner?: string; prefix?: string; extraInput?: boolean }
+
+/** Two strided convolutions (taps at stride 8 and 16), with the tensor names chosen by the test. */
+function tinyBackbone(o: Names = {}): Uint8Array {
+  const f8 = o.feat8 ?? 'feat8';
+  const f16 = o.feat16 ?? 'feat16';
+  const graph = { name: 'tiny', node: [] as NodeProto[], initializer: [], input: [valueInfo('image', DataType.FLOAT, ['batch', 3, 'h', 'w'])], output: [] as ValueInfoProto[] };
+  const model: ModelProto = { irVersion: 8, opsetImport: [{ domain: '', version: 17 }], producerName: 'test', graph };
+  const b = new GraphBuilder(graph, o.prefix ?? 'tiny/');
+  const rng = new Random(5);
+  const w = (n: number) => Float32Array.from({ length: n }, () => rng.nextFloat() - 0.5);
+  let x = 'image';
+  if (o.extraInput) {
+    graph.input.push(valueInfo('gain', DataType.FLOAT, [1]));
+    x = b.op1('Mul', ['image', 'gain']);
+  }
+  let c1 = b.op1('Conv', [x, b.float('w1', [16, 3, 8, 8], w(16 * 3 * 64))], { strides: [8, 8], kernel_shape: [8, 8] });
+  if (o.inner) {
+    graph.node.push({ opType: 'Identity', name: 'inner', input: [c1], output: [o.inner], attribute: [] });
+    c1 = o.inner;
+  }
+  graph.node.push({ opType: 'Relu', name: 'r1', input: [c1], output: [f8], attribute: [] });
+  const c2 = b.op1('Conv', [f8, b.float('w2', [24, 16, 2, 2], w(24 * 16 * 4))], { strides: [2, 2], kernel_shape: [2, 2] });
+  graph.node.push({ opType: 'Relu', name: 'r2', input: [c2], output: [f16], attribute: [] });
+  graph.output.push(valueInfo(f8, DataType.FLOAT, ['batch', 16, 'h8', 'w8']), valueInfo(f16, DataType.FLOAT, ['batch', 24, 'h16', 'w16']));
+  return encodeModel(model);
+}
+
+/** Loads the backbone, extracts features of one image, compiles a model on a small bank and scores. */
+async function compileAndRun(t: import('ava').ExecutionContext, o: Names): Promise<{ embedding: Float32Array; score: number }> {
+  const dir = await mkdtemp(join(tmpdir(), 'sw-bb-names-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const bytes = tinyBackbone(o);
+  const path = join(dir, 'tiny.onnx');
+  await writeFile(path, bytes);
+  const d = parseDescriptor({
+    id: 'tiny', sha256: sha256(bytes), input: 'image', inputSize: 32,
+    normalization: { mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25] },
+    taps: [{ tensor: o.feat8 ?? 'feat8', stride: 8, channels: 16 }, { tensor: o.feat16 ?? 'feat16', stride: 16, channels: 24 }],
+  }, 'tiny.json');
+  const backbone = await loadBackbone(path, d);
+  const image = Float32Array.from({ length: 3 * 32 * 32 }, (_, i) => Math.sin(i / 7));
+  const fx = await FeatureExtractor.create(backbone, { provider: 'cpu', intraOpThreads: 1 });
+  const embedding = await fx.embed(image, 1);
+  await fx.release();
+  const graph = buildModelGraph(backbone.model, d, { bank: embedding.slice(0, 3 * 40), entries: 3 });
+  const { session } = await createSession(encodeModel(graph), { provider: 'cpu', intraOpThreads: 1 });
+  try {
+    const out = await session.run({ [session.inputNames[0]!]: new ort.Tensor('float32', image, [1, 3, 32, 32]) });
+    return { embedding, score: (out.score!.data as Float32Array)[0]! };
+  } finally {
+    await session.release();
+  }
+}
+
+test('backbone tensors named like the compiler\'s own compile and give the same features and score', async (t) => {
+  const reference = await compileAndRun(t, {});
+  t.true(Number.isFinite(reference.score));
+  const cases: Names[] = [
+    { feat8: 'tap0', feat16: 'tap1' }, // outputs exported as tap0/tap1: the stride probe's names
+    { feat8: 'tap1', feat16: 'tap0' },
+    { inner: 'tap0' },
+    { inner: 'score' },
+    { inner: 'embedding' },
+    { feat16: 'anomaly_map' },
+    { prefix: 'sw/' }, // the builder's prefix
+  ];
+  for (const c of cases) {
+    const got = await compileAndRun(t, c);
+    t.deepEqual(got.embedding, reference.embedding, JSON.stringify(c));
+    t.is(got.score, reference.score, JSON.stringify(c));
+  }
+});
+
+test('taps that need a second graph input are refused, naming that input', async (t) => {
+  await t.throwsAsync(compileAndRun(t, { extraInput: true }), {
+    name: 'BackboneError',
+    message: /the taps need 'gain' \(read by node 'tiny\/Mul_node_2'\), which is neither the image input 'image', an initializer nor made by a node; shelfwatch feeds the image only/,
+  });
+});
