@@ -271,14 +271,26 @@ export async function verifyTapStrides(backbone: LoadedBackbone, inputSize: numb
     throw new BackboneError(`backbone ${backbone.path}: the tap graph does not load (${(e as Error).message})`);
   }
   try {
-    const out = await session.run({ [d.input]: new ort.Tensor('float32', new Float32Array(3 * inputSize * inputSize), [1, 3, inputSize, inputSize]) });
+    // A batch of 2: fit, eval and the agent run batches, and a graph that hard-codes batch 1 (a
+    // Reshape to [1,C,H,W]) should fail here, naming the backbone, not in the middle of a fit.
+    const n = 2;
+    let out: ort.InferenceSession.OnnxValueMapType;
+    try {
+      out = await session.run({ [d.input]: new ort.Tensor('float32', new Float32Array(n * 3 * inputSize * inputSize), [n, 3, inputSize, inputSize]) });
+    } catch (e) {
+      throw new BackboneError(
+        `backbone ${backbone.path}: the taps cannot be computed for a batch of ${n} images of ${inputSize}×${inputSize} ` +
+          `(a backbone must take any batch size and this input size): ${(e as Error).message.split('\n')[0]}`,
+      );
+    }
     d.taps.forEach((tap, i) => {
       const dims = out[`tap${i}`]!.dims;
       const expected = Math.ceil(inputSize / tap.stride);
-      if (dims.length !== 4 || dims[1] !== tap.channels || dims[2] !== expected || dims[3] !== expected) {
+      if (dims.length !== 4 || dims[0] !== n || dims[1] !== tap.channels || dims[2] !== expected || dims[3] !== expected) {
         throw new BackboneError(
-          `backbone ${backbone.path}: tap '${tap.tensor}' has shape [${dims.join(',')}] at input ${inputSize}; ` +
-            `the descriptor says stride ${tap.stride} and ${tap.channels} channels, i.e. [1,${tap.channels},${expected},${expected}]`,
+          `backbone ${backbone.path}: tap '${tap.tensor}' has shape [${dims.join(',')}] for ${n} images of ${inputSize}×${inputSize}; ` +
+            `the descriptor says stride ${tap.stride} and ${tap.channels} channels, i.e. [${n},${tap.channels},${expected},${expected}]` +
+            (inputSize % tap.stride !== 0 && dims[1] === tap.channels ? `; ${inputSize} is not a multiple of ${tap.stride}: use an input size that is` : ''),
         );
       }
     });

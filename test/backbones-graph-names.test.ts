@@ -17,7 +17,7 @@ import { buildModelGraph } from '../models/patchcore-graph.js';
 import { Random } from '../models/random.js';
 import { FeatureExtractor } from '../models/runtime.js';
 
-interface Names { feat8?: string; feat16?: string; inner?: string; prefix?: string; extraInput?: boolean }
+interface Names { feat8?: string; feat16?: string; inner?: string; prefix?: string; extraInput?: boolean; /** A Reshape to [1,16,S/8,S/8] before the first tap, as some exports hard-code. */ fixedBatchAt?: number }
 
 /** Two strided convolutions (taps at stride 8 and 16), with the tensor names chosen by the test. */
 function tinyBackbone(o: Names = {}): Uint8Array {
@@ -37,6 +37,10 @@ function tinyBackbone(o: Names = {}): Uint8Array {
   if (o.inner) {
     graph.node.push({ opType: 'Identity', name: 'inner', input: [c1], output: [o.inner], attribute: [] });
     c1 = o.inner;
+  }
+  if (o.fixedBatchAt) {
+    const grid = o.fixedBatchAt / 8;
+    c1 = b.op1('Reshape', [c1, b.int64('shape', [4], [1, 16, grid, grid])]);
   }
   graph.node.push({ opType: 'Relu', name: 'r1', input: [c1], output: [f8], attribute: [] });
   const c2 = b.op1('Conv', [f8, b.float('w2', [24, 16, 2, 2], w(24 * 16 * 4))], { strides: [2, 2], kernel_shape: [2, 2] });
@@ -96,4 +100,37 @@ test('taps that need a second graph input are refused, naming that input', async
     name: 'BackboneError',
     message: /the taps need 'gain' \(read by node 'tiny\/Mul_node_2'\), which is neither the image input 'image', an initializer nor made by a node; shelfwatch feeds the image only/,
   });
+});
+
+test('a backbone that only takes a batch of 1 is refused when features are set up, naming the file, not in the middle of a fit', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'sw-bb-batch-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const bytes = tinyBackbone({ fixedBatchAt: 32 });
+  const path = join(dir, 'fixed.onnx');
+  await writeFile(path, bytes);
+  const d = parseDescriptor({
+    id: 'tiny', sha256: sha256(bytes), input: 'image', inputSize: 32,
+    normalization: { mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25] },
+    taps: [{ tensor: 'feat8', stride: 8, channels: 16 }, { tensor: 'feat16', stride: 16, channels: 24 }],
+  }, 'tiny.json');
+  const backbone = await loadBackbone(path, d);
+  const err = await t.throwsAsync(FeatureExtractor.create(backbone, { provider: 'cpu', intraOpThreads: 1 }));
+  t.regex(err.message, /fixed\.onnx: the taps cannot be computed for a batch of 2 images of 32×32 \(a backbone must take any batch size/);
+});
+
+test('an input size that is not a multiple of a tap stride, on a backbone without padding, is named as the cause', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'sw-bb-size-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const bytes = tinyBackbone();
+  const path = join(dir, 'tiny.onnx');
+  await writeFile(path, bytes);
+  const d = parseDescriptor({
+    id: 'tiny', sha256: sha256(bytes), input: 'image', inputSize: 32,
+    normalization: { mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25] },
+    taps: [{ tensor: 'feat8', stride: 8, channels: 16 }, { tensor: 'feat16', stride: 16, channels: 24 }],
+  }, 'tiny.json');
+  const backbone = await loadBackbone(path, d);
+  const err = await t.throwsAsync(FeatureExtractor.create(backbone, { provider: 'cpu', intraOpThreads: 1, inputSize: 36 }));
+  t.regex(err.message, /36 is not a multiple of (8|16): use an input size that is/);
+  await t.notThrowsAsync(async () => (await FeatureExtractor.create(backbone, { provider: 'cpu', intraOpThreads: 1, inputSize: 48 })).release());
 });
