@@ -97,7 +97,9 @@ export function attachManifest(model: ModelProto, manifest: ModelManifest): void
  * loader of model files (runtime, worker threads, replicas, config check, rollback) goes through here.
  */
 export function readManifest(model: ModelProto, origin: string): ModelManifest {
-  const entry = (model.metadataProps ?? []).find((p) => p.key === MANIFEST_KEY);
+  const entries = (model.metadataProps ?? []).filter((p) => p.key === MANIFEST_KEY);
+  if (entries.length > 1) throw new ManifestError(`${origin}: carries ${entries.length} '${MANIFEST_KEY}' metadata entries, a shelfwatch model has one (was the file edited by hand?)`);
+  const entry = entries[0];
   if (!entry) throw new ManifestError(`${origin}: not a shelfwatch model (no '${MANIFEST_KEY}' metadata; was it made by \`shelfwatch fit\`?)`);
   const manifest = parseManifest(entry.value, origin);
   checkManifestAgainstGraph(manifest, model, origin);
@@ -182,7 +184,7 @@ export function peekManifestText(bytes: Uint8Array): string | null {
         else if (t >>> 3 === 2 && (t & 7) === LENGTH_DELIMITED) value = r.string();
         else r.skipType(t & 7);
       }
-      if (key === MANIFEST_KEY) found = value;
+      if (key === MANIFEST_KEY && found === null) found = value; // the first, as readManifest (which refuses several)
     }
     return found;
   } catch {

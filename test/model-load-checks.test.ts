@@ -117,3 +117,14 @@ maybe('the untouched model (and one with only harmless manifest edits) still loa
     await Promise.all([local.release(), remote.release()]);
   }
 });
+
+maybe('a model file with two manifests is refused by readManifest; peekManifestText reads the first, as readManifest would', async (t) => {
+  const { peekManifestText } = await import('../models/manifest.js');
+  const model = decodeModel(original, 'original.onnx');
+  const entry = model.metadataProps!.find((p) => p.key === MANIFEST_KEY)!;
+  const other = JSON.stringify({ ...JSON.parse(entry.value), seed: 12345 });
+  model.metadataProps = [...model.metadataProps!, { key: MANIFEST_KEY, value: other }];
+  const bytes = encodeModel(model);
+  t.throws(() => readManifest(decodeModel(bytes, 'two.onnx'), 'two.onnx'), { message: /two\.onnx: carries 2 'shelfwatch\.manifest' metadata entries/ });
+  t.is(peekManifestText(bytes), entry.value);
+});
