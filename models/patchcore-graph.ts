@@ -146,6 +146,8 @@ function tapGraph(backbone: ModelProto, d: BackboneDescriptor, inputSize: number
     opsetImport: backbone.opsetImport,
     producerName: 'shelfwatch',
     graph,
+    // Nodes kept for the taps may call the backbone's model-local functions.
+    ...(backbone.functions?.length ? { functions: backbone.functions } : {}),
   };
   const opset = defaultOpset(model);
   if (opset < 11) throw new Error(`backbone ${d.id}: ONNX opset ${opset} is too old (need 11 or newer)`);

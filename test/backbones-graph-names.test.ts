@@ -17,7 +17,7 @@ import { buildModelGraph } from '../models/patchcore-graph.js';
 import { Random } from '../models/random.js';
 import { FeatureExtractor } from '../models/runtime.js';
 
-interface Names { feat8?: string; feat16?: string; inner?: string; prefix?: string; extraInput?: boolean; /** A Reshape to [1,16,S/8,S/8] before the first tap, as some exports hard-code. */ fixedBatchAt?: number }
+interface Names { feat8?: string; feat16?: string; inner?: string; prefix?: string; extraInput?: boolean; /** A Reshape to [1,16,S/8,S/8] before the first tap, as some exports hard-code. */ fixedBatchAt?: number; /** The first tap made by a model-local function (torch's exporter emits them). */ viaFunction?: boolean }
 
 /** Two strided convolutions (taps at stride 8 and 16), with the tensor names chosen by the test. */
 function tinyBackbone(o: Names = {}): Uint8Array {
@@ -42,7 +42,15 @@ function tinyBackbone(o: Names = {}): Uint8Array {
     const grid = o.fixedBatchAt / 8;
     c1 = b.op1('Reshape', [c1, b.int64('shape', [4], [1, 16, grid, grid])]);
   }
-  graph.node.push({ opType: 'Relu', name: 'r1', input: [c1], output: [f8], attribute: [] });
+  if (o.viaFunction) {
+    model.opsetImport!.push({ domain: 'local.fn', version: 1 });
+    model.functions = [{
+      name: 'MyRelu', domain: 'local.fn', input: ['x'], output: ['y'], attribute: [],
+      opsetImport: [{ domain: '', version: 17 }],
+      node: [{ opType: 'Relu', name: 'body', input: ['x'], output: ['y'], attribute: [] }],
+    }];
+    graph.node.push({ opType: 'MyRelu', domain: 'local.fn', name: 'r1', input: [c1], output: [f8], attribute: [] });
+  } else graph.node.push({ opType: 'Relu', name: 'r1', input: [c1], output: [f8], attribute: [] });
   const c2 = b.op1('Conv', [f8, b.float('w2', [24, 16, 2, 2], w(24 * 16 * 4))], { strides: [2, 2], kernel_shape: [2, 2] });
   graph.node.push({ opType: 'Relu', name: 'r2', input: [c2], output: [f16], attribute: [] });
   graph.output.push(valueInfo(f8, DataType.FLOAT, ['batch', 16, 'h8', 'w8']), valueInfo(f16, DataType.FLOAT, ['batch', 24, 'h16', 'w16']));
@@ -133,4 +141,11 @@ test('an input size that is not a multiple of a tap stride, on a backbone withou
   const err = await t.throwsAsync(FeatureExtractor.create(backbone, { provider: 'cpu', intraOpThreads: 1, inputSize: 36 }));
   t.regex(err.message, /36 is not a multiple of (8|16): use an input size that is/);
   await t.notThrowsAsync(async () => (await FeatureExtractor.create(backbone, { provider: 'cpu', intraOpThreads: 1, inputSize: 48 })).release());
+});
+
+test('a backbone whose taps call a model-local function compiles with the function and gives the same features and score', async (t) => {
+  const plain = await compileAndRun(t, {});
+  const viaFunction = await compileAndRun(t, { viaFunction: true });
+  t.deepEqual([...viaFunction.embedding], [...plain.embedding]);
+  t.is(viaFunction.score, plain.score);
 });

@@ -59,6 +59,22 @@ message ModelProto {
   string doc_string = 6;
   GraphProto graph = 7;
   repeated StringStringEntryProto metadata_props = 14;
+  repeated FunctionProto functions = 25;
+}
+
+message FunctionProto {
+  string name = 1;
+  repeated string input = 4;
+  repeated string output = 5;
+  repeated string attribute = 6;
+  repeated AttributeProto attribute_proto = 11;
+  repeated NodeProto node = 7;
+  string doc_string = 8;
+  repeated OperatorSetIdProto opset_import = 9;
+  string domain = 10;
+  string overload = 13;
+  repeated ValueInfoProto value_info = 12;
+  repeated StringStringEntryProto metadata_props = 14;
 }
 
 message StringStringEntryProto {
@@ -237,6 +253,8 @@ export interface ModelProto {
   docString?: string;
   graph?: GraphProto;
   metadataProps?: StringEntry[];
+  /** Model-local functions (torch's exporter can emit them): nodes of the graph may call them. */
+  functions?: unknown[];
 }
 /** protobufjs represents int64 as a Long object when the value is large. */
 export interface Long { low: number; high: number; unsigned: boolean; toNumber(): number }
