@@ -30,6 +30,7 @@ import { selectBackbone } from './backbones.js';
 import { checkOutputFolder } from './commands/output-paths.js';
 import { configFromObject, type AgentConfig } from './config.js';
 import { Logger, type LogLevel } from './logger.js';
+import { ThumbnailFolder } from './thumbnail-folder.js';
 
 export interface DemoOptions {
   /** Working folder: model cache, rendered frames, thumbnails, agent state. */
@@ -127,8 +128,9 @@ async function demoModel(scene: ShelfScene, dir: string, log: (l: string) => voi
   const path = join(dir, `shelf-${key}.onnx`);
   const sidecar = join(dir, `shelf-${key}.json`);
   if (existsSync(path) && existsSync(sidecar)) {
-    const { threshold } = JSON.parse(await readFile(sidecar, 'utf8')) as { threshold: number };
-    if (typeof threshold === 'number' && threshold > 0) return { path, threshold, fitted: false };
+    const threshold = await cachedThreshold(sidecar);
+    if (threshold !== undefined) return { path, threshold, fitted: false };
+    log(`the cached model's ${shown(sidecar)} is unreadable or damaged: fitting again`);
   }
   await mkdir(dir, { recursive: true });
   log('first run: fitting a PatchCore model on normal crops of the simulated shelf (cached afterwards) …');
@@ -186,12 +188,29 @@ async function demoModel(scene: ShelfScene, dir: string, log: (l: string) => voi
   const tmp = `${path}.${process.pid}.tmp`;
   await writeFile(tmp, result.bytes);
   await rename(tmp, path);
-  await writeFile(sidecar, `${JSON.stringify({ threshold, calibrationCrops: calibration.length, highestNormalScore: highest, margin: THRESHOLD_MARGIN })}\n`);
+  // Atomically too: a sidecar cut short by a crash must not stand for a calibrated threshold.
+  await writeFile(`${sidecar}.${process.pid}.tmp`, `${JSON.stringify({ threshold, calibrationCrops: calibration.length, highestNormalScore: highest, margin: THRESHOLD_MARGIN })}\n`);
+  await rename(`${sidecar}.${process.pid}.tmp`, sidecar);
   log(
     `  fitted on ${train.length} crops in ${((Date.now() - started) / 1000).toFixed(1)} s: memory bank of ${result.manifest.coreset.entries} patches; ` +
       `threshold ${threshold.toFixed(3)} (highest score of ${calibration.length} unseen normal crops × ${THRESHOLD_MARGIN})`,
   );
   return { path, threshold, fitted: true };
+}
+
+/**
+ * The calibrated threshold in a cached model's sidecar file; undefined when the file cannot be
+ * read or does not hold a positive finite `threshold` (cut short by a crash, edited by hand):
+ * the model is then fitted again rather than the demo failing on every start.
+ */
+export async function cachedThreshold(sidecar: string): Promise<number | undefined> {
+  try {
+    const parsed = JSON.parse(await readFile(sidecar, 'utf8')) as unknown;
+    const threshold = parsed !== null && typeof parsed === 'object' ? (parsed as { threshold?: unknown }).threshold : undefined;
+    return typeof threshold === 'number' && Number.isFinite(threshold) && threshold > 0 ? threshold : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 function demoConfig(dir: string, model: DemoModel, scene: ShelfScene, port: number): AgentConfig {
@@ -239,6 +258,35 @@ export function formatEventLine(e: AnomalyEvent, thumbnail?: string): string {
   return `${time(e.type === 'end' ? a.endTime! : a.frameTime)}  ${kind}  ${a.camera}/${a.slot} (${a.product ?? '-'})  score ${a.score.toFixed(2)} ${cmp} ${a.threshold.toFixed(2)}  ${regions}${thumbnail ? `  → ${thumbnail}` : ''}`;
 }
 
+/**
+ * An events-topic payload as an event the demo can print, or null: anything else published
+ * there (by hand, by another client) must not crash the demo.
+ */
+export function parseDemoEvent(payload: Buffer | string): AnomalyEvent | null {
+  let e: unknown;
+  try {
+    e = JSON.parse(payload.toString());
+  } catch {
+    return null;
+  }
+  if (e === null || typeof e !== 'object') return null;
+  const { type, after } = e as { type?: unknown; after?: unknown };
+  if (type !== 'new' && type !== 'update' && type !== 'end') return null;
+  if (after === null || typeof after !== 'object') return null;
+  const a = after as Record<string, unknown>;
+  const numbers = ['score', 'threshold', 'frameTime', 'startTime'].every((k) => typeof a[k] === 'number' && Number.isFinite(a[k]));
+  const strings = ['id', 'camera', 'slot'].every((k) => typeof a[k] === 'string');
+  const regions = Array.isArray(a.regions) && a.regions.every((r) => r !== null && typeof r === 'object' && (r as { box?: unknown }).box !== null && typeof (r as { box?: unknown }).box === 'object');
+  const endTime = type === 'end' ? typeof a.endTime === 'number' && Number.isFinite(a.endTime) : true;
+  return numbers && strings && regions && endTime ? (e as AnomalyEvent) : null;
+}
+
+/** Where the thumbnail folder holds this event's thumbnail; undefined for an end or a snapshot without one. */
+export function thumbnailFile(e: AnomalyEvent, dir: string): string | undefined {
+  if (e.type === 'end' || !e.after.thumbnail) return undefined;
+  return shown(join(dir, ThumbnailFolder.fileName(e.after.id, e.type, e.after.frameTime)));
+}
+
 export async function runDemo(options: DemoOptions): Promise<DemoResult> {
   const dir = resolve(options.dir);
   const log = options.log ?? ((line: string) => console.log(line));
@@ -274,16 +322,12 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
   watcher.on('error', () => undefined);
   const thumbsDir = join(dir, 'thumbnails');
   watcher.on('message', (_topic, payload) => {
-    let e: AnomalyEvent;
-    try {
-      e = JSON.parse(payload.toString()) as AnomalyEvent;
-    } catch {
-      return;
-    }
+    // Anybody may publish on the embedded broker: a message that is not an event is ignored.
+    const e = parseDemoEvent(payload);
+    if (!e) return;
     const a = e.after;
     events.push({ type: e.type, camera: a.camera, slot: a.slot, score: a.score, threshold: a.threshold });
-    const thumb = e.type === 'end' ? undefined : shown(join(thumbsDir, `${a.id}-${e.type === 'new' ? 'new' : `update-${a.frameTime}`}.jpg`));
-    log(formatEventLine(e, thumb));
+    log(formatEventLine(e, thumbnailFile(e, thumbsDir)));
   });
   await new Promise<void>((ok, fail) => {
     watcher.once('connect', () => watcher.subscribe(agent.topics.events, { qos: 1 }, (err) => (err ? fail(err) : ok())));

@@ -8,6 +8,10 @@
  * - `latestFrame(trigger$)` keeps only the newest frame of a stream and emits it when the trigger
  *   fires (no buffering: older frames are simply replaced).
  *
+ * A cron schedule follows the wall clock (it names times of day) but never replays the slots a
+ * wall-clock jump skipped: a late slot is skipped with one log line, and a clock stepped back
+ * is followed within a minute.
+ *
  * capFps and latestFrame measure intervals, so they default to the monotonic clock
  * (performance.now): a wall clock stepped back must not hold frames back until it catches up,
  * nor one stepped forward make every waiting frame look stale.
@@ -46,9 +50,17 @@ export function validateCron(expression: string, where = 'schedule'): void {
   }
 }
 
+/** Node's timers hold at most 2^31−1 ms (~24.8 days); a longer interval fires every 1 ms instead. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+/** The lowest maxFps whose frame interval a timer can wait: one frame every ~24.8 days. */
+export const MIN_MAX_FPS = 1000 / MAX_TIMER_MS;
+
 function validateMaxFps(maxFps: unknown, where: string): number {
   if (typeof maxFps !== 'number' || !(maxFps > 0) || !Number.isFinite(maxFps)) {
     throw new Error(`${where}.maxFps must be a positive number, got ${JSON.stringify(maxFps)}`);
+  }
+  if (maxFps < MIN_MAX_FPS) {
+    throw new Error(`${where}.maxFps must be at least ${MIN_MAX_FPS.toPrecision(3)} (one frame every ~24.8 days), got ${maxFps}; use a cron schedule for rarer scans`);
   }
   return maxFps;
 }
@@ -72,24 +84,64 @@ export function scanTrigger(spec: ScanSpec, clockOrOptions: Clock | ScanTriggerO
   const expression = spec.schedule;
   validateCron(expression, `${where} schedule`);
   const log = options.logger;
+  const fields = { camera: options.camera };
   return new Observable<number>((subscriber) => {
-    let task: ScheduledTask | undefined = cron.schedule(expression, () => subscriber.next(clock()), {
-      timezone: options.timezone,
-      noOverlap: false,
-      // node-cron logs to the console by default; route it to the agent's logger.
-      logger: log && {
-        info: (m) => log('info', `cron: ${m}`, { camera: options.camera }),
-        warn: (m) => log('warn', `cron: ${m}`, { camera: options.camera }),
-        error: (m) => log('error', `cron: ${m instanceof Error ? m.message : m}`, { camera: options.camera }),
-        debug: (m) => log('debug', `cron: ${m instanceof Error ? m.message : m}`, { camera: options.camera }),
-      },
-    });
+    // node-cron finds the matches (wall clock, time zone, DST) but does not run the timer: its
+    // runner walks every slot between the last run and now after a wall-clock jump, logging
+    // each as missed — 86,400 lines and a 7 s stall for a seconds schedule after a 1-day step,
+    // minutes of stall for a month (a box without RTC whose clock NTP sets at boot). Here a
+    // slot due more than CRON_LATE_MS ago is skipped with one line, the next is taken from
+    // now, and a clock stepped back is noticed at the next wake-up (at most CRON_MAX_WAIT_MS).
+    const task: ScheduledTask = cron.createTask(expression, () => undefined, { timezone: options.timezone });
+    let timer: NodeJS.Timeout | undefined;
+    let next = 0;
+    const nextMatch = () => task.getNextRuns(1)[0]!.getTime();
+    const arm = () => {
+      timer = setTimeout(beat, Math.min(CRON_MAX_WAIT_MS, Math.max(0, next - Date.now())));
+    };
+    const beat = () => {
+      try {
+        const now = Date.now();
+        if (now < next) {
+          // Woken early: long waits are cut short, so that a clock stepped back (whose next
+          // match from now is earlier) is noticed. Otherwise the slot stays (a later one found
+          // from a time inside the slot's own DST-repeated hour must not replace it).
+          next = Math.min(next, nextMatch());
+          arm();
+          return;
+        }
+        const late = now - next;
+        if (late <= CRON_LATE_MS) {
+          subscriber.next(clock());
+        } else {
+          log?.('warn', `schedule: the scan due at ${new Date(next).toISOString()} is ${(late / 1000).toFixed(1)} s late (wall clock stepped forward, or the process was blocked); skipped, and any others missed since`, fields);
+        }
+        if (subscriber.closed) return;
+        next = nextMatch();
+        arm();
+      } catch (err) {
+        subscriber.error(err);
+      }
+    };
+    try {
+      next = nextMatch();
+    } catch (err) {
+      void task.destroy();
+      throw err;
+    }
+    arm();
     return () => {
-      void task?.destroy();
-      task = undefined;
+      if (timer) clearTimeout(timer);
+      timer = undefined;
+      void task.destroy();
     };
   });
 }
+
+/** A cron slot due longer ago than this when its timer fires is skipped (node-cron's tolerance). */
+const CRON_LATE_MS = 1000;
+/** Longest single wait of a cron schedule: a wall clock stepped back is noticed within it. */
+const CRON_MAX_WAIT_MS = 60_000;
 
 const monotonic: Clock = () => performance.now();
 

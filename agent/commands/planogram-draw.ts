@@ -6,8 +6,8 @@
  * listed with the reason (and drawn in red where it overlaps the picture). The snapshot is
  * read upright (EXIF orientation applied), as the agent decodes frames.
  */
-import { mkdir } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { mkdir, stat } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
 import sharp from 'sharp';
 import { checkSlotBox, SlotBoxError } from '../../pipelines/planogram.js';
 import type { Box } from '../../pipelines/types.js';
@@ -41,8 +41,19 @@ const COLORS = { ok: '#00c853', clipped: '#ff9100', unusable: '#ff1744' } as con
 
 const escapeXml = (s: string) => s.replace(/[<>&'"]/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', "'": '&apos;', '"': '&quot;' })[c]!);
 
+/** Whether two paths name the same file (the same path, or links to one file). */
+async function sameFile(a: string, b: string): Promise<boolean> {
+  if (resolve(a) === resolve(b)) return true;
+  const [sa, sb] = await Promise.all([stat(a).catch(() => null), stat(b).catch(() => null)]);
+  return sa !== null && sb !== null && sa.dev === sb.dev && sa.ino === sb.ino;
+}
+
 export async function runPlanogramDraw(o: PlanogramDrawOptions): Promise<PlanogramDrawResult> {
   await checkOutputFile('--out', o.out, 'planogram.png');
+  // The PNG would replace the snapshot or the config it was drawn from.
+  for (const [label, path] of [['--snapshot', o.snapshot], ['--config', o.config]] as const) {
+    if (await sameFile(o.out, path)) throw new Error(`--out ${o.out}: is the ${label} file; give another path for the PNG`);
+  }
   const config = await loadConfig(o.config, { env: o.env });
   const camera = config.cameras.find((c) => c.id === o.camera);
   if (!camera) {
@@ -77,9 +88,11 @@ export async function runPlanogramDraw(o: PlanogramDrawOptions): Promise<Planogr
     const color = COLORS[s.status];
     const dash = s.status === 'ok' ? '' : ` stroke-dasharray="${stroke * 4},${stroke * 2}"`;
     const label = `${s.id}${slot.product ? ` · ${slot.product}` : ''}${s.status === 'unusable' ? ' (unusable)' : ''}`;
-    const lx = Math.min(Math.max(0, s.box.x), width - 1);
+    // Bold DejaVu Sans averages about 0.7 em per character (capitals and digits more).
+    const labelWidth = Math.round(label.length * font * 0.72) + 8;
+    // Keep the label inside the picture: at a box by the right edge or outside the frame it shifts left.
+    const lx = Math.max(0, Math.min(s.box.x, width - labelWidth));
     const ly = Math.min(Math.max(font + 2, s.box.y - 4 > font ? s.box.y - 4 : s.box.y + font + 2), height - 2);
-    const labelWidth = Math.round(label.length * font * 0.6) + 8;
     return [
       `<rect x="${s.box.x}" y="${s.box.y}" width="${s.box.width}" height="${s.box.height}" fill="none" stroke="${color}" stroke-width="${stroke}"${dash}/>`,
       `<rect x="${lx}" y="${ly - font}" width="${labelWidth}" height="${font + 6}" fill="${color}" fill-opacity="0.85"/>`,

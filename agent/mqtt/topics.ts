@@ -26,7 +26,8 @@ export class TopicError extends Error {
 
 /**
  * Checks one topic level (an agent, camera, slot or command id): non-empty, no MQTT wildcard
- * (`+`, `#`), no separator (`/`), no NUL, at most 128 characters. `what` names the value in
+ * (`+`, `#`), no separator (`/`), no NUL or other control character, no unpaired surrogate,
+ * at most 128 characters. `what` names the value in
  * the error, e.g. `camera id`.
  */
 export function validateTopicLevel(value: string, what: string): string {
@@ -40,6 +41,14 @@ export function validateTopicLevel(value: string, what: string): string {
   if (bad) {
     const shown = bad[0] === '\u0000' ? 'NUL' : `'${bad[0]}'`;
     throw new TopicError(`${what} ${JSON.stringify(value)} contains ${shown}; MQTT topic levels may not contain '+', '#', '/' or NUL`);
+  }
+  // Mosquitto drops the connection of a client that names such a topic (a PUBLISH, the will of
+  // CONNECT): the agent would never get a message through, with no hint why.
+  const control = /[\u0001-\u001f\u007f-\u009f]|\p{Cs}/u.exec(value);
+  if (control) {
+    const code = `U+${control[0].charCodeAt(0).toString(16).toUpperCase().padStart(4, '0')}`;
+    const kind = /\p{Cs}/u.test(control[0]) ? 'an unpaired surrogate (not valid UTF-8)' : 'a control character';
+    throw new TopicError(`${what} ${JSON.stringify(value)} contains ${kind} (${code}); MQTT brokers refuse such topics`);
   }
   return value;
 }
@@ -137,6 +146,9 @@ export function validatePublishTopic(topic: string): string {
   }
   if (/[+#\u0000]/.test(topic)) {
     throw new TopicError(`publish topic ${JSON.stringify(topic)} contains a wildcard or NUL`);
+  }
+  if (/[\u0001-\u001f\u007f-\u009f]|\p{Cs}/u.test(topic)) {
+    throw new TopicError(`publish topic ${JSON.stringify(topic)} contains a control character or an unpaired surrogate, which brokers refuse`);
   }
   if (Buffer.byteLength(topic) > 65535) {
     throw new TopicError(`publish topic is ${Buffer.byteLength(topic)} bytes, MQTT allows at most 65535`);
