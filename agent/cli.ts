@@ -179,7 +179,9 @@ planogram
   .action(async (o) => {
     const { runPlanogramDraw } = await import('./commands/planogram-draw.js');
     const r = await runPlanogramDraw({ config: o.config, camera: o.camera, snapshot: o.snapshot, out: o.out });
-    console.log(`wrote ${o.out} (${r.slots.length} slots)`);
+    const flagged = r.slots.filter((s) => s.status !== 'ok');
+    console.log(`wrote ${o.out} (${r.slots.length} slots${flagged.length ? `, ${flagged.length} not fully inside the snapshot` : ''})`);
+    for (const s of flagged) console.log(`  ${s.id}: ${s.status}${s.note ? ` — ${s.note}` : ''}`);
   });
 
 program

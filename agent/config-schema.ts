@@ -34,6 +34,7 @@ import { classifyInput, type StreamInputKind } from './sources/ffmpeg-stream.js'
 import { globToRegExp } from './sources/file-pattern.js';
 import { splitCredentials } from './sources/http-auth.js';
 import { describeHeaderProblem } from './sources/http-headers.js';
+import { MIN_MAX_FPS } from './schedule.js';
 
 // ---------------------------------------------------------------------------------------------
 // Field builders
@@ -220,6 +221,8 @@ function topicPrefix() {
     else if (v.includes('//')) problem = "expected a topic prefix without empty levels ('//')";
     else if (v.startsWith('$')) problem = "expected a topic prefix not starting with '$' (reserved for the broker)";
     else if (v.includes('\u0000')) problem = 'expected a topic prefix without NUL characters';
+    // Brokers drop a client that names such a topic (mosquitto does): the agent would reconnect forever.
+    else if (/[\u0001-\u001f\u007f-\u009f]|\p{Cs}/u.test(v)) problem = 'expected a topic prefix without control characters or unpaired surrogates (brokers refuse them)';
     if (problem) ctx.addIssue({ code: 'custom', message: problem, input: v });
   });
 }
@@ -377,7 +380,10 @@ export function configSchema(baseDir: string) {
     id: id('camera id'),
     source,
     schedule: cron.optional(),
-    continuous: strict({ maxFps: positive(120).default(DEFAULT_MAX_FPS) }).optional(),
+    continuous: strict({
+      // Below MIN_MAX_FPS the frame interval exceeds what a timer can wait (~24.8 days).
+      maxFps: z.preprocess(asNumber, z.number().min(MIN_MAX_FPS, `expected at least ${MIN_MAX_FPS.toPrecision(3)} (one frame every ~24.8 days; use a cron schedule for rarer scans)`).max(120)).default(DEFAULT_MAX_FPS),
+    }).optional(),
     shrinkOnLoad: bool.default(true),
     slots: z.array(slot).min(1),
   }).transform((c, ctx) => {

@@ -88,6 +88,19 @@ maybe('config check: summary with model digests; camera ids that would break top
   t.regex(err!.message, /cameras\[0\]\.slots\[0\]: camera id "status" is reserved/);
 });
 
+maybe('config check: with Home Assistant on, two slots that would share one object id are refused, as the agent would at start', async (t) => {
+  const [a] = frame.boxes;
+  // camera aisle slot x_A1 and camera aisle_x slot A1 both become object id aisle_x_A1.
+  const clash = yaml(`      - { id: x_A1, box: [${a!.x}, ${a!.y}, ${a!.width}, ${a!.height}], model: tile }\n  - id: aisle_x\n    source: { type: replay, files: [f0.jpg], intervalMs: 50 }\n    slots:\n      - { id: A1, box: [${a!.x}, ${a!.y}, ${a!.width}, ${a!.height}], model: tile }\n`);
+  const off = join(dir, 'ha-off.yaml');
+  await writeFile(off, clash);
+  await t.notThrowsAsync(runConfigCheck(off), 'without Home Assistant object ids do not matter');
+  const on = join(dir, 'ha-on.yaml');
+  await writeFile(on, clash.replace('mqtt: { embeddedPort: 0 }', 'mqtt: { embeddedPort: 0, homeAssistant: { enabled: true } }'));
+  const err = await t.throwsAsync(runConfigCheck(on));
+  t.regex(err!.message, /mqtt\.homeAssistant: Home Assistant object id aisle_x_A1 is shared by camera aisle slot x_A1 and camera aisle_x slot A1/);
+});
+
 maybe('config check: a model file that is not a model is named with its key', async (t) => {
   const notModel = join(dir, 'not-a-model.onnx');
   await writeFile(notModel, 'hello');

@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import test, { type ExecutionContext } from 'ava';
+import sharp from 'sharp';
 import { generateGoodsDataset } from '../pipelines/synthetic-goods.js';
 import { BACKBONE_PATH, fittedModel, magneticTileTrain, sharedAvailable } from './helpers/fitted-model.js';
 
@@ -167,6 +168,22 @@ maybe('planogram draw --out naming a folder: one clear line, no libvips noise', 
   failsClearly(t, r, '--out', out, 'is a folder');
   t.is(r.stderr.trim().split('\n').length, 1, r.stderr);
   t.deepEqual(await listing(out), []);
+});
+
+maybe('planogram draw prints the reason for each slot that is clipped or unusable', async (t) => {
+  const dir = await scratch(t);
+  const config = join(dir, 'shelfwatch.yaml');
+  const [snapshot] = await magneticTileTrain(1);
+  const { width } = await sharp(snapshot!).metadata();
+  await writeFile(
+    config,
+    ['agent: { id: box-1 }', 'models: { tile: { path: tile.onnx } }', 'cameras:', '  - id: cam1', '    source: { type: replay, dir: frames }',
+      `    slots: [{ id: A1, box: [0, 0, 50, 50], model: tile }, { id: A2, box: [${width! + 10}, 0, 20, 20], model: tile }]`, ''].join('\n'),
+  );
+  const out = join(dir, 'drawn.png');
+  const r = await cli(['planogram', 'draw', '-c', config, '--camera', 'cam1', '--snapshot', snapshot!, '-o', out]);
+  t.is(r.code, 0, r.stderr);
+  t.regex(r.stdout, /wrote .*drawn\.png \(2 slots, 1 not fully inside the snapshot\)\n {2}A2: unusable — .*lies entirely outside the frame/);
 });
 
 test('demo --dir naming a file: refused before anything is rendered, the file untouched', async (t) => {

@@ -307,6 +307,22 @@ test('baseTopic must be free of MQTT wildcards and stray slashes', (t) => {
   t.is(parseConfig('agent: { id: a }\nmqtt: { baseTopic: acme/stores }', { env: {} }).mqtt.baseTopic, 'acme/stores');
 });
 
+test('topic prefixes with control characters or unpaired surrogates (brokers drop the client) are refused at their key', (t) => {
+  const tab = configError(t, 'agent: { id: a }\nmqtt: { baseTopic: "shelf\\twatch" }');
+  t.regex(issueAt(t, tab, 'mqtt.baseTopic').message, /without control characters/);
+  const ha = configError(t, 'agent: { id: a }\nmqtt: { homeAssistant: { enabled: true, discoveryPrefix: "home\\u007fassistant" } }');
+  t.regex(issueAt(t, ha, 'mqtt.homeAssistant.discoveryPrefix').message, /without control characters/);
+  const surrogate = configError(t, '{"agent": {"id": "a"}, "mqtt": {"baseTopic": "shelf\\ud800"}}', { format: 'json' });
+  t.regex(issueAt(t, surrogate, 'mqtt.baseTopic').message, /unpaired surrogates/);
+  t.is(parseConfig('agent: { id: a }\nmqtt: { baseTopic: "épicerie/étagère" }', { env: {} }).mqtt.baseTopic, 'épicerie/étagère');
+});
+
+test('continuous.maxFps below one frame per ~24.8 days (longer than a timer waits) is refused', (t) => {
+  const error = configError(t, withSource('{ type: folder, path: /srv/drop }', 'continuous: { maxFps: 1e-7 }'));
+  t.regex(issueAt(t, error, 'cameras[0].continuous.maxFps').message, /at least 4\.66e-7.*cron schedule/);
+  t.notThrows(() => parseConfig(withSource('{ type: folder, path: /srv/drop }', 'continuous: { maxFps: 0.001 }'), { env: {} }));
+});
+
 test('TLS: cert and key together, and only for an encrypted remote broker', (t) => {
   const half = configError(t, 'agent: { id: a }\nmqtt: { url: "mqtts://b:8883", tls: { cert: c.pem } }');
   t.regex(issueAt(t, half, 'mqtt.tls').message, /'cert' and 'key' together/);

@@ -10,6 +10,7 @@ import { readFile } from 'node:fs/promises';
 import { readManifest } from '../../models/manifest.js';
 import { decodeModel } from '../../models/onnx/proto.js';
 import { checkConfigFiles, ConfigError, formatConfigSummary, loadConfig, type AgentConfig, type ConfigIssue } from '../config.js';
+import { homeAssistantDiscovery } from '../mqtt/home-assistant.js';
 import { agentTopics } from '../mqtt/topics.js';
 
 export interface ModelCheck {
@@ -51,6 +52,20 @@ export async function runConfigCheck(path: string, options: { env?: NodeJS.Proce
       }
     }),
   );
+
+  // What the Home Assistant extension refuses at start (two slots with one object id, e.g. camera
+  // a_b slot c and camera a slot b_c), refused here.
+  if (topics && config.mqtt.homeAssistant.enabled) {
+    try {
+      homeAssistantDiscovery({
+        topics,
+        discoveryPrefix: config.mqtt.homeAssistant.discoveryPrefix,
+        slots: config.cameras.flatMap((cam) => cam.slots.map((s) => ({ camera: cam.id, slot: s.id }))),
+      });
+    } catch (err) {
+      issues.push({ path: 'mqtt.homeAssistant', message: (err as Error).message });
+    }
+  }
 
   const models: ModelCheck[] = [];
   for (const [name, model] of Object.entries(config.models)) {
