@@ -57,19 +57,25 @@ function tinyBackbone(o: Names = {}): Uint8Array {
   return encodeModel(model);
 }
 
-/** Loads the backbone, extracts features of one image, compiles a model on a small bank and scores. */
-async function compileAndRun(t: import('ava').ExecutionContext, o: Names): Promise<{ embedding: Float32Array; score: number }> {
-  const dir = await mkdtemp(join(tmpdir(), 'sw-bb-names-'));
+/** Writes tinyBackbone(o) as `<file>` in a temporary folder and loads it with its descriptor. */
+async function loadTiny(t: import('ava').ExecutionContext, o: Names, file = 'tiny.onnx') {
+  const dir = await mkdtemp(join(tmpdir(), 'sw-bb-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   const bytes = tinyBackbone(o);
-  const path = join(dir, 'tiny.onnx');
+  const path = join(dir, file);
   await writeFile(path, bytes);
   const d = parseDescriptor({
     id: 'tiny', sha256: sha256(bytes), input: 'image', inputSize: 32,
     normalization: { mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25] },
     taps: [{ tensor: o.feat8 ?? 'feat8', stride: 8, channels: 16 }, { tensor: o.feat16 ?? 'feat16', stride: 16, channels: 24 }],
   }, 'tiny.json');
-  const backbone = await loadBackbone(path, d);
+  return loadBackbone(path, d);
+}
+
+/** Loads the backbone, extracts features of one image, compiles a model on a small bank and scores. */
+async function compileAndRun(t: import('ava').ExecutionContext, o: Names): Promise<{ embedding: Float32Array; score: number }> {
+  const backbone = await loadTiny(t, o);
+  const d = backbone.descriptor;
   const image = Float32Array.from({ length: 3 * 32 * 32 }, (_, i) => Math.sin(i / 7));
   const fx = await FeatureExtractor.create(backbone, { provider: 'cpu', intraOpThreads: 1 });
   const embedding = await fx.embed(image, 1);
@@ -111,33 +117,13 @@ test('taps that need a second graph input are refused, naming that input', async
 });
 
 test('a backbone that only takes a batch of 1 is refused when features are set up, naming the file, not in the middle of a fit', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'sw-bb-batch-'));
-  t.teardown(() => rm(dir, { recursive: true, force: true }));
-  const bytes = tinyBackbone({ fixedBatchAt: 32 });
-  const path = join(dir, 'fixed.onnx');
-  await writeFile(path, bytes);
-  const d = parseDescriptor({
-    id: 'tiny', sha256: sha256(bytes), input: 'image', inputSize: 32,
-    normalization: { mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25] },
-    taps: [{ tensor: 'feat8', stride: 8, channels: 16 }, { tensor: 'feat16', stride: 16, channels: 24 }],
-  }, 'tiny.json');
-  const backbone = await loadBackbone(path, d);
+  const backbone = await loadTiny(t, { fixedBatchAt: 32 }, 'fixed.onnx');
   const err = await t.throwsAsync(FeatureExtractor.create(backbone, { provider: 'cpu', intraOpThreads: 1 }));
   t.regex(err.message, /fixed\.onnx: the taps cannot be computed for a batch of 2 images of 32×32 \(a backbone must take any batch size/);
 });
 
 test('an input size that is not a multiple of a tap stride, on a backbone without padding, is named as the cause', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'sw-bb-size-'));
-  t.teardown(() => rm(dir, { recursive: true, force: true }));
-  const bytes = tinyBackbone();
-  const path = join(dir, 'tiny.onnx');
-  await writeFile(path, bytes);
-  const d = parseDescriptor({
-    id: 'tiny', sha256: sha256(bytes), input: 'image', inputSize: 32,
-    normalization: { mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25] },
-    taps: [{ tensor: 'feat8', stride: 8, channels: 16 }, { tensor: 'feat16', stride: 16, channels: 24 }],
-  }, 'tiny.json');
-  const backbone = await loadBackbone(path, d);
+  const backbone = await loadTiny(t, {}, 'tiny.onnx');
   const err = await t.throwsAsync(FeatureExtractor.create(backbone, { provider: 'cpu', intraOpThreads: 1, inputSize: 36 }));
   t.regex(err.message, /36 is not a multiple of (8|16): use an input size that is/);
   await t.notThrowsAsync(async () => (await FeatureExtractor.create(backbone, { provider: 'cpu', intraOpThreads: 1, inputSize: 48 })).release());
