@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Outbox, encodeRecord, type OutboxDiskError, type OutboxLimits } from '../agent/mqtt/outbox.js';
+import { Outbox, decodeRecord, encodeRecord, type OutboxDiskError, type OutboxLimits } from '../agent/mqtt/outbox.js';
 import { agentTopics, TopicError, validateBaseTopic } from '../agent/mqtt/topics.js';
 import { homeAssistantDiscovery, homeAssistantRemoval } from '../agent/mqtt/home-assistant.js';
 
@@ -225,6 +225,58 @@ test('outbox: a failed write is surfaced, the record stays publishable from memo
   for (let i = 0; i < 100 && outbox.depth().memoryOnly > 0; i++) await new Promise((r) => setTimeout(r, 20));
   t.is(outbox.depth().memoryOnly, 0);
   t.deepEqual(await recordFiles(dir), ['0000000000000001.rec']);
+});
+
+test('outbox: while the disk keeps failing, a retry round stops at the first failed write (one error per round, not one per record)', async (t) => {
+  const dir = await tempDir(t);
+  // The timer never fires here: the test runs the rounds itself.
+  const outbox = await Outbox.open(dir, { ...LIMITS, retryIntervalMs: 3_600_000 });
+  t.teardown(() => outbox.close());
+  let errors = 0;
+  outbox.on('diskError', () => errors++);
+  await rm(dir, { recursive: true, force: true });
+  for (let i = 0; i < 50; i++) t.false((await outbox.enqueue({ id: `e${i}`, topic: 't/e', payload: `${i}` })).persisted);
+  t.is(errors, 50);
+  const retryRound = () => (outbox as unknown as { retryWrites(): Promise<void> }).retryWrites();
+  await retryRound();
+  t.is(errors, 51, 'one failed write for the round');
+  t.is(outbox.counters().failedWrites, 51);
+  // The disk is back: one round writes them all, in order.
+  await mkdir(dir, { recursive: true });
+  await retryRound();
+  t.is(errors, 51);
+  t.is(outbox.depth().memoryOnly, 0);
+  t.is((await recordFiles(dir)).length, 50);
+});
+
+test('outbox: close tries once more to write the records kept in memory (the disk came back since the last retry)', async (t) => {
+  const dir = await tempDir(t);
+  const outbox = await Outbox.open(dir, { ...LIMITS, retryIntervalMs: 3_600_000 });
+  outbox.on('diskError', () => undefined);
+  await rm(dir, { recursive: true, force: true });
+  t.false((await outbox.enqueue({ id: 'e1', topic: 't/e', payload: 'kept' })).persisted);
+  await mkdir(dir, { recursive: true });
+  await outbox.close();
+  t.is(outbox.depth().memoryOnly, 0);
+  const reopened = await Outbox.open(dir, LIMITS);
+  t.teardown(() => reopened.close());
+  t.deepEqual(reopened.pending().map((r) => r.id), ['e1'], 'not lost with the process');
+});
+
+test('outbox: a record set aside in dead/ never replaces an earlier one (sequence numbers start over in an empty outbox)', async (t) => {
+  const dir = await tempDir(t);
+  for (const id of ['poison-1', 'poison-2']) {
+    const outbox = await Outbox.open(dir, LIMITS);
+    const r = await outbox.enqueue({ id, topic: 't/e', payload: id });
+    t.is(r.seq, 1);
+    t.true(await outbox.deadLetter(r.id, r.seq));
+    await outbox.close();
+  }
+  const dead = (await readdir(join(dir, 'dead'))).sort();
+  t.deepEqual(dead, ['0000000000000001-1.rec', '0000000000000001.rec']);
+  const ids = await Promise.all(dead.map(async (n) => decodeRecord(await readFile(join(dir, 'dead', n))).id));
+  t.deepEqual(ids, ['poison-2', 'poison-1']);
+  t.deepEqual(await recordFiles(dir), []);
 });
 
 test('outbox: one process at a time; a stale lock is taken over', async (t) => {

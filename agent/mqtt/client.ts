@@ -145,6 +145,12 @@ interface Connection {
   inFlight: Map<number, OutboxRecord>;
   /** A PUBACK arrived on this connection. */
   acked: boolean;
+  /**
+   * Nothing more is published on it: a publish failed (mqtt.js fails them only when the
+   * connection goes down: its queue flushed on a keepalive timeout, or end() was called) or
+   * stop() is closing it.
+   */
+  closing: boolean;
   /** Resets the backoff once the connection has stayed up long enough. */
   stableTimer: NodeJS.Timeout | null;
 }
@@ -324,12 +330,18 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
         this.drain(true);
         await sleep(20);
       }
+      // Nothing more after `offline`: a record published into the DISCONNECT that follows fails at
+      // once, and each failure used to publish the next (a stack overflow with a large backlog).
+      conn.closing = true;
       if (conn.connected) {
         await withTimeout(publishAsync(conn.client, this.options.topics.availability, 'offline', { qos: 1, retain: true }), 2000).catch((err: Error) =>
           this.log.warn('could not publish offline availability', { error: err.message }),
         );
       }
-      await withTimeout(new Promise<void>((resolve) => conn.client.end(false, {}, () => resolve())), 2000).catch(() => conn.client.end(true));
+      // end(false) waits for mqtt.js' queue (records in flight, `offline`); when the broker does
+      // not acknowledge them, end(true) would be a no-op (already disconnecting): close the socket
+      // so that no connection and keepalive timer outlive stop(). Unacknowledged records stay on disk.
+      await withTimeout(new Promise<void>((resolve) => conn.client.end(false, {}, () => resolve())), 2000).catch(() => conn.client.stream.destroy());
     } else if (conn) {
       conn.client.end(true);
     }
@@ -337,6 +349,8 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
     this.connectedSince = null;
     this.setState('offline');
     await this.outbox.close();
+    const lost = this.outbox.depth().memoryOnly;
+    if (lost > 0) this.log.error('outbox records that could not be written to disk are lost with this stop', { records: lost, dir: this.outbox.dir });
   }
 
   // ---- connection lifecycle -------------------------------------------------------------
@@ -358,7 +372,7 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
       will: { topic: topics.availability, payload: Buffer.from('offline'), qos: 1, retain: true },
       ...this.tls,
     });
-    const conn: Connection = { client, connected: false, closed: false, cursor: 0, inFlight: new Map(), acked: false, stableTimer: null };
+    const conn: Connection = { client, connected: false, closed: false, cursor: 0, inFlight: new Map(), acked: false, closing: false, stableTimer: null };
     this.current = conn;
     client.on('connect', () => this.onConnected(conn));
     client.on('message', (topic, payload, packet) => this.onMessage(topic, payload, packet));
@@ -467,7 +481,7 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
   /** Publishes pending records in order while there is room in flight. */
   private drain(duringStop = false): void {
     const conn = this.current;
-    if (!conn?.connected || (this.stopping && !duringStop) || this.outbox.isClosed) return;
+    if (!conn?.connected || conn.closing || (this.stopping && !duringStop) || this.outbox.isClosed) return;
     const room = this.maxInFlight - conn.inFlight.size;
     if (room <= 0) return;
     for (const record of this.outbox.pendingAfter(conn.cursor, room)) {
@@ -478,18 +492,30 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
   }
 
   private onPublished(conn: Connection, record: OutboxRecord, err: Error | undefined): void {
-    if (!conn.inFlight.delete(record.seq)) return; // the connection was lost meanwhile
+    if (!conn.inFlight.has(record.seq)) return; // the connection was lost meanwhile
     if (err) {
-      // Stays pending; re-published on the next connection.
+      // mqtt.js fails a publish when the connection goes down (a keepalive timeout flushes its
+      // queue before 'close'; end() was called). Publishing more on it would only fail too (at
+      // stop, synchronously, once per pending record), so this connection is done: the record
+      // stays in flight (the poison check at 'close' must see the real oldest one) and pending,
+      // and the next connection publishes it again.
       this.stats.publishErrors++;
-      this.log.warn('MQTT publish failed', { id: record.id, topic: record.topic, error: err.message });
-    } else {
-      this.stats.published++;
-      conn.acked = true;
-      this.attempt = 0;
-      this.suspect = null;
-      void this.outbox.ack(record.id, record.seq);
+      if (!conn.closing) {
+        conn.closing = true;
+        this.log.warn('MQTT publish failed; records in flight are sent again on the next connection', { id: record.id, topic: record.topic, error: err.message });
+        // Not synchronously: mqtt.js may be iterating its queue right now.
+        setImmediate(() => {
+          if (!conn.closed) conn.client.end(true);
+        });
+      }
+      return;
     }
+    conn.inFlight.delete(record.seq);
+    this.stats.published++;
+    conn.acked = true;
+    this.attempt = 0;
+    this.suspect = null;
+    void this.outbox.ack(record.id, record.seq);
     this.drain(this.stopping);
   }
 

@@ -298,7 +298,7 @@ export class Outbox extends EventEmitter<OutboxEvents> {
     try {
       if (!entry.durable) await this.track(this.writeFile(seq, encodeRecord(entry.record)));
       await mkdir(deadDir, { recursive: true, mode: 0o700 });
-      await this.track(rename(name, join(deadDir, `${String(seq).padStart(16, '0')}${RECORD_SUFFIX}`)));
+      await this.track(rename(name, await freeName(deadDir, String(seq).padStart(16, '0'))));
     } catch (err) {
       this.emitDiskError(new OutboxDiskError('dead-letter', name, err));
     }
@@ -323,12 +323,19 @@ export class Outbox extends EventEmitter<OutboxEvents> {
     return this.closed;
   }
 
-  /** Waits for writes and deletions in progress, stops retrying and releases the directory. */
+  /**
+   * Waits for writes and deletions in progress, tries once more to write the records that
+   * exist only in memory (the disk may be back since the last retry: without this they would
+   * be lost with the process), stops retrying and releases the directory. Records still only
+   * in memory afterwards are lost: `depth().memoryOnly` says how many.
+   */
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     if (this.retryTimer) clearInterval(this.retryTimer);
     this.retryTimer = null;
+    while (this.ioInFlight.size > 0) await Promise.allSettled([...this.ioInFlight]);
+    if (this.depth().memoryOnly > 0) await this.retryWrites();
     while (this.ioInFlight.size > 0) await Promise.allSettled([...this.ioInFlight]);
     await releaseLock(this.dir, this.degradedReason === null);
   }
@@ -493,13 +500,21 @@ export class Outbox extends EventEmitter<OutboxEvents> {
     this.retryTimer.unref();
   }
 
-  /** Re-writes records that exist only in memory; stops the timer once all are on disk. */
+  /**
+   * Re-writes records that exist only in memory, oldest first; stops the timer once all are on
+   * disk. A round ends at the first write that fails: the disk is still failing, and trying
+   * every other record too would cost one failed write and one diskError (a log line) per
+   * record per round.
+   */
   private async retryWrites(): Promise<void> {
     let remaining = 0;
     for (const entry of [...this.entries.values()]) {
       if (entry.durable || entry.writing || !entry.settled || entry.removed) continue;
       const ok = await this.write(entry, encodeRecord(entry.record));
-      if (!ok) remaining++;
+      if (!ok) {
+        remaining++;
+        break;
+      }
     }
     if (remaining === 0 && this.retryTimer) {
       clearInterval(this.retryTimer);
@@ -567,6 +582,24 @@ export class Outbox extends EventEmitter<OutboxEvents> {
     } catch (err) {
       this.emitDiskError(new OutboxDiskError('quarantine', join(this.dir, name), err));
     }
+  }
+}
+
+/**
+ * `<dir>/<base>.rec`, or `<base>-<n>.rec` when that is taken: sequence numbers start over when
+ * an empty outbox is opened, and a record set aside must never replace an earlier one.
+ */
+async function freeName(dir: string, base: string): Promise<string> {
+  for (let n = 0; ; n++) {
+    const path = join(dir, `${base}${n === 0 ? '' : `-${n}`}${RECORD_SUFFIX}`);
+    const taken = await stat(path).then(
+      () => true,
+      (err: NodeJS.ErrnoException) => {
+        if (err.code === 'ENOENT') return false;
+        throw err;
+      },
+    );
+    if (!taken) return path;
   }
 }
 
