@@ -4,14 +4,15 @@
  * Frames.
  *
  * When ffmpeg exits — the camera rebooted, the network dropped, RTSP timed out — the source goes
- * `reconnecting` and restarts it with backoff; a finite file without `loop` completes instead.
+ * `reconnecting` and restarts it with backoff (reset once a run has sent frames for
+ * HEALTHY_RUN_MS, not by a first frame alone); a finite file without `loop` completes instead.
  * A finite file whose ffmpeg fails part-way resumes after the frames already sent (`-ss`), so
  * no frame is sent twice; after FILE_ATTEMPTS failures in a row without a new frame the source
  * fails with ffmpeg's last words rather than retrying a broken file forever.
  * A watchdog restarts an ffmpeg that is alive but silent. The last stderr lines are kept for the
  * error message, bounded and with the input's password masked (ffmpeg echoes its input URL).
  * Images the splitter drops (over maxFrameBytes, broken) are counted errors, not silent.
- * Unsubscribing kills ffmpeg (SIGTERM, then SIGKILL if it lingers).
+ * Unsubscribing kills that subscription's ffmpeg (SIGTERM, then SIGKILL if it lingers).
  *
  * RTSP's socket timeout option changed name in ffmpeg 5.0: `-timeout` (µs) there, `-stimeout` in
  * 4.x, where `-timeout` means "listen for an incoming connection" and would make ffmpeg wait as a
@@ -22,7 +23,7 @@ import { execFile, spawn, type ChildProcessByStdio } from 'node:child_process';
 import type { Readable } from 'node:stream';
 import { Observable, type Subscriber } from 'rxjs';
 import type { Frame } from '../../pipelines/types.js';
-import { Backoff } from './backoff.js';
+import { Backoff, MAX_TIMER_MS } from './backoff.js';
 import { JpegSplitter } from './jpeg-splitter.js';
 import { redactText, redactUrl } from '../redact.js';
 import { SourceTracker } from './status.js';
@@ -41,6 +42,8 @@ export interface FfmpegStreamOptions extends SourceOptions {
   maxFrameBytes?: number;
   /** How many stderr lines to keep, default 20. */
   stderrLines?: number;
+  /** A run that has sent frames for this long resets the restart backoff, default HEALTHY_RUN_MS. */
+  healthyRunMs?: number;
 }
 
 type Child = ChildProcessByStdio<null, Readable, Readable>;
@@ -50,6 +53,16 @@ export const FILE_ATTEMPTS = 3;
 
 /** Longest stderr line kept: status and logs carry it, a garbage line must not make them huge. */
 const MAX_STDERR_LINE = 1000;
+
+/**
+ * A run resets the restart backoff once it has sent frames for this long (from its first frame to
+ * a later one): a camera that drops every connection right after a frame would otherwise be
+ * reconnected at the first backoff step forever (ffmpeg started twice a second, day and night).
+ */
+export const HEALTHY_RUN_MS = 10_000;
+
+/** spawn() errors that may pass (memory, process or file limits): restarted with backoff; any other fails the source. */
+const TRANSIENT_SPAWN_ERRORS = new Set(['EAGAIN', 'ENOMEM', 'EMFILE', 'ENFILE']);
 
 export function classifyInput(input: string): StreamInputKind {
   if (/^rtsps?:\/\//i.test(input)) return 'rtsp';
@@ -85,7 +98,9 @@ export function parseFfmpegMajor(versionOutput: string): number | undefined {
 
 const runVersion = (ffmpegPath: string) =>
   new Promise<{ stdout: string }>((resolve, reject) => {
-    execFile(ffmpegPath, ['-version'], { timeout: 10_000, maxBuffer: 1024 * 1024 }, (err, stdout) => {
+    // SIGKILL: a binary that ignores SIGTERM would otherwise leave the probe, and every RTSP
+    // camera waiting on it, pending forever.
+    execFile(ffmpegPath, ['-version'], { timeout: 10_000, killSignal: 'SIGKILL', maxBuffer: 1024 * 1024 }, (err, stdout) => {
       if (err) reject(err);
       else resolve({ stdout: String(stdout) });
     });
@@ -212,8 +227,11 @@ export class FfmpegStreamSource implements PushSource {
     const opts = this.options;
     const backoff = new Backoff(opts.backoff);
     const fps = this.spec.fps ?? 1;
-    const stallMs = Math.max(opts.stallTimeoutMs ?? 30_000, 3000 / fps);
+    // Capped at what a timer can wait: beyond it (fps below ~1.4e-6) the watchdog would fire after
+    // 1 ms and kill every ffmpeg before its first frame.
+    const stallMs = Math.min(MAX_TIMER_MS, Math.max(opts.stallTimeoutMs ?? 30_000, 3000 / fps));
     const keepLines = opts.stderrLines ?? 20;
+    const healthyMs = opts.healthyRunMs ?? HEALTHY_RUN_MS;
     const finite = this.inputKind === 'file' && !this.spec.loop;
     // Frames sent from a finite file (where a restart resumes) and failed runs since the last frame.
     let sent = 0;
@@ -221,6 +239,8 @@ export class FfmpegStreamSource implements PushSource {
     let closed = false;
     let restart: NodeJS.Timeout | undefined;
     let stall: NodeJS.Timeout | undefined;
+    // This subscription's ffmpeg: what its teardown kills (another subscription has its own).
+    let current: Child | undefined;
     this.tracker.setState('starting');
 
     let stalled: Child | undefined;
@@ -234,9 +254,20 @@ export class FfmpegStreamSource implements PushSource {
     };
     const input = this.spec.input;
     const safeInput = redactUrl(input);
-    const keepLine = (line: string) => {
+    const keepLine = (lines: string[], line: string) => {
       const clean = redactText(line.trim(), input, safeInput);
-      if (clean) this.stderr.push(clean.length > MAX_STDERR_LINE ? `${clean.slice(0, MAX_STDERR_LINE)}…` : clean);
+      if (clean) lines.push(clean.length > MAX_STDERR_LINE ? `${clean.slice(0, MAX_STDERR_LINE)}…` : clean);
+    };
+    /** Retrying cannot help: fail the source loudly. */
+    const fail = (message: string) => {
+      this.tracker.error(message, { input: this.origin }, 'error');
+      this.tracker.setState('failed');
+      if (!closed) subscriber.error(new Error(message));
+    };
+    const restartLater = () => {
+      const delay = backoff.next();
+      this.tracker.reconnecting(delay);
+      restart = setTimeout(start, delay);
     };
 
     const ffmpegPath = opts.ffmpegPath ?? 'ffmpeg';
@@ -257,12 +288,33 @@ export class FfmpegStreamSource implements PushSource {
 
     const launch = () => {
       const splitter = new JpegSplitter(opts.maxFrameBytes);
-      this.stderr = [];
+      // This run's stderr: a dying earlier ffmpeg does not write into it.
+      const stderr: string[] = [];
+      this.stderr = stderr;
       let partial = '';
       let spawnFailed = false;
+      // When this run sent its first frame (monotonic), for the backoff reset.
+      let firstFrameAt: number | undefined;
       // The fps filter sends frame k at k / fps: resuming at sent / fps continues the sequence.
       const args = finite && sent > 0 ? ffmpegArgs(this.spec, sent / fps) : this.currentArgs;
-      const child = spawn(ffmpegPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+      let child: Child;
+      try {
+        child = spawn(ffmpegPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+      } catch (err) {
+        // spawn() throws rather than emitting 'error' for some failures (E2BIG: an input over
+        // 128 KiB; ENOTDIR; ENOMEM): from a restart timer or the RTSP version probe's callback
+        // that would take the whole agent down.
+        const e = err as NodeJS.ErrnoException;
+        if (e.code !== undefined && TRANSIENT_SPAWN_ERRORS.has(e.code)) {
+          this.tracker.error(`cannot start ffmpeg (${ffmpegPath}) reading ${this.origin}: ${e.message}`, { input: this.origin });
+          restartLater();
+          return;
+        }
+        const why = e.code === 'E2BIG' ? ' (the input is too long for a command line)' : '';
+        fail(`camera ${this.camera}: cannot run ffmpeg (${ffmpegPath}) reading ${this.origin}: ${e.message}${why}`);
+        return;
+      }
+      current = child;
       this.child = child;
       this.tracker.log('debug', 'ffmpeg started', { pid: child.pid, args: args.map((a) => (a === input ? safeInput : a)).join(' ') });
       armStall(child);
@@ -282,7 +334,11 @@ export class FfmpegStreamSource implements PushSource {
         if (oversized > dropped.oversized || corrupt > dropped.corrupt) armStall(child);
         dropped = { oversized, corrupt };
         for (const jpeg of jpegs) {
-          backoff.reset();
+          // The consumer may unsubscribe in next() (take(1)): stamp nothing after that.
+          if (closed) return;
+          const now = performance.now();
+          firstFrameAt ??= now;
+          if (now - firstFrameAt >= healthyMs) backoff.reset();
           armStall(child);
           sent++;
           failuresWithoutFrame = 0;
@@ -292,9 +348,9 @@ export class FfmpegStreamSource implements PushSource {
       child.stderr.on('data', (chunk: Buffer) => {
         const lines = (partial + chunk.toString('utf8')).split(/\r?\n/);
         partial = lines.pop() ?? '';
-        for (const line of lines) keepLine(line);
+        for (const line of lines) keepLine(stderr, line);
         if (partial.length > 4096) partial = partial.slice(-4096);
-        if (this.stderr.length > keepLines) this.stderr.splice(0, this.stderr.length - keepLines);
+        if (stderr.length > keepLines) stderr.splice(0, stderr.length - keepLines);
       });
       child.on('error', (err: NodeJS.ErrnoException) => {
         if (err.code !== 'ENOENT' && err.code !== 'EACCES') {
@@ -304,17 +360,16 @@ export class FfmpegStreamSource implements PushSource {
         // No ffmpeg to run: retrying cannot help, so fail loudly.
         spawnFailed = true;
         if (stall) clearTimeout(stall);
-        this.child = undefined;
-        const message = `camera ${this.camera}: cannot run ffmpeg (${ffmpegPath}): ${err.message}; install ffmpeg or set its path`;
-        this.tracker.error(message, { input: this.origin }, 'error');
-        this.tracker.setState('failed');
-        if (!closed) subscriber.error(new Error(message));
+        if (this.child === child) this.child = undefined;
+        if (current === child) current = undefined;
+        fail(`camera ${this.camera}: cannot run ffmpeg (${ffmpegPath}): ${err.message}; install ffmpeg or set its path`);
       });
       child.on('close', (code, signal) => {
         if (spawnFailed) return;
         if (stall) clearTimeout(stall);
         if (this.child === child) this.child = undefined;
-        keepLine(partial);
+        if (current === child) current = undefined;
+        keepLine(stderr, partial);
         if (closed) return;
         if (finite && code === 0) {
           this.tracker.log('info', 'video file finished', { input: this.origin });
@@ -324,23 +379,18 @@ export class FfmpegStreamSource implements PushSource {
         }
         // After the watchdog's kill, say why it was killed (ffmpeg may exit 255 on SIGTERM).
         const how = stalled === child ? `stalled (no frame for ${stallMs} ms, restarted)` : signal ? `was killed by ${signal}` : `exited with code ${code}`;
-        const last = this.stderr.at(-1);
+        const last = stderr.at(-1);
         this.tracker.error(`ffmpeg ${how} reading ${this.origin}${last ? `: ${last}` : ''}`, {
           input: this.origin,
           code,
           signal,
-          stderr: this.stderr.slice(-5),
+          stderr: stderr.slice(-5),
         });
         if (finite && ++failuresWithoutFrame >= FILE_ATTEMPTS) {
-          const message = `camera ${this.camera}: ffmpeg failed ${FILE_ATTEMPTS} times in a row reading the video file ${this.origin} without a new frame (after ${sent} frame(s)); giving up${last ? `: ${last}` : ''}`;
-          this.tracker.error(message, { input: this.origin }, 'error');
-          this.tracker.setState('failed');
-          subscriber.error(new Error(message));
+          fail(`camera ${this.camera}: ffmpeg failed ${FILE_ATTEMPTS} times in a row reading the video file ${this.origin} without a new frame (after ${sent} frame(s)); giving up${last ? `: ${last}` : ''}`);
           return;
         }
-        const delay = backoff.next();
-        this.tracker.reconnecting(delay);
-        restart = setTimeout(start, delay);
+        restartLater();
       });
     };
 
@@ -349,7 +399,8 @@ export class FfmpegStreamSource implements PushSource {
       closed = true;
       if (restart) clearTimeout(restart);
       if (stall) clearTimeout(stall);
-      if (this.child) this.kill(this.child);
+      if (current) this.kill(current);
+      if (this.child === current) this.child = undefined;
       this.tracker.stop();
     };
   }

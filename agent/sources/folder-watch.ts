@@ -6,6 +6,8 @@
  * Files that vanish or are not images are counted errors; the watch goes on.
  * If the directory itself goes away (removed, replaced, a share unmounted) the source goes
  * `reconnecting` and watches it again once it is back, taking the files already in it as new.
+ * With no inotify watch left (fs.inotify limits reached) the folder is polled instead, and the
+ * status says so.
  *
  * Files that arrive while chokidar makes its first scan are not lost: chokidar would take them
  * as already there (`ignoreInitial`), or — arriving after it read the folder but before it
@@ -65,6 +67,13 @@ function noteChanges(dir: string): EarlyChanges {
   return early;
 }
 
+/**
+ * fs.watch errors that mean no inotify watch is left for the folder (fs.inotify.max_user_watches
+ * reached: ENOSPC; max_user_instances: EMFILE). chokidar reports them and then says `ready`
+ * while watching nothing: the folder is polled instead.
+ */
+const NO_WATCH_LEFT = new Set(['ENOSPC', 'EMFILE']);
+
 const version = (info: Stats) => `${info.dev}:${info.ino}:${info.size}:${info.mtimeMs}`;
 
 export interface FolderWatchOptions extends SourceOptions {
@@ -116,6 +125,8 @@ export class FolderWatchSource implements PushSource {
     let emitExisting = this.spec.includeExisting ?? false;
     // Files are read one after another so frames keep the order the files were completed in.
     let queue: Promise<void> = Promise.resolve();
+    // Turned on for good when the system has no inotify watch left for the folder.
+    let usePolling = this.options.usePolling ?? false;
     this.tracker.setState('starting');
     // Wall clock, as file mtimes are (options.clock only stamps frames).
     const subscribedAt = Date.now();
@@ -203,7 +214,7 @@ export class FolderWatchSource implements PushSource {
 
     /** At the first `ready`: emit the files that came since subscribe, which chokidar took as already there. */
     const pickUpEarly = async (w: FSWatcher, changes: EarlyChanges) => {
-      const byMtime = changes.blind || (this.options.usePolling ?? false);
+      const byMtime = changes.blind || usePolling;
       let names = [...changes.names];
       if (byMtime) {
         try {
@@ -263,6 +274,20 @@ export class FolderWatchSource implements PushSource {
       retryLater();
     };
 
+    /** No inotify watch left: the watch sees nothing (and still says `ready`), so poll the folder from now on. */
+    const pollInstead = (w: FSWatcher, err: Error) => {
+      if (closed || watcher !== w) return;
+      watcher = undefined;
+      clearInterval(dirCheck);
+      void w.close();
+      usePolling = true;
+      this.tracker.error(
+        `watching ${this.dir}: ${err.message}; polling the folder instead (raise fs.inotify.max_user_watches or max_user_instances to watch it with inotify)`,
+        { path: this.dir },
+      );
+      void start();
+    };
+
     const start = async () => {
       retry = undefined;
       let identity: string;
@@ -293,14 +318,18 @@ export class FolderWatchSource implements PushSource {
       const w = watch(this.dir, {
         depth: 0,
         ignoreInitial: !emitExisting,
-        usePolling: this.options.usePolling ?? false,
+        usePolling,
         awaitWriteFinish: stableMs > 0 ? { stabilityThreshold: stableMs, pollInterval: Math.max(20, Math.min(100, stableMs / 4)) } : false,
         ignored: (path, stats) => path !== this.dir && stats?.isFile() === true && !this.match.test(basename(path)),
       });
       watcher = w;
       w.on('add', onFile);
       w.on('change', onFile);
-      w.on('error', (err) => this.tracker.error(`watching ${this.dir}: ${(err as Error).message}`, { path: this.dir }));
+      w.on('error', (err) => {
+        const code = (err as NodeJS.ErrnoException).code;
+        if (!usePolling && code !== undefined && NO_WATCH_LEFT.has(code)) return pollInstead(w, err as Error);
+        this.tracker.error(`watching ${this.dir}: ${(err as Error).message}`, { path: this.dir });
+      });
       // inotify reports the folder's own removal/rename as a raw event on it; the timer covers the rest (polling, NFS).
       w.on('raw', (_event, name, details) => {
         if ((details as { watchedPath?: string }).watchedPath === this.dir && name === basename(this.dir)) void checkDir(w, identity);

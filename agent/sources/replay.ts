@@ -35,7 +35,8 @@ export async function listImageFiles(dir: string): Promise<string[]> {
   return names.filter((n) => IMAGE_FILE.test(n)).sort(naturalOrder).map((n) => join(dir, n));
 }
 
-type Step = { frame: Frame } | { done: true } | { failed: Error };
+/** A file read (stamped as a frame only when delivered: the consumer may have left meanwhile), the end, or a failure. */
+type Step = { file: { data: Buffer; path: string } } | { done: true } | { failed: Error };
 
 export interface ReplayOptions extends SourceOptions {
   /** Largest file accepted, default 64 MiB. */
@@ -74,7 +75,8 @@ export class ReplaySource implements PushSource {
         timer = undefined;
         const step = await cursor.next();
         if (closed) return;
-        if (!this.deliver(step, subscriber)) return;
+        // The consumer may have left in next() (take(1)): read nothing more.
+        if (!this.deliver(step, subscriber) || closed) return;
         // setTimeout(0) rather than a tight loop: lets I/O and the consumer's async work run.
         timer = setTimeout(() => void tick(), this.intervalMs);
       };
@@ -125,8 +127,8 @@ export class ReplaySource implements PushSource {
 
   /** Pushes a step to the subscriber; false when the stream ended. */
   private deliver(step: Step, subscriber: Subscriber<Frame>): boolean {
-    if ('frame' in step) {
-      subscriber.next(step.frame);
+    if ('file' in step) {
+      subscriber.next(this.tracker.frame(step.file.data, step.file.path));
       return true;
     }
     if ('done' in step) {
@@ -168,7 +170,7 @@ export class ReplaySource implements PushSource {
           const data = await readRegularFile(path, this.maxBytes);
           checkImage(data, path);
           framesThisPass++;
-          return { frame: this.tracker.frame(data, path) };
+          return { file: { data, path } };
         } catch (err) {
           const code = (err as NodeJS.ErrnoException).code;
           this.tracker.error(code === 'ENOENT' ? `replay file ${path} does not exist` : (err as Error).message, { file: path });
