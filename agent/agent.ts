@@ -528,7 +528,9 @@ export class Agent extends EventEmitter<AgentEvents> {
     this.outputs.complete();
     if (this.client) {
       await this.client.stop({ flushTimeoutMs: this.options.flushTimeoutMs ?? 3000 }).catch((err: Error) => this.logger.warn('MQTT client failed to stop cleanly', { error: err }));
-      const left = this.client.outbox.depth().records;
+      // Records only in memory (the disk failed) are lost with the process: client.stop() logs those.
+      const { records, memoryOnly } = this.client.outbox.depth();
+      const left = records - memoryOnly;
       if (left > 0) this.logger.info('messages kept in the outbox for the next start', { records: left });
     }
     await this.registry?.release();

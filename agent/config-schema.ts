@@ -323,7 +323,8 @@ export function configSchema(baseDir: string) {
     type: z.literal('stream'),
     // URLs pass through; local files and devices are resolved like every other path.
     input: streamInput.transform((v) => (looksLikeUrl(v) ? v : resolve(baseDir, v))),
-    fps: positive(120).default(1),
+    // Below MIN_MAX_FPS the stall watchdog (a few frame intervals) exceeds what a timer can wait.
+    fps: z.preprocess(asNumber, z.number().min(MIN_MAX_FPS, `expected at least ${MIN_MAX_FPS.toPrecision(3)} (one frame every ~24.8 days)`).max(120)).default(1),
     transport: z.enum(['tcp', 'udp']).default('tcp'),
     loop: bool.default(false),
   }).superRefine(

@@ -321,6 +321,8 @@ test('continuous.maxFps below one frame per ~24.8 days (longer than a timer wait
   const error = configError(t, withSource('{ type: folder, path: /srv/drop }', 'continuous: { maxFps: 1e-7 }'));
   t.regex(issueAt(t, error, 'cameras[0].continuous.maxFps').message, /at least 4\.66e-7.*cron schedule/);
   t.notThrows(() => parseConfig(withSource('{ type: folder, path: /srv/drop }', 'continuous: { maxFps: 0.001 }'), { env: {} }));
+  const fps = configError(t, withSource('{ type: stream, input: rtsp://cam/live, fps: 1e-7 }'));
+  t.regex(issueAt(t, fps, 'cameras[0].source.fps').message, /at least 4\.66e-7/);
 });
 
 test('TLS: cert and key together, and only for an encrypted remote broker', (t) => {
