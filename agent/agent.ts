@@ -226,7 +226,7 @@ export class Agent extends EventEmitter<AgentEvents> {
         sources: () => this.cameras.map((c) => ({ camera: c.config.id, kind: c.source.kind, status: c.source.status() })),
         models: () => this.registry?.status() ?? [],
       },
-      { batchSize: config.inference.batchSize, clock: this.clock },
+      { batchSize: config.inference.batchSize },
     );
     this.finished = new Promise<CamerasEnded>((resolve) => (this.finishedResolve = resolve));
     this.stallAfterMs = options.stallAfterMs ?? DEFAULT_STALL_AFTER_MS;

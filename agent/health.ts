@@ -54,18 +54,15 @@ export class AgentMetrics {
   private readonly scanSeconds: Histogram<'camera'>;
   private readonly decodeSeconds: Histogram<'camera'>;
   private readonly modelRollouts: Counter<'model' | 'result'>;
-  private readonly clock: () => number;
   /** Last values of externally kept counters, to turn them into prom-client increments. */
   private readonly last = new Map<string, number>();
 
   constructor(
     private readonly sources: MetricsSources,
-    /** `clock`: the wall clock that stamped outbox records (default Date.now), for their age. */
-    options: { batchSize?: number; defaultMetrics?: boolean; clock?: () => number } = {},
+    options: { batchSize?: number; defaultMetrics?: boolean } = {},
   ) {
     const registers = [this.registry];
     const self = this;
-    this.clock = options.clock ?? Date.now;
     this.frames = new Counter({ name: 'shelfwatch_frames_total', help: 'Frames received from the camera sources', labelNames: ['camera'], registers });
     this.framesDropped = new Counter({
       name: 'shelfwatch_frames_dropped_total',
@@ -173,8 +170,9 @@ export class AgentMetrics {
       help: 'Age of the oldest message waiting in the outbox (0 when empty)',
       registers,
       collect() {
-        const oldest = self.sources.mqtt()?.outbox.depth.oldestCreatedAt ?? null;
-        this.set(oldest === null ? 0 : Math.max(0, (self.clock() - oldest) / 1000));
+        // The monotonic age: a wall clock stepped back or forward must not make it 0 or a day.
+        const age = self.sources.mqtt()?.outbox.depth.oldestAgeMs ?? null;
+        this.set(age === null ? 0 : age / 1000);
       },
     });
     this.modelRollouts = new Counter({

@@ -456,3 +456,23 @@ test('home assistant: custom prefix, removal payloads, and clashing object ids a
     message: /object id a_b_c is shared by camera a_b slot c and camera a slot b_c/,
   });
 });
+
+test('outbox: the oldest record\'s age runs on the monotonic clock (a wall clock stepped back or forward does not change it); a reloaded record keeps its age', async (t) => {
+  const dir = await tempDir(t);
+  let wall = 1_000_000_000_000;
+  const outbox = await Outbox.open(dir, { ...LIMITS, clock: () => wall });
+  t.is(outbox.depth().oldestAgeMs, null);
+  await outbox.enqueue({ id: 'e0', topic: 'sw/a/events', payload: 'x' });
+  wall -= 3_600_000; // stepped back an hour
+  const back = outbox.depth();
+  wall += 86_400_000; // then forward a day
+  const forward = outbox.depth();
+  t.true(back.oldestAgeMs! >= 0 && back.oldestAgeMs! < 60_000, `${back.oldestAgeMs}`);
+  t.true(forward.oldestAgeMs! >= back.oldestAgeMs! && forward.oldestAgeMs! < 60_000, `${forward.oldestAgeMs}`);
+  await outbox.close();
+  // Found on disk at open: its age then is taken from the wall clock (no better is known).
+  const reopened = await Outbox.open(dir, { ...LIMITS, clock: () => 1_000_000_000_000 + 120_000 });
+  t.teardown(() => reopened.close());
+  const age = reopened.depth().oldestAgeMs!;
+  t.true(age >= 120_000 && age < 180_000, `${age}`);
+});

@@ -84,6 +84,12 @@ export interface OutboxDepth {
   bytes: number;
   /** createdAt of the oldest pending record, or null when empty. */
   oldestCreatedAt: number | null;
+  /**
+   * How long the oldest pending record has waited, in ms, on the monotonic clock (a wall clock
+   * stepped back or forward does not change it); for records found on disk at open, their age
+   * then by the wall clock. null when empty.
+   */
+  oldestAgeMs: number | null;
   /** Records that exist only in memory because their write failed (retried). */
   memoryOnly: number;
 }
@@ -143,6 +149,8 @@ interface Entry {
   superseded: Entry[];
   /** Removed, but its file is kept until the record that superseded it is on disk. */
   fileKept: boolean;
+  /** performance.now() when it was enqueued (for a record loaded from disk: now minus its wall-clock age). */
+  enqueuedAt: number;
 }
 
 const MAGIC = Buffer.from('SWOB');
@@ -235,7 +243,7 @@ export class Outbox extends EventEmitter<OutboxEvents> {
     if (encoded.length > this.limits.maxBytes) {
       throw new RangeError(`outbox record ${JSON.stringify(record.id)} is ${encoded.length} bytes, larger than outbox.maxBytes ${this.limits.maxBytes}`);
     }
-    const entry: Entry = { record, size: encoded.length, settled: false, durable: false, writing: false, removed: false, superseded: [], fileKept: false };
+    const entry: Entry = { record, size: encoded.length, settled: false, durable: false, writing: false, removed: false, superseded: [], fileKept: false, enqueuedAt: performance.now() };
     this.supersedeFor(entry);
     this.insert(entry);
     this.count.enqueued++;
@@ -306,13 +314,19 @@ export class Outbox extends EventEmitter<OutboxEvents> {
   }
 
   depth(): OutboxDepth {
-    let oldest: number | null = null;
+    let oldest: Entry | null = null;
     let memoryOnly = 0;
     for (const entry of this.entries.values()) {
-      if (oldest === null) oldest = entry.record.createdAt;
+      oldest ??= entry;
       if (entry.settled && !entry.durable) memoryOnly++;
     }
-    return { records: this.entries.size, bytes: this.bytes, oldestCreatedAt: oldest, memoryOnly };
+    return {
+      records: this.entries.size,
+      bytes: this.bytes,
+      oldestCreatedAt: oldest?.record.createdAt ?? null,
+      oldestAgeMs: oldest ? Math.max(0, performance.now() - oldest.enqueuedAt) : null,
+      memoryOnly,
+    };
   }
 
   counters(): OutboxCounters {
@@ -555,7 +569,7 @@ export class Outbox extends EventEmitter<OutboxEvents> {
         const bytes = await readFile(path);
         const record = decodeRecord(bytes);
         if (record.seq !== seqFromName) throw new Error(`file name says seq ${seqFromName}, record says ${record.seq}`);
-        entry = { record, size: bytes.length, settled: true, durable: true, writing: false, removed: false, superseded: [], fileKept: false };
+        entry = { record, size: bytes.length, settled: true, durable: true, writing: false, removed: false, superseded: [], fileKept: false, enqueuedAt: performance.now() - Math.max(0, this.clock() - record.createdAt) };
       } catch {
         await this.quarantine(name);
         continue;
