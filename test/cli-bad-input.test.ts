@@ -3,41 +3,19 @@
  * non-zero, say what is wrong and where (the option, the path), print no stack trace, and leave
  * the file system as it was — no half-written or temp files, an existing output untouched.
  */
-import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import sharp from 'sharp';
 import { generateGoodsDataset } from '../pipelines/synthetic-goods.js';
+import { runCli, type CliRun } from './helpers/cli.js';
 import { BACKBONE_PATH, fittedModel, magneticTileTrain, sharedAvailable } from './helpers/fitted-model.js';
 
-const ROOT = resolve(fileURLToPath(new URL('..', import.meta.url)));
 const maybe = sharedAvailable() ? test : test.skip;
 
-interface CliRun {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
-function cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<CliRun> {
-  return new Promise((done, fail) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'agent/cli.ts', ...args], {
-      cwd: ROOT,
-      env: { ...process.env, SHELFWATCH_DEBUG: '', ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
-    child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
-    child.on('error', fail);
-    child.on('close', (code) => done({ code, stdout, stderr }));
-  });
-}
+const cli = runCli;
 
 /** Non-zero exit, no stack trace, and a `shelfwatch:` error line that contains every `needle`. */
 function failsClearly(t: ExecutionContext, r: CliRun, ...needles: string[]): void {

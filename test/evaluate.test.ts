@@ -5,6 +5,7 @@
  * images is n/a (never NaN), per-goods and crop modes side by side, the feature cache on a second
  * run, models reused from --models only when they match, and the HTML report is self-contained.
  */
+import { runCli, type CliRun } from './helpers/cli.js';
 import test from 'ava';
 import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
@@ -286,21 +287,8 @@ test('masks on the pixel-metrics grid reproduce the reference counts of magnetic
 });
 
 /** `shelfwatch eval …` as a child process, as an operator runs it. */
-async function cliEval(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const { spawn } = await import('node:child_process');
-  return new Promise((done, fail) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'agent/cli.ts', 'eval', '--backbone', BACKBONE_PATH, ...args], {
-      cwd: process.cwd(),
-      env: { ...env, SHELFWATCH_DEBUG: '' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
-    child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
-    child.on('error', fail);
-    child.on('close', (code) => done({ code, stdout, stderr }));
-  });
+function cliEval(args: string[]): Promise<CliRun> {
+  return runCli(['eval', '--backbone', BACKBONE_PATH, ...args], { ...env, SHELFWATCH_DEBUG: '' });
 }
 
 test.serial('a category that fails is reported as failed, the others are evaluated, every output is written, the CLI exits 1', async (t) => {
