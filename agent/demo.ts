@@ -15,7 +15,7 @@
  */
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join, relative, resolve } from 'node:path';
 import { createServer } from 'node:net';
 import { connect } from 'mqtt';
@@ -27,7 +27,7 @@ import type { AnomalyEvent } from '../pipelines/events.js';
 import { ShelfScene, type SlotDefect } from '../pipelines/shelf-scene.js';
 import { Agent } from './agent.js';
 import { selectBackbone } from './backbones.js';
-import { checkOutputFolder } from './commands/output-paths.js';
+import { checkOutputFolder, writeFileAtomic } from './commands/output-paths.js';
 import { configFromObject, type AgentConfig } from './config.js';
 import { Logger, type LogLevel } from './logger.js';
 import { ThumbnailFolder } from './thumbnail-folder.js';
@@ -185,12 +185,9 @@ async function demoModel(scene: ShelfScene, dir: string, log: (l: string) => voi
     await model.release();
   }
   const threshold = highest * THRESHOLD_MARGIN;
-  const tmp = `${path}.${process.pid}.tmp`;
-  await writeFile(tmp, result.bytes);
-  await rename(tmp, path);
+  await writeFileAtomic(path, result.bytes);
   // Atomically too: a sidecar cut short by a crash must not stand for a calibrated threshold.
-  await writeFile(`${sidecar}.${process.pid}.tmp`, `${JSON.stringify({ threshold, calibrationCrops: calibration.length, highestNormalScore: highest, margin: THRESHOLD_MARGIN })}\n`);
-  await rename(`${sidecar}.${process.pid}.tmp`, sidecar);
+  await writeFileAtomic(sidecar, `${JSON.stringify({ threshold, calibrationCrops: calibration.length, highestNormalScore: highest, margin: THRESHOLD_MARGIN })}\n`);
   log(
     `  fitted on ${train.length} crops in ${((Date.now() - started) / 1000).toFixed(1)} s: memory bank of ${result.manifest.coreset.entries} patches; ` +
       `threshold ${threshold.toFixed(3)} (highest score of ${calibration.length} unseen normal crops × ${THRESHOLD_MARGIN})`,

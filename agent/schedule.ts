@@ -19,6 +19,7 @@
 import cron, { type ScheduledTask } from 'node-cron';
 import { filter, interval, map, Observable, sample, type MonoTypeOperatorFunction, type OperatorFunction } from 'rxjs';
 import type { Frame } from '../pipelines/types.js';
+import { MAX_TIMER_MS } from './sources/backoff.js';
 import type { Clock, SourceLogger } from './sources/types.js';
 
 export interface ScanSpec {
@@ -50,8 +51,6 @@ export function validateCron(expression: string, where = 'schedule'): void {
   }
 }
 
-/** Node's timers hold at most 2^31−1 ms (~24.8 days); a longer interval fires every 1 ms instead. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 /** The lowest maxFps whose frame interval a timer can wait: one frame every ~24.8 days. */
 export const MIN_MAX_FPS = 1000 / MAX_TIMER_MS;
 
