@@ -195,7 +195,7 @@ function classify(origin: string, input: Buffer, format: string | undefined, err
   if (/exceeds pixel limit|pixel limit/i.test(message)) {
     return new ImageDecodeError(origin, 'too-large', detail, { cause: err });
   }
-  const fmt = format ?? sniffFormat(input);
+  const fmt = format ?? detectImageFormat(input);
   // The bytes decide where they can: libvips also says "premature end" for damaged JPEG entropy
   // data that runs into a marker, and which of its warnings comes first varies between runs; a
   // TIFF cut before its image directory is an "unsupported image format" to libvips, a cut WebP
@@ -216,11 +216,17 @@ function firstLines(message: string): string {
   return lines.slice(0, 3).join(' / ');
 }
 
-function sniffFormat(b: Buffer): string | undefined {
+/** The container formats recognised by their magic bytes (sources check frames with these too). */
+export type ImageFormat = 'jpeg' | 'png' | 'webp' | 'tiff' | 'bmp';
+
+/** The image format of encoded bytes by their magic bytes, or undefined. */
+export function detectImageFormat(b: Uint8Array): ImageFormat | undefined {
+  const ascii = (from: number, to: number) => String.fromCharCode(...b.subarray(from, to));
   if (b.length >= 3 && b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) return 'jpeg';
-  if (b.length >= 8 && b.readUInt32BE(0) === 0x89504e47 && b.readUInt32BE(4) === 0x0d0a1a0a) return 'png';
-  if (b.length >= 12 && b.toString('latin1', 0, 4) === 'RIFF' && b.toString('latin1', 8, 12) === 'WEBP') return 'webp';
-  if (b.length >= 4 && (b.readUInt32BE(0) === 0x49492a00 || b.readUInt32BE(0) === 0x4d4d002a)) return 'tiff';
+  if (b.length >= 8 && b[0] === 0x89 && b[1] === 0x50 && b[2] === 0x4e && b[3] === 0x47 && b[4] === 0x0d && b[5] === 0x0a && b[6] === 0x1a && b[7] === 0x0a) return 'png';
+  if (b.length >= 12 && ascii(0, 4) === 'RIFF' && ascii(8, 12) === 'WEBP') return 'webp';
+  if (b.length >= 4 && ((b[0] === 0x49 && b[1] === 0x49 && b[2] === 0x2a && b[3] === 0x00) || (b[0] === 0x4d && b[1] === 0x4d && b[2] === 0x00 && b[3] === 0x2a))) return 'tiff';
+  if (b.length >= 14 && b[0] === 0x42 && b[1] === 0x4d) return 'bmp';
   return undefined;
 }
 

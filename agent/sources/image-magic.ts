@@ -2,19 +2,9 @@
  * Recognise encoded images by their magic bytes, so a camera that answers with a login page or a
  * half-written file is reported where it happens instead of failing later in the decoder.
  */
-import { encodedImageComplete } from '../../models/image-decode.js';
+import { detectImageFormat, encodedImageComplete, type ImageFormat } from '../../models/image-decode.js';
 
-export type ImageFormat = 'jpeg' | 'png' | 'webp' | 'tiff' | 'bmp';
-
-export function detectImageFormat(data: Uint8Array): ImageFormat | undefined {
-  const b = data;
-  if (b.length >= 3 && b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff) return 'jpeg';
-  if (b.length >= 8 && b[0] === 0x89 && b[1] === 0x50 && b[2] === 0x4e && b[3] === 0x47 && b[4] === 0x0d && b[5] === 0x0a && b[6] === 0x1a && b[7] === 0x0a) return 'png';
-  if (b.length >= 12 && ascii(b, 0, 4) === 'RIFF' && ascii(b, 8, 12) === 'WEBP') return 'webp';
-  if (b.length >= 4 && ((b[0] === 0x49 && b[1] === 0x49 && b[2] === 0x2a && b[3] === 0x00) || (b[0] === 0x4d && b[1] === 0x4d && b[2] === 0x00 && b[3] === 0x2a))) return 'tiff';
-  if (b.length >= 14 && b[0] === 0x42 && b[1] === 0x4d) return 'bmp';
-  return undefined;
-}
+export { detectImageFormat, type ImageFormat } from '../../models/image-decode.js';
 
 /**
  * The image format of `data`, or an Error that says what it looks like instead.
@@ -49,10 +39,6 @@ const TRUNCATED: Record<ImageFormat, [name: string, why: string]> = {
   tiff: ['TIFF', 'its image directory or image data reach beyond the end'],
   bmp: ['BMP', 'cut off'],
 };
-
-function ascii(b: Uint8Array, from: number, to: number): string {
-  return String.fromCharCode(...b.subarray(from, to));
-}
 
 function looksLikeText(b: Uint8Array): boolean {
   const n = Math.min(b.length, 256);
