@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { z } from 'zod';
-import { decodeModel, toNumber, type ModelProto } from './onnx/proto.js';
+import { declaredShape, decodeModel, showShape, type ModelProto } from './onnx/proto.js';
 import type { BackboneDescriptor } from './types.js';
 import { IMAGENET_NORMALIZATION } from './preprocess.js';
 import { issueLines } from './zod-issues.js';
@@ -185,9 +185,9 @@ function checkGraphNames(model: ModelProto, d: BackboneDescriptor, path: string)
       `backbone ${path}: input '${d.input}' is ${ELEM_TYPES[tensor.elemType] ?? `element type ${tensor.elemType}`}; shelfwatch feeds float32 images [N,3,S,S]`,
     );
   }
-  const dims = tensor?.shape?.dim?.map((x) => (x.dimValue !== undefined ? toNumber(x.dimValue) : null));
+  const dims = declaredShape(input);
   if (dims && (dims.length !== 4 || (dims[1] !== null && dims[1] !== 3))) {
-    const shape = `[${dims.map((x) => x ?? '?').join(',')}]`;
+    const shape = showShape(dims);
     const hint = dims.length === 4 && dims[3] === 3 ? ' (channels last, NHWC)' : '';
     throw new BackboneError(`backbone ${path}: input '${d.input}' is ${shape}${hint}; shelfwatch feeds images as [N,3,S,S] (NCHW)`);
   }

@@ -4,7 +4,7 @@
  */
 import protobuf from 'protobufjs';
 import { z } from 'zod';
-import { toNumber, type ModelProto, type ValueInfoProto } from './onnx/proto.js';
+import { declaredShape, showShape, type ModelProto } from './onnx/proto.js';
 import { OUTPUT_MAP, OUTPUT_MAX, OUTPUT_PATCH_DISTANCES, OUTPUT_SCORE } from './patchcore-graph.js';
 import { issueLines } from './zod-issues.js';
 
@@ -105,15 +105,6 @@ export function readManifest(model: ModelProto, origin: string): ModelManifest {
   checkManifestAgainstGraph(manifest, model, origin);
   return manifest;
 }
-
-/** A declared tensor shape: numbers for fixed dimensions, null for symbolic or unknown ones; null when undeclared. */
-function declaredShape(v: ValueInfoProto): Array<number | null> | null {
-  const dims = v.type?.tensorType?.shape?.dim;
-  if (!dims) return null;
-  return dims.map((d) => (d.dimValue !== undefined ? toNumber(d.dimValue) : null));
-}
-
-const showShape = (shape: Array<number | null>): string => `[${shape.map((d) => d ?? '?').join(',')}]`;
 
 /**
  * Refuses a manifest that disagrees with the graph: the image input must be [N,3,S,S] with

@@ -293,6 +293,16 @@ export function encodeModel(model: ModelProto): Uint8Array {
   return t.encode(t.fromObject(model as Record<string, unknown>)).finish();
 }
 
+/** A declared tensor shape: numbers for fixed dimensions, null for symbolic or unknown ones; null when undeclared. */
+export function declaredShape(v: ValueInfoProto): Array<number | null> | null {
+  const dims = v.type?.tensorType?.shape?.dim;
+  if (!dims) return null;
+  return dims.map((d) => (d.dimValue !== undefined ? toNumber(d.dimValue) : null));
+}
+
+/** `[N,3,224,?]`: a declared shape as error messages show it. */
+export const showShape = (shape: Array<number | null>): string => `[${shape.map((d) => d ?? '?').join(',')}]`;
+
 export function toNumber(v: number | Long | undefined): number {
   if (v === undefined) return 0;
   return typeof v === 'number' ? v : v.toNumber();
