@@ -10,6 +10,7 @@ import { readFile } from 'node:fs/promises';
 import { readManifest } from '../../models/manifest.js';
 import { decodeModel } from '../../models/onnx/proto.js';
 import { checkConfigFiles, ConfigError, formatConfigSummary, loadConfig, type AgentConfig, type ConfigIssue } from '../config.js';
+import { discoverySlots } from '../extensions/home-assistant.js';
 import { homeAssistantDiscovery } from '../mqtt/home-assistant.js';
 import { agentTopics } from '../mqtt/topics.js';
 
@@ -60,7 +61,7 @@ export async function runConfigCheck(path: string, options: { env?: NodeJS.Proce
       homeAssistantDiscovery({
         topics,
         discoveryPrefix: config.mqtt.homeAssistant.discoveryPrefix,
-        slots: config.cameras.flatMap((cam) => cam.slots.map((s) => ({ camera: cam.id, slot: s.id }))),
+        slots: discoverySlots(config),
       });
     } catch (err) {
       issues.push({ path: 'mqtt.homeAssistant', message: (err as Error).message });
