@@ -9,6 +9,7 @@ import { createRequire } from 'node:module';
 import { arch } from 'node:os';
 import { dirname, join } from 'node:path';
 import ort from 'onnxruntime-node';
+import { thisCpuNeedsExactInt8Path } from './cpu-features.js';
 
 export type ProviderName = 'cuda' | 'webgpu' | 'cpu';
 export type ProviderChoice = ProviderName | 'auto';
@@ -85,6 +86,11 @@ export interface SessionOptions {
    * (decode, preprocessing, MQTT) between batches on the same cores is better off without it.
    */
   allowSpinning?: boolean;
+  /**
+   * int8 arithmetic: 'auto' (default) asks onnxruntime for its exact kernels only where its fast
+   * ones would saturate (x86 without VNNI; models/cpu-features.ts); 'exact' always asks.
+   */
+  int8?: 'auto' | 'exact';
 }
 
 export async function createSession(model: Uint8Array, opts: SessionOptions = {}): Promise<SessionResult> {
@@ -105,10 +111,13 @@ export async function createSession(model: Uint8Array, opts: SessionOptions = {}
         graphOptimizationLevel: 'all',
         intraOpNumThreads: opts.intraOpThreads ?? 0,
         logSeverityLevel: 3,
-        // On x86 CPUs without VNNI, onnxruntime's default u8s8 int8 kernels can saturate their
-        // 16-bit intermediates, which changes ~40 % of the int8 backbone's tap values; this keeps
-        // the exact arithmetic (taps then match the reference bit for bit).
-        extra: { session: { x64quantprecision: '1', ...(opts.allowSpinning === false ? { intra_op: { allow_spinning: '0' } } : {}) } },
+        // Exact int8 arithmetic everywhere: the taps match the reference bit for bit.
+        extra: {
+          session: {
+            ...(opts.int8 === 'exact' || thisCpuNeedsExactInt8Path() ? { x64quantprecision: '1' } : {}),
+            ...(opts.allowSpinning === false ? { intra_op: { allow_spinning: '0' } } : {}),
+          },
+        },
       });
       return { session, provider, fallbacks };
     } catch (e) {

@@ -181,7 +181,7 @@ test('whole path from image files: taps bit-exact and scores of reference test i
     batch.set(img.data, i * 150528);
   }
   // The backbone through the product's session settings reproduces the reference taps exactly
-  // (without x64quantprecision, AVX2-only CPUs saturate int8 intermediates and ~40 % differ).
+  // (on CPUs without VNNI it turns on x64quantprecision: their fast int8 kernels saturate and ~40 % differ).
   const probe = (await createSession(encodeModel(buildTapProbeGraph(backbone.model, MOBILENETV2_INT8)), { provider: 'cpu' })).session;
   const taps = await probe.run({ input: new ort.Tensor('float32', batch, [2, 3, 224, 224]) });
   const r8 = f32('taps_test_s8.bin');
