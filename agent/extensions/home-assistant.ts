@@ -1,11 +1,17 @@
 /**
- * Home Assistant MQTT discovery (`mqtt.homeAssistant.enabled`): at start, one retained config
- * message per entity of every slot (see agent/mqtt/home-assistant.ts), so each slot appears in
- * HA as a problem sensor with its thumbnail. Slots removed from the config keep their entities
- * until HA is told otherwise; `shelfwatch` does not guess what was there before.
+ * Home Assistant MQTT discovery (`mqtt.homeAssistant.enabled`):
+ * - at start, one retained config message per entity of every slot (agent/mqtt/home-assistant.ts),
+ *   so each slot appears in HA as a problem sensor with its thumbnail;
+ * - when HA announces itself on `<discoveryPrefix>/status` with `online` (its birth message, after
+ *   a restart), the configs are published again, as HA documents for integrations: a broker that
+ *   lost its retained messages would otherwise leave HA without the entities;
+ * - entities of slots no longer in the config are removed: the agent subscribes to its own
+ *   node's config topics (`<prefix>/+/shelfwatch_<agent>/+/config`), and each retained config the
+ *   broker still holds for an entity the agent no longer publishes gets an empty retained payload.
  */
 import type { AgentConfig } from '../config.js';
-import { homeAssistantDiscovery, type HomeAssistantSlot } from '../mqtt/home-assistant.js';
+import { homeAssistantDiscovery, homeAssistantNodeId, removalMessage, type DiscoveryMessage, type HomeAssistantSlot } from '../mqtt/home-assistant.js';
+import type { TopicMessage } from '../mqtt/client.js';
 import type { AgentContext, Extension } from './types.js';
 
 /** Every slot of the config as discovery sees it (config check runs the same discovery). */
@@ -15,22 +21,52 @@ export function discoverySlots(config: AgentConfig): HomeAssistantSlot[] {
   );
 }
 
+/** HA birth messages closer together than this republish once (a flapping or retained status). */
+export const REDISCOVERY_MIN_INTERVAL_MS = 5000;
+
 export class HomeAssistantDiscovery implements Extension {
   readonly name = 'home-assistant';
+  private messages: DiscoveryMessage[] = [];
+  private current = new Set<string>();
+  private readonly removed = new Set<string>();
+  private lastPublishAt = -Infinity;
+  private readonly unsubscribe: Array<() => void> = [];
 
   constructor(private readonly ctx: AgentContext) {}
 
   start(): void {
     const { ctx } = this;
-    const messages = homeAssistantDiscovery({
-      topics: ctx.topics,
-      discoveryPrefix: ctx.config.mqtt.homeAssistant.discoveryPrefix,
-      swVersion: ctx.version,
-      slots: discoverySlots(ctx.config),
-    });
-    for (const m of messages) ctx.publish(m);
-    ctx.logger.info('Home Assistant discovery published', { entities: messages.length, prefix: ctx.config.mqtt.homeAssistant.discoveryPrefix });
+    const prefix = ctx.config.mqtt.homeAssistant.discoveryPrefix;
+    this.messages = homeAssistantDiscovery({ topics: ctx.topics, discoveryPrefix: prefix, swVersion: ctx.version, slots: discoverySlots(ctx.config) });
+    this.current = new Set(this.messages.map((m) => m.topic));
+    this.publishAll('start');
+    this.unsubscribe.push(
+      ctx.mqtt.subscribe(`${prefix}/status`, (m) => this.onHomeAssistantStatus(m)),
+      ctx.mqtt.subscribe(`${prefix}/+/${homeAssistantNodeId(ctx.topics.agentId)}/+/config`, (m) => this.onConfig(m)),
+    );
   }
 
-  stop(): void {}
+  stop(): void {
+    for (const off of this.unsubscribe.splice(0)) off();
+  }
+
+  private publishAll(reason: string): void {
+    this.lastPublishAt = performance.now();
+    for (const m of this.messages) this.ctx.publish(m);
+    this.ctx.logger.info('Home Assistant discovery published', { entities: this.messages.length, prefix: this.ctx.config.mqtt.homeAssistant.discoveryPrefix, reason });
+  }
+
+  private onHomeAssistantStatus(m: TopicMessage): void {
+    if (m.payload.toString('utf8').trim() !== 'online') return;
+    if (performance.now() - this.lastPublishAt < REDISCOVERY_MIN_INTERVAL_MS) return;
+    this.publishAll('Home Assistant came online');
+  }
+
+  /** A retained config under our node id that the agent no longer publishes: remove it. */
+  private onConfig(m: TopicMessage): void {
+    if (!m.retained || m.payload.length === 0 || this.current.has(m.topic) || this.removed.has(m.topic)) return;
+    this.removed.add(m.topic);
+    this.ctx.publish(removalMessage(m.topic));
+    this.ctx.logger.info('removed a Home Assistant entity of a slot no longer in the config', { topic: m.topic });
+  }
 }

@@ -20,7 +20,7 @@ import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { connect as mqttConnect, type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
 import { Outbox, type EnqueueResult, type OutboxCounters, type OutboxDepth, type OutboxLimits, type OutboxMessage, type OutboxRecord } from './outbox.js';
-import type { AgentTopics } from './topics.js';
+import { topicMatches, type AgentTopics } from './topics.js';
 import { redactUrl } from '../redact.js';
 
 export type ConnectionState = 'connecting' | 'connected' | 'reconnecting' | 'offline';
@@ -95,6 +95,15 @@ export interface CommandMessage {
 }
 
 export type CommandHandler = (command: CommandMessage) => void | Promise<void>;
+
+/** An inbound message on a topic subscribed with {@link AgentMqttClient.subscribe}. */
+export interface TopicMessage {
+  topic: string;
+  payload: Buffer;
+  /** The broker sent it as a retained message (it was stored before we subscribed). */
+  retained: boolean;
+}
+export type TopicHandler = (message: TopicMessage) => void;
 
 export interface MqttClientMetrics {
   state: ConnectionState;
@@ -179,6 +188,8 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
   private connectedSince: number | null = null;
   private lastErrorValue: MqttConnectError | Error | null = null;
   private readonly handlers = new Map<string, CommandHandler>();
+  /** Subscriptions outside the command tree (filter → handler), made again on every connection. */
+  private readonly subscriptions = new Map<string, TopicHandler>();
   private readonly bucket: TokenBucket;
   private readonly stats = {
     connects: 0,
@@ -259,6 +270,24 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
     if (this.handlers.size === 1 && this.current?.connected) this.subscribeCommands(this.current);
     return () => {
       if (this.handlers.get(name) === handler) this.handlers.delete(name);
+    };
+  }
+
+  /**
+   * Subscribes (QoS 1) to `filter` on this and every later connection; `handler` sees each
+   * message whose topic matches it, with the payload size capped like commands'. For topics
+   * outside the agent's own tree (e.g. Home Assistant's `homeassistant/status`). Returns an
+   * unsubscribe function.
+   */
+  subscribe(filter: string, handler: TopicHandler): () => void {
+    if (this.subscriptions.has(filter)) throw new Error(`MQTT topic filter ${JSON.stringify(filter)} is already subscribed`);
+    this.subscriptions.set(filter, handler);
+    const conn = this.current;
+    if (conn?.connected) this.subscribeFilter(conn, filter);
+    return () => {
+      if (this.subscriptions.get(filter) !== handler) return;
+      this.subscriptions.delete(filter);
+      if (this.current?.connected) this.current.client.unsubscribe(filter);
     };
   }
 
@@ -397,6 +426,7 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
       this.log.warn('could not publish online availability', { error: err.message }),
     );
     if (this.handlers.size > 0) this.subscribeCommands(conn);
+    for (const filter of this.subscriptions.keys()) this.subscribeFilter(conn, filter);
     this.setState('connected');
     this.drain();
   }
@@ -527,7 +557,37 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
     });
   }
 
+  private subscribeFilter(conn: Connection, filter: string): void {
+    conn.client.subscribe(filter, { qos: 1 }, (err) => {
+      if (err) this.log.error('could not subscribe', { topic: filter, error: err.message });
+    });
+  }
+
+  /** The handlers of the subscriptions `topic` matches (none for command topics). */
+  private topicHandlers(topic: string): TopicHandler[] {
+    const out: TopicHandler[] = [];
+    for (const [filter, handler] of this.subscriptions) if (topicMatches(filter, topic)) out.push(handler);
+    return out;
+  }
+
   private onMessage(topic: string, payload: Buffer, packet: IPublishPacket): void {
+    const subscribers = this.options.topics.parseCommand(topic) === null ? this.topicHandlers(topic) : [];
+    if (subscribers.length > 0) {
+      if (payload.length > this.maxCommandBytes) {
+        this.stats.tooLarge++;
+        this.log.warn('ignored MQTT message: payload too large', { topic, bytes: payload.length, max: this.maxCommandBytes });
+        return;
+      }
+      for (const handler of subscribers) {
+        try {
+          handler({ topic, payload, retained: packet.retain === true });
+        } catch (err) {
+          this.stats.handlerErrors++;
+          this.log.error('MQTT message handler failed', { topic, error: (err as Error)?.message ?? String(err) });
+        }
+      }
+      return;
+    }
     const name = this.options.topics.parseCommand(topic);
     if (name === null) {
       this.stats.invalidTopic++;

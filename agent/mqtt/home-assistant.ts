@@ -40,11 +40,16 @@ function haId(value: string): string {
   return value.replace(/[^A-Za-z0-9_-]/g, '_');
 }
 
+/** The HA node id of an agent: every discovery topic of the agent has it as its third level. */
+export function homeAssistantNodeId(agentId: string): string {
+  return `shelfwatch_${haId(agentId)}`;
+}
+
 /** Discovery config messages for every slot (binary sensor + thumbnail image + mask image). */
 export function homeAssistantDiscovery(options: HomeAssistantDiscoveryOptions): DiscoveryMessage[] {
   const { topics } = options;
   const prefix = validateBaseTopic(options.discoveryPrefix ?? 'homeassistant');
-  const nodeId = `shelfwatch_${haId(topics.agentId)}`;
+  const nodeId = homeAssistantNodeId(topics.agentId);
   const device = {
     identifiers: [nodeId],
     name: `Shelfwatch ${topics.agentId}`,
@@ -114,6 +119,11 @@ export function homeAssistantDiscovery(options: HomeAssistantDiscoveryOptions): 
 /** Empty retained payloads on the same config topics: HA removes the entities. */
 export function homeAssistantRemoval(options: HomeAssistantDiscoveryOptions): DiscoveryMessage[] {
   return homeAssistantDiscovery(options).map((m) => ({ ...m, payload: '' }));
+}
+
+/** An empty retained payload on a config topic: HA removes that entity. */
+export function removalMessage(topic: string): DiscoveryMessage {
+  return { id: `ha:${topic}`, topic, payload: '', qos: 1, retain: true };
 }
 
 function message(prefix: string, component: string, nodeId: string, objectId: string, config: Record<string, unknown>): DiscoveryMessage {

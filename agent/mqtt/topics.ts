@@ -155,3 +155,17 @@ export function validatePublishTopic(topic: string): string {
   }
   return topic;
 }
+
+/** True when `topic` matches the subscription `filter` (`+` one level, `#` the rest, MQTT 3.1.1 §4.7). */
+export function topicMatches(filter: string, topic: string): boolean {
+  const f = filter.split('/');
+  const t = topic.split('/');
+  // Topics starting with $ (broker internals) never match a filter starting with a wildcard.
+  if (topic.startsWith('$') && (f[0] === '+' || f[0] === '#')) return false;
+  for (let i = 0; i < f.length; i++) {
+    if (f[i] === '#') return i === f.length - 1;
+    if (i >= t.length) return false;
+    if (f[i] !== '+' && f[i] !== t[i]) return false;
+  }
+  return f.length === t.length;
+}
