@@ -6,7 +6,7 @@
  */
 import test from 'ava';
 import { execFile, spawn } from 'node:child_process';
-import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -233,6 +233,49 @@ test('TLS: the CA file and servername from the config verify the broker; without
   await t.throwsAsync(startMqttClient({ url, topics, tls: { ca: join(dir, 'missing.pem') }, outbox: { dir: join(dir, 'o'), maxRecords: 1, maxBytes: 1000 } }), {
     message: /^mqtt\.tls\.ca: cannot read .*missing\.pem: ENOENT/,
   });
+});
+
+test('TLS: renewed files are read again before the next connection attempt (no restart)', async (t) => {
+  const dir = await tempDir(t);
+  const [first, second] = [join(dir, 'a'), join(dir, 'b')];
+  await Promise.all([first, second].map((d) => mkdir(d)));
+  const pemA = await makeCertificates(first);
+  const pemB = await makeCertificates(second);
+  // The broker's and the agent's files live at fixed paths; a renewal replaces their contents.
+  const served = { cert: join(dir, 'server.pem'), key: join(dir, 'server.key'), ca: join(dir, 'broker-ca.pem') };
+  const agentCa = join(dir, 'agent-ca.pem');
+  const install = async (pem: { ca: string; cert: string; key: string }) => {
+    await copyFile(pem.cert, served.cert);
+    await copyFile(pem.key, served.key);
+    await copyFile(pem.ca, served.ca);
+  };
+  await install(pemA);
+  await copyFile(pemA.ca, agentCa);
+  const broker = await startMosquitto({ extraConfig: [`cafile ${served.ca}`, `certfile ${served.cert}`, `keyfile ${served.key}`] });
+  t.teardown(() => broker.dispose());
+  const url = `mqtts://127.0.0.1:${broker.port}`;
+  const topics = agentTopics('shelfwatch', 'tls-renew');
+  const lines: string[] = [];
+  const log = (level: string) => (message: string, fields?: Record<string, unknown>) => lines.push(`${level} ${message} ${JSON.stringify(fields ?? {})}`);
+  const client = await agentClient(t, { url, topics, tls: { ca: agentCa, servername: 'broker.test' }, logger: { debug: log('debug'), info: log('info'), warn: log('warn'), error: log('error') } });
+  await client.waitUntilConnected(10000);
+  await client.publish({ id: 'before', topic: topics.events, payload: '{}' });
+  await until('delivery with the first CA', () => client.outbox.depth().records === 0);
+
+  // The broker moves to a certificate of another CA, and the agent's CA file is renewed to match.
+  await install(pemB);
+  await copyFile(pemB.ca, agentCa);
+  await broker.restart();
+  await client.publish({ id: 'after', topic: topics.events, payload: '{}' });
+  await until('delivery with the renewed CA', () => client.outbox.depth().records === 0, 20000);
+  t.true(lines.some((l) => l.includes('TLS files changed') && l.includes('"ca"')), lines.join('\n'));
+
+  // A file that cannot be read during a renewal keeps the material read before.
+  await rm(agentCa);
+  await broker.restart();
+  await client.publish({ id: 'during', topic: topics.events, payload: '{}' });
+  await until('delivery with the CA read before', () => client.outbox.depth().records === 0, 20000);
+  t.true(lines.some((l) => l.startsWith('warn could not read the TLS files again') && l.includes('agent-ca.pem')), lines.join('\n'));
 });
 
 test('commands: valid ones reach the handler; oversized, stale retained, unknown and excess ones are refused', async (t) => {

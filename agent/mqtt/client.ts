@@ -14,6 +14,9 @@
  * - Inbound `<root>/command/<name>` messages are checked (size, rate, not retained, known
  *   name) before a registered handler sees them.
  *
+ * - TLS files (CA, client certificate, key) are read again before every connection attempt, so
+ *   renewed certificates are used from the next reconnect on.
+ *
  * Passwords never reach a log line; URLs are logged without their user-info.
  */
 import { EventEmitter } from 'node:events';
@@ -219,7 +222,8 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
   constructor(
     private readonly options: MqttClientOptions,
     readonly outbox: Outbox,
-    private readonly tls: Pick<IClientOptions, 'ca' | 'cert' | 'key' | 'rejectUnauthorized' | 'servername'>,
+    /** TLS material read at start; re-read before each connection attempt (see tlsForAttempt). */
+    private tls: Pick<IClientOptions, 'ca' | 'cert' | 'key' | 'rejectUnauthorized' | 'servername'>,
   ) {
     super();
     this.log = options.logger ?? NOOP_LOGGER;
@@ -399,7 +403,7 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
       resubscribe: false,
       protocolVersion: 4,
       will: { topic: topics.availability, payload: Buffer.from('offline'), qos: 1, retain: true },
-      ...this.tls,
+      ...this.tlsForAttempt(),
     });
     const conn: Connection = { client, connected: false, closed: false, cursor: 0, inFlight: new Map(), acked: false, closing: false, stableTimer: null };
     this.current = conn;
@@ -408,6 +412,27 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
     // mqtt.js emits 'error' on instances; an EventEmitter without a listener would throw.
     client.on('error', (err) => this.onConnectError(conn, err));
     client.on('close', () => this.onClosed(conn));
+  }
+
+  /**
+   * The TLS files read again for this attempt, so that an agent running for months follows a
+   * rotated CA, client certificate or key without a restart. A file that cannot be read now (in
+   * the middle of being replaced) keeps the material read before, with a warning; a certificate
+   * and key that do not match yet fail the handshake, which is retried with the backoff.
+   */
+  private tlsForAttempt(): Pick<IClientOptions, 'ca' | 'cert' | 'key' | 'rejectUnauthorized' | 'servername'> {
+    if (!this.options.tls) return this.tls;
+    let fresh: Pick<IClientOptions, 'ca' | 'cert' | 'key' | 'rejectUnauthorized' | 'servername'>;
+    try {
+      fresh = loadTlsFiles(this.options.tls);
+    } catch (err) {
+      this.log.warn('could not read the TLS files again; connecting with the ones read before', { error: (err as Error).message });
+      return this.tls;
+    }
+    const changed = (['ca', 'cert', 'key'] as const).filter((k) => !sameBytes(fresh[k], this.tls[k]));
+    if (changed.length > 0) this.log.info('MQTT TLS files changed; connecting with the new ones', { changed });
+    this.tls = fresh;
+    return fresh;
   }
 
   private onConnected(conn: Connection): void {
@@ -667,6 +692,11 @@ export function loadTlsFiles(tls: MqttTlsFiles | undefined): Pick<IClientOptions
   if (tls.rejectUnauthorized !== undefined) out.rejectUnauthorized = tls.rejectUnauthorized;
   if (tls.servername !== undefined) out.servername = tls.servername;
   return out;
+}
+
+function sameBytes(a: unknown, b: unknown): boolean {
+  if (a === undefined || b === undefined) return a === b;
+  return Buffer.isBuffer(a) && Buffer.isBuffer(b) && a.equals(b);
 }
 
 /** Refills on the monotonic clock: a wall clock stepped back must not starve it for that long. */
