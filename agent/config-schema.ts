@@ -416,6 +416,9 @@ export function configSchema(baseDir: string) {
     password: z.string().optional(),
     tls: tls.optional(),
     keepaliveSeconds: duration('s', 0, 65535).default(30),
+    // MQTT 5 lets the broker refuse one publish (reason code: an ACL denial); 3.1.1 brokers drop
+    // it silently. auto: 5, and 3.1.1 for a broker that refuses 5 (the embedded one, old ones).
+    protocolVersion: z.union([z.literal('auto'), z.literal(4), z.literal(5)], { error: 'expected auto, 4 (MQTT 3.1.1) or 5' }).default('auto'),
     statsIntervalSeconds: duration('s', 1, 86_400).default(60),
     homeAssistant: strict({
       enabled: bool.default(false),

@@ -229,7 +229,7 @@ const ENV_SECRETS = new WeakMap<object, readonly string[]>();
 const PUBLIC_ENV_KEYS: readonly RegExp[] = [
   /^agent\.(id|stateDir|timezone)$/,
   /^(logging|metrics|inference|debounce|thumbnails|outbox)\./,
-  /^mqtt\.(embeddedPort|baseTopic|clientId|keepaliveSeconds|statsIntervalSeconds|homeAssistant\..+|commands\..+)$/,
+  /^mqtt\.(embeddedPort|baseTopic|clientId|keepaliveSeconds|protocolVersion|statsIntervalSeconds|homeAssistant\..+|commands\..+)$/,
   /^models\.[^.]+\.(path|threshold)$/,
   /^cameras\.\[\]\.(id|schedule|shrinkOnLoad|continuous\..+|slots\..+)$/,
   /^cameras\.\[\]\.source\.(type|fps|transport|loop|timeoutMs|maxBytes|intervalMs|pattern|deleteAfter|path|dir|files\.\[\])$/,

@@ -879,3 +879,11 @@ test('a stream input with a NUL character is a config error at .input, not a thr
   const error = configError(t, withSource('{ type: stream, input: "/videos/a\\0.mp4" }'));
   t.regex(issueAt(t, error, 'cameras[0].source.input').message, /without NUL characters/);
 });
+
+test('mqtt.protocolVersion: auto by default, 4 or 5 to force; anything else is refused at its key', (t) => {
+  t.is(parseConfig('agent: { id: a }', { env: {} }).mqtt.protocolVersion, 'auto');
+  t.is(parseConfig('agent: { id: a }\nmqtt: { protocolVersion: 4 }', { env: {} }).mqtt.protocolVersion, 4);
+  t.is(parseConfig('agent: { id: a }\nmqtt: { protocolVersion: 5 }', { env: {} }).mqtt.protocolVersion, 5);
+  const bad = configError(t, 'agent: { id: a }\nmqtt: { protocolVersion: 3 }');
+  t.regex(issueAt(t, bad, 'mqtt.protocolVersion').message, /expected auto, 4 \(MQTT 3\.1\.1\) or 5/);
+});

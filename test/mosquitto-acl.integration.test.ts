@@ -7,7 +7,7 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -218,6 +218,43 @@ test('MQTT 5: the denied publish is answered with reason code 0x87 (not authoriz
   await t.notThrowsAsync(within(5000, store1.publishAsync('shelfwatch/store-1/events', 'ok', { qos: 1 }), 'allowed publish'));
   const err = await t.throwsAsync(within(5000, store1.publishAsync('shelfwatch/store-2/events', 'spoof', { qos: 1 }), 'denied publish'));
   t.regex(String((err as Error & { code?: number }).code ?? err?.message), /135|[Nn]ot authorized/);
+});
+
+test('the agent client (MQTT 5 by default) sets aside a publish the ACL refuses and delivers the rest', async (t) => {
+  const dashboard = await reader(t, 'dashboard');
+  const { messages } = await collect(dashboard, 'shelfwatch/#');
+  const outboxDir = join(workDir, 'outbox-refused');
+  const lines: string[] = [];
+  const log = (level: string) => (message: string, fields?: Record<string, unknown>) => lines.push(`${level} ${message} ${JSON.stringify(fields ?? {})}`);
+  const agent = await startMqttClient({
+    url: `mqtts://127.0.0.1:${broker.ports.certAgents}`,
+    topics: agentTopics('shelfwatch', 'store-1'),
+    clientId: uniqueId('shelfwatch-store-1'),
+    tls: { ca: broker.file('ca.pem'), cert: broker.file('store-1.pem'), key: broker.file('store-1.key'), servername: 'broker.local' },
+    outbox: { dir: outboxDir, maxRecords: 100, maxBytes: 1 << 20, fsync: false },
+    logger: { debug: log('debug'), info: log('info'), warn: log('warn'), error: log('error') },
+  });
+  t.teardown(() => agent.stop({ flushTimeoutMs: 500 }));
+  await agent.waitUntilConnected(5000);
+  const tag = Math.random().toString(36).slice(2);
+  // A misconfigured base topic: outside the agent's ACL prefix. Then a message that is allowed.
+  await agent.publish({ id: `spoof-${tag}`, topic: 'shelfwatch/store-2/events', payload: `spoof-${tag}` });
+  await agent.publish({ id: `ok-${tag}`, topic: 'shelfwatch/store-1/events', payload: `ok-${tag}` });
+  await waitFor(() => messages.some((m) => m.payload === `ok-${tag}`), 5000);
+  await waitFor(() => agent.outbox.depth().records === 0, 5000);
+  t.false(messages.some((m) => m.payload === `spoof-${tag}`));
+  const m = agent.metrics();
+  t.like(m, { protocolVersion: 5, publishRefused: 1, connectionLosses: 0 });
+  t.is(m.outbox.counters.deadLettered, 1);
+  const refusal = lines.find((l) => l.startsWith('error the broker refused this message'));
+  t.truthy(refusal, lines.join('\n'));
+  t.regex(refusal!, /"reasonCode":"0x87"/);
+  t.regex(refusal!, /shelfwatch\/store-2\/events/);
+  t.regex(refusal!, /broker ACL/);
+  await waitFor(async () => (await readdir(join(outboxDir, 'dead')).catch(() => [])).length > 0, 5000);
+  const dead = await readdir(join(outboxDir, 'dead'));
+  t.is(dead.length, 1);
+  t.true((await readFile(join(outboxDir, 'dead', dead[0]!))).includes(`spoof-${tag}`), 'the refused record is kept for a post-mortem');
 });
 
 test('an agent cannot read another agent\'s topics; it does get its own commands', async (t) => {

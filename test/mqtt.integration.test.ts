@@ -196,7 +196,7 @@ test('username/password: the right password connects; a wrong one gives a clear 
 
   const bad = await agentClient(t, { url: broker.url, topics, username: 'agent', password: 'wrong-pw', clientId: 'auth-bad' });
   const err = await t.throwsAsync(bad.waitUntilConnected(10000), { instanceOf: MqttConnectError });
-  t.regex(err!.message, /refused client "auth-bad": Connection refused: (Not authorized|Bad username or password) \(code [45]\) \(check mqtt\.username/);
+  t.regex(err!.message, /refused client "auth-bad": Connection refused: (Not authorized|Bad username or password) \(code (4|5|134|135)\) \(check mqtt\.username/);
   t.true((err as MqttConnectError).permanent);
   t.false(err!.message.includes('wrong-pw'));
   t.is(bad.state === 'connected', false);
@@ -324,10 +324,20 @@ test('embedded broker: a plain mqtt.js client and the agent client both work aga
   t.regex(broker.url, /^mqtt:\/\/127\.0\.0\.1:\d+$/);
   const topics = agentTopics('shelfwatch', 'embedded');
   const sub = await subscriber(broker.url, `${topics.root}/#`, t);
-  const client = await agentClient(t, { url: broker.url, topics });
+  const lines: string[] = [];
+  const log = (level: string) => (message: string) => lines.push(`${level} ${message}`);
+  const client = await agentClient(t, { url: broker.url, topics, logger: { debug: log('debug'), info: log('info'), warn: log('warn'), error: log('error') } });
   await client.waitUntilConnected(10000);
   await client.publish({ id: 'e', topic: topics.events, payload: JSON.stringify({ id: 'e' }) });
   await until('event via aedes', () => sub.messages.some((m) => m.topic === topics.events));
+  // aedes speaks MQTT 3.1.1 only: the agent (protocolVersion auto) fell back to it, saying so once.
+  t.is(client.metrics().protocolVersion, 4);
+  t.is(lines.filter((l) => l.includes('does not speak MQTT 5')).length, 1);
+  t.false(lines.some((l) => l.startsWith('error')), lines.join('\n'));
+  // Asked for MQTT 5 only, the agent does not fall back: the refusal is the error.
+  const strict5 = await agentClient(t, { url: broker.url, topics: agentTopics('shelfwatch', 'embedded-5'), protocolVersion: 5 });
+  const err = await t.throwsAsync(strict5.waitUntilConnected(5000));
+  t.regex(err!.message, /[Uu]nacceptable protocol version \(code 1\)/);
 
   const plain = connect(broker.url);
   t.teardown(() => plain.end(true));

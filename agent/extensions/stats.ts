@@ -14,7 +14,7 @@ export interface AgentStats {
   uptimeSeconds: number;
   cameras: Record<string, CameraPipelineStats & { source: SourceStatus }>;
   models: Record<string, InferenceBatcherStats>;
-  mqtt: { state: string; connects: number; connectionLosses: number; published: number; publishErrors: number; inFlight: number };
+  mqtt: { state: string; protocolVersion: 4 | 5; connects: number; connectionLosses: number; published: number; publishErrors: number; publishRefused: number; inFlight: number };
   outbox: { records: number; bytes: number; oldestCreatedAt: number | null; enqueued: number; delivered: number; dropped: number; superseded: number; deadLettered: number; failedWrites: number };
   process: { rssBytes: number; heapUsedBytes: number };
 }
@@ -35,7 +35,7 @@ export function agentStats(ctx: AgentContext): AgentStats {
     uptimeSeconds: ctx.uptimeSeconds(),
     cameras,
     models: pipeline.models,
-    mqtt: { state: m.state, connects: m.connects, connectionLosses: m.connectionLosses, published: m.published, publishErrors: m.publishErrors, inFlight: m.inFlight },
+    mqtt: { state: m.state, protocolVersion: m.protocolVersion, connects: m.connects, connectionLosses: m.connectionLosses, published: m.published, publishErrors: m.publishErrors, publishRefused: m.publishRefused, inFlight: m.inFlight },
     outbox: {
       ...m.outbox.depth,
       enqueued: m.outbox.counters.enqueued,

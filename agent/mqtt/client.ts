@@ -65,6 +65,12 @@ export interface MqttClientOptions {
   tls?: MqttTlsFiles;
   /** Default 30. */
   keepaliveSeconds?: number;
+  /**
+   * MQTT protocol: 5 lets the broker refuse a single publish with a reason code (an ACL denial),
+   * which a 3.1.1 broker acknowledges and drops silently; 'auto' (default) speaks 5 and falls back
+   * to 3.1.1 for a broker that refuses it.
+   */
+  protocolVersion?: 'auto' | 4 | 5;
   /** How long to wait for CONNACK, ms (default 10000). */
   connectTimeoutMs?: number;
   outbox: { dir: string } & OutboxLimits;
@@ -118,6 +124,10 @@ export interface MqttClientMetrics {
   /** Records acknowledged by the broker. */
   published: number;
   publishErrors: number;
+  /** Publishes the broker refused with an MQTT 5 reason code (set aside in dead/). */
+  publishRefused: number;
+  /** The protocol of the current or last connection: 4 (MQTT 3.1.1) or 5. */
+  protocolVersion: 4 | 5;
   inFlight: number;
   lastError: string | null;
   outbox: { depth: OutboxDepth; counters: OutboxCounters };
@@ -188,6 +198,8 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
   private stopping = false;
   private reconnectTimer: NodeJS.Timeout | null = null;
   private attempt = 0;
+  /** The protocol the next connection attempt speaks ('auto' starts at 5, see onConnectError). */
+  private protocolVersion: 4 | 5;
   private connectedSince: number | null = null;
   private lastErrorValue: MqttConnectError | Error | null = null;
   private readonly handlers = new Map<string, CommandHandler>();
@@ -199,6 +211,7 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
     connectionLosses: 0,
     published: 0,
     publishErrors: 0,
+    publishRefused: 0,
     commandsAccepted: 0,
     tooLarge: 0,
     rateLimited: 0,
@@ -228,6 +241,7 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
     super();
     this.log = options.logger ?? NOOP_LOGGER;
     this.clientId = options.clientId ?? `shelfwatch-${options.topics.agentId}`;
+    this.protocolVersion = options.protocolVersion === 4 ? 4 : 5;
     this.maxInFlight = positive(options.maxInFlight ?? 16, 'maxInFlight');
     this.minDelayMs = positive(options.reconnect?.minDelayMs ?? 1000, 'reconnect.minDelayMs');
     this.maxDelayMs = Math.max(this.minDelayMs, positive(options.reconnect?.maxDelayMs ?? 30000, 'reconnect.maxDelayMs'));
@@ -334,6 +348,8 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
       connectionLosses: s.connectionLosses,
       published: s.published,
       publishErrors: s.publishErrors,
+      publishRefused: s.publishRefused,
+      protocolVersion: this.protocolVersion,
       inFlight: this.current?.inFlight.size ?? 0,
       lastError: this.lastErrorValue?.message ?? null,
       outbox: { depth: this.outbox.depth(), counters: this.outbox.counters() },
@@ -401,7 +417,7 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
       clean: true,
       reconnectPeriod: 0, // we reconnect ourselves, with backoff and a fresh client
       resubscribe: false,
-      protocolVersion: 4,
+      protocolVersion: this.protocolVersion,
       will: { topic: topics.availability, payload: Buffer.from('offline'), qos: 1, retain: true },
       ...this.tlsForAttempt(),
     });
@@ -460,6 +476,13 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
     if (conn !== this.current) return;
     const url = redactUrl(this.options.url);
     const returnCode = typeof err.code === 'number' ? err.code : undefined;
+    if (this.protocolVersion === 5 && (this.options.protocolVersion ?? 'auto') === 'auto' && (returnCode === 1 || returnCode === 132)) {
+      // "Unacceptable / unsupported protocol version": a 3.1.1 broker (the embedded one among them).
+      this.protocolVersion = 4;
+      this.attempt = 0;
+      this.log.info('the MQTT broker does not speak MQTT 5: using 3.1.1, where a publish the broker refuses (ACL) is dropped without notice', { url });
+      return;
+    }
     let wrapped: MqttConnectError;
     if (returnCode !== undefined) {
       const hint = returnCode === 4 || returnCode === 5 || returnCode === 134 || returnCode === 135 ? ' (check mqtt.username / mqtt.password and the broker ACL)' : '';
@@ -548,6 +571,23 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
 
   private onPublished(conn: Connection, record: OutboxRecord, err: Error | undefined): void {
     if (!conn.inFlight.has(record.seq)) return; // the connection was lost meanwhile
+    const reasonCode = (err as (Error & { code?: unknown }) | undefined)?.code;
+    if (err && typeof reasonCode === 'number' && reasonCode >= 0x80 && !TRANSIENT_PUBACK_CODES.has(reasonCode)) {
+      // MQTT 5: the broker refused this message (not authorized, invalid topic…) and keeps the
+      // connection. Sending it again gets the same answer: set it aside, go on with the rest.
+      conn.inFlight.delete(record.seq);
+      this.stats.publishRefused++;
+      this.log.error('the broker refused this message: set aside in the outbox dead/ folder', {
+        id: record.id,
+        topic: record.topic,
+        reasonCode: `0x${reasonCode.toString(16)}`,
+        reason: err.message,
+        ...(reasonCode === 0x87 ? { hint: 'the broker ACL does not allow this topic for this client: check agent.id / mqtt.baseTopic against the ACL' } : {}),
+      });
+      void this.outbox.deadLetter(record.id, record.seq);
+      this.drain(this.stopping);
+      return;
+    }
     if (err) {
       // mqtt.js fails a publish when the connection goes down (a keepalive timeout flushes its
       // queue before 'close'; end() was called). Publishing more on it would only fail too (at
@@ -698,6 +738,12 @@ function sameBytes(a: unknown, b: unknown): boolean {
   if (a === undefined || b === undefined) return a === b;
   return Buffer.isBuffer(a) && Buffer.isBuffer(b) && a.equals(b);
 }
+
+/**
+ * MQTT 5 PUBACK reason codes that may pass (quota exceeded: the broker is busy now); the record
+ * is sent again on the next connection instead of being set aside.
+ */
+const TRANSIENT_PUBACK_CODES = new Set([0x97]);
 
 /** Refills on the monotonic clock: a wall clock stepped back must not starve it for that long. */
 class TokenBucket {
