@@ -339,7 +339,8 @@ export class Agent extends EventEmitter<AgentEvents> {
         password: config.mqtt.password,
         tls: config.mqtt.tls,
         keepaliveSeconds: config.mqtt.keepaliveSeconds,
-        protocolVersion: config.mqtt.protocolVersion,
+        // The embedded broker (aedes) speaks 3.1.1 only: no MQTT 5 attempt to fall back from.
+        protocolVersion: config.mqtt.embedded && config.mqtt.protocolVersion === 'auto' ? 4 : config.mqtt.protocolVersion,
         commands: { maxPayloadBytes: config.mqtt.commands.maxPayloadBytes, ratePerSecond: config.mqtt.commands.ratePerSecond, burst: config.mqtt.commands.burst },
         outbox: { dir: config.outbox.dir, maxRecords: config.outbox.maxRecords, maxBytes: config.outbox.maxBytes, fsync: this.options.outboxFsync, clock: this.clock },
         reconnect: this.options.reconnect,

@@ -200,6 +200,8 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
   private attempt = 0;
   /** The protocol the next connection attempt speaks ('auto' starts at 5, see onConnectError). */
   private protocolVersion: 4 | 5;
+  /** The next attempt follows without a backoff delay (after falling back to 3.1.1). */
+  private reconnectAtOnce = false;
   private connectedSince: number | null = null;
   private lastErrorValue: MqttConnectError | Error | null = null;
   private readonly handlers = new Map<string, CommandHandler>();
@@ -480,6 +482,7 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
       // "Unacceptable / unsupported protocol version": a 3.1.1 broker (the embedded one among them).
       this.protocolVersion = 4;
       this.attempt = 0;
+      this.reconnectAtOnce = true;
       this.log.info('the MQTT broker does not speak MQTT 5: using 3.1.1, where a publish the broker refuses (ACL) is dropped without notice', { url });
       return;
     }
@@ -516,7 +519,8 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
       this.log.warn('MQTT connection lost', { url: redactUrl(this.options.url), pending: this.outbox.depth().records });
     }
     this.setState('reconnecting');
-    const delay = Math.min(this.maxDelayMs, this.minDelayMs * 2 ** this.attempt) * (0.5 + Math.random() / 2);
+    const delay = this.reconnectAtOnce ? 0 : Math.min(this.maxDelayMs, this.minDelayMs * 2 ** this.attempt) * (0.5 + Math.random() / 2);
+    this.reconnectAtOnce = false;
     this.attempt = Math.min(this.attempt + 1, 30);
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = null;

@@ -299,7 +299,10 @@ export class FfmpegStreamSource implements PushSource {
       const args = finite && sent > 0 ? ffmpegArgs(this.spec, sent / fps) : this.currentArgs;
       let child: Child;
       try {
-        child = spawn(ffmpegPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+        // Its own process group, so that stopping it also stops what it started: a wrapper
+        // script that runs ffmpeg without `exec` would otherwise leave ffmpeg running, holding
+        // the camera's stream and our pipe open.
+        child = spawn(ffmpegPath, args, { stdio: ['ignore', 'pipe', 'pipe'], detached: true });
       } catch (err) {
         // spawn() throws rather than emitting 'error' for some failures (E2BIG: an input over
         // 128 KiB; ENOTDIR; ENOMEM): from a restart timer or the RTSP version probe's callback
@@ -405,10 +408,30 @@ export class FfmpegStreamSource implements PushSource {
     };
   }
 
+  /**
+   * SIGTERM to ffmpeg's process group, SIGKILL to what is left of it after killTimeoutMs, even
+   * when ffmpeg itself is gone by then (a wrapper's child may ignore SIGTERM).
+   */
   private kill(child: Child): void {
     if (child.exitCode !== null || child.signalCode !== null) return;
-    child.kill('SIGTERM');
-    const force = setTimeout(() => child.kill('SIGKILL'), this.options.killTimeoutMs ?? 2000);
-    child.once('exit', () => clearTimeout(force));
+    signalGroup(child, 'SIGTERM');
+    const force = setTimeout(() => signalGroup(child, 'SIGKILL'), this.options.killTimeoutMs ?? 2000);
+    child.once('exit', () => {
+      if (!signalGroup(child, 0)) clearTimeout(force);
+    });
+  }
+}
+
+/**
+ * Sends `signal` to the process group `child` leads (see spawn's `detached`); signal 0 only
+ * checks. False once every process of the group has exited (ESRCH).
+ */
+function signalGroup(child: Child, signal: NodeJS.Signals | 0): boolean {
+  if (child.pid === undefined) return false;
+  try {
+    process.kill(-child.pid, signal);
+    return true;
+  } catch {
+    return false;
   }
 }
