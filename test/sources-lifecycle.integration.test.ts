@@ -92,6 +92,28 @@ test.serial('stream: two subscriptions each stop their own ffmpeg; none is left 
   t.true(await until(async () => (await children('/*live*/')).length === 0), 'no ffmpeg left');
 });
 
+/** pids of every process on the machine whose command line mentions `marker` (grandchildren too). */
+async function processes(marker: string): Promise<number[]> {
+  const { stdout } = await run('ps', ['-e', '-ww', '-o', 'pid=,args=']).catch(() => ({ stdout: '' }));
+  return stdout
+    .split('\n')
+    .filter((line) => line.includes(marker) && !line.includes(' ps '))
+    .map((line) => Number(line.trim().split(/\s+/)[0]));
+}
+
+test.serial('stream: a wrapper script that runs ffmpeg without exec is stopped with what it started (process group)', async (t) => {
+  // The wrapper stays the parent; the "ffmpeg" is its child and ignores SIGTERM, as a busy one may.
+  const wrapped = `'${process.execPath}' -e 'process.on("SIGTERM", () => {}); /*wrapped*/ ${readJpeg} setInterval(() => process.stdout.write(img), 50);' '${jpegFile}'`;
+  const ffmpeg = await fakeFfmpeg('wrapper', wrapped);
+  const src = new FfmpegStreamSource('cam', { type: 'stream', input: 'http://127.0.0.1:9/w.mjpg', fps: 5 }, { ffmpegPath: ffmpeg, killTimeoutMs: 300 });
+  let frames = 0;
+  const sub = src.frames$.subscribe(() => frames++);
+  t.teardown(() => sub.unsubscribe());
+  t.true(await until(async () => frames > 0 && (await processes('/*wrapped*/')).length === 1), 'the wrapped ffmpeg runs');
+  sub.unsubscribe();
+  t.true(await until(async () => (await processes('/*wrapped*/')).length === 0, 5000), 'nothing of it is left');
+});
+
 test.serial('stream: spawn() throwing (an input over 128 KiB) fails the source naming the cause, for RTSP too (no unhandled rejection)', async (t) => {
   const long = 'x'.repeat(200_000);
   for (const input of [`rtsp://127.0.0.1:9/${long}`, join(workDir, `${long}.mp4`)]) {
