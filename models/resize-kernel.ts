@@ -14,9 +14,14 @@
  * One private, growable memory per thread holds a call's coefficients or table, the box's source
  * rows, the horizontal pass's rows and the output rows. It keeps the size of the largest call
  * (about 45 MB after resizing a whole 3000×3000 photo, under 2 MB for slot crops) for the next one.
+ *
+ * Batch buffers (`allocateKernelBatch`): a batch that travels to an inference worker lives at the
+ * start of a shared memory of its own, with its own kernel instance and the scratch space after
+ * it, so the kernels write the planes straight into the batch: no copy of 600 KB per 224×224 crop
+ * out of kernel memory. Its SharedArrayBuffer is what the worker receives.
  */
 import type { AxisCoefficients, PixelBox } from './resize.js';
-import { assembleModule, F64, Fn, I32, op, V128, wasm, type GrowableMemory, type ValType } from './wasm-encoder.js';
+import { assembleModule, F64, Fn, I32, op, V128, wasm, type GrowableMemory, type KernelMemory, type ValType } from './wasm-encoder.js';
 
 /**
  * horizontal3(src, srcRowBytes, rows, start, count, weights, strideBytes, outSize, tmp, tmpRowBytes):
@@ -168,31 +173,71 @@ type Planes = (rows: number, rowBytes: number, height: number, width: number, ds
 type Lookup = (src: number, srcRowBytes: number, height: number, width: number, dst: number, table: number) => void;
 
 interface Kernel {
-  memory: GrowableMemory;
+  memory: GrowableMemory | KernelMemory;
+  /** Where scratch space starts (0, or after the batch a batch kernel's memory begins with). */
+  base: number;
+  /** Bytes the memory may grow to. */
+  maxBytes: number;
   horizontal3: Pass;
   vertical: Pass;
   planes: Planes;
   lookup3: Lookup;
 }
 
+const kernelFunctions = (): Array<[string, Fn]> => [['horizontal3', buildHorizontal3()], ['vertical', buildVertical()], ['planes', buildPlanes()], ['lookup3', buildLookup3()]];
+
+function instantiate(bytes: Uint8Array, memory: GrowableMemory | KernelMemory, base: number, maxBytes: number): Kernel {
+  const instance = new wasm.Instance(new wasm.Module(bytes), { env: { memory } });
+  return { memory, base, maxBytes, ...(instance.exports as unknown as Omit<Kernel, 'memory' | 'base' | 'maxBytes'>) };
+}
+
 let kernel: Kernel | undefined;
 
 function getKernel(): Kernel {
-  if (!kernel) {
-    const bytes = assembleModule([['horizontal3', buildHorizontal3()], ['vertical', buildVertical()], ['planes', buildPlanes()], ['lookup3', buildLookup3()]], 'private');
-    const memory = new wasm.Memory({ initial: 16 });
-    const instance = new wasm.Instance(new wasm.Module(bytes), { env: { memory } });
-    kernel = { memory, ...(instance.exports as unknown as Omit<Kernel, 'memory'>) };
-  }
+  kernel ??= instantiate(assembleModule(kernelFunctions(), 'private'), new wasm.Memory({ initial: 16 }), 0, 2 ** 31);
   return kernel;
 }
 
-/** Bytes of kernel memory at least `bytes` long (grows it; earlier views are then detached). */
-function reserve(k: Kernel, bytes: number): ArrayBuffer {
+let sharedModuleBytes: Uint8Array | undefined;
+/** The batch kernel of each batch buffer allocateKernelBatch made, by its SharedArrayBuffer. */
+const batchKernels = new WeakMap<ArrayBufferLike, Kernel>();
+/** A batch memory may grow to this (batch + the scratch of slot boxes up to a whole 4K frame). */
+const BATCH_MEMORY_MAX_BYTES = 512 * 2 ** 20;
+
+/**
+ * A float32 batch buffer of `values` values at the start of a shared memory of its own, which the
+ * kernels write into directly (toModelInput with it as `out`). Its buffer is a SharedArrayBuffer:
+ * posted to a worker, it is shared, not copied. Falls back to a plain SharedArrayBuffer-backed
+ * array when `values` leaves no room for scratch space.
+ */
+export function allocateKernelBatch(values: number): Float32Array {
+  const batchBytes = align16(values * Float32Array.BYTES_PER_ELEMENT);
+  const scratch = 2 * 2 ** 20;
+  if (batchBytes + scratch > BATCH_MEMORY_MAX_BYTES) return new Float32Array(new SharedArrayBuffer(values * Float32Array.BYTES_PER_ELEMENT));
+  sharedModuleBytes ??= assembleModule(kernelFunctions(), 'shared');
+  const memory = new wasm.Memory({ initial: Math.ceil((batchBytes + scratch) / 65536), maximum: BATCH_MEMORY_MAX_BYTES / 65536, shared: true });
+  const batch = new Float32Array(memory.buffer, 0, values);
+  batchKernels.set(batch.buffer, instantiate(sharedModuleBytes, memory, batchBytes, BATCH_MEMORY_MAX_BYTES));
+  return batch;
+}
+
+/**
+ * The kernel that writes into `target` directly (a batch of allocateKernelBatch with room for
+ * `scratchBytes` more), or null: the thread's private kernel then works in its own memory and the
+ * result is copied into `target`.
+ */
+function kernelInside(target: Float32Array, scratchBytes: number): Kernel | null {
+  const k = batchKernels.get(target.buffer);
+  return k && k.base + scratchBytes <= k.maxBytes ? k : null;
+}
+
+/** Kernel memory with at least `bytes` of scratch from k.base on (grows it; a private memory's earlier views are then detached). */
+function reserve(k: Kernel, bytes: number): ArrayBuffer | SharedArrayBuffer {
   const have = k.memory.buffer.byteLength;
-  if (bytes > have) {
-    if (bytes > 2 ** 31) throw new RangeError(`resize: needs ${(bytes / 2 ** 30).toFixed(2)} GiB of scratch memory`);
-    k.memory.grow(Math.ceil((bytes - have) / 65536));
+  const need = k.base + bytes;
+  if (need > have) {
+    if (need > k.maxBytes) throw new RangeError(`resize: needs ${(bytes / 2 ** 30).toFixed(2)} GiB of scratch memory`);
+    k.memory.grow(Math.ceil((need - have) / 65536));
   }
   return k.memory.buffer;
 }
@@ -200,7 +245,7 @@ function reserve(k: Kernel, bytes: number): ArrayBuffer {
 const align16 = (n: number): number => Math.ceil(n / 16) * 16;
 
 /** Writes one axis's coefficients at `at`: start and count as i32, then the weights as f64. */
-function placeCoefficients(buf: ArrayBuffer, at: number, c: AxisCoefficients): { start: number; count: number; weights: number } {
+function placeCoefficients(buf: ArrayBuffer | SharedArrayBuffer, at: number, c: AxisCoefficients): { start: number; count: number; weights: number } {
   const start = at;
   const count = align16(start + 4 * c.outSize);
   const weights = align16(count + 4 * c.outSize);
@@ -226,15 +271,24 @@ function copyBoxRows(data: Uint8Array, width: number, x: number, y: number, boxW
 /** Where the passes left the output rows: `height` rows of width·3 f64, `rowBytes` apart. */
 interface ResizedRows {
   k: Kernel;
-  buf: ArrayBuffer;
+  buf: ArrayBuffer | SharedArrayBuffer;
   rowsAt: number;
   rowBytes: number;
   /** First free byte after the rows (scratch for callers). */
   end: number;
 }
 
-/** Runs the passes of box → h.outSize × v.outSize (not both axes unchanged) into kernel memory. */
-function resizeRgb(data: Uint8Array, width: number, box: PixelBox, h: AxisCoefficients, v: AxisCoefficients, extraBytes: number): ResizedRows {
+/** Scratch bytes resizeRgb needs for box → h.outSize × v.outSize. */
+function resizeScratchBytes(box: PixelBox, h: AxisCoefficients, v: AxisCoefficients): number {
+  const sameHeight = box.height === v.outSize;
+  const rowBytes = align16(h.outSize * 3 * 8);
+  const rows = sameHeight ? v.outSize : v.start[v.outSize - 1] + v.count[v.outSize - 1] - v.start[0];
+  const tmpAt = align16(coefficientBytes(h) + coefficientBytes(v) + rows * box.width * 3 + 8);
+  return align16(tmpAt + rows * rowBytes + (sameHeight ? 0 : v.outSize * rowBytes));
+}
+
+/** Runs the passes of box → h.outSize × v.outSize (not both axes unchanged) into the memory of kernel `k`. */
+function resizeRgb(k: Kernel, data: Uint8Array, width: number, box: PixelBox, h: AxisCoefficients, v: AxisCoefficients, extraBytes: number): ResizedRows {
   const outWidth = h.outSize;
   const outHeight = v.outSize;
   const sameWidth = box.width === outWidth;
@@ -246,14 +300,13 @@ function resizeRgb(data: Uint8Array, width: number, box: PixelBox, h: AxisCoeffi
   const rows = sameHeight ? outHeight : v.start[outHeight - 1] + v.count[outHeight - 1] - firstRow;
   const srcRowBytes = box.width * 3;
 
-  const k = getKernel();
-  const hAt = 0;
+  const hAt = k.base;
   const vAt = hAt + coefficientBytes(h);
   const srcAt = vAt + coefficientBytes(v);
   const tmpAt = align16(srcAt + rows * srcRowBytes + 8);
   const outAt = tmpAt + rows * rowBytes;
   const end = outAt + (sameHeight ? 0 : outHeight * rowBytes);
-  const buf = reserve(k, end + extraBytes);
+  const buf = reserve(k, end - k.base + extraBytes);
 
   // The box's rows, contiguous, then 8 bytes of zero padding for the kernel's 8-byte pixel reads.
   const src = new Uint8Array(buf, srcAt, rows * srcRowBytes + 8);
@@ -293,7 +346,7 @@ export function forEachResizedRowRgb(
   v: AxisCoefficients,
   onRow: (y: number, row: Float64Array) => void,
 ): void {
-  const { buf, rowsAt, rowBytes } = resizeRgb(data, width, box, h, v, 0);
+  const { buf, rowsAt, rowBytes } = resizeRgb(getKernel(), data, width, box, h, v, 0);
   const rowLen = h.outSize * 3;
   const all = new Float64Array(buf, rowsAt, (v.outSize * rowBytes) / 8);
   for (let y = 0; y < v.outSize; y++) onRow(y, all.subarray((y * rowBytes) / 8, (y * rowBytes) / 8 + rowLen));
@@ -316,9 +369,11 @@ export function resizeRgbIntoPlanes(
   targetOffset: number,
 ): void {
   const values = 3 * h.outSize * v.outSize;
-  const { k, buf, rowsAt, rowBytes, end } = resizeRgb(data, width, box, h, v, values * 4);
-  k.planes(rowsAt, rowBytes, v.outSize, h.outSize, end, scale[0], offset[0], scale[1], offset[1], scale[2], offset[2]);
-  target.set(new Float32Array(buf, end, values), targetOffset);
+  const inside = kernelInside(target, resizeScratchBytes(box, h, v));
+  const { k, buf, rowsAt, rowBytes, end } = resizeRgb(inside ?? getKernel(), data, width, box, h, v, inside ? 0 : values * 4);
+  const dst = inside ? target.byteOffset + targetOffset * 4 : end;
+  k.planes(rowsAt, rowBytes, v.outSize, h.outSize, dst, scale[0], offset[0], scale[1], offset[1], scale[2], offset[2]);
+  if (!inside) target.set(new Float32Array(buf, end, values), targetOffset);
 }
 
 /**
@@ -336,14 +391,16 @@ export function lookupRgbIntoPlanes(
   targetOffset: number,
 ): void {
   const srcRowBytes = size * 3;
-  const tableAt = 0;
-  const srcAt = 768 * 4;
-  const dstAt = align16(srcAt + size * srcRowBytes);
   const values = 3 * size * size;
-  const k = getKernel();
-  const buf = reserve(k, dstAt + values * 4);
+  const scratch = align16(768 * 4 + size * srcRowBytes);
+  const inside = kernelInside(target, scratch);
+  const k = inside ?? getKernel();
+  const tableAt = k.base;
+  const srcAt = tableAt + 768 * 4;
+  const buf = reserve(k, scratch + (inside ? 0 : values * 4));
+  const dstAt = inside ? target.byteOffset + targetOffset * 4 : k.base + scratch;
   new Float32Array(buf, tableAt, 768).set(table);
   copyBoxRows(data, width, box.x, box.y, size, size, new Uint8Array(buf, srcAt, size * srcRowBytes));
   k.lookup3(srcAt, srcRowBytes, size, size, dstAt, tableAt);
-  target.set(new Float32Array(buf, dstAt, values), targetOffset);
+  if (!inside) target.set(new Float32Array(buf, dstAt, values), targetOffset);
 }

@@ -8,7 +8,9 @@
 
 /** A shared WebAssembly.Memory: its buffer is a SharedArrayBuffer that never detaches. */
 export interface KernelMemory {
+  /** After a grow, a new SharedArrayBuffer object over the same (longer) memory; older ones stay valid. */
   readonly buffer: SharedArrayBuffer;
+  grow(pages: number): number;
 }
 /** A private, growable WebAssembly.Memory: growing detaches the old buffer (views must be remade). */
 export interface GrowableMemory {

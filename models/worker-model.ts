@@ -3,8 +3,9 @@
  * provider, predict, release), so the agent's event loop keeps going while a batch infers:
  * the next batch is preprocessed, MQTT keeps its keepalives, /metrics answers.
  *
- * Batches travel in SharedArrayBuffer-backed buffers (`allocateBatch`): posting one costs
- * nothing on the main thread; the worker copies it into onnxruntime's input. Maps and masks
+ * Batches travel in SharedArrayBuffer-backed buffers (`allocateBatch`, memories the
+ * preprocessing kernels write into directly): posting one costs nothing on the main thread; the
+ * worker copies it into onnxruntime's input. Maps and masks
  * come back as transferred buffers. A worker that dies (a native crash in a provider, an
  * out-of-memory kill of the thread) fails the batches it held with a clear error (an
  * InferenceWorkerError) and is started again from the same model bytes on the next batch;
@@ -17,6 +18,7 @@
  */
 import { setFlagsFromString } from 'node:v8';
 import { Worker } from 'node:worker_threads';
+import { allocateKernelBatch } from './resize-kernel.js';
 import type { ProviderName, SessionResult } from './execution-provider.js';
 import type { ModelManifest } from './manifest.js';
 import type { ModelWorkerData, ModelWorkerReply, ModelWorkerRequest } from './model-worker.js';
@@ -180,7 +182,7 @@ export class WorkerPatchcoreModel {
 
   /** A batch buffer the worker reads without a copy on this thread. */
   allocateBatch(values: number): Float32Array {
-    return new Float32Array(new SharedArrayBuffer(values * Float32Array.BYTES_PER_ELEMENT));
+    return allocateKernelBatch(values);
   }
 
   /** Run a batch ([n,3,S,S] float32) and build one Prediction per image, as PatchcoreModel.predict. */

@@ -5,6 +5,7 @@ import sharp from 'sharp';
 import { decodeImage, ImageDecodeError, shrinkFactor, usableShrink, type ImageDecodeReason, type RawImage } from '../models/image-decode.js';
 import { IMAGENET_NORMALIZATION, preprocessImage, toModelInput } from '../models/preprocess.js';
 import { axisCoefficients, computeAxisCoefficients, resizeTriangle } from '../models/resize.js';
+import { allocateKernelBatch } from '../models/resize-kernel.js';
 
 const REFERENCE = '../shared/reference/patchcore';
 const DATASET = '../shared/datasets/magnetic_tile';
@@ -537,4 +538,32 @@ test('toModelInput: the copy paths (box at the model size on one or both axes) e
   const first = toModelInput(img, { size, normalization: norm, box: boxes[0] });
   const [r0] = pixel(img, 3, 7);
   t.is(first[0], Math.fround((r0! / 255 - norm.mean[0]) / norm.std[0]));
+});
+
+test('toModelInput into a kernel batch buffer (the worker batches): the planes written in place equal the copied ones, neighbours untouched', (t) => {
+  const size = 24;
+  const plane = 3 * size * size;
+  const w = 1400;
+  const h = 1000;
+  const pixels = noise(w, h, 3);
+  const img: RawImage = { data: pixels, width: w, height: h, channels: 3, origin: 'batch', sourceWidth: w, sourceHeight: h, shrink: 1 };
+  // A box at the model size (table path), smaller and larger ones (resize paths), and a box so
+  // large its scratch space outgrows the batch memory's first size (the memory grows; the
+  // batch's view and the items written before it stay valid).
+  const boxes = [
+    { x: 3, y: 5, width: size, height: size },
+    { x: 10, y: 7, width: 17, height: 30 },
+    { x: 0, y: 0, width: 1400, height: 1000 },
+    { x: 50, y: 60, width: 333, height: 201 },
+  ];
+  const batch = allocateKernelBatch(boxes.length * plane + 3);
+  t.true(batch.buffer instanceof SharedArrayBuffer, 'shared with the inference worker, not copied');
+  batch.fill(-99);
+  for (const [i, box] of boxes.entries()) toModelInput(img, { size, normalization: norm, box }, batch, 1 + i * plane);
+  for (const [i, box] of boxes.entries()) {
+    const expected = toModelInput(img, { size, normalization: norm, box });
+    t.deepEqual(Array.from(batch.subarray(1 + i * plane, 1 + (i + 1) * plane)), Array.from(expected), `box ${i}`);
+  }
+  t.is(batch[0], -99);
+  t.deepEqual(Array.from(batch.subarray(1 + boxes.length * plane)), [-99, -99]);
 });
