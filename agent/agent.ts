@@ -67,6 +67,7 @@ import { ModelRollout, type ModelRolloutStats } from './model-rollout.js';
 import { nvidiaGpuPresent, renderNodePresent, type ProviderChoice } from '../models/execution-provider.js';
 import { startMqttClient, type AgentMqttClient } from './mqtt/client.js';
 import { startEmbeddedBroker, type EmbeddedBroker } from './mqtt/embedded-broker.js';
+import { int8PathNote } from '../models/cpu-features.js';
 import type { OutboxMessage } from './mqtt/outbox.js';
 import { agentTopics, type AgentTopics } from './mqtt/topics.js';
 import { createCameraFeed } from './sources/index.js';
@@ -578,7 +579,7 @@ export class Agent extends EventEmitter<AgentEvents> {
    * GPU device is present (a driver or library problem, not a CPU-only box).
    */
   private logProvider(m: ModelStatus): void {
-    const fields = { model: m.name, provider: m.provider, fallbacks: m.fallbacks, requested: this.config.inference.provider };
+    const fields = { model: m.name, provider: m.provider, fallbacks: m.fallbacks, requested: this.config.inference.provider, ...(m.provider === 'cpu' ? { int8: int8PathNote() } : {}) };
     const level = providerLogLevel(this.config.inference.provider, m, nvidiaGpuPresent() || renderNodePresent());
     this.logger[level](providerLine(m), fields);
   }

@@ -5,6 +5,7 @@
  */
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { TOOL_VERSION } from '../models/version.js';
+import { int8PathNote } from '../models/cpu-features.js';
 
 const program = new Command();
 program
@@ -90,7 +91,7 @@ program
       process.stderr.write(`shelfwatch: none of the ${s.skipped.length} image(s) could be scored: ${s.skipped.map((k) => `${k.file}: ${k.reason}`).join('; ')}\n`);
     }
     if (o.json) return printJson(s);
-    console.log(`model ${s.model} (${s.modelDigest.slice(0, 12)}) on ${s.provider}${s.fallbacks.length ? ` (not used: ${s.fallbacks.map((f) => `${f.provider}: ${f.reason}`).join('; ')})` : ''}; threshold ${s.threshold.toFixed(4)}`);
+    console.log(`model ${s.model} (${s.modelDigest.slice(0, 12)}) on ${s.provider}${s.provider === 'cpu' ? ` with ${int8PathNote()}` : ''}${s.fallbacks.length ? ` (not used: ${s.fallbacks.map((f) => `${f.provider}: ${f.reason}`).join('; ')})` : ''}; threshold ${s.threshold.toFixed(4)}`);
     for (const r of s.results) console.log(`${r.anomalous ? 'ANOMALY' : 'ok     '} ${r.score.toFixed(4)} (${r.normalizedScore.toFixed(3)}) ${r.file}`);
     for (const k of s.skipped) console.log(`skipped ${k.file}: ${k.reason}`);
   });

@@ -42,3 +42,9 @@ export function thisCpuNeedsExactInt8Path(): boolean {
   }
   return cached;
 }
+
+/** How this machine runs int8 on the CPU, for logs: which onnxruntime path and why. */
+export function int8PathNote(): string {
+  if (process.arch !== 'x64') return 'default kernels';
+  return thisCpuNeedsExactInt8Path() ? 'exact u8u8 kernels (this CPU has no VNNI: its fast kernels would saturate; about 2× the backbone time)' : 'fast VNNI kernels (exact on this CPU)';
+}

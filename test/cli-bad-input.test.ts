@@ -95,6 +95,14 @@ maybe('infer --json where no image can be read: exit 1 and an error naming the f
   t.deepEqual(json.skipped.map((s) => s.file), [bad]);
 });
 
+maybe('infer says which int8 kernels the CPU runs (VNNI fast path, or the exact one without VNNI)', async (t) => {
+  const model = await fittedModel(await magneticTileTrain(40), { name: 'cli-bad-input' });
+  const { thisCpuNeedsExactInt8Path } = await import('../models/cpu-features.js');
+  const r = await cli(['infer', '--provider', 'cpu', model, (await magneticTileTrain(1))[0]!]);
+  t.is(r.code, 0, r.stderr);
+  t.regex(r.stdout, thisCpuNeedsExactInt8Path() ? /on cpu with exact u8u8 kernels \(this CPU has no VNNI/ : /on cpu with fast VNNI kernels \(exact on this CPU\)/);
+});
+
 /** A tiny GoodsAD-layout dataset (one category, 64 px). */
 async function tinyDataset(dir: string): Promise<string> {
   const root = join(dir, 'ds');
