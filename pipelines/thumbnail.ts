@@ -7,6 +7,7 @@
  * ignoring aspect ratio), so it is stretched back over the crop with nearest-neighbour sampling.
  */
 import sharp from 'sharp';
+import { encodeGrayPng } from './gray-png.js';
 import type { Prediction } from '../models/types.js';
 import type { RawLike } from './planogram.js';
 import type { Box } from './types.js';
@@ -78,12 +79,15 @@ export async function renderThumbnail(
 
   const size = thumbnailSize(box.width, box.height, maxSize);
   const { width, height } = size;
-  const pixels = await sharp(image.data, { raw: { width: image.width, height: image.height, channels: image.channels as 3 | 4 } })
-    .extract({ left: box.x, top: box.y, width: box.width, height: box.height })
-    .resize(width, height, { fit: 'fill' })
-    .removeAlpha()
-    .raw()
-    .toBuffer();
+  const pixels =
+    image.channels === 3 && width === box.width && height === box.height
+      ? copyBox(image.data, image.width, box) // no resize: a row copy instead of a sharp call (~0.7 ms)
+      : await sharp(image.data, { raw: { width: image.width, height: image.height, channels: image.channels as 3 | 4 } })
+          .extract({ left: box.x, top: box.y, width: box.width, height: box.height })
+          .resize(width, height, { fit: 'fill' })
+          .removeAlpha()
+          .raw()
+          .toBuffer();
 
   // Mask at thumbnail resolution, nearest neighbour from the mapSize grid.
   const thumbMask = new Uint8Array(width * height);
@@ -115,12 +119,17 @@ export async function renderThumbnail(
     }
   }
 
-  const [jpeg, maskPng] = await Promise.all([
-    sharp(pixels, { raw: { width, height, channels: 3 } }).jpeg({ quality, chromaSubsampling: '4:4:4' }).toBuffer(),
-    sharp(Buffer.from(thumbMask.buffer, thumbMask.byteOffset, thumbMask.byteLength), { raw: { width, height, channels: 1 } })
-      .toColourspace('b-w')
-      .png()
-      .toBuffer(),
-  ]);
-  return { jpeg, maskPng, width, height };
+  const jpeg = await sharp(pixels, { raw: { width, height, channels: 3 } }).jpeg({ quality, chromaSubsampling: '4:4:4' }).toBuffer();
+  return { jpeg, maskPng: encodeGrayPng(thumbMask, width, height), width, height };
+}
+
+/** The RGB pixels of `box` of an RGB image `width` pixels wide, as a new buffer. */
+function copyBox(data: Uint8Array, width: number, box: Box): Buffer {
+  const rowBytes = box.width * 3;
+  const out = Buffer.allocUnsafe(rowBytes * box.height);
+  for (let y = 0; y < box.height; y++) {
+    const from = ((box.y + y) * width + box.x) * 3;
+    out.set(data.subarray(from, from + rowBytes), y * rowBytes);
+  }
+  return out;
 }

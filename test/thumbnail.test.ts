@@ -152,3 +152,34 @@ test('renderThumbnail refuses raw pixels whose length does not match their size,
   const ok: RawLike = { data: Buffer.alloc(300, 128), width: 10, height: 10, channels: 3 };
   t.is((await renderThumbnail({ crop: ok }, { mask, mapSize: 2 })).width, 10);
 });
+
+test('a box at thumbnail size is copied in JavaScript: the same JPEG as through sharp (RGBA input takes sharp)', async (t) => {
+  const rgb = greenFrameWithGreySlot();
+  const rgba = { data: new Uint8Array(rgb.width * rgb.height * 4), width: rgb.width, height: rgb.height, channels: 4 };
+  for (let i = 0; i < rgb.width * rgb.height; i++) {
+    rgba.data.set(rgb.data.subarray(i * 3, i * 3 + 3), i * 4);
+    rgba.data[i * 4 + 3] = 255;
+  }
+  // Distinct pixels, so that a shifted or mirrored copy would show.
+  for (let i = 0; i < rgb.width * rgb.height; i++) {
+    for (let c = 0; c < 3; c++) rgb.data[i * 3 + c] = rgba.data[i * 4 + c] = (i * 7 + c * 50) & 255;
+  }
+  const box = { x: 57, y: 31, width: 101, height: 77 };
+  const viaCopy = await renderThumbnail({ frame: rgb, box }, maskPrediction());
+  const viaSharp = await renderThumbnail({ frame: rgba, box }, maskPrediction());
+  t.like(viaCopy, { width: 101, height: 77 });
+  t.true(viaCopy.jpeg.equals(viaSharp.jpeg));
+  t.true(viaCopy.maskPng.equals(viaSharp.maskPng));
+});
+
+test('encodeGrayPng: any size and values decode back exactly (sharp/libpng); bad sizes are refused', async (t) => {
+  const { encodeGrayPng } = await import('../pipelines/gray-png.js');
+  for (const [w, h] of [[1, 1], [7, 3], [224, 224], [301, 2]] as const) {
+    const pixels = Uint8Array.from({ length: w * h }, (_, i) => (i * 37 + (i >> 3)) & 255);
+    const png = encodeGrayPng(pixels, w, h);
+    t.like(await sharp(png).metadata(), { format: 'png', width: w, height: h, channels: 1, space: 'b-w', depth: 'uchar' });
+    const { data } = await sharp(png).extractChannel(0).raw().toBuffer({ resolveWithObject: true });
+    t.deepEqual([...data], [...pixels], `${w}×${h}`);
+  }
+  t.throws(() => encodeGrayPng(new Uint8Array(5), 2, 3), { message: /5 values for 2×3/ });
+});
