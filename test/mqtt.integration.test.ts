@@ -357,12 +357,14 @@ test('embedded broker: a plain mqtt.js client and the agent client both work aga
 
 test('a message the broker drops the connection on is set aside after a few tries; everything behind it arrives', async (t) => {
   // mosquitto drops a client that sends a packet over max_packet_size (as AWS IoT does past 128 KB).
+  // Over MQTT 3.1.1, where the broker cannot announce that limit (MQTT 5 clients are told it in
+  // CONNACK and set such a record aside without sending it: mqtt5-broker-limits.test.ts).
   const broker = await startMosquitto({ extraConfig: 'max_packet_size 65536' });
   t.teardown(() => broker.dispose());
   const topics = agentTopics('shelfwatch', 'poison');
   const events = await subscriber(broker.url, topics.events, t);
   const outboxDir = join(await tempDir(t), 'outbox');
-  const client = await agentClient(t, { url: broker.url, topics, poisonAfterLosses: 3, reconnect: { minDelayMs: 50, maxDelayMs: 400, stableMs: 60_000 } }, outboxDir);
+  const client = await agentClient(t, { url: broker.url, topics, protocolVersion: 4, poisonAfterLosses: 3, reconnect: { minDelayMs: 50, maxDelayMs: 400, stableMs: 60_000 } }, outboxDir);
   await client.waitUntilConnected(10_000);
   const big = await client.publish({ id: 'big-thumbnail', topic: topics.slot('cam', 'S1').thumbnail, payload: Buffer.alloc(100_000, 1), retain: true });
   for (let i = 0; i < 5; i++) await client.publish({ id: `ev${i}`, topic: topics.events, payload: `event ${i}` });

@@ -21,7 +21,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
-import { connect as mqttConnect, type IClientOptions, type IPublishPacket, type MqttClient } from 'mqtt';
+import { connect as mqttConnect, type IClientOptions, type IConnackPacket, type IPublishPacket, type MqttClient } from 'mqtt';
 import { Outbox, type EnqueueResult, type OutboxCounters, type OutboxDepth, type OutboxLimits, type OutboxMessage, type OutboxRecord } from './outbox.js';
 import { topicMatches, type AgentTopics } from './topics.js';
 import { redactUrl } from '../redact.js';
@@ -175,6 +175,17 @@ interface Connection {
   closing: boolean;
   /** Resets the backoff once the connection has stayed up long enough. */
   stableTimer: NodeJS.Timeout | null;
+  /** mqtt.js reported an error on it (refused, unreachable, TLS, CONNACK timeout…). */
+  errored: boolean;
+  /**
+   * QoS 1 publishes it may have unacknowledged at once: maxInFlight, lowered to the broker's
+   * Receive Maximum (MQTT 5 CONNACK; a broker may disconnect a client that sends more).
+   */
+  limit: number;
+  /** Availability publishes unacknowledged (they count against the broker's Receive Maximum too). */
+  othersInFlight: number;
+  /** The broker's Maximum Packet Size (MQTT 5 CONNACK): a larger PUBLISH must not be sent. */
+  maxPacketBytes: number | undefined;
 }
 
 const NOOP_LOGGER: MqttLogger = { debug() {}, info() {}, warn() {}, error() {} };
@@ -202,6 +213,12 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
   private protocolVersion: 4 | 5;
   /** The next attempt follows without a backoff delay (after falling back to 3.1.1). */
   private reconnectAtOnce = false;
+  /**
+   * 3.1.1 is spoken because a broker closed the connection on an MQTT 5 CONNECT without a
+   * CONNACK (no refusal code to be sure of): after a connection in 3.1.1 is lost, 5 is tried again.
+   */
+  private fellBackOnClose = false;
+  private loggedCloseFallback = false;
   private connectedSince: number | null = null;
   private lastErrorValue: MqttConnectError | Error | null = null;
   private readonly handlers = new Map<string, CommandHandler>();
@@ -423,12 +440,36 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
       will: { topic: topics.availability, payload: Buffer.from('offline'), qos: 1, retain: true },
       ...this.tlsForAttempt(),
     });
-    const conn: Connection = { client, connected: false, closed: false, cursor: 0, inFlight: new Map(), acked: false, closing: false, stableTimer: null };
+    const conn: Connection = {
+      client,
+      connected: false,
+      closed: false,
+      cursor: 0,
+      inFlight: new Map(),
+      acked: false,
+      closing: false,
+      stableTimer: null,
+      errored: false,
+      limit: this.maxInFlight,
+      othersInFlight: 0,
+      maxPacketBytes: undefined,
+    };
     this.current = conn;
-    client.on('connect', () => this.onConnected(conn));
+    client.on('connect', (connack) => this.onConnected(conn, connack));
     client.on('message', (topic, payload, packet) => this.onMessage(topic, payload, packet));
     // mqtt.js emits 'error' on instances; an EventEmitter without a listener would throw.
-    client.on('error', (err) => this.onConnectError(conn, err));
+    client.on('error', (err) => {
+      conn.errored = true;
+      this.onConnectError(conn, err);
+    });
+    client.on('disconnect', (packet) => {
+      // MQTT 5: the broker says why it ends the connection (session taken over: another client
+      // with our client id; packet too large; receive maximum exceeded…).
+      if (conn === this.current && !this.stopping) {
+        const code = packet.reasonCode ?? 0;
+        this.log.warn('the MQTT broker ended the connection', { reasonCode: `0x${code.toString(16)}`, reason: packet.properties?.reasonString ?? DISCONNECT_REASONS[code] ?? 'unknown' });
+      }
+    });
     client.on('close', () => this.onClosed(conn));
   }
 
@@ -453,9 +494,13 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
     return fresh;
   }
 
-  private onConnected(conn: Connection): void {
+  private onConnected(conn: Connection, connack: IConnackPacket | undefined): void {
     if (conn !== this.current || this.stopping) return;
     conn.connected = true;
+    const receiveMaximum = connack?.properties?.receiveMaximum;
+    if (typeof receiveMaximum === 'number' && receiveMaximum >= 1) conn.limit = Math.min(this.maxInFlight, receiveMaximum);
+    const maximumPacketSize = connack?.properties?.maximumPacketSize;
+    if (typeof maximumPacketSize === 'number' && maximumPacketSize >= 1) conn.maxPacketBytes = maximumPacketSize;
     // Not yet a fresh backoff: a broker that accepts the connection and then drops it on a
     // message would otherwise be hammered several times a second.
     conn.stableTimer = setTimeout(() => (this.attempt = 0), this.stableMs);
@@ -465,9 +510,13 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
     this.lastErrorValue = null;
     this.log.info('MQTT connected', { url: redactUrl(this.options.url), clientId: this.clientId, pending: this.outbox.depth().records });
     // MQTT keeps per-connection order, so `online` precedes everything the drain sends.
-    publishAsync(conn.client, this.options.topics.availability, 'online', { qos: 1, retain: true }).catch((err: Error) =>
-      this.log.warn('could not publish online availability', { error: err.message }),
-    );
+    conn.othersInFlight++;
+    publishAsync(conn.client, this.options.topics.availability, 'online', { qos: 1, retain: true })
+      .catch((err: Error) => this.log.warn('could not publish online availability', { error: err.message }))
+      .finally(() => {
+        conn.othersInFlight--;
+        this.drain(this.stopping);
+      });
     if (this.handlers.size > 0) this.subscribeCommands(conn);
     for (const filter of this.subscriptions.keys()) this.subscribeFilter(conn, filter);
     this.setState('connected');
@@ -506,6 +555,8 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
     if (conn !== this.current || conn.closed) return;
     conn.closed = true;
     const wasConnected = conn.connected;
+    if (!wasConnected && !conn.errored && !this.stopping) this.lastErrorValue = new Error(CLOSED_BEFORE_CONNACK);
+    if ((this.options.protocolVersion ?? 'auto') === 'auto' && !this.stopping) this.chooseProtocolAfterClose(wasConnected, conn.errored);
     conn.connected = false;
     if (conn.stableTimer) clearTimeout(conn.stableTimer);
     if (wasConnected && !this.stopping) this.noteLossWithRecordsInFlight(conn);
@@ -526,6 +577,34 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
       this.reconnectTimer = null;
       this.connectNow();
     }, delay);
+  }
+
+  /**
+   * protocolVersion auto, beyond a CONNACK refusal (onConnectError): a broker that only speaks
+   * 3.1.1 may close the connection on an MQTT 5 CONNECT without a CONNACK. A connection closed
+   * before its CONNACK with no error (the broker hung up) switches the next attempt to the other
+   * protocol; 3.1.1 chosen that way lasts until that connection is lost, then 5 is tried again
+   * (a broker that speaks 5 and hung up for another reason is not stuck with 3.1.1).
+   */
+  private chooseProtocolAfterClose(wasConnected: boolean, errored: boolean): void {
+    if (wasConnected) {
+      if (this.fellBackOnClose && this.protocolVersion === 4) {
+        this.protocolVersion = 5;
+        this.fellBackOnClose = false;
+      }
+      return;
+    }
+    if (errored) return;
+    if (this.protocolVersion === 5) {
+      this.protocolVersion = 4;
+      this.fellBackOnClose = true;
+      this.reconnectAtOnce = true;
+      if (!this.loggedCloseFallback) this.log.info('the MQTT broker closed the connection on an MQTT 5 CONNECT without answering: trying 3.1.1', { url: redactUrl(this.options.url) });
+      this.loggedCloseFallback = true;
+    } else if (this.fellBackOnClose) {
+      this.protocolVersion = 5;
+      this.fellBackOnClose = false;
+    }
   }
 
   /**
@@ -564,10 +643,23 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
   private drain(duringStop = false): void {
     const conn = this.current;
     if (!conn?.connected || conn.closing || (this.stopping && !duringStop) || this.outbox.isClosed) return;
-    const room = this.maxInFlight - conn.inFlight.size;
+    const room = conn.limit - conn.inFlight.size - conn.othersInFlight;
     if (room <= 0) return;
     for (const record of this.outbox.pendingAfter(conn.cursor, room)) {
       conn.cursor = record.seq;
+      const bytes = conn.maxPacketBytes === undefined ? 0 : publishPacketBytes(record);
+      if (conn.maxPacketBytes !== undefined && bytes > conn.maxPacketBytes) {
+        // MQTT 5: the broker announced it takes no packet this large (it would disconnect us).
+        this.stats.publishRefused++;
+        this.log.error('message larger than the MQTT broker accepts (its Maximum Packet Size): set aside in the outbox dead/ folder', {
+          id: record.id,
+          topic: record.topic,
+          bytes,
+          max: conn.maxPacketBytes,
+        });
+        void this.outbox.deadLetter(record.id, record.seq);
+        continue;
+      }
       conn.inFlight.set(record.seq, record);
       conn.client.publish(record.topic, record.payload, { qos: record.qos, retain: record.retain }, (err) => this.onPublished(conn, record, err));
     }
@@ -738,6 +830,35 @@ export function loadTlsFiles(tls: MqttTlsFiles | undefined): Pick<IClientOptions
   return out;
 }
 
+/** Bytes of the MQTT 5 PUBLISH packet of `record` (no properties, no topic alias). */
+function publishPacketBytes(record: OutboxRecord): number {
+  const remaining = 2 + Buffer.byteLength(record.topic) + (record.qos > 0 ? 2 : 0) + 1 + record.payload.length;
+  const lengthBytes = remaining < 128 ? 1 : remaining < 16384 ? 2 : remaining < 2097152 ? 3 : 4;
+  return 1 + lengthBytes + remaining;
+}
+
+/** Names of MQTT 5 DISCONNECT reason codes a broker sends (for the log). */
+const DISCONNECT_REASONS: Record<number, string> = {
+  0x80: 'unspecified error',
+  0x81: 'malformed packet',
+  0x82: 'protocol error',
+  0x83: 'implementation specific error',
+  0x87: 'not authorized',
+  0x89: 'server busy',
+  0x8b: 'server shutting down',
+  0x8d: 'keep alive timeout',
+  0x8e: 'session taken over (another client connected with the same client id)',
+  0x90: 'topic name invalid',
+  0x93: 'receive maximum exceeded',
+  0x95: 'packet too large',
+  0x96: 'message rate too high',
+  0x97: 'quota exceeded',
+  0x98: 'administrative action',
+  0x9c: 'use another server',
+  0x9d: 'server moved',
+  0xa0: 'maximum connect time',
+};
+
 function sameBytes(a: unknown, b: unknown): boolean {
   if (a === undefined || b === undefined) return a === b;
   return Buffer.isBuffer(a) && Buffer.isBuffer(b) && a.equals(b);
@@ -748,6 +869,8 @@ function sameBytes(a: unknown, b: unknown): boolean {
  * is sent again on the next connection instead of being set aside.
  */
 const TRANSIENT_PUBACK_CODES = new Set([0x97]);
+
+const CLOSED_BEFORE_CONNACK = 'the broker closed the connection before answering CONNECT';
 
 /** Refills on the monotonic clock: a wall clock stepped back must not starve it for that long. */
 class TokenBucket {
