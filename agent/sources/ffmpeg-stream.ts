@@ -413,7 +413,9 @@ export class FfmpegStreamSource implements PushSource {
    * when ffmpeg itself is gone by then (a wrapper's child may ignore SIGTERM).
    */
   private kill(child: Child): void {
-    if (child.exitCode !== null || child.signalCode !== null) return;
+    // ffmpeg (or the wrapper that leads the group) may be gone while what it started still runs,
+    // holding our pipe: its 'close' comes only once the whole group has let go.
+    if ((child.exitCode !== null || child.signalCode !== null) && !signalGroup(child, 0)) return;
     signalGroup(child, 'SIGTERM');
     const force = setTimeout(() => signalGroup(child, 'SIGKILL'), this.options.killTimeoutMs ?? 2000);
     child.once('exit', () => {
