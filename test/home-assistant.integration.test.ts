@@ -106,4 +106,12 @@ test('discovery: published at start, again when Home Assistant comes online, and
   await publishRaw(broker.url, `${PREFIX}/status`, 'offline', false);
   await new Promise((r) => setTimeout(r, 500));
   t.is(ours(afterOnline).length, 0);
+
+  // The broker restarts without persistence: every retained config is gone. The agent publishes
+  // them again when it reconnects, with no birth message from HA.
+  await broker.restart();
+  await until('the agent to reconnect', () => mqtt.state === 'connected' && mqtt.outbox.depth().records === 0, 15_000, lines);
+  const restored = await recordingSubscriber(broker.url, NODE, t);
+  await until('the retained configs again', () => restored.messages.filter((m) => m.retain && m.payload.length > 0).length >= 6, 10_000, lines);
+  t.false(restored.messages.some((m) => m.topic === stale), 'the removed entity stays removed');
 });

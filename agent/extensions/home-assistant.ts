@@ -3,15 +3,16 @@
  * - at start, one retained config message per entity of every slot (agent/mqtt/home-assistant.ts),
  *   so each slot appears in HA as a problem sensor with its thumbnail;
  * - when HA announces itself on `<discoveryPrefix>/status` with `online` (its birth message, after
- *   a restart), the configs are published again, as HA documents for integrations: a broker that
- *   lost its retained messages would otherwise leave HA without the entities;
+ *   a restart), the configs are published again, as HA documents for integrations, and again on
+ *   every reconnect to the broker: a broker restarted without persistence has lost its retained
+ *   messages, and HA's birth message may have gone by while the agent was away;
  * - entities of slots no longer in the config are removed: the agent subscribes to its own
  *   node's config topics (`<prefix>/+/shelfwatch_<agent>/+/config`), and each retained config the
  *   broker still holds for an entity the agent no longer publishes gets an empty retained payload.
  */
 import type { AgentConfig } from '../config.js';
 import { homeAssistantDiscovery, homeAssistantNodeId, removalMessage, type DiscoveryMessage, type HomeAssistantSlot } from '../mqtt/home-assistant.js';
-import type { TopicMessage } from '../mqtt/client.js';
+import type { ConnectionState, TopicMessage } from '../mqtt/client.js';
 import type { AgentContext, Extension } from './types.js';
 
 /** Every slot of the config as discovery sees it (config check runs the same discovery). */
@@ -31,6 +32,9 @@ export class HomeAssistantDiscovery implements Extension {
   private readonly removed = new Set<string>();
   private lastPublishAt = -Infinity;
   private readonly unsubscribe: Array<() => void> = [];
+  private readonly onState = (state: ConnectionState, previous: ConnectionState): void => {
+    if (state === 'connected' && previous !== 'connected' && performance.now() - this.lastPublishAt >= REDISCOVERY_MIN_INTERVAL_MS) this.publishAll('reconnected to the broker');
+  };
 
   constructor(private readonly ctx: AgentContext) {}
 
@@ -44,6 +48,8 @@ export class HomeAssistantDiscovery implements Extension {
       ctx.mqtt.subscribe(`${prefix}/status`, (m) => this.onHomeAssistantStatus(m)),
       ctx.mqtt.subscribe(`${prefix}/+/${homeAssistantNodeId(ctx.topics.agentId)}/+/config`, (m) => this.onConfig(m)),
     );
+    ctx.mqtt.on('state', this.onState);
+    this.unsubscribe.push(() => ctx.mqtt.off('state', this.onState));
   }
 
   stop(): void {
