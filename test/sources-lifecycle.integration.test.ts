@@ -114,6 +114,27 @@ test.serial('stream: a wrapper script that runs ffmpeg without exec is stopped w
   t.true(await until(async () => (await processes('/*wrapped*/')).length === 0, 5000), 'nothing of it is left');
 });
 
+test.serial('stream: a wrapper that started ffmpeg in the background and exited: unsubscribing still stops that ffmpeg', async (t) => {
+  const marker = `/*ffmpeg-group-bg-${process.pid}*/`;
+  // The wrapper (group leader) exits at once; its "ffmpeg" keeps our stdout and ignores SIGTERM.
+  const code = `process.on("SIGTERM", () => {}); ${marker} ${readJpeg} setInterval(() => process.stdout.write(img), 50);`;
+  const ffmpeg = await fakeFfmpeg('bg-wrapper', `'${process.execPath}' -e '${code}' '${jpegFile}' &\nexit 0`);
+  const src = new FfmpegStreamSource('cam', { type: 'stream', input: 'http://127.0.0.1:9/w.mjpg', fps: 5 }, { ffmpegPath: ffmpeg, killTimeoutMs: 300 });
+  let frames = 0;
+  const sub = src.frames$.subscribe(() => frames++);
+  t.teardown(async () => {
+    sub.unsubscribe();
+    for (const pid of await processes(marker)) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {}
+    }
+  });
+  t.true(await until(async () => frames > 0 && (await processes(marker)).length === 1), 'the background ffmpeg runs and sends frames');
+  sub.unsubscribe();
+  t.true(await until(async () => (await processes(marker)).length === 0), 'nothing of it is left');
+});
+
 test.serial('stream: spawn() throwing (an input over 128 KiB) fails the source naming the cause, for RTSP too (no unhandled rejection)', async (t) => {
   const long = 'x'.repeat(200_000);
   for (const input of [`rtsp://127.0.0.1:9/${long}`, join(workDir, `${long}.mp4`)]) {
