@@ -3,6 +3,9 @@
  *
  *   npm run bench:pipeline -- [--seconds=12] [--rounds=3] [--slots=1,4,16] [--modes=replicas,worker,main] [--tile=224]
  *   npm run bench:pipeline -- --soak [minutes, default 2]      memory flatness at the maximum rate
+ *   npm run bench:pipeline -- --no-events                      every frame normal: the pipeline without
+ *                                                              events, thumbnails and their outbox records
+ *                                                              (no latency then: it is measured on events)
  *
  * The npm script starts node with the agent's V8 heap floor (agent/v8-heap.ts), as the systemd
  * unit does; `npx tsx bench/pipeline.ts` runs without it, which shows what the floor is worth.
@@ -70,6 +73,7 @@ const MODES = (arg('modes') ?? 'replicas,worker,main').split(',') as Mode[];
 if (MODES.some((m) => !(m in MODE_SETTINGS))) throw new Error(`--modes takes ${Object.keys(MODE_SETTINGS).join(', ')}, got ${MODES.join(',')}`);
 const soakArg = arg('soak');
 const SOAK_MINUTES = soakArg === undefined ? null : soakArg === '' ? 2 : Number(soakArg);
+const NO_EVENTS = argv.includes('--no-events');
 for (const [name, v] of [['seconds', SECONDS], ['rounds', ROUNDS], ['soak', SOAK_MINUTES ?? 1], ['tile', TILE], ...SLOT_COUNTS.map((s) => ['slots', s] as const)] as const) {
   if (!(Number.isFinite(v) && v > 0)) throw new Error(`--${name} must be a positive number, got ${String(v)}`);
 }
@@ -170,7 +174,7 @@ async function scenario(slots: number): Promise<Scenario> {
   const normal = await tileFrame(tiles, { columns, tileSize: TILE });
   const anomalous = await tileFrame(tiles, { columns, tileSize: TILE, blotch: [0] });
   await writeFile(join(dir, 'frame000.jpg'), normal.jpeg);
-  await writeFile(join(dir, 'frame001.jpg'), anomalous.jpeg);
+  await writeFile(join(dir, 'frame001.jpg'), NO_EVENTS ? normal.jpeg : anomalous.jpeg);
   await writeFile(join(dir, 'boxes.json'), JSON.stringify(normal.boxes));
   return { slots, dir };
 }
@@ -380,7 +384,7 @@ if (SOAK_MINUTES !== null) {
     }
   }
   const header = ['slots', 'inference', 'batch', 'bare crops/s', 'pipeline crops/s', 'wall overhead', 'paired overhead (range)', 'bare replicas crops/s → overhead', 'CPU ms/crop bare / pipeline', 'CPU overhead', 'model busy', 'frames/s', 'dropped', 'latency p50/p95 ms (saturated)', 'latency p50/p95 ms (half load)'];
-  console.log(`\nCPU (${cpus().length} cores), MobileNetV2 int8, 1 % coreset; medians of ${ROUNDS} alternating rounds of ${SECONDS} s; ${broker ? 'mosquitto' : 'embedded broker'}; outbox with fsync; V8 old-generation floor ${floor === null ? 'none' : `${floor} MB`}; slot boxes ${TILE}×${TILE}${TILE === 224 ? ' (the model size: no resize)' : ', resized to 224×224'}`);
+  console.log(`\nCPU (${cpus().length} cores), MobileNetV2 int8, 1 % coreset; medians of ${ROUNDS} alternating rounds of ${SECONDS} s; ${broker ? 'mosquitto' : 'embedded broker'}; outbox with fsync; V8 old-generation floor ${floor === null ? 'none' : `${floor} MB`}; slot boxes ${TILE}×${TILE}${TILE === 224 ? ' (the model size: no resize)' : ', resized to 224×224'}${NO_EVENTS ? '; no events (--no-events: every frame normal)' : ''}`);
   printTable(header, rows);
   console.log('wall overhead = 1 − pipeline crops/s ÷ bare-model crops/s at the same batch size (goal ≤ 15 % at 16 slots);');
   console.log('paired overhead = per round, 1 − pipeline crops/s ÷ the faster of that round\'s bare single session and bare replicas;');
