@@ -261,7 +261,7 @@ const coefficientBytes = (c: AxisCoefficients): number => 2 * align16(4 * c.outS
  * Copies `rows` rows of `boxWidth` RGB pixels from (x, y) of `data` (rows of `width` pixels) to
  * `dst`, contiguous: in one piece when the box spans whole rows.
  */
-function copyBoxRows(data: Uint8Array, width: number, x: number, y: number, boxWidth: number, rows: number, dst: Uint8Array): void {
+export function copyBoxRows(data: Uint8Array, width: number, x: number, y: number, boxWidth: number, rows: number, dst: Uint8Array): void {
   const rowBytes = boxWidth * 3;
   const from = (y * width + x) * 3;
   if (x === 0 && boxWidth === width) dst.set(data.subarray(from, from + rows * rowBytes));
@@ -278,35 +278,53 @@ interface ResizedRows {
   end: number;
 }
 
-/** Scratch bytes resizeRgb needs for box → h.outSize × v.outSize. */
-function resizeScratchBytes(box: PixelBox, h: AxisCoefficients, v: AxisCoefficients): number {
-  const sameHeight = box.height === v.outSize;
+/**
+ * Where resizeRgb keeps what in scratch memory for box → h.outSize × v.outSize, as offsets from
+ * the scratch start (16-byte aligned): the coefficients, the box's source rows, the horizontal
+ * pass's rows and the vertical pass's; `end` is the scratch size.
+ */
+interface ResizeLayout {
+  rowBytes: number;
+  /** First source row the vertical pass reads, and how many (all of them unless enlarging oddly). */
+  firstRow: number;
+  rows: number;
+  srcRowBytes: number;
+  vAt: number;
+  srcAt: number;
+  tmpAt: number;
+  outAt: number;
+  end: number;
+}
+
+function resizeLayout(box: PixelBox, h: AxisCoefficients, v: AxisCoefficients): ResizeLayout {
+  const outHeight = v.outSize;
+  const sameHeight = box.height === outHeight;
   const rowBytes = align16(h.outSize * 3 * 8);
-  const rows = sameHeight ? v.outSize : v.start[v.outSize - 1] + v.count[v.outSize - 1] - v.start[0];
-  const tmpAt = align16(coefficientBytes(h) + coefficientBytes(v) + rows * box.width * 3 + 8);
-  return align16(tmpAt + rows * rowBytes + (sameHeight ? 0 : v.outSize * rowBytes));
+  const firstRow = sameHeight ? 0 : v.start[0];
+  const rows = sameHeight ? outHeight : v.start[outHeight - 1] + v.count[outHeight - 1] - firstRow;
+  const srcRowBytes = box.width * 3;
+  const vAt = coefficientBytes(h);
+  const srcAt = vAt + coefficientBytes(v);
+  const tmpAt = align16(srcAt + rows * srcRowBytes + 8);
+  const outAt = tmpAt + rows * rowBytes;
+  const end = align16(outAt + (sameHeight ? 0 : outHeight * rowBytes));
+  return { rowBytes, firstRow, rows, srcRowBytes, vAt, srcAt, tmpAt, outAt, end };
 }
 
 /** Runs the passes of box → h.outSize × v.outSize (not both axes unchanged) into the memory of kernel `k`. */
-function resizeRgb(k: Kernel, data: Uint8Array, width: number, box: PixelBox, h: AxisCoefficients, v: AxisCoefficients, extraBytes: number): ResizedRows {
+function resizeRgb(k: Kernel, data: Uint8Array, width: number, box: PixelBox, h: AxisCoefficients, v: AxisCoefficients, layout: ResizeLayout, extraBytes: number): ResizedRows {
   const outWidth = h.outSize;
   const outHeight = v.outSize;
   const sameWidth = box.width === outWidth;
   const sameHeight = box.height === outHeight;
   const rowLen = outWidth * 3;
-  const rowBytes = align16(rowLen * 8);
-  // Source rows the vertical pass reads (all of them unless enlarging oddly).
-  const firstRow = sameHeight ? 0 : v.start[0];
-  const rows = sameHeight ? outHeight : v.start[outHeight - 1] + v.count[outHeight - 1] - firstRow;
-  const srcRowBytes = box.width * 3;
-
+  const { rowBytes, firstRow, rows, srcRowBytes } = layout;
   const hAt = k.base;
-  const vAt = hAt + coefficientBytes(h);
-  const srcAt = vAt + coefficientBytes(v);
-  const tmpAt = align16(srcAt + rows * srcRowBytes + 8);
-  const outAt = tmpAt + rows * rowBytes;
-  const end = outAt + (sameHeight ? 0 : outHeight * rowBytes);
-  const buf = reserve(k, end - k.base + extraBytes);
+  const vAt = k.base + layout.vAt;
+  const srcAt = k.base + layout.srcAt;
+  const tmpAt = k.base + layout.tmpAt;
+  const outAt = k.base + layout.outAt;
+  const buf = reserve(k, layout.end + extraBytes);
 
   // The box's rows, contiguous, then 8 bytes of zero padding for the kernel's 8-byte pixel reads.
   const src = new Uint8Array(buf, srcAt, rows * srcRowBytes + 8);
@@ -330,7 +348,7 @@ function resizeRgb(k: Kernel, data: Uint8Array, width: number, box: PixelBox, h:
     const vc = placeCoefficients(buf, vAt, v);
     k.vertical(tmpAt, rowBytes, outHeight, vc.start, vc.count, vc.weights, v.stride * 8, firstRow, outAt, rowBytes);
   }
-  return { k, buf, rowsAt: sameHeight ? tmpAt : outAt, rowBytes, end: align16(end) };
+  return { k, buf, rowsAt: sameHeight ? tmpAt : outAt, rowBytes, end: k.base + layout.end };
 }
 
 /**
@@ -346,7 +364,7 @@ export function forEachResizedRowRgb(
   v: AxisCoefficients,
   onRow: (y: number, row: Float64Array) => void,
 ): void {
-  const { buf, rowsAt, rowBytes } = resizeRgb(getKernel(), data, width, box, h, v, 0);
+  const { buf, rowsAt, rowBytes } = resizeRgb(getKernel(), data, width, box, h, v, resizeLayout(box, h, v), 0);
   const rowLen = h.outSize * 3;
   const all = new Float64Array(buf, rowsAt, (v.outSize * rowBytes) / 8);
   for (let y = 0; y < v.outSize; y++) onRow(y, all.subarray((y * rowBytes) / 8, (y * rowBytes) / 8 + rowLen));
@@ -369,8 +387,9 @@ export function resizeRgbIntoPlanes(
   targetOffset: number,
 ): void {
   const values = 3 * h.outSize * v.outSize;
-  const inside = kernelInside(target, resizeScratchBytes(box, h, v));
-  const { k, buf, rowsAt, rowBytes, end } = resizeRgb(inside ?? getKernel(), data, width, box, h, v, inside ? 0 : values * 4);
+  const layout = resizeLayout(box, h, v);
+  const inside = kernelInside(target, layout.end);
+  const { k, buf, rowsAt, rowBytes, end } = resizeRgb(inside ?? getKernel(), data, width, box, h, v, layout, inside ? 0 : values * 4);
   const dst = inside ? target.byteOffset + targetOffset * 4 : end;
   k.planes(rowsAt, rowBytes, v.outSize, h.outSize, dst, scale[0], offset[0], scale[1], offset[1], scale[2], offset[2]);
   if (!inside) target.set(new Float32Array(buf, end, values), targetOffset);
