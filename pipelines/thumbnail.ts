@@ -7,6 +7,7 @@
  * ignoring aspect ratio), so it is stretched back over the crop with nearest-neighbour sampling.
  */
 import sharp from 'sharp';
+import { copyBoxRows } from '../models/resize-kernel.js';
 import { encodeGrayPng } from './gray-png.js';
 import type { Prediction } from '../models/types.js';
 import type { RawLike } from './planogram.js';
@@ -125,11 +126,7 @@ export async function renderThumbnail(
 
 /** The RGB pixels of `box` of an RGB image `width` pixels wide, as a new buffer. */
 function copyBox(data: Uint8Array, width: number, box: Box): Buffer {
-  const rowBytes = box.width * 3;
-  const out = Buffer.allocUnsafe(rowBytes * box.height);
-  for (let y = 0; y < box.height; y++) {
-    const from = ((box.y + y) * width + box.x) * 3;
-    out.set(data.subarray(from, from + rowBytes), y * rowBytes);
-  }
+  const out = Buffer.allocUnsafe(box.width * box.height * 3);
+  copyBoxRows(data, width, box.x, box.y, box.width, box.height, out);
   return out;
 }
