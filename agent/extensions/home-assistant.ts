@@ -33,7 +33,7 @@ export class HomeAssistantDiscovery implements Extension {
   private lastPublishAt = -Infinity;
   private readonly unsubscribe: Array<() => void> = [];
   private readonly onState = (state: ConnectionState, previous: ConnectionState): void => {
-    if (state === 'connected' && previous !== 'connected' && performance.now() - this.lastPublishAt >= REDISCOVERY_MIN_INTERVAL_MS) this.publishAll('reconnected to the broker');
+    if (state === 'connected' && previous !== 'connected') this.republish('reconnected to the broker');
   };
 
   constructor(private readonly ctx: AgentContext) {}
@@ -63,9 +63,12 @@ export class HomeAssistantDiscovery implements Extension {
   }
 
   private onHomeAssistantStatus(m: TopicMessage): void {
-    if (m.payload.toString('utf8').trim() !== 'online') return;
-    if (performance.now() - this.lastPublishAt < REDISCOVERY_MIN_INTERVAL_MS) return;
-    this.publishAll('Home Assistant came online');
+    if (m.payload.toString('utf8').trim() === 'online') this.republish('Home Assistant came online');
+  }
+
+  /** publishAll, unless it ran less than REDISCOVERY_MIN_INTERVAL_MS ago. */
+  private republish(reason: string): void {
+    if (performance.now() - this.lastPublishAt >= REDISCOVERY_MIN_INTERVAL_MS) this.publishAll(reason);
   }
 
   /** A retained config under our node id that the agent no longer publishes: remove it. */
