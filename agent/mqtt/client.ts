@@ -211,6 +211,8 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
   private attempt = 0;
   /** The protocol the next connection attempt speaks ('auto' starts at 5, see onConnectError). */
   private protocolVersion: 4 | 5;
+  /** protocolVersion 'auto': the version may change with what the broker answers. */
+  private readonly autoProtocol: boolean;
   /** The next attempt follows without a backoff delay (after falling back to 3.1.1). */
   private reconnectAtOnce = false;
   /**
@@ -261,6 +263,7 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
     this.log = options.logger ?? NOOP_LOGGER;
     this.clientId = options.clientId ?? `shelfwatch-${options.topics.agentId}`;
     this.protocolVersion = options.protocolVersion === 4 ? 4 : 5;
+    this.autoProtocol = (options.protocolVersion ?? 'auto') === 'auto';
     this.maxInFlight = positive(options.maxInFlight ?? 16, 'maxInFlight');
     this.minDelayMs = positive(options.reconnect?.minDelayMs ?? 1000, 'reconnect.minDelayMs');
     this.maxDelayMs = Math.max(this.minDelayMs, positive(options.reconnect?.maxDelayMs ?? 30000, 'reconnect.maxDelayMs'));
@@ -527,7 +530,7 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
     if (conn !== this.current) return;
     const url = redactUrl(this.options.url);
     const returnCode = typeof err.code === 'number' ? err.code : undefined;
-    if (this.protocolVersion === 5 && (this.options.protocolVersion ?? 'auto') === 'auto' && (returnCode === 1 || returnCode === 132)) {
+    if (this.protocolVersion === 5 && this.autoProtocol && (returnCode === 1 || returnCode === 132)) {
       // "Unacceptable / unsupported protocol version": a 3.1.1 broker (the embedded one among them).
       this.protocolVersion = 4;
       this.attempt = 0;
@@ -556,7 +559,7 @@ export class AgentMqttClient extends EventEmitter<MqttClientEvents> {
     conn.closed = true;
     const wasConnected = conn.connected;
     if (!wasConnected && !conn.errored && !this.stopping) this.lastErrorValue = new Error(CLOSED_BEFORE_CONNACK);
-    if ((this.options.protocolVersion ?? 'auto') === 'auto' && !this.stopping) this.chooseProtocolAfterClose(wasConnected, conn.errored);
+    if (this.autoProtocol && !this.stopping) this.chooseProtocolAfterClose(wasConnected, conn.errored);
     conn.connected = false;
     if (conn.stableTimer) clearTimeout(conn.stableTimer);
     if (wasConnected && !this.stopping) this.noteLossWithRecordsInFlight(conn);
