@@ -68,6 +68,7 @@ import { nvidiaGpuPresent, renderNodePresent, type ProviderChoice } from '../mod
 import { startMqttClient, type AgentMqttClient } from './mqtt/client.js';
 import { startEmbeddedBroker, type EmbeddedBroker } from './mqtt/embedded-broker.js';
 import { int8PathNote } from '../models/cpu-features.js';
+import { jpegDecoderNote } from '../models/image-decode.js';
 import type { OutboxMessage } from './mqtt/outbox.js';
 import { agentTopics, type AgentTopics } from './mqtt/topics.js';
 import { createCameraFeed } from './sources/index.js';
@@ -435,6 +436,7 @@ export class Agent extends EventEmitter<AgentEvents> {
         cameras: config.cameras.map((c) => c.id),
         models: this.registry.status().map((m) => ({ name: m.name, digest: m.digest.slice(0, 12), provider: m.provider })),
         metrics: this.metricsUrl,
+        jpegDecoder: jpegDecoderNote(),
       });
     } catch (err) {
       const givenUp = err instanceof AgentStoppedError;

@@ -133,6 +133,14 @@ check_ffmpeg() {
   esac
 }
 
+# Plain JPEG frames decode through libturbojpeg directly (models/turbojpeg.ts) when it is
+# installed: the same pixels as libvips for about a third of the CPU. Optional, hence a warning.
+check_turbojpeg() {
+  if ! ldconfig -p 2>/dev/null | grep -q "^[[:space:]]*libturbojpeg\.so\.0 "; then
+    warn "libturbojpeg.so.0 not found: JPEG frames will decode through libvips, with about 2.5× the CPU: apt-get install libturbojpeg0 (Ubuntu, Jetson: libturbojpeg)"
+  fi
+}
+
 # WebGPU (the provider after CUDA) reaches an NVIDIA GPU through Dawn → Vulkan, and NVIDIA's
 # Vulkan driver (libGLX_nvidia.so.0) loads through GLVND. Minimal hosts and containers lack these;
 # this set made WebGPU work on an NVIDIA H200 box where it had found no adapter (deploy/GPU.md).
@@ -287,6 +295,7 @@ start_service() {
 do_install() {
   check_node
   check_ffmpeg
+  check_turbojpeg
   choose_gpu
   create_user
   create_dirs

@@ -256,6 +256,24 @@ test('an NVIDIA box missing the Vulkan loader or GLVND is told what WebGPU needs
   if (!existsSyncNvidia()) t.notRegex(noGpu.stderr, /WebGPU needs/, 'no GPU: nothing to say');
 });
 
+test('a box without libturbojpeg is told that JPEG frames decode slower and what to install; one with it is not', async (t) => {
+  const box = await sandbox(t);
+  const bin = join(box.dir, 'bin');
+  await mkdir(bin);
+  await writeFile(join(bin, 'ldconfig'), '#!/bin/sh\ncat "$LDCONFIG_LISTING"\n');
+  await chmod(join(bin, 'ldconfig'), 0o755);
+  const listing = join(box.dir, 'ld.so.cache.txt');
+  const env = { PATH: `${bin}:${process.env.PATH}`, LDCONFIG_LISTING: listing };
+  await writeFile(listing, '1 libs found in cache\n\tlibc.so.6 (libc6,x86-64) => /usr/lib/x86_64-linux-gnu/libc.so.6\n');
+  const without = await install(box, ['--dry-run', '--gpu', 'none'], env);
+  t.is(without.code, 0, without.stderr);
+  t.regex(without.stderr, /warning: libturbojpeg\.so\.0 not found: JPEG frames will decode through libvips, with about 2\.5× the CPU: apt-get install libturbojpeg0/);
+  await writeFile(listing, '\tlibturbojpeg.so.0 (libc6,x86-64) => /usr/lib/x86_64-linux-gnu/libturbojpeg.so.0\n');
+  const withIt = await install(box, ['--dry-run', '--gpu', 'none'], env);
+  t.is(withIt.code, 0, withIt.stderr);
+  t.notRegex(withIt.stderr, /libturbojpeg/);
+});
+
 test('bad arguments and an old node are refused with a clear message', async (t) => {
   const box = await sandbox(t);
   const cases: Array<[string[], RegExp]> = [
