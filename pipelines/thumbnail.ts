@@ -8,6 +8,7 @@
  */
 import sharp from 'sharp';
 import { copyBoxRows } from '../models/resize-kernel.js';
+import { turboJpeg } from '../models/turbojpeg.js';
 import { encodeGrayPng } from './gray-png.js';
 import type { Prediction } from '../models/types.js';
 import type { RawLike } from './planogram.js';
@@ -120,8 +121,20 @@ export async function renderThumbnail(
     }
   }
 
-  const jpeg = await sharp(pixels, { raw: { width, height, channels: 3 } }).jpeg({ quality, chromaSubsampling: '4:4:4' }).toBuffer();
-  return { jpeg, maskPng: encodeGrayPng(thumbMask, width, height), width, height };
+  return { jpeg: await encodeJpeg(pixels, width, height, quality), maskPng: encodeGrayPng(thumbMask, width, height), width, height };
+}
+
+/** 4:4:4 JPEG (thin red outlines keep their colour): libturbojpeg when installed (a quarter of sharp's CPU), else sharp. */
+async function encodeJpeg(pixels: Buffer, width: number, height: number, quality: number): Promise<Buffer> {
+  const tj = turboJpeg();
+  if (tj) {
+    try {
+      return await tj.encodeRgb(pixels, width, height, quality);
+    } catch {
+      // sharp below says what is wrong, if anything is
+    }
+  }
+  return sharp(pixels, { raw: { width, height, channels: 3 } }).jpeg({ quality, chromaSubsampling: '4:4:4' }).toBuffer();
 }
 
 /** The RGB pixels of `box` of an RGB image `width` pixels wide, as a new buffer. */

@@ -127,3 +127,18 @@ test('turbojpeg: plainJpeg reads no further than the bytes, and refuses what is 
   // Straight to the scan: nothing for sharp to do.
   t.true(plainJpeg(Buffer.from([0xff, 0xd8, 0xff, 0xda, 0x00, 0x02])));
 });
+
+test('turbojpeg: encodeRgb writes a 4:4:4 JPEG of the quality asked that decodes close to its pixels; bad sizes and qualities are refused', async (t) => {
+  const tj = turboJpeg()!;
+  const { data } = await sharp(await picture(160, 96)).raw().toBuffer({ resolveWithObject: true });
+  const jpeg = await tj.encodeRgb(data, 160, 96, 95);
+  const meta = await sharp(jpeg).metadata();
+  t.like(meta, { format: 'jpeg', width: 160, height: 96, chromaSubsampling: '4:4:4' });
+  const back = await sharp(jpeg).raw().toBuffer();
+  let err = 0;
+  for (let i = 0; i < data.length; i++) err += Math.abs(back[i]! - data[i]!);
+  t.true(err / data.length < 4, `mean error ${(err / data.length).toFixed(2)} at quality 95`);
+  t.true((await tj.encodeRgb(data, 160, 96, 30)).length < jpeg.length, 'a lower quality gives a smaller file');
+  await t.throwsAsync(tj.encodeRgb(data, 160, 95, 80), { instanceOf: RangeError, message: /are not 160×95 RGB/ });
+  await t.throwsAsync(tj.encodeRgb(data, 160, 96, 0), { instanceOf: RangeError, message: /quality must be an integer in 1\.\.100, got 0/ });
+});
