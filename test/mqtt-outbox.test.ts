@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Outbox, decodeRecord, encodeRecord, type OutboxDiskError, type OutboxLimits } from '../agent/mqtt/outbox.js';
+import { Outbox, decodeRecord, decodeRecordFile, encodeRecord, type OutboxDiskError, type OutboxLimits } from '../agent/mqtt/outbox.js';
 import { agentTopics, TopicError, validateBaseTopic } from '../agent/mqtt/topics.js';
 import { homeAssistantDiscovery, homeAssistantRemoval } from '../agent/mqtt/home-assistant.js';
 
@@ -180,6 +180,71 @@ test('outbox: a record whose id is already pending replaces it', async (t) => {
   t.deepEqual(outbox.pending().map((r) => `${r.id}=${r.payload}`), ['ev=e', 'stats=2']);
   t.false(await outbox.ack('stats', old.seq), 'the PUBACK of the replaced record does not remove the new one');
   t.is(outbox.counters().superseded, 1);
+});
+
+test('outbox: the records of one tick (an event, its thumbnail, mask and state) share one file, deleted once all are acked', async (t) => {
+  const dir = await tempDir(t);
+  const outbox = await Outbox.open(dir, LIMITS);
+  t.teardown(() => outbox.close());
+  const event = ['thumb', 'mask', 'event', 'state'];
+  const results = await Promise.all(event.map((id) => outbox.enqueue({ id, topic: `sw/a/${id}`, payload: id, retain: id !== 'event' })));
+  t.true(results.every((r) => r.persisted));
+  const files = await recordFiles(dir);
+  t.deepEqual(files, [`${String(results[0]!.seq).padStart(16, '0')}.rec`], 'one file for the group, named by its first seq');
+  const inFile = decodeRecordFile(await readFile(join(dir, files[0]!)));
+  t.deepEqual(inFile.map((r) => r.record.id), event);
+  t.deepEqual(inFile.map((r) => r.size), inFile.map((r) => encodeRecord(r.record).length));
+  // A later tick gets its own file.
+  await outbox.enqueue({ id: 'next', topic: 'sw/a/events', payload: 'n' });
+  t.is((await recordFiles(dir)).length, 2);
+  for (const id of ['thumb', 'mask', 'event']) await outbox.ack(id);
+  t.deepEqual((await recordFiles(dir))[0], files[0], 'still needed by the state record');
+  await outbox.ack('state');
+  t.false((await recordFiles(dir)).includes(files[0]!), 'deleted with its last record');
+});
+
+test('outbox: close rewrites a partly delivered group with its pending records only, so a restart delivers nothing twice', async (t) => {
+  const dir = await tempDir(t);
+  const outbox = await Outbox.open(dir, LIMITS);
+  await Promise.all(['a', 'b', 'c', 'd'].map((id) => outbox.enqueue({ id, topic: 'sw/a/events', payload: id })));
+  await Promise.all(['e', 'f'].map((id) => outbox.enqueue({ id, topic: 'sw/a/events', payload: id })));
+  await outbox.ack('a'); // the first record of the first group: the file gets the name of 'b'
+  await outbox.ack('f'); // the last of the second: same name, replaced in place
+  await outbox.close();
+  const reopened = await Outbox.open(dir, LIMITS);
+  t.teardown(() => reopened.close());
+  t.deepEqual(reopened.pending().map((r) => r.id), ['b', 'c', 'd', 'e']);
+  t.is((await recordFiles(dir)).length, 2);
+  t.is(reopened.counters().corrupt, 0);
+});
+
+test('outbox: a record of a group set aside in dead/ gets a file of its own; the rest of the group is still delivered', async (t) => {
+  const dir = await tempDir(t);
+  const outbox = await Outbox.open(dir, LIMITS);
+  const [a, b] = await Promise.all(['a', 'b'].map((id) => outbox.enqueue({ id, topic: 'sw/a/events', payload: id })));
+  t.true(await outbox.deadLetter('a', a!.seq));
+  const dead = await readdir(join(dir, 'dead'));
+  t.deepEqual(dead, [`${String(a!.seq).padStart(16, '0')}.rec`]);
+  t.is(decodeRecord(await readFile(join(dir, 'dead', dead[0]!))).id, 'a');
+  t.deepEqual(outbox.pending().map((r) => r.id), ['b']);
+  await outbox.ack('b', b!.seq);
+  t.deepEqual(await recordFiles(dir), [], 'the group file goes with its last record');
+  await outbox.close();
+});
+
+test('outbox: a group file that breaks off in its second record is set aside whole, as corrupt', async (t) => {
+  const dir = await tempDir(t);
+  const records = [1, 2].map((seq) => encodeRecord({ id: `r${seq}`, seq, topic: 'sw/a/events', payload: Buffer.from('payload'), qos: 1, retain: false, createdAt: 0 }));
+  await writeFile(join(dir, '0000000000000001.rec'), Buffer.concat([records[0]!, records[1]!.subarray(0, 20)]));
+  const bad = [records[0]!, records[0]!]; // the same seq twice: out of order
+  await writeFile(join(dir, '0000000000000003.rec'), Buffer.concat(bad));
+  t.throws(() => decodeRecordFile(Buffer.concat([records[0]!, records[1]!.subarray(0, 20)])), { message: /record 2 at byte \d+: .*(too short|past end)/ });
+  t.throws(() => decodeRecordFile(Buffer.concat(bad)), { message: /seq 1 after 1/ });
+  const outbox = await Outbox.open(dir, LIMITS);
+  t.teardown(() => outbox.close());
+  t.is(outbox.counters().corrupt, 2);
+  t.is(outbox.depth().records, 0);
+  t.deepEqual(await recordFiles(dir), []);
 });
 
 test('outbox: corrupt record files are moved to corrupt/ and counted; unfinished temp files are removed', async (t) => {

@@ -3,11 +3,15 @@
  * only once the broker acknowledged it (PUBACK), so nothing is lost across broker outages or
  * agent restarts (at-least-once, with a stable record id the subscriber can de-duplicate on).
  *
- * On disk: one file per record, `<dir>/<seq, 16 digits>.rec`, written to `<name>.tmp`, fsynced,
- * renamed into place and the directory fsynced, so a crash leaves either the whole record or
- * nothing (leftover `.tmp` files are unfinished writes and are deleted on open). A record file
- * carries a CRC-32; files that cannot be read or fail the check are moved to `<dir>/corrupt/`
- * and counted, never fatal. `seq` is monotonic, so replay after a restart keeps the order.
+ * On disk: record files `<dir>/<seq, 16 digits>.rec`, written to `<name>.tmp`, fsynced, renamed
+ * into place and the directory fsynced, so a crash leaves either the whole file or nothing
+ * (leftover `.tmp` files are unfinished writes and are deleted on open). Records enqueued in the
+ * same tick (an event's thumbnail, mask, event and state) share one file, named by its first
+ * seq: one create, fsync, rename and unlink for the group instead of one each, which is most of
+ * an event's cost on ext4. A file is deleted once none of its records needs it any more. Each
+ * record carries a CRC-32; files that cannot be read or fail the check are moved to
+ * `<dir>/corrupt/` and counted, never fatal. `seq` is monotonic, so replay after a restart keeps
+ * the order.
  *
  * Policies (all counted):
  *  - bounds: when `maxRecords` or `maxBytes` would be exceeded, the OLDEST records are dropped
@@ -140,17 +144,37 @@ interface Entry {
   size: number;
   /** First write attempt finished: the record may be published (keeps order for slow writes). */
   settled: boolean;
-  /** The file is on disk and synced. */
+  /** Its file is on disk and synced. */
   durable: boolean;
-  /** A write is in progress. */
-  writing: boolean;
+  /** The file it is written (or being written) to; null while it exists only in memory. */
+  file: RecordFile | null;
   removed: boolean;
-  /** Records this one superseded whose files are deleted once this one is on disk. */
+  /** Records this one superseded whose files are released once this one is on disk. */
   superseded: Entry[];
   /** Removed, but its file is kept until the record that superseded it is on disk. */
   fileKept: boolean;
   /** performance.now() when it was enqueued (for a record loaded from disk: now minus its wall-clock age). */
   enqueuedAt: number;
+}
+
+/** One `.rec` file and the records in it that still need it. */
+interface RecordFile {
+  /** The seq of its first record: its name. */
+  seq: number;
+  /** Records written to it. */
+  count: number;
+  /** Records written to it whose copy is still needed (not yet released). */
+  live: number;
+  /** Its write is in progress: the write deletes it afterwards if nothing needs it by then. */
+  writing: boolean;
+}
+
+/** Records enqueued in the current tick, written together as one file at its end. */
+interface WriteGroup {
+  entries: Entry[];
+  encoded: Buffer[];
+  done: Promise<boolean>;
+  resolve: (ok: boolean) => void;
 }
 
 const MAGIC = Buffer.from('SWOB');
@@ -181,6 +205,7 @@ export class Outbox extends EventEmitter<OutboxEvents> {
   private readonly clock: () => number;
   private currentDirSync: Promise<void> | null = null;
   private nextDirSync: Promise<void> | null = null;
+  private group: WriteGroup | null = null;
   private readonly count: OutboxCounters = {
     enqueued: 0,
     delivered: 0,
@@ -243,12 +268,12 @@ export class Outbox extends EventEmitter<OutboxEvents> {
     if (encoded.length > this.limits.maxBytes) {
       throw new RangeError(`outbox record ${JSON.stringify(record.id)} is ${encoded.length} bytes, larger than outbox.maxBytes ${this.limits.maxBytes}`);
     }
-    const entry: Entry = { record, size: encoded.length, settled: false, durable: false, writing: false, removed: false, superseded: [], fileKept: false, enqueuedAt: performance.now() };
+    const entry: Entry = { record, size: encoded.length, settled: false, durable: false, file: null, removed: false, superseded: [], fileKept: false, enqueuedAt: performance.now() };
     this.supersedeFor(entry);
     this.insert(entry);
     this.count.enqueued++;
     this.enforceBounds();
-    const persisted = await this.write(entry, encoded);
+    const persisted = await this.joinGroup(entry, encoded);
     entry.settled = true;
     if (!entry.removed) this.emit('ready');
     return { id: record.id, seq: record.seq, persisted };
@@ -300,16 +325,19 @@ export class Outbox extends EventEmitter<OutboxEvents> {
     entry.superseded = [];
     entry.fileKept = true;
     await this.remove(entry, 'deadLettered');
-    await this.deleteFiles(kept);
-    const name = this.recordPath(seq);
+    await this.release(kept);
+    // Its own file in dead/ (its group's file may hold records still to deliver); then its copy
+    // in the group is released.
     const deadDir = join(this.dir, 'dead');
+    let path = join(deadDir, `${String(seq).padStart(16, '0')}${RECORD_SUFFIX}`);
     try {
-      if (!entry.durable) await this.track(this.writeFile(seq, encodeRecord(entry.record)));
       await mkdir(deadDir, { recursive: true, mode: 0o700 });
-      await this.track(rename(name, await freeName(deadDir, String(seq).padStart(16, '0'))));
+      path = await freeName(deadDir, String(seq).padStart(16, '0'));
+      await this.track(this.writeFileAt(path, encodeRecord(entry.record), deadDir));
     } catch (err) {
-      this.emitDiskError(new OutboxDiskError('dead-letter', name, err));
+      this.emitDiskError(new OutboxDiskError('dead-letter', path, err));
     }
+    await this.release([entry]);
     return true;
   }
 
@@ -351,7 +379,32 @@ export class Outbox extends EventEmitter<OutboxEvents> {
     while (this.ioInFlight.size > 0) await Promise.allSettled([...this.ioInFlight]);
     if (this.depth().memoryOnly > 0) await this.retryWrites();
     while (this.ioInFlight.size > 0) await Promise.allSettled([...this.ioInFlight]);
+    await this.compact();
     await releaseLock(this.dir, this.degradedReason === null);
+  }
+
+  /**
+   * Rewrites each file that still holds delivered records beside pending ones with only the
+   * pending ones, so the next start does not deliver those again. (After a crash they are:
+   * at-least-once, with the same ids.) A failure leaves the file as it was.
+   */
+  private async compact(): Promise<void> {
+    const byFile = new Map<RecordFile, Entry[]>();
+    for (const e of this.entries.values()) {
+      if (e.file && e.file.live < e.file.count) byFile.set(e.file, [...(byFile.get(e.file) ?? []), e]);
+    }
+    for (const [file, entries] of byFile) {
+      // A file that also keeps a superseded record (its successor exists only in memory) stays whole.
+      if (entries.length !== file.live) continue;
+      const seq = entries[0]!.record.seq;
+      try {
+        // Same first record: the rename replaces the file in one step.
+        await this.writeFile(seq, Buffer.concat(entries.map((e) => encodeRecord(e.record))));
+        if (seq !== file.seq) await this.deleteFile(file.seq);
+      } catch (err) {
+        this.emitDiskError(new OutboxDiskError('write', this.recordPath(seq), err));
+      }
+    }
   }
 
   // ---- internals ----------------------------------------------------------------------
@@ -419,45 +472,86 @@ export class Outbox extends EventEmitter<OutboxEvents> {
       successor.superseded.push(...files);
       return;
     }
-    await this.deleteFiles(files);
+    await this.release(files);
   }
 
-  /** Deletes the files of removed records; one whose write is in progress deletes its own (write()). */
-  private async deleteFiles(entries: readonly Entry[]): Promise<void> {
+  /**
+   * The records' copies on disk are no longer needed: each file that no record needs any more is
+   * deleted, except one whose write is in progress (writeGroup deletes it afterwards).
+   */
+  private async release(entries: readonly Entry[]): Promise<void> {
     const deletions: Array<Promise<void>> = [];
     for (const e of entries) {
       e.fileKept = false;
-      if (!e.writing) deletions.push(this.deleteFile(e.record.seq));
+      const file = e.file;
+      if (!file) continue;
+      e.file = null;
+      if (--file.live === 0 && !file.writing) deletions.push(this.deleteFile(file.seq));
     }
-    await this.track(Promise.all(deletions).then(() => undefined));
+    if (deletions.length > 0) await this.track(Promise.all(deletions).then(() => undefined));
   }
 
-  /** One write attempt (temp + fsync + rename + dir fsync). Never throws. */
-  private async write(entry: Entry, encoded: Buffer): Promise<boolean> {
-    entry.writing = true;
-    const done = this.track(this.writeFile(entry.record.seq, encoded));
+  /** Adds a record to this tick's write group; resolves with whether the group's file was written. */
+  private joinGroup(entry: Entry, encoded: Buffer): Promise<boolean> {
+    let group = this.group;
+    if (!group) {
+      let resolve!: (ok: boolean) => void;
+      const done = this.track(new Promise<boolean>((r) => (resolve = r)));
+      const created: WriteGroup = { entries: [], encoded: [], done, resolve };
+      group = this.group = created;
+      // Every enqueue of this tick has joined by the time microtasks run.
+      queueMicrotask(() => {
+        if (this.group === created) this.group = null;
+        void this.writeGroup(created.entries, created.encoded).then(created.resolve);
+      });
+    }
+    group.entries.push(entry);
+    group.encoded.push(encoded);
+    return group.done;
+  }
+
+  /** One write attempt of records as one file (temp + fsync + rename + dir fsync). Never throws. */
+  private async writeGroup(group: readonly Entry[], groupEncoded: readonly Buffer[]): Promise<boolean> {
+    // Records already removed in this tick (dropped, superseded by a record that is on disk) need no copy.
+    const keep = group.map((e) => !e.removed || e.fileKept);
+    const entries = group.filter((_, i) => keep[i]);
+    const encoded = groupEncoded.filter((_, i) => keep[i]);
+    if (entries.length === 0) return true;
+    const file: RecordFile = { seq: entries[0]!.record.seq, count: entries.length, live: entries.length, writing: true };
+    for (const e of entries) e.file = file;
     let ok = false;
     try {
-      await done;
+      await this.track(this.writeFile(file.seq, encoded.length === 1 ? encoded[0]! : Buffer.concat(encoded)));
       ok = true;
-      entry.durable = true;
-      const kept = entry.superseded;
-      entry.superseded = [];
-      if (kept.length > 0) void this.deleteFiles(kept);
     } catch (err) {
-      this.count.failedWrites++;
-      this.emitDiskError(new OutboxDiskError('write', this.recordPath(entry.record.seq), err));
+      this.count.failedWrites += entries.length;
+      this.emitDiskError(new OutboxDiskError('write', this.recordPath(file.seq), err));
       this.scheduleRetry();
     } finally {
-      entry.writing = false;
+      file.writing = false;
     }
-    if (entry.removed && !entry.fileKept) await this.track(this.deleteFile(entry.record.seq));
-    return ok;
+    if (!ok) {
+      for (const e of entries) if (e.file === file) e.file = null; // only in memory: retried on its own
+      return false;
+    }
+    for (const e of entries) {
+      e.durable = true;
+      const kept = e.superseded;
+      e.superseded = [];
+      if (kept.length > 0) void this.release(kept);
+    }
+    // Every record in it was removed (and let go of it) while it was being written.
+    if (file.live === 0) await this.track(this.deleteFile(file.seq));
+    return true;
   }
 
-  private async writeFile(seq: number, encoded: Buffer): Promise<void> {
-    const final = this.recordPath(seq);
-    const temp = final + TEMP_SUFFIX;
+  private writeFile(seq: number, encoded: Buffer): Promise<void> {
+    return this.writeFileAt(this.recordPath(seq), encoded, this.dir);
+  }
+
+  /** Writes `path` whole or not at all: temp file, fsync, rename, then `dir` fsynced. */
+  private async writeFileAt(path: string, encoded: Buffer, dir: string): Promise<void> {
+    const temp = path + TEMP_SUFFIX;
     try {
       const fh = await open(temp, 'w', 0o600);
       try {
@@ -466,12 +560,13 @@ export class Outbox extends EventEmitter<OutboxEvents> {
       } finally {
         await fh.close();
       }
-      await rename(temp, final);
+      await rename(temp, path);
     } catch (err) {
       await unlink(temp).catch(() => undefined);
       throw err;
     }
-    await this.syncDir();
+    if (dir === this.dir) await this.syncDir();
+    else if (this.fsync) await fsyncDir(dir);
   }
 
   private async deleteFile(seq: number): Promise<void> {
@@ -523,8 +618,8 @@ export class Outbox extends EventEmitter<OutboxEvents> {
   private async retryWrites(): Promise<void> {
     let remaining = 0;
     for (const entry of [...this.entries.values()]) {
-      if (entry.durable || entry.writing || !entry.settled || entry.removed) continue;
-      const ok = await this.write(entry, encodeRecord(entry.record));
+      if (entry.durable || entry.file || !entry.settled || entry.removed) continue;
+      const ok = await this.writeGroup([entry], [encodeRecord(entry.record)]);
       if (!ok) {
         remaining++;
         break;
@@ -564,17 +659,17 @@ export class Outbox extends EventEmitter<OutboxEvents> {
       }
       if (!name.endsWith(RECORD_SUFFIX)) continue;
       const seqFromName = Number(name.slice(0, -RECORD_SUFFIX.length));
-      let entry: Entry | null = null;
+      let entries: Entry[];
       try {
-        const bytes = await readFile(path);
-        const record = decodeRecord(bytes);
-        if (record.seq !== seqFromName) throw new Error(`file name says seq ${seqFromName}, record says ${record.seq}`);
-        entry = { record, size: bytes.length, settled: true, durable: true, writing: false, removed: false, superseded: [], fileKept: false, enqueuedAt: performance.now() - Math.max(0, this.clock() - record.createdAt) };
+        const records = decodeRecordFile(await readFile(path));
+        if (records[0]!.record.seq !== seqFromName) throw new Error(`file name says seq ${seqFromName}, its first record says ${records[0]!.record.seq}`);
+        const file: RecordFile = { seq: seqFromName, count: records.length, live: records.length, writing: false };
+        entries = records.map(({ record, size }) => ({ record, size, settled: true, durable: true, file, removed: false, superseded: [], fileKept: false, enqueuedAt: performance.now() - Math.max(0, this.clock() - record.createdAt) }));
       } catch {
         await this.quarantine(name);
         continue;
       }
-      loaded.push(entry);
+      loaded.push(...entries);
     }
     loaded.sort((a, b) => a.record.seq - b.record.seq);
     for (const entry of loaded) {
@@ -670,7 +765,37 @@ export function encodeRecord(record: OutboxRecord): Buffer {
   return out;
 }
 
-/** Parses a record file; throws an Error saying what is wrong. */
+/**
+ * Parses a record file: one or more records back to back, seqs increasing. Throws an Error saying
+ * what is wrong (the whole file is then set aside).
+ */
+export function decodeRecordFile(bytes: Buffer): Array<{ record: OutboxRecord; size: number }> {
+  const out: Array<{ record: OutboxRecord; size: number }> = [];
+  const fixed = MAGIC.length + 1 + 4;
+  for (let at = 0; at < bytes.length; ) {
+    if (bytes.length - at < fixed + 4) throw new Error(`record ${out.length + 1} at byte ${at}: ${bytes.length - at} bytes, too short`);
+    const headerLength = bytes.readUInt32BE(at + MAGIC.length + 1);
+    if (at + fixed + headerLength > bytes.length) throw new Error(`record ${out.length + 1} at byte ${at}: header length past end of file`);
+    let payloadBytes: unknown;
+    try {
+      payloadBytes = (JSON.parse(bytes.subarray(at + fixed, at + fixed + headerLength).toString('utf8')) as Partial<RecordHeader>).payloadBytes;
+    } catch {
+      throw new Error(`record ${out.length + 1} at byte ${at}: malformed record header`);
+    }
+    if (!Number.isSafeInteger(payloadBytes) || (payloadBytes as number) < 0) throw new Error(`record ${out.length + 1} at byte ${at}: malformed record header`);
+    const size = fixed + headerLength + (payloadBytes as number) + 4;
+    if (at + size > bytes.length) throw new Error(`record ${out.length + 1} at byte ${at}: ${size} bytes past end of file`);
+    const record = decodeRecord(bytes.subarray(at, at + size));
+    const previous = out.at(-1)?.record.seq;
+    if (previous !== undefined && record.seq <= previous) throw new Error(`record ${out.length + 1}: seq ${record.seq} after ${previous}`);
+    out.push({ record, size });
+    at += size;
+  }
+  if (out.length === 0) throw new Error('empty record file');
+  return out;
+}
+
+/** Parses one record; throws an Error saying what is wrong. */
 export function decodeRecord(bytes: Buffer): OutboxRecord {
   const fixed = MAGIC.length + 1 + 4;
   if (bytes.length < fixed + 4) throw new Error(`record is ${bytes.length} bytes, too short`);
