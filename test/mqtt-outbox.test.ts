@@ -232,6 +232,24 @@ test('outbox: a record of a group set aside in dead/ gets a file of its own; the
   await outbox.close();
 });
 
+test('outbox: when dead/ cannot be written, the record set aside keeps its copy and is pending again after a restart', async (t) => {
+  const dir = await tempDir(t);
+  const outbox = await Outbox.open(dir, LIMITS);
+  const errors: OutboxDiskError[] = [];
+  outbox.on('diskError', (e) => errors.push(e));
+  const a = await outbox.enqueue({ id: 'a', topic: 'sw/a/events', payload: 'a' });
+  await writeFile(join(dir, 'dead'), 'a file where the folder should be');
+  t.true(await outbox.deadLetter('a', a.seq));
+  t.is(errors.length, 1);
+  t.is(errors[0]!.operation, 'dead-letter');
+  t.deepEqual(outbox.pending(), []);
+  t.deepEqual(await recordFiles(dir), [`${String(a.seq).padStart(16, '0')}.rec`], 'its only copy stays');
+  await outbox.close();
+  const reopened = await Outbox.open(dir, LIMITS);
+  t.teardown(() => reopened.close());
+  t.deepEqual(reopened.pending().map((r) => r.id), ['a']);
+});
+
 test('outbox: a group file that breaks off in its second record is set aside whole, as corrupt', async (t) => {
   const dir = await tempDir(t);
   const records = [1, 2].map((seq) => encodeRecord({ id: `r${seq}`, seq, topic: 'sw/a/events', payload: Buffer.from('payload'), qos: 1, retain: false, createdAt: 0 }));

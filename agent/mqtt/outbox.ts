@@ -327,17 +327,18 @@ export class Outbox extends EventEmitter<OutboxEvents> {
     await this.remove(entry, 'deadLettered');
     await this.release(kept);
     // Its own file in dead/ (its group's file may hold records still to deliver); then its copy
-    // in the group is released.
+    // in the group is released. If dead/ cannot be written, the copy stays: after a restart the
+    // record is pending again and set aside again.
     const deadDir = join(this.dir, 'dead');
     let path = join(deadDir, `${String(seq).padStart(16, '0')}${RECORD_SUFFIX}`);
     try {
       await mkdir(deadDir, { recursive: true, mode: 0o700 });
       path = await freeName(deadDir, String(seq).padStart(16, '0'));
       await this.track(this.writeFileAt(path, encodeRecord(entry.record), deadDir));
+      await this.release([entry]);
     } catch (err) {
       this.emitDiskError(new OutboxDiskError('dead-letter', path, err));
     }
-    await this.release([entry]);
     return true;
   }
 
