@@ -143,12 +143,18 @@ function bind(library: string, b: Bindings): TurboJpeg {
       const h = b.init();
       if (!h) return Promise.reject(new Error('turbojpeg: tjInitDecompress failed'));
       return new Promise<void>((resolve, reject) => {
-        b.decode.async(h, jpeg, jpeg.length, out, width, 0, height, TJPF_RGB, TJFLAG_STOPONWARNING | TJFLAG_LIMITSCANS, (err, rc) => {
-          const message = err ? firstLine(err) : rc !== 0 ? b.errorString(h) : null;
+        try {
+          b.decode.async(h, jpeg, jpeg.length, out, width, 0, height, TJPF_RGB, TJFLAG_STOPONWARNING | TJFLAG_LIMITSCANS, (err, rc) => {
+            const message = err ? firstLine(err) : rc !== 0 ? b.errorString(h) : null;
+            b.destroy(h);
+            if (message === null) resolve();
+            else reject(new Error(`turbojpeg: ${message}`));
+          });
+        } catch (err) {
+          // koffi's queue of async calls is full (max_async_calls): the caller falls back to sharp.
           b.destroy(h);
-          if (message === null) resolve();
-          else reject(new Error(`turbojpeg: ${message}`));
-        });
+          reject(new Error(`turbojpeg: ${firstLine(err)}`));
+        }
       });
     },
     encodeRgb(pixels, width, height, quality) {
@@ -162,15 +168,20 @@ function bind(library: string, b: Bindings): TurboJpeg {
       const out: unknown[] = [null];
       const size = [0];
       return new Promise<Buffer>((resolve, reject) => {
-        b.compress.async(h, pixels, width, 0, height, TJPF_RGB, out, size, TJSAMP_444, quality, 0, (err, rc) => {
-          let result: Buffer | Error;
-          if (err || rc !== 0 || !out[0]) result = new Error(`turbojpeg: ${err ? firstLine(err) : b.errorString(h)}`);
-          else result = Buffer.copyBytesFrom(new Uint8Array(b.view(out[0], size[0]!)));
-          if (out[0]) b.free(out[0]);
+        try {
+          b.compress.async(h, pixels, width, 0, height, TJPF_RGB, out, size, TJSAMP_444, quality, 0, (err, rc) => {
+            let result: Buffer | Error;
+            if (err || rc !== 0 || !out[0]) result = new Error(`turbojpeg: ${err ? firstLine(err) : b.errorString(h)}`);
+            else result = Buffer.copyBytesFrom(new Uint8Array(b.view(out[0], size[0]!)));
+            if (out[0]) b.free(out[0]);
+            b.destroy(h);
+            if (result instanceof Error) reject(result);
+            else resolve(result);
+          });
+        } catch (err) {
           b.destroy(h);
-          if (result instanceof Error) reject(result);
-          else resolve(result);
-        });
+          reject(new Error(`turbojpeg: ${firstLine(err)}`));
+        }
       });
     },
   };
