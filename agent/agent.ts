@@ -16,7 +16,7 @@
  * replaced one between batches; the status is re-published after each swap.
  *
  * The per-slot debounce states survive restarts (debounce-store.ts): start() loads them from
- * `<stateDir>/debounce-state.json` before the pipeline exists, every scan that makes an event
+ * `<stateDir>/debounce-state.a|b` before the pipeline exists, every scan that makes an event
  * (new/update/end) asks for a write (coalesced: one in flight, at most one more queued) and stop()
  * writes them once more after the pipeline has drained. A slot anomalous at the stop therefore
  * keeps its open event: the next scans update or end it under the same id.

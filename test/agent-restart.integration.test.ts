@@ -7,11 +7,11 @@
  * must name that event until the `end`.
  */
 import test from 'ava';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Agent } from '../agent/agent.js';
 import { configFromObject, type AgentConfig } from '../agent/config.js';
-import { DEBOUNCE_STATE_FILE } from '../agent/debounce-store.js';
+import { readDebounceStateFile } from '../agent/debounce-store.js';
 import type { DebounceState } from '../pipelines/debounce.js';
 import type { AnomalyEvent, SlotStatePayload } from '../pipelines/events.js';
 import { captureLogger, registerAgentScene, tileSlots, until } from './helpers/agent-scene.js';
@@ -51,11 +51,7 @@ const eventsOf = (messages: Received[]): AnomalyEvent[] => messages.filter((m) =
 const s1StatesOf = (messages: Received[]): SlotStatePayload[] => messages.filter((m) => m.topic === `${ROOT}/shelf/S1/state`).map((m) => JSON.parse(m.payload.toString()) as SlotStatePayload);
 
 async function savedStates(stateDir: string): Promise<Record<string, DebounceState> | null> {
-  try {
-    return (JSON.parse(await readFile(join(stateDir, DEBOUNCE_STATE_FILE), 'utf8')) as { slots: Record<string, DebounceState> }).slots;
-  } catch {
-    return null;
-  }
+  return ((await readDebounceStateFile(stateDir))?.slots as Record<string, DebounceState> | undefined) ?? null;
 }
 
 /** Runs one agent over the replay folder `dir` to its end, then stops it; returns what it raised. */

@@ -3,7 +3,7 @@ import { from, lastValueFrom, toArray } from 'rxjs';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { DEBOUNCE_STATE_FILE, DEBOUNCE_STATE_VERSION, DebounceStore } from '../agent/debounce-store.js';
+import { DEBOUNCE_STATE_FILES, DEBOUNCE_STATE_VERSION, DebounceStore, decodeDebounceStateFile, encodeDebounceStateFile, LEGACY_DEBOUNCE_STATE_FILE, readDebounceStateFile } from '../agent/debounce-store.js';
 import { Logger } from '../agent/logger.js';
 import { debounceSlots, decisionOf, slotKey, step, type DebounceState } from '../pipelines/debounce.js';
 import { eventId, toSlotOutputs } from '../pipelines/events.js';
@@ -50,7 +50,9 @@ test('round trip: what is saved loads back identical, with the format version in
   const store = new DebounceStore({ dir, logger, clock: () => 1234 });
   await store.save(states);
   t.deepEqual(store.stats(), { writes: 1, failedWrites: 0 });
-  const file = JSON.parse(await readFile(join(dir, DEBOUNCE_STATE_FILE), 'utf8'));
+  const raw = await readFile(join(dir, DEBOUNCE_STATE_FILES[0]));
+  t.regex(raw.toString('latin1'), /^shelfwatch-debounce-state seq=1 bytes=\d+ crc32=[0-9a-f]{8}\n\{"version":1,/);
+  const file = (await readDebounceStateFile(dir))!;
   t.is(file.version, DEBOUNCE_STATE_VERSION);
   t.is(file.savedAt, 1234);
   t.deepEqual(Object.keys(file.slots).sort(), ['door/D1', 'shelf/S0', 'shelf/S1']);
@@ -60,16 +62,55 @@ test('round trip: what is saved loads back identical, with the format version in
   t.deepEqual(lines().filter((l) => l.level === 'warn'), []);
 });
 
-test('atomic write: temp file, rename; no temp file left, and a leftover one from a crash is removed on load', async (t) => {
+test('two files in turn: a write cut short by a crash leaves the previous save, which loads; no temp files, no warning', async (t) => {
+  const dir = await tempDir(t);
+  const { logger, lines } = capture();
+  const store = new DebounceStore({ dir, logger });
+  const first = sample();
+  await store.save(first);
+  const second = new Map(first);
+  second.set('shelf/S0', { ...first.get('shelf/S0')!, lastScore: 99 });
+  await store.save(second);
+  t.deepEqual((await readdir(dir)).sort(), [...DEBOUNCE_STATE_FILES]);
+  const seqOf = async (name: string) => (decodeDebounceStateFile(await readFile(join(dir, name))) as { seq: number }).seq;
+  t.deepEqual([await seqOf(DEBOUNCE_STATE_FILES[0]), await seqOf(DEBOUNCE_STATE_FILES[1])], [1, 2]);
+  t.deepEqual(await new DebounceStore({ dir, logger }).load(), second, 'the newer save wins');
+  // The crash cuts the next write (seq 3, over the first file) half-way.
+  const third = encodeDebounceStateFile(JSON.stringify({ version: 1, savedAt: 3, slots: {} }), 3);
+  const old = await readFile(join(dir, DEBOUNCE_STATE_FILES[0]));
+  await writeFile(join(dir, DEBOUNCE_STATE_FILES[0]), Buffer.concat([third.subarray(0, third.length - 9), old.subarray(third.length - 9)]));
+  t.regex((decodeDebounceStateFile(await readFile(join(dir, DEBOUNCE_STATE_FILES[0]))) as { problem: string }).problem, /checksum mismatch|bytes of JSON/);
+  const reopened = new DebounceStore({ dir, logger });
+  t.deepEqual(await reopened.load(), second, 'the cut write is skipped');
+  t.deepEqual(lines().filter((l) => l.level === 'warn'), []);
+  // The next save goes over the cut file, and an earlier version's leftover temp file is removed on load.
+  await reopened.save(first);
+  t.deepEqual(await seqOf(DEBOUNCE_STATE_FILES[0]), 3);
+  await writeFile(join(dir, `${LEGACY_DEBOUNCE_STATE_FILE}.tmp`), '{"version":1,"sav');
+  t.deepEqual(await new DebounceStore({ dir, logger }).load(), first);
+  t.deepEqual((await readdir(dir)).sort(), [...DEBOUNCE_STATE_FILES]);
+});
+
+test('a file of the earlier single-file format is read when neither file exists, and deleted after the first save', async (t) => {
   const dir = await tempDir(t);
   const { logger } = capture();
+  await writeFile(join(dir, LEGACY_DEBOUNCE_STATE_FILE), JSON.stringify({ version: 1, savedAt: 5, slots: Object.fromEntries(sample()) }));
   const store = new DebounceStore({ dir, logger });
+  t.deepEqual(await store.load(), sample());
   await store.save(sample());
-  t.deepEqual(await readdir(dir), [DEBOUNCE_STATE_FILE]);
-  // A write cut short by a crash leaves the temp file beside the last complete file.
-  await writeFile(join(dir, `${DEBOUNCE_STATE_FILE}.tmp`), '{"version":1,"sav');
+  t.deepEqual(await readdir(dir), [DEBOUNCE_STATE_FILES[0]]);
   t.deepEqual(await new DebounceStore({ dir, logger }).load(), sample());
-  t.deepEqual(await readdir(dir), [DEBOUNCE_STATE_FILE]);
+});
+
+test('only cut files (a crash during the very first writes): warned, moved aside, an empty map', async (t) => {
+  const dir = await tempDir(t);
+  await writeFile(join(dir, DEBOUNCE_STATE_FILES[0]), 'shelfwatch-debounce-state seq=1 bytes=500 crc32=00000000\n{"vers');
+  const { logger, lines } = capture();
+  t.is((await new DebounceStore({ dir, logger, clock: () => 42 }).load()).size, 0);
+  const warns = lines().filter((l) => l.level === 'warn');
+  t.is(warns.length, 1);
+  t.like(warns[0], { msg: 'debounce state file is invalid; moved aside, slots start fresh', file: join(dir, DEBOUNCE_STATE_FILES[0]), problems: ['a write cut short: header says 500 bytes of JSON, the file holds 6'] });
+  t.deepEqual(await readdir(dir), [`${DEBOUNCE_STATE_FILES[0]}.corrupt-42`]);
 });
 
 test('a failed write is a warning, never an exception, and the next save tries again', async (t) => {
@@ -81,7 +122,7 @@ test('a failed write is a warning, never an exception, and the next save tries a
   await t.notThrowsAsync(store.save(sample()));
   t.deepEqual(store.stats(), { writes: 0, failedWrites: 1 });
   const warn = lines().find((l) => l.level === 'warn')!;
-  t.like(warn, { msg: 'debounce states could not be saved; a restart now would lose open anomalies', file: join(notADir, DEBOUNCE_STATE_FILE) });
+  t.like(warn, { msg: 'debounce states could not be saved; a restart now would lose open anomalies', file: join(notADir, DEBOUNCE_STATE_FILES[0]) });
   await t.notThrowsAsync(store.save(sample()));
   t.deepEqual(store.stats(), { writes: 0, failedWrites: 2 });
 });
@@ -96,8 +137,9 @@ test('missing file: an empty map, nothing logged', async (t) => {
 
 test('corrupt JSON: warned with the file named, moved aside, an empty map', async (t) => {
   const dir = await tempDir(t);
-  const path = join(dir, DEBOUNCE_STATE_FILE);
-  await writeFile(path, '{"version":1,"savedAt":12,"slots":{"shelf/S1":{"camera":"sh');
+  const path = join(dir, DEBOUNCE_STATE_FILES[0]);
+  // Its checksum holds: the JSON itself is broken (not a write cut short).
+  await writeFile(path, encodeDebounceStateFile('{"version":1,"savedAt":12,"slots":{"shelf/S1":{"camera":"sh', 1));
   const { logger, lines } = capture();
   const loaded = await new DebounceStore({ dir, logger, clock: () => 1700000000000 }).load();
   t.is(loaded.size, 0);
@@ -105,24 +147,25 @@ test('corrupt JSON: warned with the file named, moved aside, an empty map', asyn
   t.is(warns.length, 1);
   t.like(warns[0], { msg: 'debounce state file is invalid; moved aside, slots start fresh', file: path, movedTo: `${path}.corrupt-1700000000000` });
   t.regex((warns[0]!.problems as string[])[0]!, /^not valid JSON: /);
-  t.deepEqual(await readdir(dir), [`${DEBOUNCE_STATE_FILE}.corrupt-1700000000000`]);
-  t.is(await readFile(`${path}.corrupt-1700000000000`, 'utf8'), '{"version":1,"savedAt":12,"slots":{"shelf/S1":{"camera":"sh');
+  t.deepEqual(await readdir(dir), [`${DEBOUNCE_STATE_FILES[0]}.corrupt-1700000000000`]);
+  t.deepEqual(await readFile(`${path}.corrupt-1700000000000`), encodeDebounceStateFile('{"version":1,"savedAt":12,"slots":{"shelf/S1":{"camera":"sh', 1));
   // The next save starts a fresh file beside the one moved aside.
   const store = new DebounceStore({ dir, logger });
   await store.save(sample());
-  t.deepEqual((await readdir(dir)).sort(), [DEBOUNCE_STATE_FILE, `${DEBOUNCE_STATE_FILE}.corrupt-1700000000000`]);
+  t.deepEqual((await readdir(dir)).sort(), [DEBOUNCE_STATE_FILES[0], `${DEBOUNCE_STATE_FILES[0]}.corrupt-1700000000000`]);
 });
 
 test('wrong shape: each problem named in the warning (path and what is wrong), moved aside, an empty map', async (t) => {
   const dir = await tempDir(t);
-  const path = join(dir, DEBOUNCE_STATE_FILE);
+  const path = join(dir, DEBOUNCE_STATE_FILES[0]);
+  const put = (json: string) => writeFile(path, encodeDebounceStateFile(json, 1));
   const good = JSON.parse(JSON.stringify({ version: 1, savedAt: 5, slots: Object.fromEntries(sample()) }));
   good.slots['shelf/S1'].history[1] = 'yes';
   delete good.slots['shelf/S0'].raisedIn;
   good.slots['door/D1'].state = 'broken';
   good.slots['shelf/S9'] = { ...good.slots['door/D1'], state: 'ok' };
   good.extra = true;
-  await writeFile(path, JSON.stringify(good));
+  await put(JSON.stringify(good));
   const { logger, lines } = capture();
   const loaded = await new DebounceStore({ dir, logger, clock: () => 7 }).load();
   t.is(loaded.size, 0);
@@ -134,19 +177,19 @@ test('wrong shape: each problem named in the warning (path and what is wrong), m
   t.regex(problems, /slots\.shelf\/S0\.raisedIn: /);
   t.regex(problems, /slots\.door\/D1\.state: /);
   t.regex(problems, /\(file\): .*extra/);
-  t.deepEqual(await readdir(dir), [`${DEBOUNCE_STATE_FILE}.corrupt-7`]);
+  t.deepEqual(await readdir(dir), [`${DEBOUNCE_STATE_FILES[0]}.corrupt-7`]);
 
   // A key that does not match its entry, and a file of another format version.
-  await writeFile(path, JSON.stringify({ version: 1, savedAt: 5, slots: { 'shelf/S9': sample().get('shelf/S1') } }));
+  await put(JSON.stringify({ version: 1, savedAt: 5, slots: { 'shelf/S9': sample().get('shelf/S1') } }));
   t.is((await new DebounceStore({ dir, logger, clock: () => 8 }).load()).size, 0);
   t.regex((lines().at(-1)!.problems as string[]).join('\n'), /slots\.shelf\/S9: key does not match camera 'shelf' and slot 'S1'/);
-  await writeFile(path, JSON.stringify({ version: 2, whatever: [] }));
+  await put(JSON.stringify({ version: 2, whatever: [] }));
   t.is((await new DebounceStore({ dir, logger, clock: () => 9 }).load()).size, 0);
   t.deepEqual(lines().at(-1)!.problems, [`version: unsupported format version 2 (this agent reads ${DEBOUNCE_STATE_VERSION})`]);
-  await writeFile(path, '[1, 2]');
+  await put('[1, 2]');
   t.is((await new DebounceStore({ dir, logger, clock: () => 10 }).load()).size, 0);
   t.regex((lines().at(-1)!.problems as string[]).join('\n'), /^\(file\): /);
-  t.deepEqual((await readdir(dir)).sort(), [7, 8, 9, 10].map((n) => `${DEBOUNCE_STATE_FILE}.corrupt-${n}`).sort());
+  t.deepEqual((await readdir(dir)).sort(), [7, 8, 9, 10].map((n) => `${DEBOUNCE_STATE_FILES[0]}.corrupt-${n}`).sort());
 });
 
 test('entries of slots no longer in the config are dropped on load', async (t) => {
@@ -180,7 +223,7 @@ test('coalesced writes: one in flight, a burst of saves meanwhile makes ONE more
   await store.save(states);
   await store.idle();
   t.deepEqual(store.stats(), { writes: 3, failedWrites: 0 });
-  t.deepEqual(await readdir(dir), [DEBOUNCE_STATE_FILE]);
+  t.deepEqual((await readdir(dir)).sort(), [...DEBOUNCE_STATE_FILES]);
 });
 
 /** A scan of cam1/A1 (threshold 10), anomalous ones with the same region. */
