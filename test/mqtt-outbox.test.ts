@@ -170,6 +170,30 @@ test('outbox: a superseded record keeps its file until its replacement is on dis
   t.deepEqual(await recordFiles(dir), []);
 });
 
+test('outbox: a group whose directory fsync fails after the rename leaves no file behind, so its records, delivered from memory, do not come back after a restart', async (t) => {
+  const dir = await tempDir(t);
+  const outbox = await Outbox.open(dir, { ...LIMITS, retryIntervalMs: 3_600_000 });
+  const errors: OutboxDiskError[] = [];
+  outbox.on('diskError', (e) => errors.push(e));
+  // The file is renamed into place, then the directory fsync fails (EIO on a dying card).
+  const internals = outbox as unknown as { syncDir(): Promise<void> };
+  const syncDir = internals.syncDir;
+  internals.syncDir = () => Promise.reject(Object.assign(new Error('EIO: i/o error, fsync'), { code: 'EIO' }));
+  const results = await Promise.all(['a', 'b'].map((id) => outbox.enqueue({ id, topic: 'sw/a/events', payload: id })));
+  internals.syncDir = syncDir;
+  t.deepEqual(results.map((r) => r.persisted), [false, false]);
+  t.is(errors.length, 1);
+  t.is(outbox.depth().memoryOnly, 2);
+  t.deepEqual(await recordFiles(dir), [], 'not written means no file: nothing would delete it');
+  // Delivered from memory before any retry.
+  for (const r of results) t.true(await outbox.ack(r.id, r.seq));
+  t.deepEqual(await recordFiles(dir), []);
+  await outbox.close();
+  const reopened = await Outbox.open(dir, LIMITS);
+  t.teardown(() => reopened.close());
+  t.deepEqual(reopened.pending().map((r) => r.id), [], 'acked records are not delivered again');
+});
+
 test('outbox: a record whose id is already pending replaces it', async (t) => {
   const dir = await tempDir(t);
   const outbox = await Outbox.open(dir, LIMITS);

@@ -532,6 +532,10 @@ export class Outbox extends EventEmitter<OutboxEvents> {
       file.writing = false;
     }
     if (!ok) {
+      // The rename may have happened (the directory fsync failed after it): the records count as
+      // memory-only now, so nothing would ever delete that file. (Before the entries let go of it,
+      // so that no retry of the same name starts meanwhile.)
+      await this.track(unlink(this.recordPath(file.seq)).catch(() => undefined));
       for (const e of entries) if (e.file === file) e.file = null; // only in memory: retried on its own
       return false;
     }
