@@ -260,6 +260,26 @@ async function main(): Promise<void> {
   }
   console.log(`slot into a worker batch: ${inPlace.toFixed(3)} ms in place vs ${copied.toFixed(3)} ms copied (${(copied / inPlace).toFixed(2)}× faster)`);
 
+  // Full-resolution JPEG decode, the agent's every frame: libturbojpeg (decodeImage's fast path)
+  // against sharp/libvips on the same bytes; CPU of all threads, since libvips decodes on its own.
+  console.log('\nJPEG decode at full resolution (CPU of all threads per image)');
+  const cpuIt = async (label: string, iterations: number, fn: () => Promise<unknown>): Promise<number> => {
+    for (let i = 0; i < 3; i++) await fn();
+    const c0 = process.cpuUsage();
+    for (let i = 0; i < iterations; i++) await fn();
+    const c = process.cpuUsage(c0);
+    const ms = (c.user + c.system) / 1000 / iterations;
+    console.log(`${label.padEnd(60)} ${ms.toFixed(2)} ms CPU/image`);
+    return ms;
+  };
+  const jpg976 = await sharp(texture(976, 976), { raw: { width: 976, height: 976, channels: 3 } }).jpeg({ quality: 92 }).toBuffer();
+  const decodeRows: string[] = [];
+  for (const [name, jpeg, n] of [['976×976', jpg976, 60], ['3000×3000', jpg3000, 8]] as const) {
+    const turbo = await cpuIt(`${name}: decodeImage (libturbojpeg when installed)`, n, () => decodeImage(jpeg, { origin: name }));
+    const vips = await cpuIt(`${name}: baseline: sharp raw decode (libvips)`, n, () => sharp(jpeg).raw().toBuffer());
+    decodeRows.push(`${name} JPEG decode: ${turbo.toFixed(2)} ms vs ${vips.toFixed(2)} ms CPU through libvips (${(vips / turbo).toFixed(1)}× less)`);
+  }
+
   console.log('\n3000×3000 JPEG → 224×224 model input');
   const full = await timeIt('preprocessImage, shrink-on-load off (full decode)', 8, () =>
     preprocessImage(jpg3000, { origin: 'jpg3000', size: SIZE, normalization: norm, shrinkOnLoad: false }));
@@ -295,6 +315,7 @@ async function main(): Promise<void> {
   console.log(`resize + normalise: ${resize900.toFixed(2)} ms vs naive resize alone ${naive900.toFixed(2)} ms (${(naive900 / resize900).toFixed(1)}× faster)`);
   console.log(`resize alone: WebAssembly kernels ${kernel900.toFixed(2)} ms vs JavaScript ${js900.toFixed(2)} ms (${(js900 / kernel900).toFixed(1)}× faster, bit-identical: ${same})`);
   console.log(`3000×3000 JPEG: full ${full.toFixed(1)} ms, shrink-on-load ${shrunk.toFixed(1)} ms (${(full / shrunk).toFixed(1)}× faster), sharp-resize baseline ${sharp3000.toFixed(1)} ms`);
+  for (const row of decodeRows) console.log(row);
   console.log(`agent frame (3000×3000 JPEG, 4 slots): full ${frameFull.toFixed(1)} ms, shrunk 1/${maxShrink} ${frameShrunk.toFixed(1)} ms (${(frameFull / frameShrunk).toFixed(1)}× faster)`);
 }
 

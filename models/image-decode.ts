@@ -23,7 +23,7 @@
  * the same format rules decide whether that factor is used.
  *
  * A plain JPEG decoded at full resolution goes through libturbojpeg directly when the library is
- * installed (turbojpeg.ts): the same pixels for about a third of the CPU. Everything else, and any
+ * installed (turbojpeg.ts): the same pixels for about 40 % of the CPU. Everything else, and any
  * JPEG it does not decode cleanly, goes through sharp.
  */
 import sharp, { type Metadata, type OutputInfo } from 'sharp';

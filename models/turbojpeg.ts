@@ -1,6 +1,6 @@
 /**
  * The fast JPEG path: libjpeg-turbo's TurboJPEG API (the system's libturbojpeg.so.0), called
- * through koffi. It decodes a frame in about a third of the CPU time a libvips pipeline takes for
+ * through koffi. It decodes a frame in about 40 % of the CPU time a libvips pipeline takes for
  * the same pixels (`npm run bench:preprocess`): libvips adds thread hand-offs, a fresh output
  * allocation and its own copies around the same libjpeg-turbo decoder. Event thumbnails are
  * encoded here too, in about a quarter of sharp's time for a 224×224 JPEG.
