@@ -12,6 +12,8 @@
  *   { "version": 1, "savedAt": <ms since the epoch, a label only>,
  *     "slots": { "<camera>/<slot>": DebounceState, … } }
  *
+ * The CRC-32 is that of the header line up to ` crc32=` followed by the JSON (the seq is covered).
+ *
  * Writing (`save`): the map is serialised when the write starts and written over the OLDER of the
  * two files, from its first byte, then fdatasynced; `seq` counts up. A crash mid-write leaves that
  * file failing its length or checksum, and the other one — the previous save — is loaded instead,
@@ -122,11 +124,19 @@ type FileRead =
   | { kind: 'cut'; problem: string }
   | { kind: 'valid'; seq: number; text: string };
 
+/**
+ * The CRC-32 of the header up to ` crc32=` and the JSON: it covers `seq` too, so that a write cut
+ * inside the header (the new seq over the old length, checksum and JSON) fails it.
+ */
+function checksum(headStart: string, body: Buffer): string {
+  return crc32(body, crc32(Buffer.from(headStart, 'latin1'))).toString(16).padStart(8, '0');
+}
+
 /** The header line and JSON of save number `seq`. */
 export function encodeDebounceStateFile(json: string, seq: number): Buffer {
   const body = Buffer.from(json, 'utf8');
-  const header = `shelfwatch-debounce-state seq=${seq} bytes=${body.length} crc32=${crc32(body).toString(16).padStart(8, '0')}\n`;
-  return Buffer.concat([Buffer.from(header, 'latin1'), body]);
+  const headStart = `shelfwatch-debounce-state seq=${seq} bytes=${body.length}`;
+  return Buffer.concat([Buffer.from(`${headStart} crc32=${checksum(headStart, body)}\n`, 'latin1'), body]);
 }
 
 /** The JSON text and seq of a file's bytes, or what is wrong with them (a write cut short). */
@@ -138,7 +148,7 @@ export function decodeDebounceStateFile(bytes: Buffer): { seq: number; text: str
   const length = Number(m[2]);
   if (start + length > bytes.length) return { problem: `header says ${length} bytes of JSON, the file holds ${bytes.length - start}` };
   const body = bytes.subarray(start, start + length);
-  if (crc32(body).toString(16).padStart(8, '0') !== m[3]) return { problem: 'checksum mismatch' };
+  if (checksum(`shelfwatch-debounce-state seq=${m[1]} bytes=${m[2]}`, body) !== m[3]) return { problem: 'checksum mismatch' };
   return { seq: Number(m[1]), text: body.toString('utf8') };
 }
 
@@ -165,6 +175,8 @@ export class DebounceStore {
   private readonly exists: [boolean, boolean] = [false, false];
   /** A file of an earlier version may be there: deleted after the first save. */
   private legacyMayExist = true;
+  /** load() has run: seq and the file to write next reflect what is on disk. */
+  private loaded = false;
 
   constructor(private readonly options: DebounceStoreOptions) {
     this.paths = [join(options.dir, DEBOUNCE_STATE_FILES[0]), join(options.dir, DEBOUNCE_STATE_FILES[1])];
@@ -181,6 +193,7 @@ export class DebounceStore {
 
   /** The saved states (an empty map when there are none or they cannot be used). Never throws. */
   async load(): Promise<Map<string, DebounceState>> {
+    this.loaded = true;
     await unlink(this.legacyPath + '.tmp').catch(() => undefined); // an earlier version's cut write
     const reads = await Promise.all(this.paths.map((path) => readStateFile(path)));
     reads.forEach((r, i) => (this.exists[i] = r.kind !== 'absent'));
@@ -196,7 +209,9 @@ export class DebounceStore {
     }
     const cut = reads.flatMap((r, i) => (r.kind === 'cut' ? [{ problem: r.problem, i }] : []));
     for (const { problem, i } of cut) await this.moveAside(this.paths[i]!, [`a write cut short: ${problem}`]);
-    if (reads.some((r) => r.kind !== 'absent')) return new Map();
+    // Cut files moved aside, neither is left: an earlier version's file is still the newest save
+    // (it is deleted only after the first write that succeeded).
+    if (reads.some((r) => r.kind === 'unreadable')) return new Map();
     let text: string;
     try {
       text = await readFile(this.legacyPath, 'utf8');
@@ -272,6 +287,9 @@ export class DebounceStore {
   }
 
   private async write(): Promise<void> {
+    // A store that saves without having loaded must still count on from the files on disk, or
+    // its first saves (low seqs) would lose to an older file at the next load.
+    if (!this.loaded) await this.load();
     const i = this.next;
     const path = this.paths[i];
     let bytes: Buffer;
@@ -289,7 +307,12 @@ export class DebounceStore {
       // Over the older file from its first byte, no truncation: the header says where the JSON ends.
       const fh = await open(path, constants.O_RDWR | constants.O_CREAT, 0o600);
       try {
-        await fh.write(bytes, 0, bytes.length, 0);
+        // write() may write less than asked (a full disk, a file size limit): go on from there.
+        for (let done = 0; done < bytes.length; ) {
+          const { bytesWritten } = await fh.write(bytes, done, bytes.length - done, done);
+          if (bytesWritten <= 0) throw new Error(`wrote ${done} of ${bytes.length} bytes, then nothing`);
+          done += bytesWritten;
+        }
         if (this.fsync) await fh.datasync();
       } finally {
         await fh.close();
@@ -304,7 +327,9 @@ export class DebounceStore {
         await unlink(this.legacyPath).catch(() => undefined);
       }
     } catch (err) {
-      this.exists[i] = false; // the next attempt recreates the folder if that was what failed
+      // The next attempts recreate the folder if that was what failed; gone with it, both files
+      // are created anew then, each needing the directory synced.
+      this.exists.fill(false);
       this.counts.failedWrites++;
       this.logger.warn('debounce states could not be saved; a restart now would lose open anomalies', { file: path, error: err as Error });
     }

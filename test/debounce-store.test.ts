@@ -1,6 +1,6 @@
 import test from 'ava';
 import { from, lastValueFrom, toArray } from 'rxjs';
-import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DEBOUNCE_STATE_FILES, DEBOUNCE_STATE_VERSION, DebounceStore, decodeDebounceStateFile, encodeDebounceStateFile, LEGACY_DEBOUNCE_STATE_FILE, readDebounceStateFile } from '../agent/debounce-store.js';
@@ -121,10 +121,123 @@ test('a failed write is a warning, never an exception, and the next save tries a
   const store = new DebounceStore({ dir: notADir, logger });
   await t.notThrowsAsync(store.save(sample()));
   t.deepEqual(store.stats(), { writes: 0, failedWrites: 1 });
-  const warn = lines().find((l) => l.level === 'warn')!;
-  t.like(warn, { msg: 'debounce states could not be saved; a restart now would lose open anomalies', file: join(notADir, DEBOUNCE_STATE_FILES[0]) });
+  const warn = lines().find((l) => l.level === 'warn' && l.msg === 'debounce states could not be saved; a restart now would lose open anomalies')!;
+  t.like(warn, { file: join(notADir, DEBOUNCE_STATE_FILES[0]) });
   await t.notThrowsAsync(store.save(sample()));
   t.deepEqual(store.stats(), { writes: 0, failedWrites: 2 });
+});
+
+/** FileHandle.prototype (what `open` gives), to stand in for its methods in serial tests. */
+async function fileHandleProto(): Promise<Record<'write' | 'sync', (...args: never[]) => unknown>> {
+  const fh = await open(new URL(import.meta.url), 'r');
+  await fh.close();
+  return Object.getPrototypeOf(fh) as Record<'write' | 'sync', (...args: never[]) => unknown>;
+}
+
+test('a write cut at any byte, inside the header too, loads the previous save or that one, never an older one', async (t) => {
+  const dir = await tempDir(t);
+  const { logger } = capture();
+  const store = new DebounceStore({ dir, logger, clock: () => 1 });
+  const saveOf = (n: number) => new Map([[slotKey('shelf', 'S0'), { ...sample().get('shelf/S0')!, lastScore: n }]]);
+  await store.save(saveOf(1));
+  await store.save(saveOf(2));
+  const path = join(dir, DEBOUNCE_STATE_FILES[0]);
+  const old = await readFile(path);
+  await store.save(saveOf(3)); // seq 3, over save 1
+  const written = await readFile(path);
+  const loadedAt: number[] = [];
+  for (let k = 0; k <= written.length; k++) {
+    await writeFile(path, Buffer.concat([written.subarray(0, k), old.subarray(Math.min(k, old.length))]));
+    const loaded = await new DebounceStore({ dir, logger }).load();
+    loadedAt.push(loaded.get('shelf/S0')!.lastScore);
+  }
+  // Cut after `seq=3`, the file held seq 3 over save 1's length, checksum and JSON.
+  t.deepEqual(loadedAt.filter((n) => n !== 2 && n !== 3), [], 'never save 1');
+  t.is(loadedAt.at(-1), 3);
+});
+
+test.serial('short writes (a full disk, a file size limit) are continued; one that ends in an error is a failed save, the next goes over the same file', async (t) => {
+  const dir = await tempDir(t);
+  const { logger, lines } = capture();
+  const proto = await fileHandleProto();
+  const write = proto.write as (this: unknown, buf: Buffer, off: number, len: number, pos: number) => Promise<{ bytesWritten: number }>;
+  let room = Infinity; // bytes the disk still takes
+  proto.write = async function (this: unknown, buf: Buffer, off: number, len: number, pos: number) {
+    if (room <= 0) throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+    const r = await write.call(this, buf, off, Math.min(len, 40, room), pos); // at most 40 bytes a call
+    room -= r.bytesWritten;
+    return r;
+  } as never;
+  try {
+    const store = new DebounceStore({ dir, logger });
+    const first = sample();
+    const second = new Map(first);
+    second.set('shelf/S0', { ...first.get('shelf/S0')!, lastScore: 2 });
+    await store.save(first);
+    await store.save(second);
+    t.deepEqual(store.stats(), { writes: 2, failedWrites: 0 });
+    t.deepEqual(await new DebounceStore({ dir, logger }).load(), second);
+    // The disk fills up half-way through the next write (over the first file).
+    room = 100;
+    const third = new Map(second);
+    third.set('shelf/S0', { ...first.get('shelf/S0')!, lastScore: 33 });
+    await store.save(third);
+    t.deepEqual(store.stats(), { writes: 2, failedWrites: 1 });
+    const warn = lines().find((l) => l.level === 'warn');
+    t.like(warn, { msg: 'debounce states could not be saved; a restart now would lose open anomalies', file: join(dir, DEBOUNCE_STATE_FILES[0]) });
+    t.regex((warn?.error as { message?: string } | undefined)?.message ?? '', /^ENOSPC/);
+    t.deepEqual(await new DebounceStore({ dir, logger }).load(), second, 'the newest save that succeeded');
+    // Space again: the next save goes over the cut file, not over the only valid one.
+    room = Infinity;
+    await store.save(third);
+    const seqOf = async (name: string) => (decodeDebounceStateFile(await readFile(join(dir, name))) as { seq: number }).seq;
+    t.deepEqual([await seqOf(DEBOUNCE_STATE_FILES[0]), await seqOf(DEBOUNCE_STATE_FILES[1])], [3, 2]);
+    t.deepEqual(await new DebounceStore({ dir, logger }).load(), third);
+  } finally {
+    proto.write = write as never;
+  }
+});
+
+test('the file of the earlier format is still read when the first write of the new one was cut short (the only file, moved aside)', async (t) => {
+  const dir = await tempDir(t);
+  const { logger, lines } = capture();
+  await writeFile(join(dir, LEGACY_DEBOUNCE_STATE_FILE), JSON.stringify({ version: 1, savedAt: 5, slots: Object.fromEntries(sample()) }));
+  // The crash came after the first save created its file, before (or while) it was written.
+  await writeFile(join(dir, DEBOUNCE_STATE_FILES[0]), '');
+  const store = new DebounceStore({ dir, logger, clock: () => 3 });
+  t.deepEqual(await store.load(), sample());
+  t.like(lines().find((l) => l.level === 'warn'), { file: join(dir, DEBOUNCE_STATE_FILES[0]), problems: ['a write cut short: empty file'] });
+  await store.save(sample());
+  t.deepEqual((await readdir(dir)).sort(), [DEBOUNCE_STATE_FILES[0], `${DEBOUNCE_STATE_FILES[0]}.corrupt-3`]);
+  t.deepEqual(await new DebounceStore({ dir, logger }).load(), sample());
+});
+
+test.serial('the folder removed while running: each of the two files created anew has the directory synced', async (t) => {
+  const dir = await tempDir(t);
+  const { logger } = capture();
+  const proto = await fileHandleProto();
+  const sync = proto.sync as (this: unknown) => Promise<void>;
+  let dirSyncs = 0; // fsyncDir syncs the folder with sync(), the files get datasync()
+  proto.sync = function (this: unknown) {
+    dirSyncs++;
+    return sync.call(this);
+  } as never;
+  try {
+    const store = new DebounceStore({ dir, logger });
+    await store.save(sample());
+    await store.save(sample());
+    t.is(dirSyncs, 2);
+    await rm(dir, { recursive: true });
+    dirSyncs = 0;
+    await store.save(sample()); // fails: no folder
+    await store.save(sample()); // the folder and debounce-state.a anew
+    await store.save(sample()); // debounce-state.b anew
+    t.deepEqual(store.stats(), { writes: 4, failedWrites: 1 });
+    t.deepEqual((await readdir(dir)).sort(), [...DEBOUNCE_STATE_FILES]);
+    t.is(dirSyncs, 2);
+  } finally {
+    proto.sync = sync as never;
+  }
 });
 
 test('missing file: an empty map, nothing logged', async (t) => {
@@ -271,4 +384,14 @@ test('restored through the store: the open event keeps its id in the retained st
   t.like(end.before, { id, startTime: 2000, score: 22, topScore: 22, frameId: 'cam1-4000-0', endTime: null, thumbnail: false });
   t.like(end.after, { id, endTime: 7000 });
   t.not(second[6]!.event!.after.id, id);
+});
+
+test('a store that saves without loading first counts on from the files on disk: the next load gets its save', async (t) => {
+  const dir = await tempDir(t);
+  const { logger } = capture();
+  const earlier = new DebounceStore({ dir, logger });
+  for (let i = 0; i < 5; i++) await earlier.save(sample());
+  const fresh = new Map([[slotKey('shelf', 'S0'), stateAfter('shelf', 'S0', [1, 30, 31])]]);
+  await new DebounceStore({ dir, logger }).save(fresh);
+  t.deepEqual(await new DebounceStore({ dir, logger }).load(), fresh);
 });
