@@ -392,7 +392,10 @@ export class Outbox extends EventEmitter<OutboxEvents> {
   private async compact(): Promise<void> {
     const byFile = new Map<RecordFile, Entry[]>();
     for (const e of this.entries.values()) {
-      if (e.file && e.file.live < e.file.count) byFile.set(e.file, [...(byFile.get(e.file) ?? []), e]);
+      if (!e.file || e.file.live === e.file.count) continue;
+      const list = byFile.get(e.file);
+      if (list) list.push(e);
+      else byFile.set(e.file, [e]);
     }
     for (const [file, entries] of byFile) {
       // A file that also keeps a superseded record (its successor exists only in memory) stays whole.
@@ -776,63 +779,71 @@ export function encodeRecord(record: OutboxRecord): Buffer {
  */
 export function decodeRecordFile(bytes: Buffer): Array<{ record: OutboxRecord; size: number }> {
   const out: Array<{ record: OutboxRecord; size: number }> = [];
-  const fixed = MAGIC.length + 1 + 4;
   for (let at = 0; at < bytes.length; ) {
-    if (bytes.length - at < fixed + 4) throw new Error(`record ${out.length + 1} at byte ${at}: ${bytes.length - at} bytes, too short`);
-    const headerLength = bytes.readUInt32BE(at + MAGIC.length + 1);
-    if (at + fixed + headerLength > bytes.length) throw new Error(`record ${out.length + 1} at byte ${at}: header length past end of file`);
-    let payloadBytes: unknown;
+    let decoded: { record: OutboxRecord; size: number };
     try {
-      payloadBytes = (JSON.parse(bytes.subarray(at + fixed, at + fixed + headerLength).toString('utf8')) as Partial<RecordHeader>).payloadBytes;
-    } catch {
-      throw new Error(`record ${out.length + 1} at byte ${at}: malformed record header`);
+      decoded = decodeRecordAt(bytes, at);
+    } catch (err) {
+      throw new Error(`record ${out.length + 1} at byte ${at}: ${(err as Error).message}`);
     }
-    if (!Number.isSafeInteger(payloadBytes) || (payloadBytes as number) < 0) throw new Error(`record ${out.length + 1} at byte ${at}: malformed record header`);
-    const size = fixed + headerLength + (payloadBytes as number) + 4;
-    if (at + size > bytes.length) throw new Error(`record ${out.length + 1} at byte ${at}: ${size} bytes past end of file`);
-    const record = decodeRecord(bytes.subarray(at, at + size));
     const previous = out.at(-1)?.record.seq;
-    if (previous !== undefined && record.seq <= previous) throw new Error(`record ${out.length + 1}: seq ${record.seq} after ${previous}`);
-    out.push({ record, size });
-    at += size;
+    if (previous !== undefined && decoded.record.seq <= previous) throw new Error(`record ${out.length + 1}: seq ${decoded.record.seq} after ${previous}`);
+    out.push(decoded);
+    at += decoded.size;
   }
   if (out.length === 0) throw new Error('empty record file');
   return out;
 }
 
-/** Parses one record; throws an Error saying what is wrong. */
+/** Parses one record (the whole of `bytes`); throws an Error saying what is wrong. */
 export function decodeRecord(bytes: Buffer): OutboxRecord {
+  const { record, size } = decodeRecordAt(bytes, 0);
+  if (size !== bytes.length) throw new Error(`record is ${size} bytes, followed by ${bytes.length - size} more`);
+  return record;
+}
+
+/** The record starting at byte `at` and its size in bytes (its header says how long it is). */
+function decodeRecordAt(bytes: Buffer, at: number): { record: OutboxRecord; size: number } {
   const fixed = MAGIC.length + 1 + 4;
-  if (bytes.length < fixed + 4) throw new Error(`record is ${bytes.length} bytes, too short`);
-  if (!bytes.subarray(0, MAGIC.length).equals(MAGIC)) throw new Error('bad magic');
-  const version = bytes.readUInt8(MAGIC.length);
+  const left = bytes.length - at;
+  if (left < fixed + 4) throw new Error(`record is ${left} bytes, too short`);
+  if (!bytes.subarray(at, at + MAGIC.length).equals(MAGIC)) throw new Error('bad magic');
+  const version = bytes.readUInt8(at + MAGIC.length);
   if (version !== FORMAT_VERSION) throw new Error(`unsupported record version ${version}`);
-  const stored = bytes.readUInt32BE(bytes.length - 4);
-  if (crc32(bytes.subarray(0, bytes.length - 4)) !== stored) throw new Error('checksum mismatch');
-  const headerLength = bytes.readUInt32BE(MAGIC.length + 1);
-  if (fixed + headerLength > bytes.length - 4) throw new Error('header length past end of record');
-  const header = JSON.parse(bytes.subarray(fixed, fixed + headerLength).toString('utf8')) as Partial<RecordHeader>;
-  const payload = bytes.subarray(fixed + headerLength, bytes.length - 4);
+  const headerLength = bytes.readUInt32BE(at + MAGIC.length + 1);
+  if (fixed + headerLength > left - 4) throw new Error('header length past end of record');
+  let header: Partial<RecordHeader>;
+  try {
+    header = JSON.parse(bytes.subarray(at + fixed, at + fixed + headerLength).toString('utf8')) as Partial<RecordHeader>;
+  } catch {
+    throw new Error('malformed record header');
+  }
+  const payloadBytes = header.payloadBytes;
+  if (!Number.isSafeInteger(payloadBytes) || (payloadBytes as number) < 0) throw new Error('malformed record header');
+  const size = fixed + headerLength + (payloadBytes as number) + 4;
+  if (size > left) throw new Error(`record is ${size} bytes, past the end`);
+  const end = at + size - 4;
+  if (crc32(bytes.subarray(at, end)) !== bytes.readUInt32BE(end)) throw new Error('checksum mismatch');
   if (
     !Number.isSafeInteger(header.seq) ||
     typeof header.id !== 'string' ||
     typeof header.topic !== 'string' ||
     (header.qos !== 0 && header.qos !== 1 && header.qos !== 2) ||
     typeof header.retain !== 'boolean' ||
-    typeof header.createdAt !== 'number' ||
-    header.payloadBytes !== payload.length
+    typeof header.createdAt !== 'number'
   ) {
     throw new Error('malformed record header');
   }
-  return {
+  const record: OutboxRecord = {
     seq: header.seq as number,
     id: header.id,
     topic: header.topic,
     qos: header.qos,
     retain: header.retain,
     createdAt: header.createdAt,
-    payload: Buffer.from(payload),
+    payload: Buffer.from(bytes.subarray(at + fixed + headerLength, end)),
   };
+  return { record, size };
 }
 
 // ---- single-writer lock ------------------------------------------------------------------
