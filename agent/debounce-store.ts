@@ -200,8 +200,7 @@ export class DebounceStore {
     for (const [i, r] of reads.entries()) {
       if (r.kind === 'unreadable') this.logger.warn('debounce state file cannot be read', { file: this.paths[i], error: r.error });
     }
-    const valid = reads.flatMap((r, i) => (r.kind === 'valid' ? [{ ...r, i: i as 0 | 1 }] : [])).sort((a, b) => b.seq - a.seq);
-    const newest = valid[0];
+    const newest = newestSave(reads);
     if (newest) {
       this.seq = newest.seq;
       this.next = newest.i === 0 ? 1 : 0;
@@ -361,9 +360,13 @@ async function readStateFile(path: string): Promise<FileRead> {
   return 'problem' in decoded ? { kind: 'cut', problem: decoded.problem } : { kind: 'valid', ...decoded };
 }
 
+/** The valid read of the two files with the higher seq, and which file it is; undefined when neither is valid. */
+function newestSave(reads: readonly FileRead[]): { seq: number; text: string; i: 0 | 1 } | undefined {
+  return reads.flatMap((r, i) => (r.kind === 'valid' ? [{ seq: r.seq, text: r.text, i: i as 0 | 1 }] : [])).sort((a, b) => b.seq - a.seq)[0];
+}
+
 /** The newest valid save in `dir` (for tools and tests), or null. */
 export async function readDebounceStateFile(dir: string): Promise<DebounceStateFile | null> {
-  const reads = await Promise.all(DEBOUNCE_STATE_FILES.map((name) => readStateFile(join(dir, name))));
-  const newest = reads.flatMap((r) => (r.kind === 'valid' ? [r] : [])).sort((a, b) => b.seq - a.seq)[0];
+  const newest = newestSave(await Promise.all(DEBOUNCE_STATE_FILES.map((name) => readStateFile(join(dir, name)))));
   return newest ? (JSON.parse(newest.text) as DebounceStateFile) : null;
 }

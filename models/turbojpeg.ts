@@ -54,7 +54,7 @@ interface Bindings {
   init(): Handle;
   destroy(h: Handle): number;
   header(h: Handle, jpeg: Uint8Array, size: number, w: number[], hh: number[], subsamp: number[], cs: number[]): number;
-  decode: ((h: Handle, jpeg: Uint8Array, size: number, dst: Uint8Array, w: number, pitch: number, hh: number, pf: number, flags: number) => number) & {
+  decode: {
     async(h: Handle, jpeg: Uint8Array, size: number, dst: Uint8Array, w: number, pitch: number, hh: number, pf: number, flags: number, cb: (err: unknown, rc: number) => void): void;
   };
   errorString(h: Handle): string;
