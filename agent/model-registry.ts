@@ -46,6 +46,7 @@ export class ModelRegistry {
     private readonly usage: Map<string, string[]>,
     /** Sessions per model and threads per session the models were loaded with (replacements load the same way). */
     readonly parallelism: InferenceParallelism,
+    private readonly logger?: Logger,
   ) {}
 
   /** Loads every model a slot uses (each file once). */
@@ -101,7 +102,7 @@ export class ModelRegistry {
     for (const name of Object.keys(config.models)) {
       if (!usage.has(name)) logger?.warn('model not used by any slot; not loaded', { model: name });
     }
-    return new ModelRegistry(entries, usage, parallelism);
+    return new ModelRegistry(entries, usage, parallelism, logger);
   }
 
   get(name: string): RegisteredModel | undefined {
@@ -166,6 +167,6 @@ export class ModelRegistry {
   async release(): Promise<void> {
     const sessions = new Set([...this.entries.values()].map((e) => e.model));
     this.entries.clear();
-    await Promise.all([...sessions].map((m) => m.release().catch(() => undefined)));
+    await Promise.all([...sessions].map((m) => m.release().catch((err: Error) => this.logger?.error('model session did not release', { model: m.origin, error: err }))));
   }
 }

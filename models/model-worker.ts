@@ -27,13 +27,15 @@ export interface ModelWorkerData {
  * Main thread → worker. 'release': release the session and exit after the batches asked for
  * before it. 'cancel' (past release's deadline): skip the batches not started yet, so the worker
  * exits after the run it is in. 'exit': end the thread at once, between runs, as a crash would
- * (tests of worker deaths: terminating the thread during a run would abort the process).
+ * (tests of worker deaths: terminating the thread during a run would abort the process). 'block':
+ * hold the thread for `ms` as a run that does not come back would (tests of a stuck worker).
  */
 export type ModelWorkerRequest =
   | { type: 'predict' | 'scan'; id: number; batch: Float32Array; n: number; thresholds: ImageThresholds[] }
   | { type: 'release' }
   | { type: 'cancel' }
-  | { type: 'exit'; code: number };
+  | { type: 'exit'; code: number }
+  | { type: 'block'; ms: number };
 
 /** Worker → main thread. */
 export type ModelWorkerReply =
@@ -66,6 +68,10 @@ export async function serveModelWorker(data: ModelWorkerData): Promise<void> {
   port.on('message', (request: ModelWorkerRequest) => {
     // Messages are handled between runs (session.run holds this thread), never during one.
     if (request.type === 'exit') process.exit(request.code);
+    if (request.type === 'block') {
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, request.ms);
+      return;
+    }
     if (request.type === 'cancel') {
       cancelled = true;
       return;

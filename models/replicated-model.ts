@@ -184,8 +184,11 @@ export class ReplicatedModel {
     }
   }
 
+  /** Releases every replica; rejects with the first failure (a stuck worker) once all are done. */
   async release(): Promise<void> {
     this.released = true;
-    await Promise.all(this.replicas.map((r) => r.model.release()));
+    const results = await Promise.allSettled(this.replicas.map((r) => r.model.release()));
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
   }
 }

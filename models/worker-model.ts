@@ -64,9 +64,28 @@ export interface WorkerModelOptions extends LoadModelOptions {
    * it is in. Tests shorten it.
    */
   releaseDeadlineMs?: number;
+  /**
+   * @internal How long release() then waits for the worker to exit (default 30000 ms) before it
+   * gives up on a worker stuck in a run: it rejects with a WorkerStuckError and lets the process
+   * end without it. Tests shorten it.
+   */
+  stuckAfterMs?: number;
 }
 
 const RELEASE_DEADLINE_MS = 5000;
+const STUCK_AFTER_MS = 30_000;
+
+/**
+ * release() gave up waiting: the worker has not come back from a run for the stuck deadline after
+ * the release deadline (a hung provider). The thread is left behind, unreferenced; ending the
+ * process while it is inside onnxruntime aborts the process (see the class comment).
+ */
+export class WorkerStuckError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'WorkerStuckError';
+  }
+}
 
 interface InFlight {
   resolve: (p: Prediction[] | ScanPrediction[]) => void;
@@ -133,6 +152,7 @@ export class WorkerPatchcoreModel {
     loaded: Loaded,
     readonly origin: string,
     private readonly releaseDeadlineMs: number,
+    private readonly stuckAfterMs: number,
   ) {
     this.worker = worker;
     this.manifest = loaded.manifest;
@@ -176,7 +196,7 @@ export class WorkerPatchcoreModel {
       (reply) => model!.onReply(reply),
       (reason) => model!.onGone(reason),
     );
-    model = new WorkerPatchcoreModel(data, worker, loaded, origin, opts.releaseDeadlineMs ?? RELEASE_DEADLINE_MS);
+    model = new WorkerPatchcoreModel(data, worker, loaded, origin, opts.releaseDeadlineMs ?? RELEASE_DEADLINE_MS, opts.stuckAfterMs ?? STUCK_AFTER_MS);
     return model;
   }
 
@@ -219,7 +239,9 @@ export class WorkerPatchcoreModel {
    * unanswered after the release deadline (5 s) fail with "released before the batch finished";
    * the worker then skips the ones it has not started and exits after the run it is in (it is not
    * terminated: that would abort the process). Resolves once the worker has exited; until then it
-   * keeps the process alive, as ending the process during a run aborts it too.
+   * keeps the process alive, as ending the process during a run aborts it too. A worker that has
+   * not exited 30 s after that deadline is stuck in its run: release() rejects with a
+   * WorkerStuckError and no longer keeps the process alive.
    */
   release(): Promise<void> {
     this.releasing ??= this.releaseOnce();
@@ -243,7 +265,15 @@ export class WorkerPatchcoreModel {
       if ((await Promise.race([exited, deadline])) === 'deadline') {
         worker.postMessage({ type: 'cancel' } satisfies ModelWorkerRequest);
         this.failInFlight(unanswered);
-        await exited;
+        const stuck = new Promise<'stuck'>((resolve) => {
+          timer = setTimeout(() => resolve('stuck'), this.stuckAfterMs);
+        });
+        if ((await Promise.race([exited, stuck])) === 'stuck') {
+          // Never terminate it (see the class comment): leave it, and let the process end without waiting for it.
+          worker.unref();
+          const seconds = ((this.releaseDeadlineMs + this.stuckAfterMs) / 1000).toFixed(1);
+          throw new WorkerStuckError(`model ${this.origin}: the inference worker has not come back from a run ${seconds} s after release; it is left behind (a hung execution provider?)`);
+        }
       }
       clearTimeout(timer);
     }

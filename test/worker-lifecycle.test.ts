@@ -8,7 +8,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { ReplicasUnavailableError, ReplicatedModel } from '../models/replicated-model.js';
 import { PatchcoreModel } from '../models/runtime.js';
-import { InferenceWorkerError, WorkerPatchcoreModel } from '../models/worker-model.js';
+import { InferenceWorkerError, WorkerPatchcoreModel, WorkerStuckError } from '../models/worker-model.js';
 import { sharedAvailable, tileModelAndBatch } from './helpers/fitted-model.js';
 
 const maybe = sharedAvailable() ? test : test.skip;
@@ -78,6 +78,34 @@ console.log(JSON.stringify({ batchMs, releaseMs, results: await Promise.all(pend
   // It waited for the run in progress, not for the three queued.
   t.true(out.releaseMs < 3 * out.batchMs, `release took ${out.releaseMs} ms`);
   t.regex(out.after, /: released$/);
+});
+
+maybe('release gives up on a worker stuck in a run: it rejects with a WorkerStuckError after the deadlines, fails the batch it held, and no longer holds the process', async (t) => {
+  // In a child process, to see that the process ends while the worker is still stuck.
+  const { path } = await tileModelAndBatch();
+  const script = `
+import { WorkerPatchcoreModel } from ${JSON.stringify(pathToFileURL(join(repoRoot, 'models', 'worker-model.ts')).href)};
+const m = await WorkerPatchcoreModel.load(${JSON.stringify(path)}, { provider: 'cpu', intraOpThreads: 1, releaseDeadlineMs: 50, stuckAfterMs: 350 });
+const x = m.allocateBatch(3 * m.inputSize * m.inputSize);
+const worker = m.worker;
+// Held for 60 s, as a run that does not come back: its batch cannot be answered.
+worker.postMessage({ type: 'block', ms: 60000 });
+const held = m.scan(x, 1).then(() => 'ok', (e) => e.message);
+const t = performance.now();
+const release = await m.release().then(() => 'resolved', (e) => e.name + ': ' + e.message);
+console.log(JSON.stringify({ releaseMs: performance.now() - t, release, held: await held }));
+`;
+  const started = Date.now();
+  const child = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: repoRoot, encoding: 'utf8', timeout: 50_000 });
+  const childMs = Date.now() - started;
+  t.is(child.status, 0, child.stderr);
+  const out = JSON.parse(child.stdout) as { releaseMs: number; release: string; held: string };
+  t.regex(out.release, /^WorkerStuckError: model .*: the inference worker has not come back from a run 0\.4 s after release; it is left behind/);
+  t.regex(out.held, /released before the batch finished/);
+  t.true(out.releaseMs >= 390 && out.releaseMs < 10_000, `release took ${out.releaseMs} ms`);
+  // The process ended without waiting for the worker's 60 s.
+  t.true(childMs < 45_000, `the child took ${childMs} ms`);
+  t.true(new WorkerStuckError('x') instanceof Error);
 });
 
 maybe('a worker that exits by itself between runs fails the batches it held with an InferenceWorkerError, and the next batch restarts it', async (t) => {
