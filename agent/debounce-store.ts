@@ -323,7 +323,10 @@ export class DebounceStore {
       this.counts.writes++;
       if (this.legacyMayExist) {
         this.legacyMayExist = false;
-        await unlink(this.legacyPath).catch(() => undefined);
+        await unlink(this.legacyPath).catch((err: NodeJS.ErrnoException) => {
+          // Harmless (it is read only while neither new file exists), but the operator may want it gone.
+          if (err.code !== 'ENOENT') this.logger.warn('the earlier debounce state file could not be deleted; it is no longer used', { file: this.legacyPath, error: err });
+        });
       }
     } catch (err) {
       // The next attempts recreate the folder if that was what failed; gone with it, both files

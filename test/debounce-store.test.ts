@@ -1,6 +1,6 @@
 import test from 'ava';
 import { from, lastValueFrom, toArray } from 'rxjs';
-import { mkdtemp, open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DEBOUNCE_STATE_FILES, DEBOUNCE_STATE_VERSION, DebounceStore, decodeDebounceStateFile, encodeDebounceStateFile, LEGACY_DEBOUNCE_STATE_FILE, readDebounceStateFile } from '../agent/debounce-store.js';
@@ -99,6 +99,22 @@ test('a file of the earlier single-file format is read when neither file exists,
   t.deepEqual(await store.load(), sample());
   await store.save(sample());
   t.deepEqual(await readdir(dir), [DEBOUNCE_STATE_FILES[0]]);
+  t.deepEqual(await new DebounceStore({ dir, logger }).load(), sample());
+});
+
+test('an earlier-format file that cannot be deleted after the first save is a warning naming it; saves go on', async (t) => {
+  const dir = await tempDir(t);
+  const { logger, lines } = capture();
+  // A non-empty directory in its place: unlink fails (EISDIR/EPERM) even for root.
+  await mkdir(join(dir, LEGACY_DEBOUNCE_STATE_FILE, 'x'), { recursive: true });
+  const store = new DebounceStore({ dir, logger });
+  t.deepEqual(await store.load(), new Map());
+  await store.save(sample());
+  await store.save(sample());
+  const warns = lines().filter((l) => l.msg === 'the earlier debounce state file could not be deleted; it is no longer used');
+  t.is(warns.length, 1, JSON.stringify(lines()));
+  t.is(warns[0]!.file, join(dir, LEGACY_DEBOUNCE_STATE_FILE));
+  t.deepEqual(store.stats().failedWrites, 0);
   t.deepEqual(await new DebounceStore({ dir, logger }).load(), sample());
 });
 
