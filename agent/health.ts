@@ -15,6 +15,7 @@
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
+import { pixelArenaStats } from '../models/resize-kernel.js';
 import type { PipelineObserver, ShelfPipelineStats } from '../pipelines/shelf-pipeline.js';
 import type { Logger } from './logger.js';
 import type { MqttClientMetrics } from './mqtt/client.js';
@@ -147,6 +148,22 @@ export class AgentMetrics {
       collect() {
         this.reset();
         for (const [model, s] of Object.entries(self.sources.pipeline()?.models ?? {})) this.set({ model }, s.queued);
+      },
+    });
+    new Gauge({
+      name: 'shelfwatch_pixel_arena_bytes',
+      help: 'Memory of the pixel arena that holds decoded frames and batch buffers (it keeps its peak)',
+      registers,
+      collect() {
+        this.set(pixelArenaStats().memoryBytes);
+      },
+    });
+    new Gauge({
+      name: 'shelfwatch_pixel_arena_frames',
+      help: 'Decoded frames holding a pixel arena buffer (back to 0 between scans; growth means a leak)',
+      registers,
+      collect() {
+        this.set(pixelArenaStats().framesInUse);
       },
     });
     new Gauge({

@@ -27,6 +27,7 @@
  * JPEG it does not decode cleanly, goes through sharp.
  */
 import sharp, { type Metadata, type OutputInfo } from 'sharp';
+import { allocateArenaFrame } from './resize-kernel.js';
 import { plainJpeg, rgbColorspace, turboJpeg, turboJpegUnavailable } from './turbojpeg.js';
 
 /** 8-bit RGB pixels, row-major, interleaved (R, G, B, R, G, B, ...). */
@@ -42,6 +43,8 @@ export interface RawImage {
   sourceHeight: number;
   /** Integer shrink-on-load factor (1 = full resolution); width ≈ sourceWidth / shrink. */
   shrink: number;
+  /** Present on an arena image (DecodeOptions.arena): gives its buffer back; `data` must not be read after. */
+  release?: () => void;
 }
 
 export type ImageDecodeReason = 'empty' | 'truncated' | 'corrupt' | 'unsupported' | 'too-large';
@@ -77,6 +80,12 @@ export interface DecodeOptions {
    * in both cases.
    */
   failOn?: 'warning' | 'error';
+  /**
+   * Decode a plain JPEG into the pixel arena (resize-kernel.ts), where toModelInput reads slots in
+   * place and the buffer serves a later frame once the caller calls the image's `release()`. For
+   * callers that release every image (the agent's pipeline); other images are ordinary buffers.
+   */
+  arena?: boolean;
 }
 
 export const DEFAULT_MAX_PIXELS = 100_000_000;
@@ -102,7 +111,7 @@ export async function decodeImage(input: Buffer, opts: DecodeOptions): Promise<R
   if (input.length === 0) throw new ImageDecodeError(origin, 'empty', 'the buffer holds 0 bytes');
 
   if (opts.targetSize === undefined && (opts.maxShrink ?? 1) < 2) {
-    const fast = await decodePlainJpeg(input, origin, maxPixels);
+    const fast = await decodePlainJpeg(input, origin, maxPixels, opts.arena === true);
     if (fast) return fast;
     // No shrink-on-load to plan, so nothing needs the header first: one libvips call, and the
     // header is read only to explain a failure.
@@ -121,7 +130,7 @@ export async function decodeImage(input: Buffer, opts: DecodeOptions): Promise<R
   const upright = meta.autoOrient ?? { width: meta.width!, height: meta.height! };
   const shrink = opts.targetSize !== undefined ? shrinkFactor(meta.format, upright.width, upright.height, opts.targetSize) : usableShrink(meta.format, opts.maxShrink!);
   if (shrink === 1) {
-    const fast = await decodePlainJpeg(input, origin, maxPixels);
+    const fast = await decodePlainJpeg(input, origin, maxPixels, opts.arena === true);
     if (fast) return fast;
   }
   let decoded: { data: Buffer; info: OutputInfo };
@@ -160,7 +169,7 @@ function tooLarge(origin: string, width: number, height: number, maxPixels: numb
  * resolution, or null to let sharp do it: library missing, another format, or anything TurboJPEG
  * reports — a warning included, so sharp's own `failOn` rules and error messages still apply.
  */
-async function decodePlainJpeg(input: Buffer, origin: string, maxPixels: number): Promise<RawImage | null> {
+async function decodePlainJpeg(input: Buffer, origin: string, maxPixels: number, inArena: boolean): Promise<RawImage | null> {
   if (detectImageFormat(input) !== 'jpeg') return null;
   const tj = turboJpeg();
   if (!tj || !plainJpeg(input)) return null;
@@ -169,13 +178,15 @@ async function decodePlainJpeg(input: Buffer, origin: string, maxPixels: number)
   const { width, height } = header;
   if (width * height > maxPixels) throw tooLarge(origin, width, height, maxPixels);
   // Unzeroed: TurboJPEG writes every byte or the result is dropped.
-  const data = Buffer.allocUnsafeSlow(width * height * 3);
+  const frame = inArena ? allocateArenaFrame(width * height * 3) : null;
+  const data = frame?.data ?? new Uint8Array(Buffer.allocUnsafeSlow(width * height * 3).buffer, 0, width * height * 3);
   try {
     await tj.decodeRgb(input, header, data);
   } catch {
+    frame?.release();
     return null;
   }
-  return { data: new Uint8Array(data.buffer, data.byteOffset, data.length), width, height, channels: 3, origin, sourceWidth: width, sourceHeight: height, shrink: 1 };
+  return { data, width, height, channels: 3, origin, sourceWidth: width, sourceHeight: height, shrink: 1, ...(frame ? { release: frame.release } : {}) };
 }
 
 /** Which decoder full-resolution JPEGs go through, for the startup log. */

@@ -20,6 +20,7 @@
  * it, so the kernels write the planes straight into the batch: no copy of 600 KB per 224×224 crop
  * out of kernel memory. Its SharedArrayBuffer is what the worker receives.
  */
+import { PixelArena, type ArenaBlock, type PixelArenaStats } from './pixel-arena.js';
 import type { AxisCoefficients, PixelBox } from './resize.js';
 import { assembleModule, F64, Fn, I32, op, V128, wasm, type GrowableMemory, type KernelMemory, type ValType } from './wasm-encoder.js';
 
@@ -211,6 +212,14 @@ const BATCH_MEMORY_MAX_BYTES = 512 * 2 ** 20;
  * array when `values` leaves no room for scratch space.
  */
 export function allocateKernelBatch(values: number): Float32Array {
+  const arena = pixelArena();
+  const block = arena.allocate(values * Float32Array.BYTES_PER_ELEMENT);
+  if (block) {
+    const batch = new Float32Array(arena.buffer(), block.offset, values);
+    // A batch lives as long as its batcher; once nothing refers to it, its block serves others.
+    arenaFinalizer.register(batch, block);
+    return batch;
+  }
   const batchBytes = align16(values * Float32Array.BYTES_PER_ELEMENT);
   const scratch = 2 * 2 ** 20;
   if (batchBytes + scratch > BATCH_MEMORY_MAX_BYTES) return new Float32Array(new SharedArrayBuffer(values * Float32Array.BYTES_PER_ELEMENT));
@@ -221,18 +230,90 @@ export function allocateKernelBatch(values: number): Float32Array {
   return batch;
 }
 
+/** The arena's largest size: virtual address space reserved up front, pages used as needed. */
+const ARENA_MAX_BYTES = 2 ** 30;
+let arena: PixelArena | undefined;
+const arenaFinalizer = new FinalizationRegistry<ArenaBlock>((block) => arena!.free(block));
+
+/**
+ * The pixel arena of this thread (pixel-arena.ts) and, on first use, its kernel: scratch space
+ * starts at the arena's top at each call.
+ */
+function pixelArena(): PixelArena {
+  if (!arena) {
+    const a = new PixelArena(ARENA_MAX_BYTES);
+    sharedModuleBytes ??= assembleModule(kernelFunctions(), 'shared');
+    const k = instantiate(sharedModuleBytes, a.memory, 0, ARENA_MAX_BYTES);
+    Object.defineProperty(k, 'base', { get: () => a.top });
+    batchKernels.set(a.memory.buffer, k);
+    arenaKernel = k;
+    arena = a;
+  }
+  return arena;
+}
+let arenaKernel: Kernel | undefined;
+
+/** Bytes after a frame's pixels that the kernels may read (horizontal3's 8-byte pixel loads). */
+const FRAME_PADDING = 16;
+
+export interface ArenaFrame {
+  /** width·height·3 bytes, in the arena: toModelInput reads its slots in place. */
+  data: Uint8Array;
+  /** Gives the buffer back for a later frame; call it once nothing reads `data` any more. Idempotent. */
+  release(): void;
+}
+
+/**
+ * A buffer of `bytes` for a decoded frame in the pixel arena, or null when the arena is full or
+ * SHELFWATCH_PIXEL_ARENA=0 (the caller allocates an ordinary one). A frame never released is given back once `data` is garbage.
+ */
+export function allocateArenaFrame(bytes: number): ArenaFrame | null {
+  if (process.env['SHELFWATCH_PIXEL_ARENA'] === '0') return null; // for comparisons (bench) and diagnosis
+  const a = pixelArena();
+  const block = a.allocate(bytes + FRAME_PADDING);
+  if (!block) return null;
+  const data = new Uint8Array(a.buffer(), block.offset, bytes);
+  const token = {};
+  arenaFinalizer.register(data, block, token);
+  framesInUse++;
+  let released = false;
+  return {
+    data,
+    release: () => {
+      if (released) return;
+      released = true;
+      framesInUse--;
+      arenaFinalizer.unregister(token);
+      a.free(block);
+    },
+  };
+}
+/** Arena frames handed out and not released (one collected unreleased still counts: a bug to see). */
+let framesInUse = 0;
+
+/** The pixel arena's figures (memory, blocks in use, reuse, refusals) and the frames in it not yet released. */
+export function pixelArenaStats(): PixelArenaStats & { framesInUse: number } {
+  return { ...pixelArena().stats(), framesInUse };
+}
+
+/** Whether `data` is an arena frame the arena kernel can read in place (kernel `k` being that kernel). */
+function inArena(k: Kernel, data: Uint8Array): boolean {
+  return k === arenaKernel && arena!.holds(data);
+}
+
 /**
  * The kernel that writes into `target` directly (a batch of allocateKernelBatch with room for
  * `scratchBytes` more), or null: the thread's private kernel then works in its own memory and the
  * result is copied into `target`.
  */
 function kernelInside(target: Float32Array, scratchBytes: number): Kernel | null {
-  const k = batchKernels.get(target.buffer);
+  const k = arena?.holds(target) ? arenaKernel : batchKernels.get(target.buffer);
   return k && k.base + scratchBytes <= k.maxBytes ? k : null;
 }
 
 /** Kernel memory with at least `bytes` of scratch from k.base on (grows it; a private memory's earlier views are then detached). */
 function reserve(k: Kernel, bytes: number): ArrayBuffer | SharedArrayBuffer {
+  if (k === arenaKernel) return arena!.buffer(k.base + bytes);
   const have = k.memory.buffer.byteLength;
   const need = k.base + bytes;
   if (need > have) {
@@ -338,18 +419,23 @@ function resizeRgb(k: Kernel, data: Uint8Array, width: number, box: PixelBox, h:
   const sameWidth = box.width === outWidth;
   const sameHeight = box.height === outHeight;
   const rowLen = outWidth * 3;
-  const { rowBytes, firstRow, rows, srcRowBytes } = layout;
+  const { rowBytes, firstRow, rows } = layout;
   const hAt = k.base;
   const vAt = k.base + layout.vAt;
-  const srcAt = alignedAt(k.base + layout.srcAt, data, width, { x: box.x, y: box.y + layout.firstRow });
   const tmpAt = k.base + layout.tmpAt;
   const outAt = k.base + layout.outAt;
   const buf = reserve(k, layout.end + extraBytes);
 
-  // The box's rows, srcRowBytes apart, then 8 bytes of zero padding for the kernel's 8-byte pixel reads.
-  const src = new Uint8Array(buf, srcAt, rows * srcRowBytes + 8);
-  copyBoxRows(data, width, box.x, box.y + firstRow, box.width, rows, src, srcRowBytes);
-  src.fill(0, rows * srcRowBytes);
+  // An arena frame is read where it is (its block has padding for the 8-byte pixel reads); other
+  // pixels are copied into scratch first: the box's rows, srcRowBytes apart, then 8 bytes of zeros.
+  const inPlace = inArena(k, data);
+  const srcRowBytes = inPlace ? width * 3 : layout.srcRowBytes;
+  const srcAt = inPlace ? data.byteOffset + ((box.y + firstRow) * width + box.x) * 3 : alignedAt(k.base + layout.srcAt, data, width, { x: box.x, y: box.y + firstRow });
+  const src = new Uint8Array(buf, srcAt, (rows - 1) * srcRowBytes + box.width * 3 + 8);
+  if (!inPlace) {
+    copyBoxRows(data, width, box.x, box.y + firstRow, box.width, rows, src, srcRowBytes);
+    src.fill(0, rows * srcRowBytes);
+  }
 
   if (sameWidth) {
     // Horizontal identity: the rows as f64 (what the JS path copies).
@@ -429,17 +515,19 @@ export function lookupRgbIntoPlanes(
   target: Float32Array,
   targetOffset: number,
 ): void {
-  const srcRowBytes = boxRowStride(width, size);
   const values = 3 * size * size;
-  const scratch = align16(768 * 4 + 7 + size * srcRowBytes);
-  const inside = kernelInside(target, scratch);
+  const inside = kernelInside(target, align16(768 * 4 + 7 + size * boxRowStride(width, size)));
   const k = inside ?? getKernel();
+  // An arena frame is read where it is; other pixels are copied into scratch after the table.
+  const inPlace = inArena(k, data);
+  const srcRowBytes = inPlace ? width * 3 : boxRowStride(width, size);
+  const scratch = inPlace ? 768 * 4 : align16(768 * 4 + 7 + size * srcRowBytes);
   const tableAt = k.base;
-  const srcAt = alignedAt(tableAt + 768 * 4, data, width, box);
+  const srcAt = inPlace ? data.byteOffset + (box.y * width + box.x) * 3 : alignedAt(tableAt + 768 * 4, data, width, box);
   const buf = reserve(k, scratch + (inside ? 0 : values * 4));
   const dstAt = inside ? target.byteOffset + targetOffset * 4 : k.base + scratch;
   new Float32Array(buf, tableAt, 768).set(table);
-  copyBoxRows(data, width, box.x, box.y, size, size, new Uint8Array(buf, srcAt, size * srcRowBytes), srcRowBytes);
+  if (!inPlace) copyBoxRows(data, width, box.x, box.y, size, size, new Uint8Array(buf, srcAt, size * srcRowBytes), srcRowBytes);
   k.lookup3(srcAt, srcRowBytes, size, size, dstAt, tableAt);
   if (!inside) target.set(new Float32Array(buf, dstAt, values), targetOffset);
 }

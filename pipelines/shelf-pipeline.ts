@@ -361,7 +361,8 @@ export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipelin
         const t0 = performance.now();
         let raw: RawImage;
         try {
-          raw = await decodeImage(frame.data, { origin: frame.origin, maxShrink });
+          // Into the pixel arena: slots are read in place, and the buffer serves a later frame once this one is done.
+          raw = await decodeImage(frame.data, { origin: frame.origin, maxShrink, arena: true });
         } catch (err) {
           if (!signal.aborted) {
             st.decodeErrors++;
@@ -372,12 +373,25 @@ export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipelin
         }
         const decodeMs = performance.now() - t0;
         st.decodeShrink = raw.shrink;
-        await previousSubmitted;
-        if (signal.aborted) {
-          markSubmitted();
-          return null; // abandoned: no inference for a result nobody takes
-        }
         const jobs: Array<Promise<ScannedSlot | null>> = [];
+        let handedOver = false;
+        try {
+          await previousSubmitted;
+          if (signal.aborted) {
+            markSubmitted();
+            return null; // abandoned: no inference for a result nobody takes
+          }
+          const scan = await submitSlots(frame, raw, signal, jobs, markSubmitted);
+          handedOver = true;
+          return { ...scan, decodeMs };
+        } finally {
+          // Not handed over (abandoned, or an unexpected throw): the buffer goes back once no crop can still read it.
+          if (!handedOver) void Promise.allSettled(jobs).then(() => raw.release?.());
+        }
+      };
+
+      /** Crops every slot of a decoded frame into the batchers; resolves with the predictions (`jobs` holds them meanwhile). */
+      const submitSlots = async (frame: Frame, raw: RawImage, signal: AbortSignal, jobs: Array<Promise<ScannedSlot | null>>, markSubmitted: () => void): Promise<Omit<FrameScan, 'decodeMs'>> => {
         // Slot boxes are in the full-resolution frame's pixels, whatever scale it was decoded at.
         const frameSize = { width: raw.sourceWidth, height: raw.sourceHeight };
         for (const slot of cam.slots) {
@@ -414,7 +428,7 @@ export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipelin
         }
         markSubmitted();
         const slots = (await Promise.all(jobs)).filter((s): s is ScannedSlot => s !== null);
-        return { frame, raw, slots, decodeMs };
+        return { frame, raw, slots };
       };
 
       /** One slot of a scan between its post-processing and its commit. */
@@ -512,8 +526,9 @@ export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipelin
         const previousSubmitted = submitted;
         let markSubmitted!: () => void;
         submitted = new Promise<void>((resolve) => (markSubmitted = resolve));
+        let scan: FrameScan | null = null;
         try {
-          const scan = await predictFrame(frame, signal, previousSubmitted, markSubmitted);
+          scan = await predictFrame(frame, signal, previousSubmitted, markSubmitted);
           await previous;
           if (!scan || signal.aborted) return [];
           const outputs = await finishFrame(scan, signal);
@@ -528,6 +543,8 @@ export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipelin
         } finally {
           st.inFlight--;
           void previousSubmitted.then(markSubmitted); // if this frame never got to submit (no-op otherwise)
+          // Every crop is scored and every thumbnail rendered: nothing reads the decoded frame any more.
+          scan?.raw.release?.();
           release();
           observer.frameFinished(cam.id, frame);
         }

@@ -182,6 +182,8 @@ serial('replay camera: events, thumbnails, retained state, status, stats and met
   t.regex(metrics, /shelfwatch_decode_shrink\{camera="shelf"\} 1\n/, 'slots at the model size: full-resolution decode');
   t.regex(metrics, /shelfwatch_model_worker_restarts\{model="tile"\} 0\n/);
   t.regex(metrics, /shelfwatch_outbox_records \d+\n/);
+  t.regex(metrics, /shelfwatch_pixel_arena_frames 0\n/, 'every decoded frame gave its buffer back');
+  t.regex(metrics, /shelfwatch_pixel_arena_bytes [1-9]\d*\n/);
   t.regex(metrics, /shelfwatch_outbox_delivered_total \d+\n/);
   t.regex(metrics, /shelfwatch_source_state\{camera="shelf",source="replay",state="stopped"\} 1/);
   const health = await fetch(`${agent.metricsUrl}/healthz`);
