@@ -9,6 +9,7 @@
 import { parentPort } from 'node:worker_threads';
 import type { ProviderChoice } from './execution-provider.js';
 import { PatchcoreModel } from './runtime.js';
+import { aliasShared } from './shared-alias.js';
 import { hasMaps, type ImageThresholds, type Prediction, type ScanPrediction } from './types.js';
 
 export interface ModelWorkerData {
@@ -59,7 +60,8 @@ export async function serveModelWorker(data: ModelWorkerData): Promise<void> {
   }
   port.postMessage({ type: 'loaded', manifest: model.manifest, digest: model.digest, provider: model.provider, fallbacks: model.fallbacks } satisfies ModelWorkerReply);
 
-  // onnxruntime refuses SharedArrayBuffer-backed tensors: batches are copied into this buffer.
+  // onnxruntime refuses SharedArrayBuffer-backed tensors: batches are read through an ordinary
+  // buffer over the same memory (shared-alias.ts), or else copied into this one.
   let input = new Float32Array(0);
   // Requests run one after another (one input buffer, one session), and a release waits for the
   // batches asked for before it.
@@ -95,9 +97,14 @@ export async function serveModelWorker(data: ModelWorkerData): Promise<void> {
         const values = n * 3 * model.inputSize * model.inputSize;
         let x = batch;
         if (batch.buffer instanceof SharedArrayBuffer) {
-          if (input.length < values) input = new Float32Array(values);
-          input.set(batch.subarray(0, values));
-          x = input;
+          // The main thread writes this batch again only after this reply: reading it in place is safe.
+          const alias = aliasShared(batch.subarray(0, values));
+          if (alias) x = alias;
+          else {
+            if (input.length < values) input = new Float32Array(values);
+            input.set(batch.subarray(0, values));
+            x = input;
+          }
         }
         const predictions = request.type === 'scan' ? await model.scan(x, n, thresholds) : await model.predict(x, n, thresholds);
         // The batch's maps and masks are views of (at most) two buffers: hand them over without copying.
