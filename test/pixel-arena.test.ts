@@ -10,6 +10,7 @@ import { PixelArena } from '../models/pixel-arena.js';
 import { IMAGENET_NORMALIZATION, toModelInput } from '../models/preprocess.js';
 import { allocateArenaFrame, allocateKernelBatch, pixelArenaStats } from '../models/resize-kernel.js';
 import { turboJpeg } from '../models/turbojpeg.js';
+import { renderThumbnail } from '../pipelines/thumbnail.js';
 
 const PAGE = 65536;
 
@@ -117,4 +118,20 @@ maybeTurbo('decodeImage({ arena: true }): the same pixels as an ordinary decode,
   const inUse = pixelArenaStats().blocksInUse;
   await t.throwsAsync(decodeImage(Buffer.concat([jpeg.subarray(0, 600), Buffer.alloc(10)]), { origin: 'cut', arena: true }));
   t.is(pixelArenaStats().blocksInUse, inUse);
+});
+
+test('thumbnails from an arena frame equal those from an ordinary buffer (row copy and sharp resize)', async (t) => {
+  const w = 800;
+  const h = 600;
+  const pixels = noise(w, h, 3);
+  const frame = allocateArenaFrame(pixels.length)!;
+  frame.data.set(pixels);
+  const mask = new Uint8Array(28 * 28).map((_, i) => (i % 29 === 0 ? 1 : 0));
+  for (const box of [{ x: 10, y: 20, width: 700, height: 500 }, { x: 100, y: 50, width: 200, height: 150 }]) {
+    const a = await renderThumbnail({ frame: { data: frame.data, width: w, height: h, channels: 3 }, box }, { mask, mapSize: 28 });
+    const b = await renderThumbnail({ frame: { data: pixels, width: w, height: h, channels: 3 }, box }, { mask, mapSize: 28 });
+    t.true(a.jpeg.equals(b.jpeg), `box ${box.width}×${box.height}`);
+    t.true(a.maskPng.equals(b.maskPng));
+  }
+  frame.release();
 });
