@@ -15,10 +15,13 @@
  * rows, the horizontal pass's rows and the output rows. It keeps the size of the largest call
  * (about 45 MB after resizing a whole 3000×3000 photo, under 2 MB for slot crops) for the next one.
  *
- * Batch buffers (`allocateKernelBatch`): a batch that travels to an inference worker lives at the
- * start of a shared memory of its own, with its own kernel instance and the scratch space after
- * it, so the kernels write the planes straight into the batch: no copy of 600 KB per 224×224 crop
- * out of kernel memory. Its SharedArrayBuffer is what the worker receives.
+ * Batch buffers (`allocateKernelBatch`): a batch that travels to an inference worker lives in
+ * the pixel arena (pixel-arena.ts), a shared memory with its own kernel instance and the scratch
+ * space above its blocks, so the kernels write the planes straight into the batch: no copy of
+ * 600 KB per 224×224 crop out of kernel memory. Its SharedArrayBuffer is what the worker
+ * receives. The agent's frames are decoded into the arena too (`allocateArenaFrame`), and the
+ * kernels read a slot's rows where they are instead of copying them into scratch first. When the
+ * arena is full a batch gets a shared memory of its own (batch first, scratch after it).
  */
 import { PixelArena, type ArenaBlock, type PixelArenaStats } from './pixel-arena.js';
 import type { AxisCoefficients, PixelBox } from './resize.js';
@@ -245,7 +248,6 @@ function pixelArena(): PixelArena {
     sharedModuleBytes ??= assembleModule(kernelFunctions(), 'shared');
     const k = instantiate(sharedModuleBytes, a.memory, 0, ARENA_MAX_BYTES);
     Object.defineProperty(k, 'base', { get: () => a.top });
-    batchKernels.set(a.memory.buffer, k);
     arenaKernel = k;
     arena = a;
   }
@@ -265,7 +267,8 @@ export interface ArenaFrame {
 
 /**
  * A buffer of `bytes` for a decoded frame in the pixel arena, or null when the arena is full or
- * SHELFWATCH_PIXEL_ARENA=0 (the caller allocates an ordinary one). A frame never released is given back once `data` is garbage.
+ * SHELFWATCH_PIXEL_ARENA=0 (the caller allocates an ordinary one). A frame never released is
+ * given back once `data` is garbage.
  */
 export function allocateArenaFrame(bytes: number): ArenaFrame | null {
   if (process.env['SHELFWATCH_PIXEL_ARENA'] === '0') return null; // for comparisons (bench) and diagnosis

@@ -69,6 +69,7 @@ function options(frames$: Subject<Frame>, m: BatchModel, over: Partial<ShelfPipe
   };
 }
 
+/** Polls every 5 ms (helpers/agent-scene's until polls every 25): the teardown below aims at a short window. */
 const until = async (what: string, cond: () => boolean, ms = 5000) => {
   const end = Date.now() + ms;
   while (!cond()) {
