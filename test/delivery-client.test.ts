@@ -198,7 +198,8 @@ test('keepalive timeout on a dead route: the record blamed is the oldest in flig
   const blamed = logged.find((l) => /set aside/.test(l.message));
   t.is(blamed?.fields?.id, 'e0', 'the oldest record in flight');
   const dead = () => readdir(join(outboxDir, 'dead')).catch(() => [] as string[]);
-  for (let i = 0; i < 500 && (await dead()).length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+  // Written to a .tmp file and renamed: wait for the renamed one.
+  for (let i = 0; i < 500 && !(await dead()).some((f) => f.endsWith('.rec')); i++) await new Promise((r) => setTimeout(r, 10));
   t.deepEqual(await dead(), ['0000000000000001.rec']);
   t.true(logged.filter((l) => /publish failed/.test(l.message)).length <= 1, 'one warning for the connection, not one per record');
 });

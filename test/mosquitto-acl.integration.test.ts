@@ -251,8 +251,10 @@ test('the agent client (MQTT 5 by default) sets aside a publish the ACL refuses 
   t.regex(refusal!, /"reasonCode":"0x87"/);
   t.regex(refusal!, /shelfwatch\/store-2\/events/);
   t.regex(refusal!, /broker ACL/);
-  await waitFor(async () => (await readdir(join(outboxDir, 'dead')).catch(() => [])).length > 0, 5000);
-  const dead = await readdir(join(outboxDir, 'dead'));
+  // The dead copy is written to a .tmp file and renamed: wait for the renamed one.
+  const deadRecords = async () => (await readdir(join(outboxDir, 'dead')).catch(() => [])).filter((f) => f.endsWith('.rec'));
+  await waitFor(async () => (await deadRecords()).length > 0, 5000);
+  const dead = await deadRecords();
   t.is(dead.length, 1);
   t.true((await readFile(join(outboxDir, 'dead', dead[0]!))).includes(`spoof-${tag}`), 'the refused record is kept for a post-mortem');
 });

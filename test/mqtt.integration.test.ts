@@ -20,9 +20,9 @@ import { recordingSubscriber, type Received, type TeardownContext } from './help
 /** A plain mqtt.js subscriber that records everything it receives (reconnecting every 100 ms). */
 const subscriber = (url: string, filter: string, t: TeardownContext, options: IClientOptions = {}) => recordingSubscriber(url, filter, t, { reconnectPeriod: 100, ...options });
 
-async function until(what: string, check: () => boolean, timeoutMs = 15000): Promise<void> {
+async function until(what: string, check: () => boolean | Promise<boolean>, timeoutMs = 15000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
-  while (!check()) {
+  while (!(await check())) {
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 20));
   }
@@ -374,6 +374,8 @@ test('a message the broker drops the connection on is set aside after a few trie
   t.is(m.outbox.counters.deadLettered, 1);
   t.is(m.connectionLosses, 3, 'three losses with it at the head, then it was set aside');
   await until('the PUBACKs', () => client.metrics().outbox.depth.records === 0);
-  // Kept for inspection, not deleted.
-  t.deepEqual(await readdir(join(outboxDir, 'dead')), [`${String(big.seq).padStart(16, '0')}.rec`]);
+  // Kept for inspection, not deleted (written to a .tmp file and renamed: wait for the rename).
+  const deadFile = `${String(big.seq).padStart(16, '0')}.rec`;
+  await until('the dead copy', async () => (await readdir(join(outboxDir, 'dead'))).includes(deadFile));
+  t.deepEqual(await readdir(join(outboxDir, 'dead')), [deadFile]);
 });
