@@ -1,9 +1,9 @@
 /**
  * An 8-bit greyscale PNG encoder for anomaly masks. A mask thumbnail is small and mostly zeros;
  * through sharp each one cost about 1.3 ms of CPU, nearly all of it per-call overhead, and the
- * agent makes one per anomaly event. Here: one zlib call, about 0.1 ms.
+ * agent makes one per anomaly event. Here: one zlib call, about 0.03 ms.
  */
-import { crc32, deflateSync } from 'node:zlib';
+import { constants, crc32, deflateSync } from 'node:zlib';
 
 const SIGNATURE = Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]);
 
@@ -29,5 +29,8 @@ export function encodeGrayPng(pixels: Uint8Array, width: number, height: number)
   // compression 0, filter method 0, no interlace: the zero bytes already there
   const rows = Buffer.alloc((width + 1) * height); // filter type 0 (none) before each row
   for (let y = 0; y < height; y++) rows.set(pixels.subarray(y * width, (y + 1) * width), y * (width + 1) + 1);
-  return Buffer.concat([SIGNATURE, chunk('IHDR', header), chunk('IDAT', deflateSync(rows)), chunk('IEND', Buffer.alloc(0))]);
+  // Run-length matching only: a mask is runs of 0 and 255, and this is about 8× faster than the
+  // default search for a few bytes more (224×224: 0.03 against 0.26 ms, 433 against 337 bytes).
+  const idat = deflateSync(rows, { strategy: constants.Z_RLE });
+  return Buffer.concat([SIGNATURE, chunk('IHDR', header), chunk('IDAT', idat), chunk('IEND', Buffer.alloc(0))]);
 }
