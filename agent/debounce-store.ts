@@ -124,19 +124,22 @@ type FileRead =
   | { kind: 'cut'; problem: string }
   | { kind: 'valid'; seq: number; text: string };
 
+/** The header line up to ` crc32=`. */
+const headStart = (seq: number | string, bytes: number | string): string => `shelfwatch-debounce-state seq=${seq} bytes=${bytes}`;
+
 /**
  * The CRC-32 of the header up to ` crc32=` and the JSON: it covers `seq` too, so that a write cut
  * inside the header (the new seq over the old length, checksum and JSON) fails it.
  */
-function checksum(headStart: string, body: Buffer): string {
-  return crc32(body, crc32(Buffer.from(headStart, 'latin1'))).toString(16).padStart(8, '0');
+function checksum(head: string, body: Buffer): string {
+  return crc32(body, crc32(Buffer.from(head, 'latin1'))).toString(16).padStart(8, '0');
 }
 
 /** The header line and JSON of save number `seq`. */
 export function encodeDebounceStateFile(json: string, seq: number): Buffer {
   const body = Buffer.from(json, 'utf8');
-  const headStart = `shelfwatch-debounce-state seq=${seq} bytes=${body.length}`;
-  return Buffer.concat([Buffer.from(`${headStart} crc32=${checksum(headStart, body)}\n`, 'latin1'), body]);
+  const head = headStart(seq, body.length);
+  return Buffer.concat([Buffer.from(`${head} crc32=${checksum(head, body)}\n`, 'latin1'), body]);
 }
 
 /** The JSON text and seq of a file's bytes, or what is wrong with them (a write cut short). */
@@ -148,7 +151,7 @@ export function decodeDebounceStateFile(bytes: Buffer): { seq: number; text: str
   const length = Number(m[2]);
   if (start + length > bytes.length) return { problem: `header says ${length} bytes of JSON, the file holds ${bytes.length - start}` };
   const body = bytes.subarray(start, start + length);
-  if (checksum(`shelfwatch-debounce-state seq=${m[1]} bytes=${m[2]}`, body) !== m[3]) return { problem: 'checksum mismatch' };
+  if (checksum(headStart(m[1]!, m[2]!), body) !== m[3]) return { problem: 'checksum mismatch' };
   return { seq: Number(m[1]), text: body.toString('utf8') };
 }
 
