@@ -265,6 +265,9 @@ export interface ArenaFrame {
   release(): void;
 }
 
+/** Arena frames handed out and not released (one collected unreleased still counts: a bug to see). */
+let framesInUse = 0;
+
 /**
  * A buffer of `bytes` for a decoded frame in the pixel arena, or null when the arena is full or
  * SHELFWATCH_PIXEL_ARENA=0 (the caller allocates an ordinary one). A frame never released is
@@ -291,12 +294,13 @@ export function allocateArenaFrame(bytes: number): ArenaFrame | null {
     },
   };
 }
-/** Arena frames handed out and not released (one collected unreleased still counts: a bug to see). */
-let framesInUse = 0;
-
-/** The pixel arena's figures (memory, blocks in use, reuse, refusals) and the frames in it not yet released. */
+/**
+ * The pixel arena's figures (memory, blocks in use, reuse, refusals) and the frames in it not yet
+ * released; zeros before anything used it (asking does not create it).
+ */
 export function pixelArenaStats(): PixelArenaStats & { framesInUse: number } {
-  return { ...pixelArena().stats(), framesInUse };
+  const stats = arena?.stats() ?? { memoryBytes: 0, blocksInUse: 0, reused: 0, refused: 0 };
+  return { ...stats, framesInUse };
 }
 
 /** Whether `data` is an arena frame the arena kernel can read in place (kernel `k` being that kernel). */
