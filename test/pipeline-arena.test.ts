@@ -11,6 +11,7 @@ import { turboJpeg } from '../models/turbojpeg.js';
 import type { ScanPrediction } from '../models/types.js';
 import { createShelfPipeline, type BatchModel, type ShelfPipelineOptions } from '../pipelines/shelf-pipeline.js';
 import type { Box, Frame } from '../pipelines/types.js';
+import { noiseRgb } from './helpers/noise.js';
 
 const maybe = turboJpeg() ? test.serial : test.skip;
 const SIZE = 32;
@@ -125,9 +126,7 @@ maybe('frames abandoned by a teardown give their buffers back once their crops a
 maybe('frames abandoned before their crops were submitted (a teardown while an earlier frame still decodes) give their buffers back too', async (t) => {
   // Frame 0 is big (its decode takes a while), frame 1 small: frame 1 decodes first and waits for
   // frame 0 to submit; the teardown comes meanwhile, so neither submits a crop.
-  const noise = Buffer.alloc(3000 * 2000 * 3);
-  for (let i = 0, s = 7; i < noise.length; i++) noise[i] = (s = (s * 1103515245 + 12345) >>> 0) >>> 24;
-  const big = await sharp(noise, { raw: { width: 3000, height: 2000, channels: 3 } }).jpeg({ quality: 95 }).toBuffer();
+  const big = await sharp(noiseRgb(3000, 2000, 7), { raw: { width: 3000, height: 2000, channels: 3 } }).jpeg({ quality: 95 }).toBuffer();
   const small = await jpegFrame(true);
   const m = darkModel();
   const frames$ = new Subject<Frame>();

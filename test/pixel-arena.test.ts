@@ -11,6 +11,7 @@ import { IMAGENET_NORMALIZATION, toModelInput } from '../models/preprocess.js';
 import { allocateArenaFrame, allocateKernelBatch, pixelArenaStats } from '../models/resize-kernel.js';
 import { turboJpeg } from '../models/turbojpeg.js';
 import { renderThumbnail } from '../pipelines/thumbnail.js';
+import { noiseRgb } from './helpers/noise.js';
 
 const PAGE = 65536;
 
@@ -51,22 +52,12 @@ test('growth keeps earlier views valid and recognised; past the cap allocate ret
   t.true(a.top <= 32 * PAGE);
 });
 
-function noise(w: number, h: number, seed: number): Uint8Array {
-  const out = new Uint8Array(w * h * 3);
-  let s = seed;
-  for (let i = 0; i < out.length; i++) {
-    s = (s * 1103515245 + 12345) >>> 0;
-    out[i] = s >>> 24;
-  }
-  return out;
-}
-
 test('toModelInput reads an arena frame in place: the same values bit for bit as from an ordinary buffer, into a batch or a plain array', (t) => {
   const size = 32;
   const plane = 3 * size * size;
   const w = 301;
   const h = 203;
-  const pixels = noise(w, h, 11);
+  const pixels = noiseRgb(w, h, 11);
   const frame = allocateArenaFrame(pixels.length)!;
   frame.data.set(pixels);
   const arenaImg: RawImage = { data: frame.data, width: w, height: h, channels: 3, origin: 'arena', sourceWidth: w, sourceHeight: h, shrink: 1 };
@@ -89,7 +80,7 @@ test('toModelInput reads an arena frame in place: the same values bit for bit as
     t.deepEqual(Array.from(batch.subarray(i * plane, (i + 1) * plane)), Array.from(expected), `box ${i} into a batch`);
     t.deepEqual(Array.from(toModelInput(arenaImg, { size, normalization: IMAGENET_NORMALIZATION, box })), Array.from(expected), `box ${i} into a plain array`);
   }
-  t.deepEqual(frame.data, pixels, 'the frame is only read');
+  t.deepEqual(new Uint8Array(frame.data), new Uint8Array(pixels), 'the frame is only read');
   frame.release();
   frame.release(); // idempotent
 });
@@ -97,7 +88,7 @@ test('toModelInput reads an arena frame in place: the same values bit for bit as
 const maybeTurbo = turboJpeg() ? test.serial : test.skip;
 
 maybeTurbo('decodeImage({ arena: true }): the same pixels as an ordinary decode, a release() that gives the buffer to the next frame of that size', async (t) => {
-  const jpeg = await sharp(Buffer.from(noise(123, 77, 5)), { raw: { width: 123, height: 77, channels: 3 } }).jpeg({ quality: 90 }).toBuffer();
+  const jpeg = await sharp(noiseRgb(123, 77, 5), { raw: { width: 123, height: 77, channels: 3 } }).jpeg({ quality: 90 }).toBuffer();
   const plain = await decodeImage(jpeg, { origin: 'plain' });
   t.is(plain.release, undefined, 'an ordinary decode has nothing to release');
   const before = pixelArenaStats();
@@ -123,7 +114,7 @@ maybeTurbo('decodeImage({ arena: true }): the same pixels as an ordinary decode,
 test('thumbnails from an arena frame equal those from an ordinary buffer (row copy and sharp resize)', async (t) => {
   const w = 800;
   const h = 600;
-  const pixels = noise(w, h, 3);
+  const pixels = noiseRgb(w, h, 3);
   const frame = allocateArenaFrame(pixels.length)!;
   frame.data.set(pixels);
   const mask = new Uint8Array(28 * 28).map((_, i) => (i % 29 === 0 ? 1 : 0));
