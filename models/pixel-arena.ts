@@ -5,11 +5,13 @@
  * being copied into kernel memory first, and a frame's buffer is reused by a later frame instead
  * of being allocated (page faults, and V8 collecting after every few megabytes of external memory).
  *
- * Blocks are handed out by size: a freed block goes to the list of its exact size and is taken
- * again by the next request of that size (a camera's frames all have one size, batch buffers
- * another). New blocks come from the top, growing the memory, up to a cap; past it `allocate`
- * returns null and the caller uses ordinary memory. Memory is not given back to the system: the
- * arena keeps the peak of what was in use at once.
+ * Blocks: a request takes a freed block of its exact size when there is one (a camera's frames
+ * all have one size, batch buffers another: the common case costs one map lookup), else the
+ * smallest freed block that holds it, split, else new space from the top, growing the memory up
+ * to a cap; past it `allocate` returns null and the caller uses ordinary memory. A freed block
+ * merges with free neighbours, and one that ends at the top lowers the top instead, so a camera
+ * whose resolution changes reuses the space its old frames had. Memory is not given back to the
+ * system: the arena keeps the peak of what was in use at once.
  *
  * Above the top is scratch space for the kernels, valid during one synchronous kernel call only.
  */
@@ -32,7 +34,7 @@ export interface PixelArenaStats {
   memoryBytes: number;
   /** Blocks handed out and not freed. */
   blocksInUse: number;
-  /** Allocations served from a freed block of the same size. */
+  /** Allocations served from memory an earlier block used (a freed block, or below the highest top so far). */
   reused: number;
   /** Allocations refused (the cap reached); the caller used ordinary memory. */
   refused: number;
@@ -42,9 +44,14 @@ export class PixelArena {
   readonly memory: KernelMemory;
   /** Every SharedArrayBuffer object the memory has had (growing gives a new one over the same bytes). */
   private readonly buffers = new WeakSet<ArrayBufferLike>();
-  private readonly freeBySize = new Map<number, number[]>();
+  /** Free blocks: offset → size, end → offset (to find a block's neighbours), size → offsets. */
+  private readonly freeAt = new Map<number, number>();
+  private readonly freeEndingAt = new Map<number, number>();
+  private readonly freeBySize = new Map<number, Set<number>>();
   private readonly inUse = new Map<number, number>();
   private topOffset: number;
+  /** The highest the top has been. */
+  private peakTop: number;
   private readonly counts = { reused: 0, refused: 0 };
 
   constructor(
@@ -56,6 +63,7 @@ export class PixelArena {
     this.memory = new wasm.Memory({ initial: 16, maximum: maxBytes / PAGE, shared: true });
     this.buffers.add(this.memory.buffer);
     this.topOffset = alignUp(reservedBytes);
+    this.peakTop = this.topOffset;
   }
 
   /** First byte above every block: where kernel scratch space starts. */
@@ -83,10 +91,8 @@ export class PixelArena {
   allocate(bytes: number): ArenaBlock | null {
     if (!Number.isInteger(bytes) || bytes < 1) throw new RangeError(`pixel arena: a block needs a positive integer size, got ${bytes}`);
     const size = alignUp(bytes);
-    const reuse = this.freeBySize.get(size)?.pop();
-    let offset: number;
-    if (reuse !== undefined) {
-      offset = reuse;
+    let offset = this.takeFree(size);
+    if (offset !== null) {
       this.counts.reused++;
     } else {
       if (this.topOffset + size > this.maxBytes) {
@@ -96,19 +102,78 @@ export class PixelArena {
       offset = this.topOffset;
       this.buffer(offset + size);
       this.topOffset += size;
+      if (this.topOffset <= this.peakTop) this.counts.reused++;
+      else this.peakTop = this.topOffset;
     }
     this.inUse.set(offset, size);
     return { offset, bytes: size };
   }
 
-  /** Gives a block back for the next request of its size. Freeing one twice is a bug and throws. */
+  /** Gives a block back; it merges with free neighbours. Freeing one twice is a bug and throws. */
   free(block: ArenaBlock): void {
     const size = this.inUse.get(block.offset);
     if (size === undefined || size !== block.bytes) throw new Error(`pixel arena: block at ${block.offset} (${block.bytes} bytes) is not in use`);
     this.inUse.delete(block.offset);
-    const list = this.freeBySize.get(size);
-    if (list) list.push(block.offset);
-    else this.freeBySize.set(size, [block.offset]);
+    let start = block.offset;
+    let end = start + size;
+    const before = this.freeEndingAt.get(start);
+    if (before !== undefined) {
+      this.removeFree(before);
+      start = before;
+    }
+    const after = this.freeAt.get(end);
+    if (after !== undefined) {
+      this.removeFree(end);
+      end += after;
+    }
+    if (end === this.topOffset) this.topOffset = start; // nothing free ever ends at the top
+    else this.addFree(start, end - start);
+  }
+
+  /** Bytes below the top not in any block in use. */
+  freeBytes(): number {
+    let sum = 0;
+    for (const size of this.freeAt.values()) sum += size;
+    return sum;
+  }
+
+  /** A free block's space of exactly `size` (a whole block of that size, else the front of the smallest larger one), or null. */
+  private takeFree(size: number): number | null {
+    const exact = this.freeBySize.get(size);
+    if (exact) {
+      const offset = exact.values().next().value as number;
+      this.removeFree(offset);
+      return offset;
+    }
+    let best: number | null = null;
+    let bestSize = Infinity;
+    for (const [offset, free] of this.freeAt) {
+      if (free > size && free < bestSize) {
+        best = offset;
+        bestSize = free;
+      }
+    }
+    if (best === null) return null;
+    this.removeFree(best);
+    this.addFree(best + size, bestSize - size);
+    return best;
+  }
+
+  private addFree(offset: number, size: number): void {
+    this.freeAt.set(offset, size);
+    this.freeEndingAt.set(offset + size, offset);
+    const same = this.freeBySize.get(size);
+    if (same) same.add(offset);
+    else this.freeBySize.set(size, new Set([offset]));
+  }
+
+  private removeFree(offset: number): void {
+    const size = this.freeAt.get(offset)!;
+    this.freeAt.delete(offset);
+    this.freeEndingAt.delete(offset + size);
+    const same = this.freeBySize.get(size)!;
+    same.delete(offset);
+    if (same.size === 0) this.freeBySize.delete(size);
   }
 
   stats(): PixelArenaStats {

@@ -35,6 +35,57 @@ test('blocks: aligned, a freed block serves the next request of its size, others
   t.throws(() => new PixelArena(1000), { message: /multiple of 65536, got 1000/ });
 });
 
+test('freed neighbours merge, a larger request takes their space and a smaller one splits a block; freeing the top block lowers the top', (t) => {
+  const a = new PixelArena(64 * PAGE);
+  const keep = a.allocate(PAGE)!; // stays in use below everything else
+  const x = a.allocate(PAGE)!;
+  const y = a.allocate(PAGE)!;
+  const pin = a.allocate(64)!; // above x and y, so their space is not at the top
+  a.free(x);
+  a.free(y);
+  t.is(a.freeBytes(), 2 * PAGE, 'x and y merged into one free block');
+  const big = a.allocate(2 * PAGE)!;
+  t.is(big.offset, x.offset, 'a request of twice the size takes the merged space');
+  a.free(big);
+  const small = a.allocate(PAGE / 2)!;
+  t.is(small.offset, x.offset, 'a smaller request takes the front of the smallest block that holds it');
+  t.is(a.freeBytes(), 2 * PAGE - PAGE / 2, 'the rest stays free');
+  a.free(small);
+  const top = a.top;
+  a.free(pin);
+  t.is(a.top, x.offset, 'freeing the top block lowers the top past the free space below it');
+  t.true(a.top < top);
+  t.is(a.freeBytes(), 0, 'nothing free ends at the top');
+  t.is(a.allocate(3 * PAGE)!.offset, x.offset, 'new blocks start at the lowered top');
+  t.is(keep.offset, 0);
+});
+
+test('a camera whose resolution changes reuses its old frames\' space: memory stays at its peak over many switches', (t) => {
+  const a = new PixelArena(1024 * PAGE);
+  const batch = a.allocate(600_000)!; // long-lived, as a batcher's buffer
+  const sizes = [976 * 976 * 3, 1280 * 720 * 3, 640 * 480 * 3, 1920 * 1080 * 3];
+  let peak = 0;
+  for (let round = 0; round < 20; round++) {
+    for (const bytes of sizes) {
+      // Two frames in flight at once, released in either order, as scans overlap.
+      const f1 = a.allocate(bytes)!;
+      const f2 = a.allocate(bytes)!;
+      if (round % 2) {
+        a.free(f1);
+        a.free(f2);
+      } else {
+        a.free(f2);
+        a.free(f1);
+      }
+    }
+    if (round === 0) peak = a.stats().memoryBytes;
+  }
+  t.is(a.stats().memoryBytes, peak, 'no growth after the first pass over the sizes');
+  t.true(peak <= batch.bytes + 2 * 1920 * 1080 * 3 + 16 * PAGE, 'the peak is what was in use at once (the batch and two of the largest frames), not the sum of every size');
+  t.like(a.stats(), { blocksInUse: 1, refused: 0 });
+  t.true(a.stats().reused >= 19 * 8, 'allocations after the first pass need no new memory');
+});
+
 test('growth keeps earlier views valid and recognised; past the cap allocate returns null and counts it', (t) => {
   const a = new PixelArena(32 * PAGE);
   const first = a.allocate(100)!;
