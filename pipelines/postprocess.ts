@@ -2,7 +2,7 @@
  * Post-processing of a Prediction: the anomaly mask's connected regions, mapped from the model's
  * input grid (the crop resized to mapSize × mapSize, ignoring aspect ratio) back to frame pixels.
  */
-import { labelRegions } from '../models/metrics/regions.js';
+import { labelRuns } from '../models/metrics/regions.js';
 import type { Prediction } from '../models/types.js';
 import type { Box, Crop, Region, SlotPrediction } from './types.js';
 
@@ -35,22 +35,27 @@ export function toRegions(prediction: Pick<Prediction, 'mask' | 'anomalyMap' | '
     throw new RangeError(`toRegions: minAreaFraction must be in [0, 1], got ${minAreaFraction}`);
   }
 
-  const { labels, count, sizes } = labelRegions(mask, mapSize, mapSize, 8);
+  // Boxes and peaks from the foreground runs: the anomalous cells only, not the whole grid again.
+  const runs = labelRuns(mask, mapSize, mapSize, 8);
+  const { count, sizes } = runs;
   const minX = new Int32Array(count).fill(mapSize);
   const minY = new Int32Array(count).fill(mapSize);
   const maxX = new Int32Array(count).fill(-1);
   const maxY = new Int32Array(count).fill(-1);
   const peak = new Float64Array(count).fill(-Infinity);
-  for (let p = 0; p < cells; p++) {
-    const l = labels[p] - 1;
-    if (l < 0) continue;
-    const x = p % mapSize;
-    const y = (p - x) / mapSize;
-    if (x < minX[l]) minX[l] = x;
-    if (x > maxX[l]) maxX[l] = x;
+  for (let i = 0; i < runs.length; i++) {
+    const l = runs.label[i] - 1;
+    const y = runs.row[i];
+    const x0 = runs.start[i];
+    const x1 = runs.end[i];
+    if (x0 < minX[l]) minX[l] = x0;
+    if (x1 - 1 > maxX[l]) maxX[l] = x1 - 1;
     if (y < minY[l]) minY[l] = y;
     if (y > maxY[l]) maxY[l] = y;
-    if (anomalyMap[p] > peak[l]) peak[l] = anomalyMap[p];
+    const at = y * mapSize;
+    let top = peak[l];
+    for (let p = at + x0; p < at + x1; p++) if (anomalyMap[p] > top) top = anomalyMap[p];
+    peak[l] = top;
   }
 
   const sx = box.width / mapSize;

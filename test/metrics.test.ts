@@ -14,6 +14,7 @@ import {
   type MetricValue,
 } from '../models/metrics/index.js';
 import { keyOfNumber, radixSortSegments, valueOfKey } from '../models/metrics/radix.js';
+import { toRegions } from '../pipelines/postprocess.js';
 
 type Assertions = ExecutionContext;
 
@@ -172,6 +173,67 @@ test('touching regions: 4- versus 8-connectivity, raster-order labels, boxes', (
   const u = Uint8Array.from([1, 0, 1, 1, 0, 1, 1, 1, 1]);
   t.is(labelRegions(u, 3, 3, 4).count, 1);
   t.throws(() => labelRegions(u, 4, 3), { message: /expected 4×3 = 12 values, got 9/ });
+});
+
+/** Flood-fill labelling, raster order of each region's first pixel: the definition, slowly. */
+function floodLabels(mask: Uint8Array, w: number, h: number, connectivity: 4 | 8): { labels: Int32Array; sizes: number[] } {
+  const labels = new Int32Array(w * h);
+  const sizes: number[] = [];
+  const steps = connectivity === 8 ? [[-1, -1], [0, -1], [1, -1], [-1, 0], [1, 0], [-1, 1], [0, 1], [1, 1]] : [[0, -1], [-1, 0], [1, 0], [0, 1]];
+  for (let i = 0; i < w * h; i++) {
+    if (!mask[i] || labels[i]) continue;
+    const l = sizes.length + 1;
+    let size = 0;
+    const stack = [i];
+    labels[i] = l;
+    while (stack.length) {
+      const p = stack.pop()!;
+      size++;
+      for (const [dx, dy] of steps) {
+        const x = (p % w) + dx!;
+        const y = Math.floor(p / w) + dy!;
+        const q = y * w + x;
+        if (x >= 0 && y >= 0 && x < w && y < h && mask[q] && !labels[q]) {
+          labels[q] = l;
+          stack.push(q);
+        }
+      }
+    }
+    sizes.push(size);
+  }
+  return { labels, sizes };
+}
+
+test('region labelling equals a flood fill on random masks (both connectivities), and toRegions gives the boxes, areas and peaks of those regions', (t) => {
+  let seed = 12345;
+  const rand = () => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+  for (let trial = 0; trial < 300; trial++) {
+    const w = 1 + Math.floor(rand() * 40);
+    const h = trial % 2 ? 1 + Math.floor(rand() * 30) : w; // square half the time, for toRegions
+    const density = [0.05, 0.3, 0.5, 0.7, 0.95][trial % 5]!;
+    const mask = Uint8Array.from({ length: w * h }, () => (rand() < density ? 1 + Math.floor(rand() * 3) : 0));
+    for (const connectivity of [4, 8] as const) {
+      const expected = floodLabels(mask, w, h, connectivity);
+      const got = labelRegions(mask, w, h, connectivity);
+      t.deepEqual(Array.from(got.labels), Array.from(expected.labels), `labels, ${w}×${h}, density ${density}, ${connectivity}-connectivity`);
+      t.deepEqual(Array.from(got.sizes), expected.sizes);
+      t.is(got.count, expected.sizes.length);
+    }
+    if (w !== h) continue;
+    const map = Float32Array.from({ length: w * h }, () => rand());
+    const reference = regionBoxes(labelRegions(mask, w, h, 8), w, h, map)
+      .map((r) => ({ box: r.box, area: r.area, peak: r.peak }))
+      .sort((a, b) => b.peak! - a.peak! || b.area - a.area || a.box.y - b.box.y || a.box.x - b.box.x);
+    t.deepEqual(toRegions({ mask, anomalyMap: map, mapSize: w }, { x: 0, y: 0, width: w, height: h }), reference, `toRegions, ${w}×${w}`);
+  }
+  // A spiral: one region whose runs meet the earlier ones only through many merges.
+  const n = 15;
+  const spiral = new Uint8Array(n * n);
+  for (let ring = 0; ring < n / 2; ring += 2) {
+    for (let i = ring; i < n - ring; i++) spiral[ring * n + i] = spiral[(n - 1 - ring) * n + i] = spiral[i * n + ring] = spiral[i * n + n - 1 - ring] = 1;
+    if (ring + 1 < n - ring) spiral[(ring + 1) * n + ring] = 0;
+  }
+  for (const connectivity of [4, 8] as const) t.deepEqual(Array.from(labelRegions(spiral, n, n, connectivity).labels), Array.from(floodLabels(spiral, n, n, connectivity).labels));
 });
 
 test('signed zeros are one threshold', (t) => {

@@ -2,8 +2,9 @@
  * Connected regions of a binary mask (non-zero = anomalous): used for AUPRO (8-connectivity,
  * MVTec AD) and by the agent to report anomalous regions and their boxes.
  *
- * Two-pass labelling with union-find over provisional labels; final labels 1..count are given in
- * raster order of each region's first pixel, so region k-1 of `sizes` is label k.
+ * Labelling by runs (horizontal stretches of foreground) with union-find over provisional labels;
+ * final labels 1..count are given in raster order of each region's first pixel, so region k-1 of
+ * `sizes` is label k.
  */
 
 export type Connectivity = 4 | 8;
@@ -49,6 +50,111 @@ function union(parent: Int32Array, a: number, b: number): number {
 }
 
 /**
+ * The foreground runs of a mask (maximal horizontal stretches of non-zero pixels), in raster
+ * order, each with its region's final label: the connected regions without a label per pixel.
+ * Labelling runs instead of pixels keeps the union-find work proportional to the runs and lets
+ * a caller that only needs boxes, areas or peaks (the agent, per anomalous crop) visit the
+ * foreground alone instead of every pixel again.
+ */
+export interface RegionRuns {
+  count: number;
+  /** sizes[k - 1] = number of pixels of region k. */
+  sizes: Int32Array;
+  /** Number of runs; entries past it in the arrays below are unused. */
+  length: number;
+  row: Int32Array;
+  /** First pixel of the run (x). */
+  start: Int32Array;
+  /** One past its last pixel (x). */
+  end: Int32Array;
+  /** Region label, 1..count. */
+  label: Int32Array;
+}
+
+/**
+ * The runs of `mask` (row-major, width × height, non-zero = foreground) and their regions;
+ * final labels 1..count are given in raster order of each region's first pixel.
+ */
+export function labelRuns(mask: ArrayLike<number>, width: number, height: number, connectivity: Connectivity = 8): RegionRuns {
+  checkShape('labelRuns', mask.length, width, height);
+  if (connectivity !== 4 && connectivity !== 8) {
+    throw new RangeError(`labelRuns: connectivity must be 4 or 8, got ${String(connectivity)}`);
+  }
+  // Runs of the previous row touch a run [s, e) when they overlap [s − reach, e + reach).
+  const reach = connectivity === 8 ? 1 : 0;
+  let cap = 64;
+  let row = new Int32Array(cap);
+  let start = new Int32Array(cap);
+  let end = new Int32Array(cap);
+  let label = new Int32Array(cap);
+  // Union-find forest over provisional labels, one per run at most.
+  let parent = new Int32Array(cap + 1);
+  let next = 1;
+  let n = 0;
+  let prevFirst = 0;
+  let prevLast = 0; // runs prevFirst…prevLast − 1 are the previous row's
+  for (let y = 0; y < height; y++) {
+    const base = y * width;
+    const rowFirst = n;
+    let p = prevFirst;
+    let x = 0;
+    while (x < width) {
+      if (mask[base + x] === 0) {
+        x++;
+        continue;
+      }
+      const s = x;
+      while (x < width && mask[base + x] !== 0) x++;
+      if (n === cap) {
+        cap *= 2;
+        row = grow(row, cap);
+        start = grow(start, cap);
+        end = grow(end, cap);
+        label = grow(label, cap);
+        parent = grow(parent, cap + 1);
+      }
+      let l = 0;
+      // Previous-row runs ending before this one can reach are passed for good (runs are sorted).
+      while (p < prevLast && end[p] + reach <= s) p++;
+      for (let q = p; q < prevLast && start[q] < x + reach; q++) l = l === 0 ? findRoot(parent, label[q]) : union(parent, l, label[q]);
+      if (l === 0) {
+        parent[next] = next;
+        l = next++;
+      }
+      row[n] = y;
+      start[n] = s;
+      end[n] = x;
+      label[n] = l;
+      n++;
+    }
+    prevFirst = rowFirst;
+    prevLast = n;
+  }
+  // Provisional → final labels in raster order of first appearance.
+  const final = new Int32Array(next);
+  let count = 0;
+  let sizes = new Int32Array(16);
+  for (let i = 0; i < n; i++) {
+    const root = findRoot(parent, label[i]);
+    let f = final[root];
+    if (f === 0) {
+      f = ++count;
+      final[root] = f;
+      if (count > sizes.length) sizes = grow(sizes, sizes.length * 2);
+    }
+    label[i] = f;
+    sizes[f - 1] += end[i] - start[i];
+  }
+  return { count, sizes: sizes.slice(0, count), length: n, row, start, end, label };
+}
+
+function grow(a: Int32Array, length: number): Int32Array<ArrayBuffer> {
+  const out = new Int32Array(length);
+  out.set(a);
+  return out;
+}
+
+/**
  * Labels the connected regions of `mask` (row-major, width × height, non-zero = foreground).
  * @param out optional scratch/output buffer of at least width × height entries (reused to avoid
  *   allocating per image); the returned `labels` is a view of it.
@@ -70,67 +176,12 @@ export function labelRegions(
   }
   const labels = out === undefined ? new Int32Array(n) : out.subarray(0, n);
   labels.fill(0);
-  // Union-find forest over provisional labels (grown on demand).
-  let parent = new Int32Array(64);
-  let next = 1;
-  const diag = connectivity === 8;
-  for (let y = 0; y < height; y++) {
-    const row = y * width;
-    for (let x = 0; x < width; x++) {
-      const i = row + x;
-      if (mask[i] === 0) continue;
-      let label = 0;
-      if (x > 0) label = labels[i - 1];
-      if (y > 0) {
-        const up = i - width;
-        const n0 = labels[up];
-        if (n0 !== 0) label = label === 0 ? n0 : union(parent, label, n0);
-        if (diag) {
-          if (x > 0) {
-            const nw = labels[up - 1];
-            if (nw !== 0) label = label === 0 ? nw : union(parent, label, nw);
-          }
-          if (x + 1 < width) {
-            const ne = labels[up + 1];
-            if (ne !== 0) label = label === 0 ? ne : union(parent, label, ne);
-          }
-        }
-      }
-      if (label === 0) {
-        if (next >= parent.length) {
-          const grown = new Int32Array(parent.length * 2);
-          grown.set(parent);
-          parent = grown;
-        }
-        parent[next] = next;
-        label = next++;
-      }
-      labels[i] = label;
-    }
+  const runs = labelRuns(mask, width, height, connectivity);
+  for (let i = 0; i < runs.length; i++) {
+    const at = runs.row[i] * width;
+    labels.fill(runs.label[i], at + runs.start[i], at + runs.end[i]);
   }
-  if (next === 1) return { labels, count: 0, sizes: new Int32Array(0) };
-  // Second pass: provisional → final labels in raster order of first appearance.
-  const final = new Int32Array(next);
-  let count = 0;
-  let sizes = new Int32Array(16);
-  for (let i = 0; i < n; i++) {
-    const p = labels[i];
-    if (p === 0) continue;
-    const root = findRoot(parent, p);
-    let f = final[root];
-    if (f === 0) {
-      f = ++count;
-      final[root] = f;
-      if (count > sizes.length) {
-        const grown = new Int32Array(sizes.length * 2);
-        grown.set(sizes);
-        sizes = grown;
-      }
-    }
-    labels[i] = f;
-    sizes[f - 1]++;
-  }
-  return { labels, count, sizes: sizes.slice(0, count) };
+  return { labels, count: runs.count, sizes: runs.sizes };
 }
 
 export interface RegionBox {
