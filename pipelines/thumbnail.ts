@@ -91,37 +91,56 @@ export async function renderThumbnail(
           .raw()
           .toBuffer();
 
-  // Mask at thumbnail resolution, nearest neighbour from the mapSize grid.
-  const thumbMask = new Uint8Array(width * height);
-  for (let y = 0; y < height; y++) {
-    const my = Math.min(mapSize - 1, Math.floor(((y + 0.5) * mapSize) / height));
-    for (let x = 0; x < width; x++) {
-      const mx = Math.min(mapSize - 1, Math.floor(((x + 0.5) * mapSize) / width));
-      thumbMask[y * width + x] = mask[my * mapSize + mx] ? 255 : 0;
-    }
-  }
+  const thumbMask = maskAtSize(mask, mapSize, width, height);
 
-  // Red fill inside the mask; opaque red on its inner boundary (a 4-neighbour is unmasked).
-  const inMask = (x: number, y: number) => x >= 0 && y >= 0 && x < width && y < height && thumbMask[y * width + x] !== 0;
+  drawMask(pixels, thumbMask, width, height);
+
+  return { jpeg: await encodeJpeg(pixels, width, height, quality), maskPng: encodeGrayPng(thumbMask, width, height), width, height };
+}
+
+/** Red fill blended over masked pixels: R and G/B of the result for each 8-bit value. */
+const FILL_RED = Uint8Array.from({ length: 256 }, (_, v) => Math.round(v * (1 - FILL_ALPHA) + 255 * FILL_ALPHA));
+const FILL_OTHER = Uint8Array.from({ length: 256 }, (_, v) => Math.round(v * (1 - FILL_ALPHA)));
+
+/** Red fill inside the mask; opaque red on its inner boundary (a 4-neighbour inside the image is unmasked). */
+export function drawMask(pixels: Uint8Array, mask: Uint8Array, width: number, height: number): void {
   for (let y = 0; y < height; y++) {
+    const row = y * width;
     for (let x = 0; x < width; x++) {
-      if (!thumbMask[y * width + x]) continue;
-      const p = (y * width + x) * 3;
+      const i = row + x;
+      if (mask[i] === 0) continue;
+      const p = i * 3;
       const edge =
-        (x > 0 && !inMask(x - 1, y)) || (x < width - 1 && !inMask(x + 1, y)) || (y > 0 && !inMask(x, y - 1)) || (y < height - 1 && !inMask(x, y + 1));
+        (x > 0 && mask[i - 1] === 0) || (x < width - 1 && mask[i + 1] === 0) || (y > 0 && mask[i - width] === 0) || (y < height - 1 && mask[i + width] === 0);
       if (edge) {
         pixels[p] = 255;
         pixels[p + 1] = 0;
         pixels[p + 2] = 0;
       } else {
-        pixels[p] = Math.round(pixels[p] * (1 - FILL_ALPHA) + 255 * FILL_ALPHA);
-        pixels[p + 1] = Math.round(pixels[p + 1] * (1 - FILL_ALPHA));
-        pixels[p + 2] = Math.round(pixels[p + 2] * (1 - FILL_ALPHA));
+        pixels[p] = FILL_RED[pixels[p]!]!;
+        pixels[p + 1] = FILL_OTHER[pixels[p + 1]!]!;
+        pixels[p + 2] = FILL_OTHER[pixels[p + 2]!]!;
       }
     }
   }
+}
 
-  return { jpeg: await encodeJpeg(pixels, width, height, quality), maskPng: encodeGrayPng(thumbMask, width, height), width, height };
+/** The mask (0/1 on the mapSize grid) at width × height as 0/255, nearest neighbour. */
+export function maskAtSize(mask: Uint8Array, mapSize: number, width: number, height: number): Uint8Array {
+  const out = new Uint8Array(width * height);
+  if (width === mapSize && height === mapSize) {
+    for (let i = 0; i < out.length; i++) if (mask[i] !== 0) out[i] = 255;
+    return out;
+  }
+  // The grid cell of each thumbnail column, computed once instead of once per pixel.
+  const column = new Int32Array(width);
+  for (let x = 0; x < width; x++) column[x] = Math.min(mapSize - 1, Math.floor(((x + 0.5) * mapSize) / width));
+  for (let y = 0; y < height; y++) {
+    const from = Math.min(mapSize - 1, Math.floor(((y + 0.5) * mapSize) / height)) * mapSize;
+    const to = y * width;
+    for (let x = 0; x < width; x++) if (mask[from + column[x]!] !== 0) out[to + x] = 255;
+  }
+  return out;
 }
 
 /** 4:4:4 JPEG (thin red outlines keep their colour): libturbojpeg when installed (a quarter of sharp's CPU), else sharp. */

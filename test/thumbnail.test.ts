@@ -2,7 +2,7 @@ import test from 'ava';
 import sharp from 'sharp';
 import { decodeImage } from '../models/image-decode.js';
 import type { RawLike } from '../pipelines/planogram.js';
-import { renderThumbnail, thumbnailSize } from '../pipelines/thumbnail.js';
+import { drawMask, maskAtSize, renderThumbnail, thumbnailSize } from '../pipelines/thumbnail.js';
 
 const GREEN: [number, number, number] = [0, 160, 0];
 const GREY: [number, number, number] = [128, 128, 128];
@@ -182,4 +182,22 @@ test('encodeGrayPng: any size and values decode back exactly (sharp/libpng); bad
     t.deepEqual([...data], [...pixels], `${w}×${h}`);
   }
   t.throws(() => encodeGrayPng(new Uint8Array(5), 2, 3), { message: /5 values for 2×3/ });
+});
+
+test('the overlay exactly: pure red on the inner boundary, a 45 % red blend inside, the image border not a boundary; the mask stretched by nearest neighbour', (t) => {
+  // 5×4 pixels, all (100, 50, 200); the mask covers x 0..2, y 0..2 (touching the left and top borders).
+  const mask = Uint8Array.from([255, 255, 255, 0, 0, 255, 255, 255, 0, 0, 255, 255, 255, 0, 0, 0, 0, 0, 0, 0]);
+  const pixels = new Uint8Array(5 * 4 * 3);
+  for (let i = 0; i < 20; i++) pixels.set([100, 50, 200], i * 3);
+  drawMask(pixels, mask, 5, 4);
+  const at = (x: number, y: number) => Array.from(pixels.subarray((y * 5 + x) * 3, (y * 5 + x) * 3 + 3));
+  const blended = [Math.round(100 * 0.55 + 255 * 0.45), Math.round(50 * 0.55), Math.round(200 * 0.55)]; // 170, 28, 110
+  t.deepEqual(blended, [170, 28, 110]);
+  for (const [x, y] of [[0, 0], [1, 0], [0, 1], [1, 1]] as const) t.deepEqual(at(x, y), blended, `(${x}, ${y}): inside, its unmasked 4-neighbours are outside the image only`);
+  for (const [x, y] of [[2, 0], [2, 1], [0, 2], [1, 2], [2, 2]] as const) t.deepEqual(at(x, y), [255, 0, 0], `(${x}, ${y}): on the boundary`);
+  for (const [x, y] of [[3, 0], [4, 3], [0, 3]] as const) t.deepEqual(at(x, y), [100, 50, 200], `(${x}, ${y}): outside the mask, untouched`);
+
+  // A 2×2 grid on 4×3 pixels: pixel centres map to cell floor((i + 0.5) · 2 / n): columns 0, 0, 1, 1; rows 0, 1, 1.
+  t.deepEqual(Array.from(maskAtSize(Uint8Array.from([1, 0, 0, 1]), 2, 4, 3)), [255, 255, 0, 0, 0, 0, 255, 255, 0, 0, 255, 255]);
+  t.deepEqual(Array.from(maskAtSize(Uint8Array.from([0, 1, 1, 0]), 2, 2, 2)), [0, 255, 255, 0], 'same size: copied as 0/255');
 });
