@@ -82,7 +82,11 @@ export interface StepResult {
   transition: SlotTransition;
 }
 
+/** Options objects validateDebounceOptions returned (frozen, so they stay valid): step() takes them as they are. */
+const validated = new WeakSet<DebounceOptions>();
+
 export function validateDebounceOptions(options: DebounceOptions): Required<DebounceOptions> {
+  if (validated.has(options)) return options as Required<DebounceOptions>;
   if (options.run !== undefined && typeof options.run !== 'string') throw new TypeError(`debounce.run must be a string, got ${JSON.stringify(options.run)}`);
   const check = (key: 'raiseAfter' | 'window' | 'clearAfter') => {
     const v = options[key];
@@ -96,7 +100,9 @@ export function validateDebounceOptions(options: DebounceOptions): Required<Debo
   }
   const updateScoreChange = options.updateScoreChange ?? 0.1;
   if (!(updateScoreChange > 0)) throw new RangeError(`debounce.updateScoreChange must be > 0, got ${updateScoreChange}`);
-  return { ...options, updateScoreChange, run: options.run ?? '' };
+  const checked: Required<DebounceOptions> = Object.freeze({ ...options, updateScoreChange, run: options.run ?? '' });
+  validated.add(checked);
+  return checked;
 }
 
 const overlaps = (a: Box, b: Box) =>

@@ -307,6 +307,8 @@ export function defaultFramesInFlight(models: ShelfPipelineOptions['models']): n
 
 export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipeline {
   validate(options);
+  // Checked once; step() takes the checked (frozen) options as they are, slot after slot.
+  const debounceOptions = validateDebounceOptions(options.debounce);
   const clock = options.clock ?? Date.now;
   let observerErrors = 0;
   const observer = guardObserver(options.observer ?? {}, () => observerErrors++);
@@ -469,7 +471,7 @@ export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipelin
               at: crop.frame.capturedAt,
               regions: regions.map((r) => r.box),
             };
-            const { state, transition } = step(previous, decision, options.debounce);
+            const { state, transition } = step(previous, decision, debounceOptions);
             results.push({ item, pixels, key, decision, previous, state, transition, thumbnail: null });
           } catch (err) {
             slotFailed(scan.frame, crop.slot, err);

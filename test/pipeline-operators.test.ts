@@ -3,7 +3,7 @@ import { Subject, from, lastValueFrom, map, of, range, timer, toArray } from 'rx
 import { TestScheduler } from 'rxjs/testing';
 import type { Prediction } from '../models/types.js';
 import { DropOldestBuffer, dropOldestWhileBusy } from '../pipelines/bounded-queue.js';
-import { debounceSlots, decisionOf, step, type DebounceOptions, type DebounceState, type SlotDecision } from '../pipelines/debounce.js';
+import { debounceSlots, decisionOf, step, validateDebounceOptions, type DebounceOptions, type DebounceState, type SlotDecision } from '../pipelines/debounce.js';
 import { EventBuilder, eventId, slotStatePayload, toEvents, toSlotOutputs } from '../pipelines/events.js';
 import { inferInBatches, microBatch } from '../pipelines/micro-batch.js';
 import { SlotBoxError, checkSlotBox, frameShrinkLimit, pixelBox, planCrops, refineBox, type RawLike } from '../pipelines/planogram.js';
@@ -445,6 +445,20 @@ test('debounce: step is pure and validates its options', (t) => {
     message: 'debounce.raiseAfter (4) must not exceed debounce.window (3)',
   });
   t.throws(() => step(first, { camera: 'c', slot: 'other', anomalous: true, score: 3, at: 2 }, K2N3M2), { message: /c\/other applied to the state of c\/s/ });
+});
+
+test('debounce: validated options are frozen and taken as they are (checked once, not per scan); plain options are checked every time', (t) => {
+  const plain: DebounceOptions = { raiseAfter: 2, window: 3, clearAfter: 2 };
+  const checked = validateDebounceOptions(plain);
+  t.true(Object.isFrozen(checked));
+  t.like(checked, { raiseAfter: 2, window: 3, clearAfter: 2, updateScoreChange: 0.1, run: '' });
+  t.is(validateDebounceOptions(checked), checked, 'a checked object comes back as it is');
+  t.throws(() => {
+    (checked as { window: number }).window = 1;
+  }, { instanceOf: TypeError }, 'so it cannot be changed into an invalid one');
+  t.is(step(undefined, { camera: 'c', slot: 's', anomalous: true, score: 3, at: 1 }, checked).transition, null);
+  plain.window = 1; // the caller's own object is not frozen: its next use is checked again
+  t.throws(() => step(undefined, { camera: 'c', slot: 's', anomalous: true, score: 3, at: 1 }, plain), { message: /raiseAfter \(2\) must not exceed debounce.window \(1\)/ });
 });
 
 // ---------------------------------------------------------------- events
