@@ -6,13 +6,15 @@ import { createHash, randomUUID } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadBackbone, MOBILENETV2_INT8 } from '../../models/backbone.js';
 import { fitPatchcore } from '../../models/fit.js';
 import { preprocessedBatches, splitHoldOut, trainingDigest } from '../../pipelines/image-files.js';
 
-const ROOT = resolve(fileURLToPath(new URL('../..', import.meta.url)));
+const HERE = resolve(fileURLToPath(new URL('../..', import.meta.url)));
+/** The repository root, also when this runs compiled from dist/ (the benchmarks, as the agent runs in production). */
+const ROOT = basename(HERE) === 'dist' ? dirname(HERE) : HERE;
 export const SHARED = resolve(ROOT, '..', 'shared');
 export const BACKBONE_PATH = join(SHARED, 'backbones', 'mobilenetv2-12-int8.onnx');
 export const MAGNETIC_TILE = join(SHARED, 'datasets', 'magnetic_tile');
