@@ -8,7 +8,8 @@
  * Started with an IPC channel (child_process.fork). Sends {type: 'ready'} once subscribed (QoS 1).
  * For each event it keeps when it arrived and the capture time of the frame it is about. Answers
  * {type: 'report', from, to} with {type: 'latencies', latencies} for the events that arrived in
- * [from, to] (Date.now() milliseconds: the same clock in both processes), and exits on {type: 'stop'}.
+ * [from, to] (Date.now() milliseconds: the same clock in both processes), and exits on {type: 'stop'}
+ * or when the benchmark's end of the channel closes.
  */
 import { connect } from 'mqtt';
 import type { AnomalyEvent } from '../pipelines/events.js';
@@ -28,6 +29,8 @@ client.on('message', (_topic, payload) => {
   arrivals.push([received, e.type === 'end' ? e.after.endTime! : e.after.frameTime]);
 });
 client.once('connect', () => client.subscribe(topic, { qos: 1 }, () => send({ type: 'ready' })));
+// The benchmark ended without saying stop (it failed): do not outlive it.
+process.on('disconnect', () => process.exit(0));
 process.on('message', (m: { type: 'report'; from: number; to: number } | { type: 'stop' }) => {
   if (m.type === 'report') {
     const latencies = arrivals.filter(([r]) => r >= m.from && r <= m.to).map(([r, c]) => r - c);

@@ -251,7 +251,6 @@ async function runAgent(sc: Scenario, intervalMs: number, seconds: number, opts:
   });
   await fromSub('ready');
 
-
   await sleep((opts.warmupSec ?? 3) * 1000);
   const stats = () => agent.pipelineStats().cameras.bench!;
   const before = stats();
