@@ -266,8 +266,11 @@ function guardObserver(observer: PipelineObserver, failed: (hook: ObserverHook, 
   return guarded as Required<Omit<PipelineObserver, 'observerError'>>;
 }
 
-/** Checks the wiring (every slot's model exists, ids unique, options sane); throws naming the culprit. */
-function validate(options: ShelfPipelineOptions): void {
+/**
+ * Checks the wiring (every slot's model exists, ids unique, options sane); throws naming the
+ * culprit. Returns the checked (frozen) debounce options, which step() takes as they are.
+ */
+function validate(options: ShelfPipelineOptions): Required<DebounceOptions> {
   const int = (name: string, v: unknown, min: number) => {
     if (!Number.isInteger(v) || (v as number) < min) throw new RangeError(`shelf pipeline: ${name} must be an integer ≥ ${min}, got ${String(v)}`);
   };
@@ -277,7 +280,7 @@ function validate(options: ShelfPipelineOptions): void {
   if (!(Number.isFinite(options.batchWaitMs) && options.batchWaitMs >= 0)) {
     throw new RangeError(`shelf pipeline: batchWaitMs must be a number ≥ 0, got ${String(options.batchWaitMs)}`);
   }
-  validateDebounceOptions(options.debounce);
+  const debounce = validateDebounceOptions(options.debounce);
   const minArea = options.minRegionAreaFraction;
   if (minArea !== undefined && !(typeof minArea === 'number' && minArea >= 0 && minArea <= 1)) {
     throw new RangeError(`shelf pipeline: minRegionAreaFraction must be a number in [0, 1], got ${String(minArea)}`);
@@ -296,6 +299,7 @@ function validate(options: ShelfPipelineOptions): void {
       }
     }
   }
+  return debounce;
 }
 
 /** One frame per session replica of the busiest model in inference, plus one decoding (≥ 2). */
@@ -306,9 +310,7 @@ export function defaultFramesInFlight(models: ShelfPipelineOptions['models']): n
 }
 
 export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipeline {
-  validate(options);
-  // Checked once; step() takes the checked (frozen) options as they are, slot after slot.
-  const debounceOptions = validateDebounceOptions(options.debounce);
+  const debounceOptions = validate(options);
   const clock = options.clock ?? Date.now;
   let observerErrors = 0;
   const observer = guardObserver(options.observer ?? {}, () => observerErrors++);
