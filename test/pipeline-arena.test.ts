@@ -9,9 +9,10 @@ import sharp from 'sharp';
 import { allocateKernelBatch, pixelArenaStats } from '../models/resize-kernel.js';
 import { turboJpeg } from '../models/turbojpeg.js';
 import type { ScanPrediction } from '../models/types.js';
-import { createShelfPipeline, type BatchModel, type ShelfPipelineOptions } from '../pipelines/shelf-pipeline.js';
+import { createShelfPipeline, type BatchModel } from '../pipelines/shelf-pipeline.js';
 import type { Box, Frame } from '../pipelines/types.js';
 import { noiseRgb } from './helpers/noise.js';
+import { pipelineOptions, until } from './helpers/pipeline-fixture.js';
 
 const maybe = turboJpeg() ? test.serial : test.skip;
 const SIZE = 32;
@@ -58,31 +59,10 @@ const BOXES: Box[] = [
   { x: 300, y: 100, width: SIZE, height: SIZE },
 ];
 
-function options(frames$: Subject<Frame>, m: BatchModel, over: Partial<ShelfPipelineOptions> = {}): ShelfPipelineOptions {
-  return {
-    cameras: [{ id: 'c', slots: BOXES.map((box, i) => ({ id: `s${i}`, box, model: 'm' })), frames$ }],
-    models: new Map([['m', { model: m }]]),
-    batchSize: 8,
-    batchWaitMs: 5,
-    maxPendingFrames: 16,
-    debounce: { raiseAfter: 1, window: 1, clearAfter: 1 },
-    ...over,
-  };
-}
-
-/** Polls every 5 ms (helpers/agent-scene's until polls every 25): the teardown below aims at a short window. */
-const until = async (what: string, cond: () => boolean, ms = 5000) => {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-};
-
 maybe('scanned frames: slots read in place score as they should, and each frame\'s buffer is back in the arena after it, reused by the next', async (t) => {
   const [dark, white] = await Promise.all([jpegFrame(true), jpegFrame(false)]);
   const frames$ = new Subject<Frame>();
-  const pipeline = createShelfPipeline(options(frames$, darkModel()));
+  const pipeline = createShelfPipeline(pipelineOptions(frames$, darkModel(), {}, BOXES));
   const done = lastValueFrom(pipeline.outputs$.pipe(toArray()));
   // After the first frame: the batch buffers are allocated (in the arena too) and that frame is done.
   let base = pixelArenaStats();
@@ -107,7 +87,7 @@ maybe('frames abandoned by a teardown give their buffers back once their crops a
   const gate = new Promise<void>((r) => (open = r));
   const m = darkModel((call) => (call >= 2 ? gate : undefined));
   const frames$ = new Subject<Frame>();
-  const pipeline = createShelfPipeline(options(frames$, m, { framesInFlight: 3, batchSize: 2 }));
+  const pipeline = createShelfPipeline(pipelineOptions(frames$, m, { framesInFlight: 3, batchSize: 2 }, BOXES));
   const sub = pipeline.outputs$.subscribe();
   frames$.next(frame(0, dark));
   await until('frame 0', () => pipeline.stats().cameras.c!.framesScanned === 1);
@@ -130,7 +110,7 @@ maybe('frames abandoned before their crops were submitted (a teardown while an e
   const small = await jpegFrame(true);
   const m = darkModel();
   const frames$ = new Subject<Frame>();
-  const pipeline = createShelfPipeline(options(frames$, m, { framesInFlight: 2 }));
+  const pipeline = createShelfPipeline(pipelineOptions(frames$, m, { framesInFlight: 2 }, BOXES));
   const sub = pipeline.outputs$.subscribe();
   frames$.next(frame(0, small));
   await until('frame 0', () => pipeline.stats().cameras.c!.framesScanned === 1);

@@ -12,6 +12,7 @@ import { createShelfPipeline, defaultFramesInFlight, type BatchModel, type Pipel
 import type { Frame } from '../pipelines/types.js';
 import { fittedModel, magneticTileTrain, sharedAvailable } from './helpers/fitted-model.js';
 import { inside, overlaps, tileFrame, unseenTiles, type TileFrame } from './helpers/shelf-frames.js';
+import { pipelineOptions, until } from './helpers/pipeline-fixture.js';
 
 const available = sharedAvailable();
 const maybe = available ? test : test.skip;
@@ -369,33 +370,13 @@ async function synFrame(width: number, height: number, rects: (Box & { color?: s
 const LEFT: Box = { x: 0, y: 0, width: 200, height: 200 };
 const RIGHT: Box = { x: 200, y: 0, width: 200, height: 200 };
 
-function synOptions(frames$: PipelineCamera['frames$'], m: BatchModel, over: Partial<ShelfPipelineOptions> = {}, boxes: Box[] = [LEFT]): ShelfPipelineOptions {
-  return {
-    cameras: [{ id: 'c', slots: boxes.map((box, i) => ({ id: `s${i}`, box, model: 'm' })), frames$ }],
-    models: new Map([['m', { model: m }]]),
-    batchSize: 8,
-    batchWaitMs: 5,
-    maxPendingFrames: 16,
-    debounce: { raiseAfter: 1, window: 1, clearAfter: 1 },
-    ...over,
-  };
-}
-
-const until = async (what: string, cond: () => boolean, ms = 5000) => {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-};
-
 test('a camera whose stream fails with a frame in flight abandons the frame: no debounce state, no event, nothing counted', async (t) => {
   const dark = await synFrame(400, 200, [{ x: 20, y: 20, width: 100, height: 100 }]);
   const frames$ = new Subject<Frame>();
   const states = new Map<string, DebounceState>();
   const seen: string[] = [];
   const pipeline = createShelfPipeline(
-    synOptions(frames$, darkModel({ delayMs: 100 }), {
+    pipelineOptions(frames$, darkModel({ delayMs: 100 }), {
       debounceStates: states,
       observer: { event: (e) => seen.push(`event ${e.type}`), frameScanned: () => seen.push('frameScanned'), frameError: (_c, _f, kind) => seen.push(`frameError ${kind}`), cameraError: (_c, e) => seen.push(`cameraError ${e.message}`) },
     }),
@@ -422,7 +403,7 @@ test('unsubscribing with frames in flight: they change no debounce state and fir
   const events: string[] = [];
   const errors: string[] = [];
   const pipeline = createShelfPipeline(
-    synOptions(frames$, m, {
+    pipelineOptions(frames$, m, {
       debounceStates: states,
       framesInFlight: 3,
       batchSize: 1,
@@ -453,7 +434,7 @@ test('an observer hook that throws is counted and reported; the frame still emit
   const states = new Map<string, DebounceState>();
   const reported: string[] = [];
   const pipeline = createShelfPipeline(
-    synOptions(from([frame('c', 0, dark)]), darkModel(), {
+    pipelineOptions(from([frame('c', 0, dark)]), darkModel(), {
       debounceStates: states,
       observer: {
         event: () => {
@@ -477,7 +458,7 @@ test('an observer hook that throws is counted and reported; the frame still emit
     const frames$ = new Subject<Frame>();
     const failures: string[] = [];
     const dropping = createShelfPipeline(
-      synOptions(frames$, darkModel({ delayMs: 100 }), {
+      pipelineOptions(frames$, darkModel({ delayMs: 100 }), {
         maxPendingFrames: 1,
         framesInFlight: 1,
         observer: {
@@ -505,9 +486,9 @@ test('an observer hook that throws is counted and reported; the frame still emit
 test('minRegionAreaFraction is checked at construction, and one slot that fails post-processing costs only that slot', async (t) => {
   const never = new Subject<Frame>();
   for (const bad of [1.5, -0.1, Number.NaN]) {
-    t.throws(() => createShelfPipeline(synOptions(never, darkModel(), { minRegionAreaFraction: bad })), { message: /minRegionAreaFraction must be a number in \[0, 1\], got/ });
+    t.throws(() => createShelfPipeline(pipelineOptions(never, darkModel(), { minRegionAreaFraction: bad })), { message: /minRegionAreaFraction must be a number in \[0, 1\], got/ });
   }
-  t.notThrows(() => createShelfPipeline(synOptions(never, darkModel(), { minRegionAreaFraction: 1 })));
+  t.notThrows(() => createShelfPipeline(pipelineOptions(never, darkModel(), { minRegionAreaFraction: 1 })));
 
   // s0: black square (peak darkness 1); s1: grey square (≈0.6, still anomalous), for which the
   // model returns a mask of the wrong length → toRegions throws for s1 only.
@@ -515,7 +496,7 @@ test('minRegionAreaFraction is checked at construction, and one slot that fails 
   const states = new Map<string, DebounceState>();
   const errors: string[] = [];
   const pipeline = createShelfPipeline(
-    synOptions(from([frame('c', 0, data), frame('c', 1, data)]), darkModel({ badMask: (max) => max < 0.8 }), {
+    pipelineOptions(from([frame('c', 0, data), frame('c', 1, data)]), darkModel({ badMask: (max) => max < 0.8 }), {
       debounceStates: states,
       observer: { frameError: (_c, f, kind, e, slot) => errors.push(`${f.sequence} ${kind} ${slot}: ${e.message}`) },
     }, [LEFT, RIGHT]),
@@ -536,7 +517,7 @@ test('event snapshots claim a thumbnail only when one was published: a restored 
   };
   const states = new Map([['c/s0', restored]]);
   const ended = await lastValueFrom(
-    createShelfPipeline(synOptions(from([frame('c', 0, white)]), darkModel(), { debounceStates: states, debounce: { raiseAfter: 2, window: 3, clearAfter: 2 } })).outputs$.pipe(toArray()),
+    createShelfPipeline(pipelineOptions(from([frame('c', 0, white)]), darkModel(), { debounceStates: states, debounce: { raiseAfter: 2, window: 3, clearAfter: 2 } })).outputs$.pipe(toArray()),
   );
   t.is(ended[0]!.event?.type, 'end');
   t.is(ended[0]!.thumbnail, null);
@@ -547,7 +528,7 @@ test('event snapshots claim a thumbnail only when one was published: a restored 
   const dark = await synFrame(400, 200, [{ x: 20, y: 20, width: 100, height: 100 }]);
   const errors: string[] = [];
   const pipeline = createShelfPipeline(
-    synOptions(from([frame('c', 0, dark), frame('c', 1, white)]), darkModel(), { thumbnails: { quality: 0 }, observer: { frameError: (_c, _f, kind) => errors.push(kind) } }),
+    pipelineOptions(from([frame('c', 0, dark), frame('c', 1, white)]), darkModel(), { thumbnails: { quality: 0 }, observer: { frameError: (_c, _f, kind) => errors.push(kind) } }),
   );
   const outputs = await lastValueFrom(pipeline.outputs$.pipe(toArray()));
   t.deepEqual(outputs.map((o) => o.event?.type), ['new', 'end']);
@@ -557,7 +538,7 @@ test('event snapshots claim a thumbnail only when one was published: a restored 
   t.deepEqual(errors, ['thumbnail']);
   t.is(pipeline.stats().cameras.c!.thumbnailErrors, 1);
   // A render that succeeds still says true.
-  const ok = await lastValueFrom(createShelfPipeline(synOptions(from([frame('c', 0, dark)]), darkModel())).outputs$.pipe(toArray()));
+  const ok = await lastValueFrom(createShelfPipeline(pipelineOptions(from([frame('c', 0, dark)]), darkModel())).outputs$.pipe(toArray()));
   t.not(ok[0]!.thumbnail, null);
   t.true(ok[0]!.event!.after.thumbnail);
 });
