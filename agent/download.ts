@@ -274,7 +274,7 @@ async function downloadFrom(listedUrl: string, o: Resolved): Promise<Outcome> {
     let received = 0;
     try {
       for await (const chunk of res as AsyncIterable<Buffer>) {
-        guard.touch();
+        guard.pauseIdle(); // a slow disk or progress callback is this side's time, not the server's silence
         received += chunk.length;
         if (o.maxBytes !== undefined && received > o.maxBytes) {
           throw new AttemptFailed(`exceeds maxBytes (more than ${o.maxBytes} bytes)`);
@@ -291,6 +291,7 @@ async function downloadFrom(listedUrl: string, o: Resolved): Promise<Outcome> {
             throw new Fatal(err);
           }
         }
+        guard.touch();
       }
     } catch (err) {
       if (err instanceof AttemptFailed || err instanceof Fatal || guard.failure) throw err;
@@ -433,6 +434,9 @@ class TransferGuard {
   userAborted = false;
   private readonly streams: Array<ClientRequest | IncomingMessage> = [];
   private idleTimer: NodeJS.Timeout | undefined;
+  private idleCheck: NodeJS.Immediate | undefined;
+  /** Bumped by every touch(): lets the idle check see data that arrived after its timer fired. */
+  private activity = 0;
   private readonly totalTimer: NodeJS.Timeout;
   private readonly onAbort = (): void => {
     this.userAborted = true;
@@ -454,10 +458,34 @@ class TransferGuard {
     if (this.failure) stream.destroy(this.failure);
   }
 
-  /** Data (or headers) arrived: restart the idle clock. */
+  /** Headers arrived, or a chunk was handled and the next is awaited: restart the idle clock. */
   touch(): void {
+    this.activity++;
+    this.armIdle();
+  }
+
+  /** A chunk arrived and is being handled: the idle clock waits for the next touch(). The
+   *  whole-transfer timeout still runs. */
+  pauseIdle(): void {
+    this.activity++;
     clearTimeout(this.idleTimer);
-    this.idleTimer = setTimeout(() => this.fail(`no data for ${seconds(this.idleMs)}`), this.idleMs);
+  }
+
+  private armIdle(): void {
+    clearTimeout(this.idleTimer);
+    const seen = this.activity;
+    this.idleTimer = setTimeout(() => this.idleElapsed(seen), this.idleMs);
+  }
+
+  /** The idle clock ran out. If this process was stalled (a GC pause, a starved CPU), the timer
+   *  comes due before the event loop has read what the server sent meanwhile: give it one poll
+   *  phase first, and only then call the server silent. */
+  private idleElapsed(seen: number): void {
+    this.idleCheck = setImmediate(() => {
+      this.idleCheck = undefined;
+      if (this.failure || this.activity !== seen) return; // data came: the clock was restarted
+      this.fail(`no data for ${seconds(this.idleMs)}`);
+    });
   }
 
   fail(reason: string): void {
@@ -468,6 +496,7 @@ class TransferGuard {
 
   stop(): void {
     clearTimeout(this.idleTimer);
+    clearImmediate(this.idleCheck);
     clearTimeout(this.totalTimer);
     this.signal?.removeEventListener('abort', this.onAbort);
   }

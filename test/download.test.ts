@@ -194,6 +194,60 @@ test('a slow but never idle transfer hits the whole-transfer timeout, not the id
   await assertDirHolds(t, dir, []);
 });
 
+/** A drip server in its own process: it keeps sending while this process is stalled. Sends
+ *  `chunks` single bytes, one every `everyMs`; resolves with its URL and the body's sha256. */
+async function startChildDrip(t: ExecutionContext, chunks: number, everyMs: number) {
+  const script = `
+    const http = require('node:http');
+    const server = http.createServer((req, res) => {
+      res.writeHead(200, { 'content-length': ${chunks} });
+      let sent = 0;
+      const timer = setInterval(() => {
+        res.write('x');
+        if (++sent === ${chunks}) { clearInterval(timer); res.end(); }
+      }, ${everyMs});
+      res.on('close', () => clearInterval(timer));
+    });
+    server.listen(0, '127.0.0.1', () => process.stdout.write(server.address().port + '\\n'));`;
+  const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.teardown(() => void child.kill());
+  const port = await new Promise<number>((resolvePort, reject) => {
+    child.stdout.once('data', (d: Buffer) => resolvePort(Number(d.toString().trim())));
+    child.once('exit', (code) => reject(new Error(`drip server exited with ${code}`)));
+  });
+  const sha = createHash('sha256').update('x'.repeat(chunks)).digest('hex');
+  return { url: `http://127.0.0.1:${port}/`, sha };
+}
+
+function blockEventLoop(ms: number): void {
+  const until = Date.now() + ms;
+  while (Date.now() < until) {
+    // a GC pause or a starved CPU, as on a busy edge box
+  }
+}
+
+test('a stall of this process longer than the idle timeout is not taken for a silent server', async (t) => {
+  const { url, sha } = await startChildDrip(t, 40, 20); // 0.8 s, never idle on the server's side
+  const dir = await tempDir(t);
+  let stalled = false;
+  const result = await downloadVerified({
+    urls: [url],
+    sha256: sha,
+    dest: join(dir, 'm.onnx'),
+    idleTimeoutMs: 200,
+    onProgress: (received) => {
+      // Stall once, outside the download's own callbacks: the bytes the server sent meanwhile
+      // wait in the socket when the idle timer comes due.
+      if (received === 5 && !stalled) {
+        stalled = true;
+        setImmediate(() => blockEventLoop(500));
+      }
+    },
+  });
+  t.true(stalled);
+  t.is(result.bytes, 40);
+});
+
 test('follows a redirect chain with relative and absolute Locations', async (t) => {
   const { base, requests } = await startServer(t);
   const dir = await tempDir(t);
