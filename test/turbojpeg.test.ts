@@ -143,7 +143,9 @@ test('turbojpeg: encodeRgb writes a 4:4:4 JPEG of the quality asked that decodes
   await t.throwsAsync(tj.encodeRgb(data, 160, 96, 0), { instanceOf: RangeError, message: /quality must be an integer in 1\.\.100, got 0/ });
 });
 
-test('turbojpeg: more decodes at once than koffi queues (256) all succeed, the overflow through sharp, with the same pixels', async (t) => {
+// Serial: the burst fills koffi's queue for this whole process, and a direct encodeRgb running
+// beside it (the test above, with no fallback of its own) would be refused.
+test.serial('turbojpeg: more decodes at once than koffi queues (256) all succeed, the overflow through sharp, with the same pixels', async (t) => {
   const jpeg = await sharp(await picture(64, 48)).jpeg({ quality: 90 }).toBuffer();
   const ref = await viaSharp(jpeg);
   const all = await Promise.all(Array.from({ length: 400 }, (_, i) => decodeImage(jpeg, { origin: `burst-${i}` })));
