@@ -52,6 +52,7 @@ import type { Frame } from '../pipelines/types.js';
 import { createShelfPipeline, type PipelineObserver, type ShelfOutput, type ShelfPipeline, type ShelfPipelineStats } from '../pipelines/shelf-pipeline.js';
 import { environmentSecrets, type AgentConfig } from './config.js';
 import { DebounceStore } from './debounce-store.js';
+import { EventJournal } from './event-journal.js';
 import { EventsPublisher } from './extensions/events-publisher.js';
 import { HealthHttp } from './extensions/health-http.js';
 import { HomeAssistantDiscovery } from './extensions/home-assistant.js';
@@ -167,6 +168,10 @@ export class Agent extends EventEmitter<AgentEvents> {
   private registry: ModelRegistry | null = null;
   private pipeline: ShelfPipeline | null = null;
   private debounceStore: DebounceStore | null = null;
+  /** Writes each event ahead of the outbox, with the state that raised it (event-journal.ts). */
+  private journal: EventJournal | null = null;
+  /** Outbox writes not finished yet, each resolving to whether its message reached the disk. */
+  private readonly outboxWrites = new Set<Promise<boolean>>();
   /** The pipeline's per-slot debounce states (restored at start, updated in place by the pipeline). */
   private debounceStates = new Map<string, DebounceState>();
   private rollout: ModelRollout | null = null;
@@ -410,13 +415,19 @@ export class Agent extends EventEmitter<AgentEvents> {
       this.throwIfStopRequested();
       this.commandOff.push(this.client.onCommand('model', rollout.onModelCommand), this.client.onCommand('rollback', rollout.onRollbackCommand));
 
+      const journal = new EventJournal({
+        store: this.debounceStore,
+        states: new Map(this.debounceStates),
+        pending: this.debounceStore.pendingEvents(),
+        release: (output) => this.releaseOutput(output),
+        outboxWritten: () => this.outboxWritten(),
+      });
+      this.journal = journal;
+      // Events a crash cut off between the journal and the outbox: enqueued under their own ids.
+      const replayed = journal.replay((p) => ctx.publish({ id: p.id, topic: this.topics.events, payload: p.payload, qos: 1, retain: false }));
+      if (replayed > 0) logger.info('events written ahead by the previous run enqueued again', { events: replayed });
       this.subscription = this.pipeline.outputs$.subscribe({
-        next: (output) => {
-          this.outputs.next(output);
-          this.emit('output', output);
-          // A transition: keep the states on disk (coalesced, never throws); other scans write nothing.
-          if (output.event) void this.debounceStore?.save(this.debounceStates);
-        },
+        next: (output) => journal.push(output),
         error: (err: Error) => logger.error('shelf pipeline failed', { error: err }),
         complete: () => {
           const ended = this.camerasEnded();
@@ -520,8 +531,9 @@ export class Agent extends EventEmitter<AgentEvents> {
     const ran = this.subscription !== null;
     this.subscription?.unsubscribe();
     this.subscription = null;
-    // The pipeline is done with the states: write them once more (the scans since the last event).
-    if (ran && this.debounceStore) await this.debounceStore.save(this.debounceStates);
+    // Release what the journal holds, and write the states once more (the scans since the last
+    // event) with no event left pending.
+    if (ran) await this.journal?.flush();
     for (const ext of [...this.started].reverse()) {
       try {
         await ext.stop();
@@ -564,9 +576,33 @@ export class Agent extends EventEmitter<AgentEvents> {
       pipelineStats: () => this.pipelineStats(),
       health: () => this.health(),
       publish: (message: OutboxMessage) => {
-        client.publish(message).catch((err: Error) => this.logger.warn('message not queued', { id: message.id, topic: message.topic, error: err }));
+        const write = client.publish(message).then(
+          (result) => result.persisted,
+          (err: Error) => {
+            this.logger.warn('message not queued', { id: message.id, topic: message.topic, error: err });
+            return false;
+          },
+        );
+        this.outboxWrites.add(write);
+        void write.then(() => this.outboxWrites.delete(write));
       },
     };
+  }
+
+  /** Whether every message published so far reached the outbox's disk, once their writes end. */
+  private async outboxWritten(): Promise<boolean> {
+    const results = await Promise.all(this.outboxWrites);
+    return results.every(Boolean);
+  }
+
+  /** An output the journal lets through: to the extensions and the 'output' listeners. */
+  private releaseOutput(output: ShelfOutput): void {
+    this.outputs.next(output);
+    try {
+      this.emit('output', output);
+    } catch (err) {
+      this.logger.error("an 'output' listener failed", { error: err as Error });
+    }
   }
 
   /** Publishes the retained status again (after a model swap or a refused model). */

@@ -9,8 +9,11 @@
  * line and the JSON of the states:
  *
  *   shelfwatch-debounce-state seq=<n> bytes=<length of the JSON> crc32=<8 hex digits>
- *   { "version": 1, "savedAt": <ms since the epoch, a label only>,
- *     "slots": { "<camera>/<slot>": DebounceState, … } }
+ *   { "version": 2, "savedAt": <ms since the epoch, a label only>,
+ *     "slots": { "<camera>/<slot>": DebounceState, … },
+ *     "pending": [ { "id": <outbox record id>, "payload": <the event JSON> }, … ] }
+ *
+ * Version 1 (earlier agents) has no `pending` and is read as having none.
  *
  * The CRC-32 is that of the header line up to ` crc32=` followed by the JSON (the seq is covered).
  *
@@ -23,12 +26,11 @@
  * is in flight; saves asked for meanwhile share ONE more write of the then-current map (a burst
  * of N events costs at most two writes, not N). A save never throws: a failed write is logged as
  * a warning and the next save (the next event, or the stop) tries again, over the same file. The
- * agent saves after every event (new/update/end) and once more on stop, so a scan without a
- * transition costs nothing; what a crash can lose is the history of scans since the last event (a
- * partly filled raise window, a normal streak), which the next scans rebuild. The write follows
- * the event into the outbox, so a crash in between (milliseconds) leaves the states one
- * transition behind: after a `new` the restart may raise that anomaly again under another id,
- * after an `end` it may end it twice.
+ * agent saves for every event (new/update/end), before the event goes to the outbox, with the
+ * event's record in `pending` (agent/event-journal.ts: the write-ahead that keeps a crash from
+ * losing an event or raising it twice), and once more on stop; a scan without a transition costs
+ * nothing. What a crash can lose is the history of scans since the last save (a partly filled
+ * raise window, a normal streak), which the next scans rebuild.
  *
  * Loading (`load`): the valid file with the higher `seq`; none is an empty map. A file whose
  * header, length or checksum fails is a write cut short: skipped (with a warning when no valid
@@ -54,8 +56,20 @@ export const DEBOUNCE_STATE_FILES = ['debounce-state.a', 'debounce-state.b'] as 
 /** The single file of earlier versions (read when neither of the two exists). */
 export const LEGACY_DEBOUNCE_STATE_FILE = 'debounce-state.json';
 const HEADER = /^shelfwatch-debounce-state seq=(\d{1,15}) bytes=(\d{1,10}) crc32=([0-9a-f]{8})\n/;
-/** The format version this agent writes and reads. */
-export const DEBOUNCE_STATE_VERSION = 1;
+/** The format version this agent writes. It reads this one and 1 (no `pending`). */
+export const DEBOUNCE_STATE_VERSION = 2;
+const READABLE_VERSIONS: readonly unknown[] = [1, DEBOUNCE_STATE_VERSION];
+
+/**
+ * An event's outbox record written ahead of the outbox (agent/event-journal.ts): the state that
+ * raised it and the event are on disk together, so a restart can enqueue what a crash cut off.
+ */
+export interface PendingEvent {
+  /** The outbox record id (stable: a re-delivery has the same one). */
+  id: string;
+  /** The event JSON, exactly as published. */
+  payload: string;
+}
 
 
 const finite = z.number().refine(Number.isFinite, 'expected a finite number');
@@ -75,13 +89,19 @@ const stateSchema = z.strictObject({
   raisedIn: z.string(),
 });
 
+const pendingSchema = z.strictObject({ id: z.string().min(1), payload: z.string() });
+
 const fileSchema = z
   .strictObject({
-    version: z.literal(DEBOUNCE_STATE_VERSION),
+    version: z.union([z.literal(1), z.literal(DEBOUNCE_STATE_VERSION)]),
     savedAt: finite,
     slots: z.record(z.string(), stateSchema),
+    pending: z.array(pendingSchema).optional(),
   })
   .superRefine((file, ctx) => {
+    for (const [i, p] of (file.pending ?? []).entries()) {
+      if (!isJsonObject(p.payload)) ctx.addIssue({ code: 'custom', path: ['pending', i, 'payload'], message: 'expected the JSON of an event' });
+    }
     for (const [key, s] of Object.entries(file.slots)) {
       if (key !== slotKey(s.camera, s.slot)) {
         ctx.addIssue({ code: 'custom', path: ['slots', key], message: `key does not match camera '${s.camera}' and slot '${s.slot}' (expected '${slotKey(s.camera, s.slot)}')` });
@@ -92,7 +112,16 @@ const fileSchema = z
     }
   });
 
-/** What the file holds (DEBOUNCE_STATE_VERSION). */
+function isJsonObject(text: string): boolean {
+  try {
+    const value: unknown = JSON.parse(text);
+    return typeof value === 'object' && value !== null && !Array.isArray(value);
+  } catch {
+    return false;
+  }
+}
+
+/** What the file holds (DEBOUNCE_STATE_VERSION, or 1 without `pending`). */
 export type DebounceStateFile = z.infer<typeof fileSchema>;
 
 export interface DebounceStoreOptions {
@@ -165,8 +194,11 @@ export class DebounceStore {
   private readonly fsync: boolean;
   private readonly clock: () => number;
   private readonly counts: DebounceStoreStats = { writes: 0, failedWrites: 0 };
-  /** The map the next write serialises. */
+  /** The maps the next write serialises. */
   private latest: ReadonlyMap<string, DebounceState> | null = null;
+  private latestPending: ReadonlyMap<string, PendingEvent> | null = null;
+  /** The pending events of the save load() read. */
+  private loadedPending: PendingEvent[] = [];
   /** The write running now. */
   private inFlight: Promise<void> | null = null;
   /** The one write queued behind it, shared by every save asked for meanwhile. */
@@ -234,9 +266,9 @@ export class DebounceStore {
     try {
       const json: unknown = JSON.parse(text);
       const version = typeof json === 'object' && json !== null && !Array.isArray(json) ? (json as { version?: unknown }).version : undefined;
-      if (version !== undefined && version !== DEBOUNCE_STATE_VERSION) {
+      if (version !== undefined && !READABLE_VERSIONS.includes(version)) {
         // Another format (a newer agent wrote it): its shape is not this one's business.
-        await this.moveAside(path, [`version: unsupported format version ${JSON.stringify(version)} (this agent reads ${DEBOUNCE_STATE_VERSION})`]);
+        await this.moveAside(path, [`version: unsupported format version ${JSON.stringify(version)} (this agent reads ${READABLE_VERSIONS.join(' and ')})`]);
         return new Map();
       }
       const result = fileSchema.safeParse(json);
@@ -256,15 +288,24 @@ export class DebounceStore {
       else states.set(key, state);
     }
     if (dropped.length) this.logger.info('debounce states of slots no longer configured dropped', { file: path, slots: dropped });
+    // Pending events are kept whatever their slot: they were raised, and are owed to subscribers.
+    this.loadedPending = parsed.pending ?? [];
     return states;
   }
 
+  /** The events the save that load() read still had pending (re-enqueued by the agent). */
+  pendingEvents(): PendingEvent[] {
+    return [...this.loadedPending];
+  }
+
   /**
-   * Writes `states` (serialised when the write starts, so the newest map goes out). Resolves once
-   * a write that started after this call has finished, successfully or not; never rejects.
+   * Writes `states` and `pending` (serialised when the write starts, so the newest maps go out).
+   * Resolves once a write that started after this call has finished, successfully or not; never
+   * rejects.
    */
-  save(states: ReadonlyMap<string, DebounceState>): Promise<void> {
+  save(states: ReadonlyMap<string, DebounceState>, pending?: ReadonlyMap<string, PendingEvent>): Promise<void> {
     this.latest = states;
+    this.latestPending = pending ?? null;
     if (this.queued) return this.queued;
     if (!this.inFlight) return this.startWrite();
     const queued = this.inFlight.then(() => {
@@ -296,7 +337,12 @@ export class DebounceStore {
     const path = this.paths[i];
     let bytes: Buffer;
     try {
-      const file: DebounceStateFile = { version: DEBOUNCE_STATE_VERSION, savedAt: this.clock(), slots: Object.fromEntries(this.latest ?? []) };
+      const file: DebounceStateFile = {
+        version: DEBOUNCE_STATE_VERSION,
+        savedAt: this.clock(),
+        slots: Object.fromEntries(this.latest ?? []),
+        pending: [...(this.latestPending?.values() ?? [])],
+      };
       bytes = encodeDebounceStateFile(`${JSON.stringify(file)}\n`, this.seq + 1);
     } catch (err) {
       this.counts.failedWrites++;

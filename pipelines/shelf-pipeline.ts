@@ -156,6 +156,8 @@ export interface ShelfPipelineOptions {
 /** One scanned slot: its SlotOutput plus the rendered thumbnail when it raised/updated an event. */
 export interface ShelfOutput extends SlotOutput {
   thumbnail: Thumbnail | null;
+  /** The slot's debounce state this scan committed (what a restart must continue from). */
+  debounce: DebounceState;
 }
 
 export interface CameraPipelineStats {
@@ -506,7 +508,7 @@ export function createShelfPipeline(options: ShelfPipelineOptions): ShelfPipelin
             const event = events.build({ item, decision, previous, state, transition }, { thumbnail: thumbnail !== null });
             states.set(r.key, state);
             const open = events.openEvent(cam.id, item.crop.slot);
-            output = { item, event, state: slotStatePayload(state, open?.id ?? null), thumbnail };
+            output = { item, event, state: slotStatePayload(state, open?.id ?? null), thumbnail, debounce: state };
           } catch (err) {
             slotFailed(scan.frame, item.crop.slot, err);
             continue;

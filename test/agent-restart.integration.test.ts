@@ -11,7 +11,7 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Agent } from '../agent/agent.js';
 import { configFromObject, type AgentConfig } from '../agent/config.js';
-import { readDebounceStateFile } from '../agent/debounce-store.js';
+import { DEBOUNCE_STATE_FILES, DEBOUNCE_STATE_VERSION, encodeDebounceStateFile, readDebounceStateFile } from '../agent/debounce-store.js';
 import type { DebounceState } from '../pipelines/debounce.js';
 import type { AnomalyEvent, SlotStatePayload } from '../pipelines/events.js';
 import { captureLogger, registerAgentScene, tileSlots, until } from './helpers/agent-scene.js';
@@ -130,4 +130,27 @@ serial('an anomaly open at the stop keeps its event id across a restart and is e
 
   // And on disk, for the next start: S1 ok, its one raise counted.
   t.like((await savedStates(stateDir))?.['shelf/S1'], { state: 'ok', raises: 1, raisedIn: first.agent.runTag });
+});
+
+serial('events a crash left written ahead but not in the outbox are published by the next run, under their own ids, and then cleared', async (t) => {
+  const broker = await startMosquitto();
+  t.teardown(() => broker.dispose());
+  const live = await recordingSubscriber(broker.url, `${ROOT}/events`, t);
+  const stateDir = join(scene.work, 'state-journal');
+  await mkdir(stateDir, { recursive: true });
+  // What the journal of a run killed between its write and the outbox leaves (agent/event-journal.ts).
+  const pending = [
+    { id: 'shelf-S1-1700000000000-0badf00d:new:shelf-1', payload: JSON.stringify({ type: 'new', after: { id: 'shelf-S1-1700000000000-0badf00d' } }) },
+    { id: 'shelf-S0-1700000000000-0badf00d:end:shelf-2', payload: JSON.stringify({ type: 'end', after: { id: 'shelf-S0-1700000000000-0badf00d' } }) },
+  ];
+  const json = JSON.stringify({ version: DEBOUNCE_STATE_VERSION, savedAt: 1, slots: {}, pending });
+  await writeFile(join(stateDir, DEBOUNCE_STATE_FILES[0]), encodeDebounceStateFile(json, 1));
+  const { logger, lines } = captureLogger();
+
+  await runAgent(t, agentConfig(broker.url, stateDir, scene.normalDir), lines, logger, async () => {
+    await until('both events on the broker', () => live.messages.length >= 2, 15_000, lines);
+  });
+  t.deepEqual(live.messages.map((m) => m.payload.toString()), pending.map((p) => p.payload), 'the same payloads, in their order');
+  t.true(lines.some((l) => l.includes('"msg":"events written ahead by the previous run enqueued again"') && l.includes('"events":2')));
+  t.deepEqual((await readDebounceStateFile(stateDir))?.pending, [], 'cleared once the outbox had them');
 });

@@ -51,7 +51,7 @@ test('round trip: what is saved loads back identical, with the format version in
   await store.save(states);
   t.deepEqual(store.stats(), { writes: 1, failedWrites: 0 });
   const raw = await readFile(join(dir, DEBOUNCE_STATE_FILES[0]));
-  t.regex(raw.toString('latin1'), /^shelfwatch-debounce-state seq=1 bytes=\d+ crc32=[0-9a-f]{8}\n\{"version":1,/);
+  t.regex(raw.toString('latin1'), /^shelfwatch-debounce-state seq=1 bytes=\d+ crc32=[0-9a-f]{8}\n\{"version":2,/);
   const file = (await readDebounceStateFile(dir))!;
   t.is(file.version, DEBOUNCE_STATE_VERSION);
   t.is(file.savedAt, 1234);
@@ -312,13 +312,48 @@ test('wrong shape: each problem named in the warning (path and what is wrong), m
   await put(JSON.stringify({ version: 1, savedAt: 5, slots: { 'shelf/S9': sample().get('shelf/S1') } }));
   t.is((await new DebounceStore({ dir, logger, clock: () => 8 }).load()).size, 0);
   t.regex((lines().at(-1)!.problems as string[]).join('\n'), /slots\.shelf\/S9: key does not match camera 'shelf' and slot 'S1'/);
-  await put(JSON.stringify({ version: 2, whatever: [] }));
+  await put(JSON.stringify({ version: 3, whatever: [] }));
   t.is((await new DebounceStore({ dir, logger, clock: () => 9 }).load()).size, 0);
-  t.deepEqual(lines().at(-1)!.problems, [`version: unsupported format version 2 (this agent reads ${DEBOUNCE_STATE_VERSION})`]);
+  t.deepEqual(lines().at(-1)!.problems, [`version: unsupported format version 3 (this agent reads 1 and ${DEBOUNCE_STATE_VERSION})`]);
   await put('[1, 2]');
   t.is((await new DebounceStore({ dir, logger, clock: () => 10 }).load()).size, 0);
   t.regex((lines().at(-1)!.problems as string[]).join('\n'), /^\(file\): /);
   t.deepEqual((await readdir(dir)).sort(), [7, 8, 9, 10].map((n) => `${DEBOUNCE_STATE_FILES[0]}.corrupt-${n}`).sort());
+});
+
+test('pending events are saved beside the states and load back in order, whatever their slot; a version-1 file has none', async (t) => {
+  const dir = await tempDir(t);
+  const { logger, lines } = capture();
+  const pending = new Map([
+    ['e1:new:f1', { id: 'e1:new:f1', payload: JSON.stringify({ type: 'new', camera: 'door' }) }],
+    ['e2:update:f2', { id: 'e2:update:f2', payload: JSON.stringify({ type: 'update' }) }],
+  ]);
+  await new DebounceStore({ dir, logger }).save(sample(), pending);
+  // door/D1 is no longer configured: its state goes, its event is still owed to subscribers.
+  const store = new DebounceStore({ dir, logger, slots: ['shelf/S0', 'shelf/S1'] });
+  t.is((await store.load()).size, 2);
+  t.deepEqual(store.pendingEvents(), [...pending.values()]);
+  t.deepEqual((await readDebounceStateFile(dir))!.pending, [...pending.values()]);
+
+  // What an earlier agent wrote: version 1, no pending.
+  const v1 = await tempDir(t);
+  const json = JSON.stringify({ version: 1, savedAt: 5, slots: Object.fromEntries(sample()) });
+  await writeFile(join(v1, DEBOUNCE_STATE_FILES[0]), encodeDebounceStateFile(json, 1));
+  const old = new DebounceStore({ dir: v1, logger });
+  t.deepEqual(await old.load(), sample());
+  t.deepEqual(old.pendingEvents(), []);
+  t.deepEqual(lines().filter((l) => l.level === 'warn'), []);
+});
+
+test('a pending event whose payload is not an event\'s JSON makes the file invalid, named by its path', async (t) => {
+  const dir = await tempDir(t);
+  const { logger, lines } = capture();
+  const json = JSON.stringify({ version: 2, savedAt: 5, slots: {}, pending: [{ id: 'a', payload: '{}' }, { id: 'b', payload: '[1' }] });
+  await writeFile(join(dir, DEBOUNCE_STATE_FILES[0]), encodeDebounceStateFile(json, 1));
+  const store = new DebounceStore({ dir, logger, clock: () => 3 });
+  t.is((await store.load()).size, 0);
+  t.deepEqual(store.pendingEvents(), []);
+  t.deepEqual(lines().at(-1)!.problems, ['pending.1.payload: expected the JSON of an event']);
 });
 
 test('entries of slots no longer in the config are dropped on load', async (t) => {

@@ -69,6 +69,11 @@ export function eventMessageId(event: AnomalyEvent): string {
   return `${event.after.id}:${event.type}:${event.after.frameId}`;
 }
 
+/** The id and payload of the outbox record that carries an event (on `<root>/events`). */
+export function eventRecord(event: AnomalyEvent): { id: string; payload: string } {
+  return { id: eventMessageId(event), payload: JSON.stringify(event) };
+}
+
 export class EventsPublisher implements Extension {
   readonly name = 'events';
   private subscription: Subscription | null = null;
@@ -110,7 +115,7 @@ export class EventsPublisher implements Extension {
       this.writeThumbnail(event, output.thumbnail.jpeg);
     }
     if (event) {
-      ctx.publish({ id: eventMessageId(event), topic: ctx.topics.events, payload: JSON.stringify(event), qos: 1, retain: false });
+      ctx.publish({ ...eventRecord(event), topic: ctx.topics.events, qos: 1, retain: false });
       ctx.logger.info('anomaly event', {
         type: event.type,
         eventId: event.after.id,
