@@ -69,9 +69,17 @@ export function eventMessageId(event: AnomalyEvent): string {
   return `${event.after.id}:${event.type}:${event.after.frameId}`;
 }
 
+/** Each event's record, serialised once: the journal writes it ahead, then the publisher sends it. */
+const records = new WeakMap<AnomalyEvent, { id: string; payload: string }>();
+
 /** The id and payload of the outbox record that carries an event (on `<root>/events`). */
 export function eventRecord(event: AnomalyEvent): { id: string; payload: string } {
-  return { id: eventMessageId(event), payload: JSON.stringify(event) };
+  let record = records.get(event);
+  if (!record) {
+    record = { id: eventMessageId(event), payload: JSON.stringify(event) };
+    records.set(event, record);
+  }
+  return record;
 }
 
 export class EventsPublisher implements Extension {
