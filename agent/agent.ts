@@ -421,6 +421,7 @@ export class Agent extends EventEmitter<AgentEvents> {
         pending: this.debounceStore.pendingEvents(),
         release: (output) => this.releaseOutput(output),
         outboxWritten: () => this.outboxWritten(),
+        warn: (message, fields) => logger.warn(message, fields),
       });
       this.journal = journal;
       // Events a crash cut off between the journal and the outbox: enqueued under their own ids.

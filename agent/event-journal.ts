@@ -22,7 +22,8 @@
  * per event); the retained thumbnail topics keep the previous image until the next update.
  *
  * Outputs are released in the order they came, so a scan without an event waits behind an event
- * still being written (one fdatasync, a millisecond or so). Scans without an event update the
+ * still being written (one fdatasync, a millisecond or so; at most MAX_JOURNAL_WAIT_MS, after
+ * which the event goes without waiting, as it did before the journal). Scans without an event update the
  * map of states without a write of their own, as before: a crash loses the scan history since
  * the last save, which the next scans rebuild.
  */
@@ -33,9 +34,19 @@ import { eventRecord } from './extensions/events-publisher.js';
 
 /** How soon the journal writes that released events are no longer pending, when no other save does. */
 export const CLEAR_SAVE_MS = 1000;
+/**
+ * How long an event waits for its journal write before it is released anyway: a disk that hangs
+ * (a dying SD card) must not hold every event, and every scan behind it, in memory.
+ */
+export const MAX_JOURNAL_WAIT_MS = 2000;
+/** Pending events kept at most (the oldest go first): a disk that keeps failing must not grow the file without end. */
+export const MAX_PENDING_EVENTS = 256;
+
+/** What the journal needs of the store (a DebounceStore). */
+export type JournalStore = Pick<DebounceStore, 'save'>;
 
 export interface EventJournalOptions {
-  store: DebounceStore;
+  store: JournalStore;
   /** The states as loaded; the journal's own map from then on. */
   states: Map<string, DebounceState>;
   /** The events the loaded save had pending (DebounceStore.pendingEvents()). */
@@ -49,6 +60,21 @@ export interface EventJournalOptions {
   outboxWritten: () => Promise<boolean>;
   /** Default CLEAR_SAVE_MS. */
   clearSaveMs?: number;
+  /** Default MAX_JOURNAL_WAIT_MS. */
+  maxWaitMs?: number;
+  /** Default MAX_PENDING_EVENTS. */
+  maxPending?: number;
+  /** Told when the journal gives up waiting for a write, or drops a pending event over the cap. */
+  warn?: (message: string, fields: Record<string, unknown>) => void;
+}
+
+export interface EventJournalStats {
+  /** Events written ahead and not yet known to be in the outbox. */
+  pending: number;
+  /** Events released without their journal write finished (it took longer than maxWaitMs). */
+  releasedUnjournalled: number;
+  /** Pending events dropped over maxPending (oldest first). */
+  droppedPending: number;
 }
 
 interface Queued {
@@ -60,7 +86,7 @@ interface Queued {
 }
 
 export class EventJournal {
-  private readonly store: DebounceStore;
+  private readonly store: JournalStore;
   private readonly states: Map<string, DebounceState>;
   private readonly pending = new Map<string, PendingEvent>();
   private readonly queue: Queued[] = [];
@@ -70,12 +96,21 @@ export class EventJournal {
   private clearTimer: NodeJS.Timeout | null = null;
   /** Events were dropped from the pending map since the last save was asked for. */
   private dropsUnsaved = false;
+  private readonly maxWaitMs: number;
+  private readonly maxPending: number;
+  private readonly counts = { releasedUnjournalled: 0, droppedPending: 0 };
 
   constructor(private readonly options: EventJournalOptions) {
     this.store = options.store;
     this.states = options.states;
     for (const p of options.pending) this.pending.set(p.id, p);
     this.clearSaveMs = options.clearSaveMs ?? CLEAR_SAVE_MS;
+    this.maxWaitMs = options.maxWaitMs ?? MAX_JOURNAL_WAIT_MS;
+    this.maxPending = options.maxPending ?? MAX_PENDING_EVENTS;
+  }
+
+  stats(): EventJournalStats {
+    return { pending: this.pending.size, ...this.counts };
   }
 
   /** The states as of the outputs pushed so far. */
@@ -109,8 +144,13 @@ export class EventJournal {
       const record = eventRecord(output.event);
       queued.eventId = record.id;
       this.pending.set(record.id, record);
-      const written = this.save().then(() => {
+      this.capPending();
+      const written = this.bounded(this.save()).then((outcome) => {
         this.writing.delete(written);
+        if (outcome === 'late') {
+          this.counts.releasedUnjournalled++;
+          this.options.warn?.('the debounce state write is slow; an event goes to the outbox without waiting for it', { event: record.id, waitedMs: this.maxWaitMs });
+        }
         queued.journalled = true;
         this.releaseReady();
       });
@@ -125,11 +165,23 @@ export class EventJournal {
    */
   async flush(): Promise<void> {
     while (this.writing.size > 0) await Promise.all(this.writing);
-    // Every output is released now, every pending event enqueued.
-    if (await this.options.outboxWritten()) this.pending.clear();
+    // Every output is released now, every pending event enqueued. A disk that hangs keeps them
+    // pending (for the next start) rather than the stop waiting on it.
+    if ((await this.bounded(this.options.outboxWritten())) === true) this.pending.clear();
     if (this.clearTimer) clearTimeout(this.clearTimer);
     this.clearTimer = null;
-    await this.save();
+    await this.bounded(this.save());
+  }
+
+  /** `promise`, or 'late' after maxWaitMs. */
+  private async bounded<T>(promise: Promise<T>): Promise<T | 'late'> {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), this.maxWaitMs)));
+    try {
+      return await Promise.race([promise, late]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   private releaseReady(): void {
@@ -149,6 +201,15 @@ export class EventJournal {
       this.dropsUnsaved = true;
       this.scheduleClearSave();
     });
+  }
+
+  private capPending(): void {
+    for (const id of this.pending.keys()) {
+      if (this.pending.size <= this.maxPending) return;
+      this.pending.delete(id);
+      this.counts.droppedPending++;
+      this.options.warn?.('too many events pending in the journal; the oldest is no longer kept for a restart', { event: id, maxPending: this.maxPending });
+    }
   }
 
   private scheduleClearSave(): void {

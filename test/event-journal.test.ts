@@ -204,3 +204,48 @@ test('a crash between the journal and the outbox: the next run loads the event a
   t.deepEqual(onDisk(dir)!.pending, [], 'replayed into the outbox: no longer pending');
   t.like(onDisk(dir)!.slots['shelf/S1'], { state: 'anomalous' });
 });
+
+test('a journal write that hangs holds events no longer than maxWaitMs: they are released, counted and warned about', async (t) => {
+  const scan = scanner();
+  const released: ShelfOutput[] = [];
+  const warnings: string[] = [];
+  // A disk that never answers (a dying card): the save's promise never settles.
+  const hung = { save: () => new Promise<void>(() => undefined) };
+  const journal = new EventJournal({ store: hung, states: new Map(), pending: [], outboxWritten: async () => true, release: (o) => released.push(o), maxWaitMs: 50, warn: (m) => warnings.push(m) });
+  const outputs = [scan('S1', 20), scan('S0', 1), scan('S2', 20)];
+  for (const o of outputs) journal.push(o);
+  t.deepEqual(released, []);
+  await new Promise((resolve) => setTimeout(resolve, 150));
+  t.deepEqual(released, outputs, 'released in order after the wait');
+  t.like(journal.stats(), { releasedUnjournalled: 2 });
+  t.is(warnings.length, 2);
+  t.regex(warnings[0]!, /debounce state write is slow/);
+});
+
+test('pending events are capped: over maxPending the oldest is dropped, counted and warned about', async (t) => {
+  const dir = await tempDir(t);
+  const store = new DebounceStore({ dir, logger: quiet() });
+  await store.load();
+  const scan = scanner();
+  const warnings: string[] = [];
+  // The outbox's disk keeps failing: nothing is ever dropped as written.
+  const journal = new EventJournal({ store, states: new Map(), pending: [], outboxWritten: async () => false, release: () => undefined, maxPending: 3, warn: (m) => warnings.push(m) });
+  const events = [scan('S1', 20), scan('S1', 1), scan('S1', 20), scan('S1', 1), scan('S1', 20)];
+  for (const o of events) journal.push(o);
+  await store.idle();
+  t.deepEqual(journal.pendingEvents(), events.slice(2).map((o) => eventRecord(o.event!)));
+  t.like(journal.stats(), { pending: 3, droppedPending: 2 });
+  t.is(warnings.length, 2);
+  t.deepEqual(onDisk(dir)!.pending, journal.pendingEvents());
+});
+
+test('flush does not wait on a hung disk longer than maxWaitMs per step; what was not written stays pending', async (t) => {
+  const scan = scanner();
+  const saved: number[] = [];
+  const hung = { save: (_states: unknown, pending?: ReadonlyMap<string, PendingEvent>) => (saved.push(pending?.size ?? 0), new Promise<void>(() => undefined)) };
+  const journal = new EventJournal({ store: hung, states: new Map(), pending: [], outboxWritten: () => new Promise(() => undefined), release: () => undefined, maxWaitMs: 30 });
+  journal.push(scan('S1', 20));
+  await journal.flush(); // returns: a hang here would end the test as never resolved
+  t.is(journal.stats().pending, 1, 'the outbox never confirmed it: kept for the next start');
+  t.deepEqual(saved, [1, 1]);
+});
