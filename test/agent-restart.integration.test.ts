@@ -7,6 +7,7 @@
  * must name that event until the `end`.
  */
 import test from 'ava';
+import { spawn } from 'node:child_process';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Agent } from '../agent/agent.js';
@@ -17,7 +18,7 @@ import type { AnomalyEvent, SlotStatePayload } from '../pipelines/events.js';
 import { captureLogger, registerAgentScene, tileSlots, until } from './helpers/agent-scene.js';
 import { sharedAvailable } from './helpers/fitted-model.js';
 import { startMosquitto } from './helpers/mosquitto.js';
-import { recordingSubscriber, type Received } from './helpers/mqtt-subscribers.js';
+import { eventSubscriber, recordingSubscriber, type Received } from './helpers/mqtt-subscribers.js';
 
 const available = sharedAvailable();
 const serial = available ? test.serial : test.serial.skip;
@@ -153,4 +154,84 @@ serial('events a crash left written ahead but not in the outbox are published by
   t.deepEqual(live.messages.map((m) => m.payload.toString()), pending.map((p) => p.payload), 'the same payloads, in their order');
   t.true(lines.some((l) => l.includes('"msg":"events written ahead by the previous run enqueued again"') && l.includes('"events":2')));
   t.deepEqual((await readDebounceStateFile(stateDir))?.pending, [], 'cleared once the outbox had them');
+});
+
+/**
+ * The journal's promise, end to end: an agent SIGKILLed while it raises `new` for S1, then a
+ * second agent on the same state dir sees the anomaly again and then its end. The child holds one
+ * of its two writes back by 1 s (a slow card), so the kill lands between them for sure: the
+ * outbox's fsync, before which its record file is not in place (the state is on disk, the event
+ * is not), or the debounce-state write itself (the other way round). A SIGKILL loses what the
+ * process had not handed to the kernel, not what it had written but not yet synced.
+ * Whatever the kill cut, the events delivered must tell one consistent story: no update or end of
+ * an event whose `new` never came, and no second `new` for S1 while one is still open. Without
+ * the journal the first case delivered an update and an end of an event never announced, the
+ * second a `new` under another id while the first stayed open.
+ */
+serial('SIGKILL between the state write and the outbox write: the next run neither loses the new nor raises it twice under two ids', async (t) => {
+  const broker = await startMosquitto();
+  t.teardown(() => broker.dispose());
+  const run2Dir = join(scene.work, 'frames-kill-run2');
+  await mkdir(run2Dir, { recursive: true });
+  await Promise.all(RUN2.map((bad, i) => writeFile(join(run2Dir, `frame${String(i).padStart(3, '0')}.jpg`), bad ? scene.anomalous.jpeg : scene.normal.jpeg)));
+
+  for (const slow of ['outbox', 'state'] as const) {
+    const sub = await eventSubscriber(broker.url, ROOT, t);
+    const stateDir = join(scene.work, `state-kill-${slow}`);
+    const script = `
+      import { open } from 'node:fs/promises';
+      import { Agent } from './agent/agent.js';
+      import { Logger } from './agent/logger.js';
+      const agent = new Agent(${JSON.stringify(agentConfig(broker.url, stateDir, scene.framesDir))}, { logger: new Logger({ level: 'error' }) });
+      agent.on('event', (e) => console.log(JSON.stringify({ raised: e.type })));
+      await agent.start();
+      const fh = await open(process.execPath, 'r');
+      const proto = Object.getPrototypeOf(fh);
+      await fh.close();
+      const later = () => new Promise((r) => setTimeout(r, 1000));
+      if (${JSON.stringify(slow)} === 'outbox') {
+        const sync = proto.sync; // the outbox fsyncs a record file before renaming it into place
+        proto.sync = async function () { await later(); return sync.call(this); };
+      } else {
+        const write = proto.write; // the debounce-state file starts with its header line
+        proto.write = async function (buffer, ...rest) {
+          if (Buffer.isBuffer(buffer) && buffer.subarray(0, 25).toString('latin1') === 'shelfwatch-debounce-state') await later();
+          return write.call(this, buffer, ...rest);
+        };
+      }
+      setInterval(() => {}, 1000);`;
+    const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { cwd: process.cwd(), stdio: ['ignore', 'pipe', 'pipe'] });
+    t.teardown(() => child.kill('SIGKILL'));
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise((resolve) => child.once('exit', resolve));
+    const raised = new Promise<void>((resolve) => child.stdout.on('data', (d: Buffer) => d.toString().includes('"raised"') && resolve()));
+    await Promise.race([raised, exited]);
+    t.is(child.exitCode, null, `the child raised before it exited; its stderr:\n${stderr.slice(-2000)}`);
+    await new Promise((resolve) => setTimeout(resolve, 300)); // the fast write is done, the slow one is not
+    child.kill('SIGKILL');
+    await exited;
+
+    const { logger, lines } = captureLogger();
+    await runAgent(t, agentConfig(broker.url, stateDir, run2Dir), lines, logger, async () => {
+      await until('the end of the anomaly on the broker', () => sub.events.some((e) => e.type === 'end'), 15_000, lines);
+    });
+    // The story of S1, duplicates (the same message id twice: at-least-once) removed.
+    const seen = new Set<string>();
+    const story = sub.events.filter((e, i) => e.after.slot === 'S1' && !seen.has(sub.ids[i]!) && seen.add(sub.ids[i]!));
+    const opened = new Set<string>();
+    let open: string | null = null;
+    for (const e of story) {
+      if (e.type === 'new') {
+        t.is(open, null, `slow ${slow}: a second new (${e.after.id}) while ${open} is open`);
+        open = e.after.id;
+        opened.add(open);
+      } else {
+        t.true(opened.has(e.after.id), `slow ${slow}: ${e.type} of ${e.after.id} without its new`);
+        if (e.type === 'end') open = null;
+      }
+    }
+    t.is(story.at(-1)?.type, 'end', `slow ${slow}: ${story.map((e) => e.type).join(', ')}`);
+    sub.client.end(true);
+  }
 });
