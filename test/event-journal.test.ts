@@ -27,6 +27,14 @@ async function tempDir(t: ExecutionContext): Promise<string> {
 
 const quiet = () => new Logger({ level: 'error', sink: { write: () => undefined } });
 
+/** A store on a fresh temp dir, loaded (nothing saved yet). */
+async function loadedStore(t: ExecutionContext): Promise<{ dir: string; store: DebounceStore }> {
+  const dir = await tempDir(t);
+  const store = new DebounceStore({ dir, logger: quiet() });
+  await store.load();
+  return { dir, store };
+}
+
 /** The newest save on disk, read synchronously (from inside a release callback). */
 function onDisk(dir: string): DebounceStateFile | null {
   let best: { seq: number; text: string } | null = null;
@@ -81,9 +89,7 @@ function outboxGate() {
 const tick = () => new Promise((resolve) => setTimeout(resolve, 20));
 
 test('an event is released only once its state and its record are on disk together; outputs keep their order', async (t) => {
-  const dir = await tempDir(t);
-  const store = new DebounceStore({ dir, logger: quiet() });
-  await store.load();
+  const { dir, store } = await loadedStore(t);
   const scan = scanner();
   const gate = outboxGate();
   const released: Array<{ output: ShelfOutput; file: DebounceStateFile | null }> = [];
@@ -110,9 +116,7 @@ test('an event is released only once its state and its record are on disk togeth
 });
 
 test('once the outbox has written the event it is no longer pending, and a save says so; a failed outbox write keeps it', async (t) => {
-  const dir = await tempDir(t);
-  const store = new DebounceStore({ dir, logger: quiet() });
-  await store.load();
+  const { dir, store } = await loadedStore(t);
   const scan = scanner();
   const gate = outboxGate();
   const journal = new EventJournal({ store, states: new Map(), pending: [], outboxWritten: gate.outboxWritten, release: () => undefined, clearSaveMs: 30 });
@@ -150,9 +154,7 @@ test('once the outbox has written the event it is no longer pending, and a save 
 });
 
 test('flush releases what is held, waits for the outbox and saves the states with nothing pending', async (t) => {
-  const dir = await tempDir(t);
-  const store = new DebounceStore({ dir, logger: quiet() });
-  await store.load();
+  const { dir, store } = await loadedStore(t);
   const scan = scanner();
   const released: ShelfOutput[] = [];
   let outboxAsked = 0;
@@ -223,9 +225,7 @@ test('a journal write that hangs holds events no longer than maxWaitMs: they are
 });
 
 test('pending events are capped: over maxPending the oldest is dropped, counted and warned about', async (t) => {
-  const dir = await tempDir(t);
-  const store = new DebounceStore({ dir, logger: quiet() });
-  await store.load();
+  const { dir, store } = await loadedStore(t);
   const scan = scanner();
   const warnings: string[] = [];
   // The outbox's disk keeps failing: nothing is ever dropped as written.
