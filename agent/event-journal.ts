@@ -22,10 +22,10 @@
  * per event); the retained thumbnail topics keep the previous image until the next update.
  *
  * Outputs are released in the order they came, so a scan without an event waits behind an event
- * still being written (one fdatasync, a millisecond or so; at most MAX_JOURNAL_WAIT_MS, after
- * which the event goes without waiting, as it did before the journal). Scans without an event update the
- * map of states without a write of their own, as before: a crash loses the scan history since
- * the last save, which the next scans rebuild.
+ * still being written: one fdatasync, a millisecond or so, and at most MAX_JOURNAL_WAIT_MS, after
+ * which the event goes without waiting, as it did before the journal. Scans without an event
+ * update the map of states without a write of their own, as before: a crash loses the scan
+ * history since the last save, which the next scans rebuild.
  */
 import { slotKey, type DebounceState } from '../pipelines/debounce.js';
 import type { ShelfOutput } from '../pipelines/shelf-pipeline.js';
@@ -111,11 +111,6 @@ export class EventJournal {
 
   stats(): EventJournalStats {
     return { pending: this.pending.size, ...this.counts };
-  }
-
-  /** The states as of the outputs pushed so far. */
-  get debounceStates(): ReadonlyMap<string, DebounceState> {
-    return this.states;
   }
 
   /** Events written ahead and not yet known to be in the outbox. */
