@@ -232,6 +232,7 @@ export class Agent extends EventEmitter<AgentEvents> {
         mqtt: () => this.client?.metrics() ?? null,
         sources: () => this.cameras.map((c) => ({ camera: c.config.id, kind: c.source.kind, status: c.source.status() })),
         models: () => this.registry?.status() ?? [],
+        journal: () => this.journal?.stats() ?? null,
       },
       { batchSize: config.inference.batchSize },
     );

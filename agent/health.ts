@@ -17,6 +17,7 @@ import type { AddressInfo } from 'node:net';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 import { pixelArenaStats } from '../models/resize-kernel.js';
 import type { PipelineObserver, ShelfPipelineStats } from '../pipelines/shelf-pipeline.js';
+import type { EventJournalStats } from './event-journal.js';
 import type { Logger } from './logger.js';
 import type { MqttClientMetrics } from './mqtt/client.js';
 import type { SourceState, SourceStatus } from './sources/types.js';
@@ -37,6 +38,8 @@ export interface MetricsSources {
   sources(): CameraSourceSnapshot[];
   /** The serving models (config name, file digest, execution provider); empty before start. */
   models?(): Array<{ name: string; digest: string; provider: string; workerRestarts: number }>;
+  /** The event journal (agent/event-journal.ts); null before start. */
+  journal?(): EventJournalStats | null;
 }
 
 /** How a model rollout ended: the candidate file serves now, or it was refused. */
@@ -223,6 +226,24 @@ export class AgentMetrics {
       'shelfwatch_outbox_dead_lettered_total',
       'Outbox records set aside in dead/ because the broker dropped the connection on each attempt to send them',
       () => self.sources.mqtt()?.outbox.counters.deadLettered,
+    );
+    new Gauge({
+      name: 'shelfwatch_journal_pending_events',
+      help: 'Events written ahead with their debounce state and not yet known to be in the outbox (a restart enqueues them again)',
+      registers,
+      collect() {
+        this.set(self.sources.journal?.()?.pending ?? 0);
+      },
+    });
+    this.mirrorCounter(
+      'shelfwatch_journal_released_unjournalled_total',
+      'Events sent to the outbox without waiting for their debounce-state write, which took too long (a slow or hung disk)',
+      () => self.sources.journal?.()?.releasedUnjournalled,
+    );
+    this.mirrorCounter(
+      'shelfwatch_journal_dropped_pending_total',
+      'Pending events no longer kept for a restart because too many were pending (the outbox disk kept failing)',
+      () => self.sources.journal?.()?.droppedPending,
     );
     this.mirrorCounter('shelfwatch_outbox_delivered_total', 'Outbox records acknowledged by the broker', () => self.sources.mqtt()?.outbox.counters.delivered);
     this.mirrorCounter('shelfwatch_mqtt_connection_losses_total', 'Established broker connections that were lost', () => self.sources.mqtt()?.connectionLosses);

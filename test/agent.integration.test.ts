@@ -185,6 +185,9 @@ serial('replay camera: events, thumbnails, retained state, status, stats and met
   t.regex(metrics, /shelfwatch_pixel_arena_frames 0\n/, 'every decoded frame gave its buffer back');
   t.regex(metrics, /shelfwatch_pixel_arena_bytes [1-9]\d*\n/);
   t.regex(metrics, /shelfwatch_outbox_delivered_total \d+\n/);
+  t.regex(metrics, /shelfwatch_journal_pending_events 0\n/, 'every event released and written by the outbox');
+  t.regex(metrics, /shelfwatch_journal_released_unjournalled_total 0\n/);
+  t.regex(metrics, /shelfwatch_journal_dropped_pending_total 0\n/);
   t.regex(metrics, /shelfwatch_source_state\{camera="shelf",source="replay",state="stopped"\} 1/);
   const health = await fetch(`${agent.metricsUrl}/healthz`);
   t.is(health.status, 200);
