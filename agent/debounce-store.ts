@@ -112,10 +112,11 @@ const fileSchema = z
     }
   });
 
+const isObject = (value: unknown): value is Record<string, unknown> => typeof value === 'object' && value !== null && !Array.isArray(value);
+
 function isJsonObject(text: string): boolean {
   try {
-    const value: unknown = JSON.parse(text);
-    return typeof value === 'object' && value !== null && !Array.isArray(value);
+    return isObject(JSON.parse(text));
   } catch {
     return false;
   }
@@ -265,7 +266,7 @@ export class DebounceStore {
     let parsed: DebounceStateFile;
     try {
       const json: unknown = JSON.parse(text);
-      const version = typeof json === 'object' && json !== null && !Array.isArray(json) ? (json as { version?: unknown }).version : undefined;
+      const version = isObject(json) ? json['version'] : undefined;
       if (version !== undefined && !READABLE_VERSIONS.includes(version)) {
         // Another format (a newer agent wrote it): its shape is not this one's business.
         await this.moveAside(path, [`version: unsupported format version ${JSON.stringify(version)} (this agent reads ${READABLE_VERSIONS.join(' and ')})`]);
